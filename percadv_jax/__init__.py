@@ -1,0 +1,7 @@
+"""percadv_jax: perceptual adversarial examples, CAMs and foreground attention masks in JAX.
+
+Subpackages: ``models``, ``attacks``, ``perceptual``, ``cam``, ``data``, ``train`` and the module
+``parallel``. Images everywhere are float32 NHWC RGB in [0, 1]; preprocessing lives inside models.
+"""
+
+__version__ = "0.1.0"
