@@ -1,0 +1,154 @@
+"""Jitted train and eval steps: natural, adversarial (Madry PGD-k) and the masked setting.
+
+One code path covers the masks paper's four models {full, masked} x {natural, adversarial}:
+
+- ``masked=False``: the model sees ``x``; the adversary may change every pixel.
+- ``masked=True``: the model sees ``x * mask`` (the background is removed before
+  classification); the adversary attacks ``x * mask`` with ``pgd(..., mask=mask)``, so it may
+  change only foreground pixels, and the model again sees its input times the mask.
+- ``adversarial=True``: each batch is replaced by its PGD-k adversarial version (Madry et al.),
+  found with BatchNorm in eval mode (``train=False``: running statistics, no updates); the
+  parameter update then runs in train mode on the adversarial batch.
+
+Batches are dicts ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
+"label": int32 [B]}`` as ``percadv_jax.data.batches`` yields them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from percadv_jax import attacks, checks
+from percadv_jax.train.state import TrainState, make_variables
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackConfig:
+  """A PGD threat model (pixel space, [0,1] images).
+
+  Attributes:
+    eps: radius of the ball (Linf: per pixel, e.g. 8/255; L2: whole image).
+    step_size: PGD step (Linf: per pixel, e.g. 2/255).
+    steps: PGD iterations.
+    norm: "linf" or "l2".
+    restarts: random restarts (the per-example worst case is kept).
+  """
+  eps: float = 8 / 255
+  step_size: float = 2 / 255
+  steps: int = 7
+  norm: str = "linf"
+  restarts: int = 1
+
+  def validate(self) -> None:
+    checks.check_positive(self.eps, "eps", allow_zero=True)
+    checks.check_positive(self.step_size, "step_size")
+    checks.check_positive(self.steps, "steps")
+    checks.check_positive(self.restarts, "restarts")
+    checks.check_choice(self.norm, "norm", {"linf", "l2"})
+
+
+def model_input(x: jax.Array, mask: jax.Array | None, masked: bool) -> jax.Array:
+  """What the model sees: ``x * mask`` in the masked setting, else ``x`` ([N,H,W,3])."""
+  return x * mask if masked else x
+
+
+def make_logits_fn(apply_fn: Callable, variables: Any, *, mask: jax.Array | None = None,
+                   masked: bool = False) -> Callable[[jax.Array], jax.Array]:
+  """``x [N,H,W,3] -> logits [N,K]`` in eval mode (BatchNorm running statistics).
+
+  In the masked setting the model input is ``x * mask`` (a no-op on images that are already zero
+  outside the mask, and it makes the gradient zero there).
+  """
+  def logits_fn(x):
+    return apply_fn(variables, model_input(x, mask, masked), train=False)
+  return logits_fn
+
+
+def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: jax.Array,
+                         mask: jax.Array | None, *, key: jax.Array, attack: AttackConfig,
+                         masked: bool) -> jax.Array:
+  """PGD adversarial versions of the model inputs (eval-mode model).
+
+  Args:
+    apply_fn, variables: the model (``apply_fn(variables, x, train=False) -> logits``).
+    x: float32 [N,H,W,3] in [0,1], clean images (unmasked).
+    y: int32 [N] labels.
+    mask: float32 [N,H,W,1] in {0,1} foreground masks (required when ``masked``).
+    key: PRNG key for the random start.
+    attack: the threat model.
+    masked: the masks paper's masked setting (see module docstring).
+
+  Returns:
+    float32 [N,H,W,3] in [0,1]: the adversarial *model-space* images; in the masked setting they
+    are zero outside the mask and differ from ``x * mask`` only on the foreground.
+  """
+  x0 = model_input(x, mask, masked)
+  logits_fn = make_logits_fn(apply_fn, variables, mask=mask, masked=masked)
+  x_adv = attacks.pgd(logits_fn, x0, y, key=key, eps=attack.eps, step_size=attack.step_size,
+                      steps=attack.steps, norm=attack.norm, mask=mask if masked else None,
+                      restarts=attack.restarts)
+  return jax.lax.stop_gradient(x_adv)
+
+
+def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of logits [N,K] (float32) and integer labels [N]."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
+               masked: bool = False, attack: AttackConfig = AttackConfig()
+               ) -> tuple[TrainState, dict]:
+  """One optimiser update (pure; jit it with ``jit_train_step``).
+
+  Args:
+    state: the train state; its ``key`` is split for the attack's random start and dropout.
+    batch: ``{"image": [B,H,W,3], "mask": [B,H,W,1], "label": [B]}`` (see module docstring).
+    adversarial: Madry adversarial training with PGD-``attack.steps``.
+    masked: the masked setting (model sees ``x * mask``; attack only on the foreground).
+    attack: the training threat model (ignored unless ``adversarial``).
+
+  Returns:
+    ``(new_state, metrics)`` with scalar float32 metrics ``loss`` and ``accuracy`` (on the
+    batch the update used: adversarial accuracy when ``adversarial``).
+  """
+  key, attack_key, dropout_key = jax.random.split(state.key, 3)
+  x, y, mask = batch["image"], batch["label"], batch.get("mask")
+  if adversarial:
+    x_in = adversarial_examples(state.apply_fn, state.variables(), x, y, mask, key=attack_key,
+                                attack=attack, masked=masked)
+  else:
+    x_in = model_input(x, mask, masked)
+  x_in = model_input(x_in, mask, masked)
+
+  def loss_fn(params):
+    logits, updates = state.apply_fn(make_variables(params, state.batch_stats), x_in,
+                                     train=True, mutable=["batch_stats"],
+                                     rngs={"dropout": dropout_key})
+    return cross_entropy(logits, y), (logits, updates)
+
+  (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  new_state = state.apply_gradients(grads=grads)
+  new_state = new_state.replace(batch_stats=updates.get("batch_stats", state.batch_stats),
+                                key=key)
+  accuracy = jnp.mean((jnp.argmax(logits, -1) == y).astype(jnp.float32))
+  return new_state, {"loss": loss, "accuracy": accuracy}
+
+
+def jit_train_step(*, adversarial: bool = False, masked: bool = False,
+                   attack: AttackConfig = AttackConfig()) -> Callable:
+  """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``."""
+  attack.validate()
+  def step(state, batch):
+    return train_step(state, batch, adversarial=adversarial, masked=masked, attack=attack)
+  return jax.jit(step)
+
+
+def eval_logits(apply_fn: Callable, variables: Any, x: jax.Array, mask: jax.Array | None, *,
+                masked: bool) -> jax.Array:
+  """Eval-mode logits [N,K] of what the model sees (``x * mask`` when ``masked``)."""
+  return apply_fn(variables, model_input(x, mask, masked), train=False)
