@@ -1,1 +1,60 @@
-"""(filled by its issue)"""
+"""Class activation maps via autodiff, and agreement of maps with perturbations and regions.
+
+Model level (one jitted forward + backward per batch; see :mod:`percadv_jax.cam.model`)::
+
+  maps = cam.grad_cam(module, variables, x)              # [N, H, W] in [0, 1], predicted class
+  maps = cam.compute_cam("layer_cam", module, variables, x, layer="block_16", target=y)
+
+Array level (:mod:`percadv_jax.cam.core`): ``grad_cam_map(A, G)`` etc. from activations and
+gradients ``[N, h, w, K]``; ``postprocess(raw, (H, W))``.
+
+Metrics (:mod:`percadv_jax.cam.metrics`): ``agreement(perturbation_map, saliency_map,
+region=mask)`` and the perturbation maps ``perturbation_magnitude(d)``, ``dissimilarity_map``.
+Figures: ``plot_maps(images, cams, perturbation_maps, dissimilarity_maps, path=...)``.
+"""
+
+from percadv_jax.cam.core import (
+    GRADIENT_METHODS,
+    METHODS,
+    class_activation_map,
+    grad_cam_map,
+    grad_cam_pp_map,
+    grad_cam_pp_weights,
+    grad_cam_weights,
+    gradient_cam_map,
+    hires_cam_map,
+    layer_cam_map,
+    minmax_scale,
+    postprocess,
+    resize_bilinear,
+    score_cam_weights,
+    weighted_sum,
+    xgrad_cam_map,
+    xgrad_cam_weights,
+)
+from percadv_jax.cam.figures import overlay, plot_maps
+from percadv_jax.cam.metrics import (
+    agreement,
+    dissimilarity_map,
+    energy_in_region,
+    pearson,
+    perturbation_magnitude,
+    pointing_game,
+    rank_average,
+    roc_auc,
+    spearman,
+    top_k_iou,
+)
+from percadv_jax.cam.model import (
+    cam,
+    compute_cam,
+    grad_cam,
+    grad_cam_pp,
+    hires_cam,
+    layer_cam,
+    model_info,
+    resolve_layer,
+    score_cam,
+    tap_names,
+    xgrad_cam,
+)
