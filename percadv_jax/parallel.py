@@ -1,0 +1,497 @@
+"""Data parallelism over all devices of all hosts: one ``"data"`` mesh axis, ``jax.jit`` +
+``NamedSharding`` (no ``pmap``), parameters replicated, batches split along their leading axis.
+
+The model of a run:
+
+- ``initialize(...)`` (multi-host only) starts JAX's distributed runtime from arguments or the
+  environment, before any other JAX call. On CPU the collectives go through gloo.
+- ``make_mesh()`` is a 1-D mesh with axis ``"data"`` over ``jax.devices()`` (every device of every
+  process). ``replicate(tree)`` places parameters / train state on every device.
+- Batch sizes a user gives are *global*. Each process reads only its rows (``local_slice``,
+  ``process_indices``) and hands them to ``shard_batch``, which assembles the global array with
+  ``jax.make_array_from_process_local_data``. In one process, local == global.
+- Uneven sizes are never dropped silently: ``shard_batch(..., pad=True)`` pads to a multiple of the
+  device count and adds a float32 validity weight (1 real, 0 padding); without ``pad`` it raises a
+  ``ValueError`` saying how to fix it. Training steps require an even batch (padding would enter
+  BatchNorm statistics); evaluation (``evaluate``) pads the last batch to the full global batch
+  size, so one compiled shape serves every batch and the random streams match any device count.
+- ``sharded(fn, batch_argnums=...)`` jits ``fn`` with batch arguments split along ``"data"`` and
+  the others replicated; ``sharded_train_step`` and ``evaluate`` are the two common cases (train
+  step; attack / CAM / agreement evaluation as weighted per-example means).
+- ``is_main_process()`` guards file output (process 0 writes); ``to_host`` gathers a sharded
+  result to NumPy on every process.
+
+Checkpoints across hosts use orbax: every process calls ``save``/``restore`` with the same global
+``jax.Array`` pytree; orbax writes each shard once and the primary process writes the metadata.
+``abstract_replicated(tree)`` builds the restore target (``jax.ShapeDtypeStruct`` with the
+replicated sharding) so a restored state lands on the mesh directly.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+WEIGHT_KEY = "weight"
+
+_ENV = {
+    "coordinator_address": ("PERCADV_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
+    "num_processes": ("PERCADV_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
+    "process_id": ("PERCADV_PROCESS_ID", "JAX_PROCESS_ID"),
+}
+_initialized = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Multi-host runtime.
+
+
+def _from_env(name: str) -> str | None:
+  for var in _ENV[name]:
+    if os.environ.get(var):
+      return os.environ[var]
+  return None
+
+
+def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, *, local_device_ids: Sequence[int] | None = None,
+               cpu_collectives: str = "gloo", timeout_s: int = 300) -> bool:
+  """Starts ``jax.distributed`` for a multi-process run; a no-op for a single process.
+
+  Call it first, before any other JAX computation. Arguments left ``None`` are read from the
+  environment: ``PERCADV_COORDINATOR_ADDRESS`` (or ``JAX_COORDINATOR_ADDRESS``), e.g.
+  ``"10.0.0.1:1234"``; ``PERCADV_NUM_PROCESSES`` / ``JAX_NUM_PROCESSES``;
+  ``PERCADV_PROCESS_ID`` / ``JAX_PROCESS_ID``. With no coordinator and ``num_processes`` in
+  (None, 1) nothing is started (one process). Calling it again after success does nothing.
+
+  Args:
+    coordinator_address: ``host:port`` of process 0's coordinator service.
+    num_processes: total number of processes (>= 1).
+    process_id: this process's id in ``[0, num_processes)``.
+    local_device_ids: restricts this process to these local accelerators (GPU: one process per
+      GPU passes ``[local_rank]``); ``None`` uses all.
+    cpu_collectives: ``jax_cpu_collectives_implementation`` for cross-process CPU collectives
+      ("gloo"; "mpi" needs an MPI build; "none" disables them).
+    timeout_s: how long to wait for all processes to join.
+
+  Returns:
+    True if a multi-process runtime is (now) running, False for a single process.
+
+  Raises:
+    ValueError: an inconsistent combination (e.g. several processes but no coordinator).
+  """
+  global _initialized
+  if _initialized:
+    return True
+  coordinator_address = coordinator_address or _from_env("coordinator_address")
+  if num_processes is None and _from_env("num_processes") is not None:
+    num_processes = int(_from_env("num_processes"))
+  if process_id is None and _from_env("process_id") is not None:
+    process_id = int(_from_env("process_id"))
+  if coordinator_address is None and num_processes in (None, 1):
+    return False
+  if coordinator_address is None:
+    raise ValueError(f"num_processes={num_processes} needs a coordinator_address (host:port of "
+                     "process 0), from the argument or PERCADV_COORDINATOR_ADDRESS")
+  if num_processes is None or process_id is None:
+    raise ValueError("a multi-process run needs num_processes and process_id (arguments or "
+                     "PERCADV_NUM_PROCESSES / PERCADV_PROCESS_ID)")
+  if not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
+  if cpu_collectives:
+    jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+  jax.distributed.initialize(coordinator_address=coordinator_address,
+                             num_processes=num_processes, process_id=process_id,
+                             local_device_ids=local_device_ids,
+                             initialization_timeout=timeout_s)
+  _initialized = True
+  return True
+
+
+def is_main_process() -> bool:
+  """True on process 0, the one that writes results, tables and figures."""
+  return jax.process_index() == 0
+
+
+def sync(name: str) -> None:
+  """Barrier across processes (no-op for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
+def broadcast_from_main(tree: Any) -> Any:
+  """Process 0's values of a pytree of NumPy arrays / scalars on every process."""
+  if jax.process_count() == 1:
+    return tree
+  return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
+
+
+# ----------------------------------------------------------------------------------------------
+# Mesh and placement.
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all processes)."""
+  devices = list(jax.devices() if devices is None else devices)
+  if not devices:
+    raise ValueError("make_mesh needs at least one device")
+  return Mesh(np.asarray(devices, dtype=object), (DATA_AXIS,))
+
+
+@functools.lru_cache(maxsize=None)
+def _default_mesh() -> Mesh:
+  return make_mesh()
+
+
+def _mesh(mesh: Mesh | None) -> Mesh:
+  return _default_mesh() if mesh is None else mesh
+
+
+def data_sharding(mesh: Mesh | None = None) -> NamedSharding:
+  """Leading (batch) axis split over ``"data"``; other axes whole."""
+  return NamedSharding(_mesh(mesh), P(DATA_AXIS))
+
+
+def replicated_sharding(mesh: Mesh | None = None) -> NamedSharding:
+  """A full copy on every device of the mesh."""
+  return NamedSharding(_mesh(mesh), P())
+
+
+def num_devices(mesh: Mesh | None = None) -> int:
+  return _mesh(mesh).devices.size
+
+
+def num_local_devices(mesh: Mesh | None = None) -> int:
+  """Devices of ``mesh`` that belong to this process."""
+  return len(_mesh(mesh).local_devices)
+
+
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _replicate_leaf(x: Any, sharding: NamedSharding) -> Any:
+  if _is_key(x):
+    impl = jax.random.key_impl(x)
+    return jax.random.wrap_key_data(_replicate_leaf(jax.random.key_data(x), sharding), impl=impl)
+  if isinstance(x, jax.Array) and x.sharding == sharding:
+    return x
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return jax.jit(lambda a: a, out_shardings=sharding)(x)
+  a = np.asarray(x)
+  return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
+
+
+def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+  """Places every array leaf of ``tree`` (params, train state) on every device of ``mesh``.
+
+  In a multi-process run every process must pass the same values (as after the same seeded init
+  or the same checkpoint). Non-array leaves (Python numbers) are placed as 0-d arrays; static
+  fields of flax structs stay as they are.
+  """
+  s = replicated_sharding(mesh)
+  return jax.tree.map(lambda x: _replicate_leaf(x, s), tree)
+
+
+def _leading(tree: Any) -> int:
+  sizes = {np.shape(x)[0] for x in jax.tree.leaves(tree) if np.ndim(x) > 0}
+  if len(sizes) != 1:
+    raise ValueError(f"all batch leaves need the same leading (batch) size, got {sorted(sizes)}")
+  return sizes.pop()
+
+
+def pad_batch(batch: Mapping[str, Any], size: int, *,
+              weight_key: str = WEIGHT_KEY) -> dict[str, np.ndarray]:
+  """Pads every leaf of a dict batch along axis 0 to ``size`` rows and adds validity weights.
+
+  Padding rows repeat the last real row (valid pixels and labels, so nothing downstream sees
+  out-of-range values), and get weight 0; real rows keep their weight (1 if ``batch`` had none).
+
+  Args:
+    batch: dict of arrays with a common leading size ``1 <= n <= size``.
+    size: the padded leading size.
+    weight_key: the name of the float32 ``[size]`` weight entry.
+
+  Returns:
+    A new dict of NumPy arrays, each with leading size ``size``, plus ``weight_key``.
+  """
+  if not isinstance(batch, Mapping):
+    raise ValueError("padding needs a dict batch (a weight entry is added); got "
+                     f"{type(batch).__name__}")
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  n = _leading(batch)
+  if n == 0:
+    raise ValueError("cannot pad an empty batch (no row to repeat)")
+  if size < n:
+    raise ValueError(f"pad size {size} is smaller than the batch ({n} rows)")
+  weight = batch.pop(weight_key, np.ones((n,), np.float32)).astype(np.float32)
+  out = {}
+  for k, v in batch.items():
+    reps = np.repeat(v[-1:], size - n, axis=0)
+    out[k] = np.concatenate([v, reps], axis=0)
+  out[weight_key] = np.concatenate([weight, np.zeros((size - n,), np.float32)])
+  return out
+
+
+def shard_batch(batch: Any, mesh: Mesh | None = None, *, pad: bool = False,
+                weight_key: str = WEIGHT_KEY) -> Any:
+  """This process's rows of a global batch -> global ``jax.Array``s split along ``"data"``.
+
+  Args:
+    batch: pytree of arrays with a common leading size ``n`` = this process's share of the global
+      batch (the whole batch in a single-process run). Every process passes the same ``n``.
+    mesh: the mesh (default: all devices).
+    pad: if ``n`` is not a multiple of this process's device count, pad (``pad_batch``; ``batch``
+      must be a dict) and add the weight entry. With ``pad=True`` the weight entry is always
+      added, so the structure does not depend on ``n``.
+    weight_key: name of the weight entry.
+
+  Returns:
+    The same pytree of global arrays with leading size ``n * process_count`` (after padding).
+
+  Raises:
+    ValueError: ``n`` does not divide over the local devices and ``pad`` is False.
+  """
+  mesh = _mesh(mesh)
+  s = data_sharding(mesh)
+  leaves = jax.tree.leaves(batch)
+  if leaves and all(isinstance(v, jax.Array) and v.sharding == s for v in leaves):
+    if pad and not (isinstance(batch, Mapping) and weight_key in batch):
+      raise ValueError(f"batch is already sharded but has no '{weight_key}' entry to pad with")
+    return batch  # already global and split along "data"
+  local = num_local_devices(mesh)
+  n = _leading(batch)
+  if pad:
+    batch = pad_batch(batch, -(-n // local) * local, weight_key=weight_key)
+  elif n % local:
+    raise ValueError(
+        f"batch of {n} rows per process does not split over {local} local devices "
+        f"({num_devices(mesh)} in all): use a batch size that is a multiple of "
+        f"{num_devices(mesh)}, or pad it (shard_batch(..., pad=True) adds a '{weight_key}' entry "
+        "marking the padding)")
+
+  def put(x):
+    if isinstance(x, jax.Array) and x.sharding == s:
+      return x
+    x = np.asarray(x)
+    if jax.process_count() == 1:
+      return jax.device_put(x, s)
+    return jax.make_array_from_process_local_data(s, x)
+  return jax.tree.map(put, batch)
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf as a NumPy array with its global shape (gathered across processes if needed)."""
+  def get(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+  return jax.tree.map(get, tree)
+
+
+def local_slice(global_size: int) -> slice:
+  """The rows ``[start, stop)`` of a global batch that this process reads.
+
+  Raises:
+    ValueError: ``global_size`` is not a multiple of the process count.
+  """
+  pc, pi = jax.process_count(), jax.process_index()
+  if global_size % pc:
+    raise ValueError(f"global batch size {global_size} does not split over {pc} processes")
+  n = global_size // pc
+  return slice(pi * n, (pi + 1) * n)
+
+
+def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarray, int]:
+  """Example indices this process reads for the global batch ``[start, start + global_size)``.
+
+  Rows past ``total`` (the dataset size) are dropped here; ``evaluate`` pads them back with
+  weight 0. Returns ``(indices, local_size)`` with ``local_size = global_size // process_count``.
+  """
+  sl = local_slice(global_size)
+  lo, hi = start + sl.start, min(start + sl.stop, total)
+  return np.arange(lo, max(lo, hi)), sl.stop - sl.start
+
+
+# ----------------------------------------------------------------------------------------------
+# Sharded functions.
+
+
+def _sharding_tree(spec: Any, mesh: Mesh) -> Any:
+  table = {"batch": data_sharding(mesh), "replicated": replicated_sharding(mesh)}
+
+  def conv(s):
+    if s is None or isinstance(s, (NamedSharding, jax.sharding.Sharding)):
+      return s
+    if s not in table:
+      raise ValueError(f"unknown sharding {s!r}; use 'batch', 'replicated' or a Sharding")
+    return table[s]
+  return jax.tree.map(conv, spec, is_leaf=lambda s: isinstance(s, str) or s is None)
+
+
+def sharded(fn: Callable, *, mesh: Mesh | None = None, batch_argnums: Sequence[int] = (1,),
+            out_shardings: Any = None, donate_argnums: Sequence[int] = ()) -> Callable:
+  """``jax.jit(fn)`` with batch arguments split along ``"data"`` and the rest replicated.
+
+  Positional arguments whose index is in ``batch_argnums`` are batches: host-local arrays go
+  through ``shard_batch`` (so their size per process must divide over the local devices);
+  all other positional arguments go through ``replicate``. Keyword arguments are not allowed
+  (close over static hyper-parameters with ``functools.partial``).
+
+  Args:
+    fn: a pure function of positional arrays / pytrees.
+    mesh: the mesh (default: all devices).
+    batch_argnums: indices of the batch arguments.
+    out_shardings: pytree prefix of the output of "batch" (split along data), "replicated",
+      a ``Sharding`` or ``None`` (let the compiler choose).
+    donate_argnums: forwarded to ``jax.jit``.
+
+  Returns:
+    A function with ``fn``'s signature returning global ``jax.Array``s (use ``to_host`` to read
+    a batch-split output on every process).
+  """
+  mesh = _mesh(mesh)
+  batch_argnums = tuple(batch_argnums)
+  cache: dict[int, Callable] = {}
+
+  def wrapped(*args):
+    nargs = len(args)
+    if nargs not in cache:
+      in_sh = tuple(data_sharding(mesh) if i in batch_argnums else replicated_sharding(mesh)
+                    for i in range(nargs))
+      outs = (_sharding_tree(out_shardings, mesh) if out_shardings is not None
+              else None)
+      kw = {} if outs is None else {"out_shardings": outs}
+      cache[nargs] = jax.jit(fn, in_shardings=in_sh, donate_argnums=tuple(donate_argnums), **kw)
+    placed = tuple(shard_batch(a, mesh) if i in batch_argnums else replicate(a, mesh)
+                   for i, a in enumerate(args))
+    return cache[nargs](*placed)
+
+  wrapped.__wrapped__ = fn
+  wrapped.__doc__ = fn.__doc__
+  return wrapped
+
+
+def sharded_train_step(step_fn: Callable, *, mesh: Mesh | None = None,
+                       donate: bool = False) -> Callable:
+  """Data-parallel ``step_fn(state, batch) -> (state, metrics)``.
+
+  The state is replicated, the batch split along ``"data"``; the gradient mean over the global
+  batch is the same as on one device (XLA inserts the all-reduce), and the returned state and
+  metrics are replicated. The batch must divide evenly over the devices (a clear ``ValueError``
+  otherwise): padding rows would enter losses and BatchNorm statistics. Use
+  ``data.batches(..., drop_remainder=True)`` with a multiple of ``num_devices()``.
+
+  Args:
+    step_fn: a pure train step, e.g. ``functools.partial(train.adversarial_train_step, ...)``.
+    mesh: the mesh (default: all devices).
+    donate: donate the input state's buffers (saves memory; the old state becomes invalid).
+  """
+  mesh = _mesh(mesh)
+  jitted = jax.jit(step_fn, in_shardings=(replicated_sharding(mesh), data_sharding(mesh)),
+                   out_shardings=replicated_sharding(mesh),
+                   donate_argnums=(0,) if donate else ())
+
+  def step(state, batch):
+    return jitted(replicate(state, mesh), shard_batch(batch, mesh))
+  step.__wrapped__ = step_fn
+  return step
+
+
+def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
+                   weight_key: str = WEIGHT_KEY) -> Iterator[tuple[int, Any]]:
+  """Yields ``(batch_index, global_batch)`` over a whole dataset, every batch ``batch_size`` rows.
+
+  Each process reads only its rows: ``data`` is a dict of arrays indexed by NumPy index arrays
+  (e.g. ``data.to_arrays(src)``), or a ``Callable[[np.ndarray], dict]`` that loads the given
+  example indices (e.g. ``lambda idx: data.to_arrays(src, idx)``) together with its size as
+  ``(fetch, total)``. The last batch is padded with weight-0 rows to ``batch_size``.
+
+  Raises:
+    ValueError: ``batch_size`` is not a multiple of the device count.
+  """
+  mesh = _mesh(mesh)
+  nd = num_devices(mesh)
+  if batch_size <= 0 or batch_size % nd:
+    raise ValueError(f"evaluation batch size {batch_size} must be a positive multiple of the "
+                     f"device count {nd} (the last, partial batch is padded)")
+  if isinstance(data, tuple):
+    fetch, total = data
+  else:
+    total = _leading(data)
+    fetch = lambda idx: {k: np.asarray(v)[idx] for k, v in data.items()}  # noqa: E731
+  for b, start in enumerate(range(0, total, batch_size)):
+    idx, local_size = process_indices(start, batch_size, total)
+    if len(idx) == 0:  # this process's slice of the last batch is empty: copy a real row
+      local = fetch(np.array([total - 1]))
+      local = pad_batch(local, local_size, weight_key=weight_key)
+      local[weight_key] = np.zeros((local_size,), np.float32)
+    else:
+      local = pad_batch(fetch(idx), local_size, weight_key=weight_key)
+    yield b, shard_batch(local, mesh)
+
+
+def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
+             mesh: Mesh | None = None, key: jax.Array | None = None,
+             weight_key: str = WEIGHT_KEY) -> dict[str, float]:
+  """Weighted means of per-example metrics over a dataset, sharded over all devices and hosts.
+
+  Args:
+    per_example_fn: ``per_example_fn(args, batch, key) -> dict[str, f32[B]]`` (``key`` is
+      ``jax.random.fold_in(key, batch_index)``, or None when ``key`` is None); a pure function
+      traced once. ``batch`` is the dict from ``data`` with a ``weight`` entry.
+    args: replicated pytree (model variables, ...).
+    data: see ``iterate_padded``.
+    batch_size: global batch size, a multiple of the device count.
+    mesh: the mesh (default: all devices).
+    key: PRNG key for random attacks.
+    weight_key: name of the weight entry.
+
+  Returns:
+    ``{name: mean over the real examples}`` plus ``"count"`` (number of real examples); the same
+    on every process and, for a given ``batch_size``, for every device and process count.
+  """
+  mesh = _mesh(mesh)
+
+  def sums(a, batch, k):
+    w = batch[weight_key]
+    m = per_example_fn(a, batch, k)
+    out = {name: jnp.sum(w * jnp.asarray(v, jnp.float32)) for name, v in m.items()}
+    out["count"] = jnp.sum(w)
+    return out
+
+  rep = replicated_sharding(mesh)
+  jitted = jax.jit(sums, in_shardings=(rep, data_sharding(mesh), rep), out_shardings=rep)
+  args = replicate(args, mesh)
+  total: dict[str, np.ndarray] = {}
+  for b, batch in iterate_padded(data, batch_size=batch_size, mesh=mesh, weight_key=weight_key):
+    k = None if key is None else replicate(jax.random.fold_in(key, b), mesh)
+    out = jitted(args, batch, k)
+    for name, v in out.items():  # float64 accumulation on the host, replicated scalars
+      total[name] = total.get(name, 0.0) + np.float64(np.asarray(v.addressable_data(0)))
+  count = total.pop("count", 0.0)
+  if count == 0:
+    raise ValueError("evaluate got an empty dataset")
+  result = {name: float(v / count) for name, v in total.items()}
+  result["count"] = int(round(count))
+  return result
+
+
+def abstract_replicated(tree: Any, mesh: Mesh | None = None) -> Any:
+  """``jax.ShapeDtypeStruct`` leaves with the replicated sharding: an orbax restore target.
+
+  ``ocp.args.StandardRestore(abstract_replicated(state_arrays))`` restores a checkpoint onto every
+  device of the mesh on every process (each process reads the file; one copy per device).
+  """
+  s = replicated_sharding(mesh)
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree)
