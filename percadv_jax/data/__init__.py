@@ -1,1 +1,53 @@
-"""(filled by its issue)"""
+"""Datasets with foreground masks, behind one entry point, and batching.
+
+    from percadv_jax import data
+    src = data.load("synthetic_signs", split="train")          # default, no download
+    src[0]  # {"image": uint8 [H,W,3], "mask": uint8 [H,W] in {0,1}, "label": int}
+    src.info.num_classes, src.info.class_names, src.info.image_size
+    for batch in data.batches(src, batch_size=128, key=jax.random.key(0)):
+      batch["image"]  # float32 [B,H,W,3] in [0,1]; batch["mask"] float32 [B,H,W,1]; "label" int32
+
+Names: see :data:`DATASETS` (``load`` with an unknown name lists them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from percadv_jax.data.source import ArraySource, DatasetInfo, batches, to_arrays
+
+# name -> (module, function); modules are imported on first use.
+DATASETS: dict[str, tuple[str, str]] = {
+    "synthetic_signs": ("percadv_jax.data.synthetic", "load"),
+}
+
+
+def known_datasets() -> list[str]:
+  return sorted(DATASETS)
+
+
+def load(name: str, *, split: str, data_dir: str | None = None, image_size: int | None = None,
+         **kwargs: Any):
+  """Returns a random-access source of dataset ``name``.
+
+  Args:
+    name: one of :func:`known_datasets`.
+    split: the split (``"train"``/``"test"``; TFDS sources accept TFDS split strings).
+    data_dir: where prepared data lives (cache / raw files); see notes/data.md per dataset.
+    image_size: square image side; ``None`` = the dataset's default (or its cached size).
+    **kwargs: dataset-specific options (e.g. ``num_examples``, ``seed``, ``num_classes`` for
+      ``synthetic_signs``).
+
+  Returns:
+    a source: ``len(src)``, ``src[i] -> {"image", "mask", "label"}``, ``src.info``.
+  """
+  if name not in DATASETS:
+    raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())}")
+  module, fn = DATASETS[name]
+  loader = getattr(importlib.import_module(module), fn)
+  return loader(split=split, data_dir=data_dir, image_size=image_size, **kwargs)
+
+
+__all__ = ["ArraySource", "DATASETS", "DatasetInfo", "batches", "known_datasets", "load",
+           "to_arrays"]

@@ -1,0 +1,249 @@
+"""Random-access sources, dataset metadata and the batching helper shared by every dataset.
+
+A *source* is any object with ``len(src)``, ``src[i] -> {"image": uint8 [H,W,3], "mask": uint8
+[H,W] in {0,1}, "label": int}`` and ``src.info`` (a :class:`DatasetInfo`). Sources that hold
+their data in arrays also implement ``src.get_batch(indices)``, which :func:`batches` and
+:func:`to_arrays` use to gather many examples with one fancy-indexing call.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Any, Iterator, Mapping, Sequence
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a source holds and where it came from.
+
+  Attributes:
+    name: registry name (``"synthetic_signs"``, ``"gtsrb_ic"``, ...).
+    split: the split this source reads (``"train"``, ``"test"``, ...).
+    num_classes: labels lie in ``[0, num_classes)``.
+    class_names: ``num_classes`` human-readable names.
+    image_size: side of the square images (pixels); ``None`` only for variable-size sources.
+    num_examples: ``len(src)``.
+    has_masks: False when masks are all ones because the data has no foreground masks.
+    mask_source: how masks were made: ``"rendered"``, ``"grabcut"``, ``"coco_segmentation"``,
+      ``"trimap"`` or ``"none"`` (all ones).
+    source: provenance (file paths, archive names, generator parameters).
+    skipped: counts of inputs left out and why (unreadable images, CSV rows without files ...).
+    extra: dataset-specific facts (preparation parameters, per-class counts ...).
+  """
+  name: str
+  split: str
+  num_classes: int
+  class_names: tuple[str, ...]
+  image_size: int | None
+  num_examples: int
+  has_masks: bool
+  mask_source: str
+  source: str
+  skipped: Mapping[str, int] = dataclasses.field(default_factory=dict)
+  extra: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __getitem__(self, key: str) -> Any:
+    """Dict-style access (``info["num_classes"]``) for code that treats info as a mapping."""
+    try:
+      return getattr(self, key)
+    except AttributeError:
+      raise KeyError(key) from None
+
+  def get(self, key: str, default: Any = None) -> Any:
+    return getattr(self, key, default)
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["class_names"] = list(self.class_names)
+    d["skipped"] = dict(self.skipped)
+    d["extra"] = dict(self.extra)
+    return d
+
+
+class ArraySource:
+  """A source over in-memory arrays.
+
+  Args:
+    images: uint8 ``[N,H,W,3]``.
+    masks: uint8 ``[N,H,W]`` with values in {0,1}.
+    labels: integer ``[N]`` in ``[0, info.num_classes)``.
+    info: the :class:`DatasetInfo` (``num_examples`` must equal ``N``).
+  """
+
+  def __init__(self, images: np.ndarray, masks: np.ndarray, labels: np.ndarray,
+               info: DatasetInfo):
+    images, masks, labels = np.asarray(images), np.asarray(masks), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f"images must be uint8 [N,H,W,3], got {images.dtype} {images.shape}")
+    if masks.dtype != np.uint8 or masks.shape != images.shape[:3]:
+      raise ValueError(f"masks must be uint8 {images.shape[:3]}, got {masks.dtype} {masks.shape}")
+    if labels.shape != images.shape[:1]:
+      raise ValueError(f"labels must have shape ({len(images)},), got {labels.shape}")
+    if info.num_examples != len(images):
+      raise ValueError(f"info.num_examples={info.num_examples} but {len(images)} images")
+    self.images, self.masks, self.labels = images, masks, labels.astype(np.int64)
+    self.info = info
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    i = _check_index(i, len(self))
+    return {"image": self.images[i], "mask": self.masks[i], "label": int(self.labels[i])}
+
+  def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Returns uint8 images ``[B,H,W,3]``, uint8 masks ``[B,H,W]``, int labels ``[B]``."""
+    return {"image": self.images[indices], "mask": self.masks[indices],
+            "label": self.labels[indices]}
+
+  def __repr__(self) -> str:
+    return (f"ArraySource({self.info.name!r}, split={self.info.split!r}, n={len(self)}, "
+            f"image_size={self.info.image_size}, num_classes={self.info.num_classes})")
+
+
+def _check_index(i: Any, n: int) -> int:
+  if not isinstance(i, (int, np.integer)):
+    raise TypeError(f"index must be an int, got {type(i).__name__}")
+  i = int(i)
+  if i < 0:
+    i += n
+  if not 0 <= i < n:
+    raise IndexError(f"index {i} out of range for a source of {n} examples")
+  return i
+
+
+def _gather(src: Any, indices: np.ndarray) -> dict[str, np.ndarray]:
+  """uint8 images/masks and int labels for ``indices`` (fast path for array sources)."""
+  if hasattr(src, "get_batch"):
+    return src.get_batch(np.asarray(indices))
+  items = [src[int(i)] for i in indices]
+  if not items:
+    raise ValueError("no examples to gather")
+  return {"image": np.stack([np.asarray(it["image"]) for it in items]),
+          "mask": np.stack([np.asarray(it["mask"]) for it in items]),
+          "label": np.asarray([int(it["label"]) for it in items])}
+
+
+def _to_float(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  image = np.asarray(raw["image"])
+  if image.dtype != np.uint8:
+    raise ValueError(f"source images must be uint8, got {image.dtype}")
+  return {"image": image.astype(np.float32) * np.float32(1.0 / 255.0),
+          "mask": np.asarray(raw["mask"], np.float32)[..., None],
+          "label": np.asarray(raw["label"], np.int32)}
+
+
+def to_arrays(src: Any, indices: Sequence[int] | np.ndarray | None = None
+              ) -> dict[str, np.ndarray]:
+  """Gathers a whole (small) source, or ``indices`` of it, into batch arrays.
+
+  Returns:
+    ``{"image": float32 [N,H,W,3] in [0,1], "mask": float32 [N,H,W,1] in {0,1},
+    "label": int32 [N]}`` (NumPy arrays).
+  """
+  idx = np.arange(len(src)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+  if idx.size == 0:
+    raise ValueError("to_arrays needs at least one index")
+  if idx.min() < -len(src) or idx.max() >= len(src):
+    raise IndexError(f"indices out of range for a source of {len(src)} examples")
+  return _to_float(_gather(src, idx % len(src)))
+
+
+def _epoch_order(n: int, key: jax.Array | None, epoch: int, shuffle: bool) -> np.ndarray:
+  if not shuffle:
+    return np.arange(n)
+  return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+
+
+def batches(src: Any, *, batch_size: int, key: jax.Array | None = None, shuffle: bool = True,
+            drop_remainder: bool = True, epochs: int | None = 1, prefetch: int = 2
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """Yields batches of a source, shuffled by a JAX key, gathered on a background thread.
+
+  Args:
+    src: a source (``len``, ``__getitem__``; ``get_batch`` is used when present).
+    batch_size: examples per batch (> 0).
+    key: ``jax.random`` key for the shuffle; epoch ``e`` uses ``fold_in(key, e)``. When
+      ``shuffle`` and ``key is None`` the fixed key ``jax.random.key(0)`` is used.
+    shuffle: permute the examples every epoch.
+    drop_remainder: drop the last incomplete batch of every epoch (else yield it smaller).
+    epochs: passes over the data; ``None`` repeats forever.
+    prefetch: batches prepared ahead by a background thread (0 = gather in the caller's thread).
+
+  Yields:
+    ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
+    "label": int32 [B]}`` (NumPy arrays, ready for ``jax.device_put`` or a jitted step).
+  """
+  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+  if epochs is not None and (not isinstance(epochs, (int, np.integer)) or epochs < 0):
+    raise ValueError(f"epochs must be a non-negative int or None, got {epochs!r}")
+  if prefetch < 0:
+    raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+  n = len(src)
+  if n == 0:
+    raise ValueError("the source is empty")
+  if drop_remainder and n < batch_size:
+    raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of the source and "
+                     "drop_remainder=True would yield nothing; lower batch_size or pass "
+                     "drop_remainder=False")
+  if shuffle and key is None:
+    key = jax.random.key(0)
+
+  def index_batches() -> Iterator[np.ndarray]:
+    epoch = 0
+    while epochs is None or epoch < epochs:
+      order = _epoch_order(n, key, epoch, shuffle)
+      stop = n - n % batch_size if drop_remainder else n
+      for start in range(0, stop, batch_size):
+        yield order[start:start + batch_size]
+      epoch += 1
+
+  if prefetch == 0:
+    for idx in index_batches():
+      yield _to_float(_gather(src, idx))
+    return
+
+  q: queue.Queue = queue.Queue(maxsize=prefetch)
+  stop_event = threading.Event()
+  done = object()
+
+  def worker():
+    try:
+      for idx in index_batches():
+        item = _to_float(_gather(src, idx))
+        while not stop_event.is_set():
+          try:
+            q.put(item, timeout=0.1)
+            break
+          except queue.Full:
+            continue
+        if stop_event.is_set():
+          return
+      q.put(done)
+    except BaseException as e:  # handed to the consumer, re-raised there
+      q.put(e)
+
+  thread = threading.Thread(target=worker, daemon=True, name="percadv-batches")
+  thread.start()
+  try:
+    while True:
+      item = q.get()
+      if item is done:
+        return
+      if isinstance(item, BaseException):
+        raise item
+      yield item
+  finally:
+    stop_event.set()
+    while thread.is_alive():  # unblock a worker waiting on a full queue
+      try:
+        q.get_nowait()
+      except queue.Empty:
+        pass
+      thread.join(timeout=0.05)
