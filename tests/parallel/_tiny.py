@@ -47,5 +47,6 @@ def toy_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 def init_variables(seed: int = 0):
   module = TinyCNN()
-  variables = module.init(jax.random.PRNGKey(seed), jnp.zeros((1, SIZE, SIZE, 3)), train=False)
+  variables = jax.jit(lambda k: module.init(k, jnp.zeros((1, SIZE, SIZE, 3)), train=False))(
+      jax.random.PRNGKey(seed))
   return module, variables
