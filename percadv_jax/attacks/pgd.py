@@ -1,0 +1,202 @@
+"""FGSM and PGD (Linf, L2), masked, targeted or not, with restarts; jittable and vmappable.
+
+PGD (Madry et al. 2018) as in Foolbox's ``LinfPGD`` / ``L2PGD``: from ``x`` (or a uniform random
+start in the ball) repeat ``x <- P(x + step_size * s(grad))`` with ``s`` the sign (linf) or the
+L2-normalised gradient (l2) and ``P`` the projection onto the eps-ball, then the box [0, 1].
+
+Masked PGD (masks paper): with ``mask`` [N,H,W,1] (or anything broadcastable to x) in {0, 1} the
+gradient is zeroed where ``mask == 0`` *before* the sign / L2 normalisation, the random start is
+masked, and after every projection ``x_adv`` is reset to ``x`` where ``mask == 0``. For the
+setting where the *model* sees only the foreground, wrap the model with
+``masked_logits_fn(logits_fn, mask)`` and pass the same ``mask`` to the attack.
+
+Guarantees on every output: ``|x_adv - x| <= eps`` in the chosen norm (up to float rounding,
+< 1e-6), ``0 <= x_adv <= 1``, ``x_adv == x`` exactly where ``mask == 0``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from percadv_jax import checks
+from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import losses
+
+LogitsFn = Callable[[jax.Array], jax.Array]
+
+
+def masked_logits_fn(logits_fn: LogitsFn, mask: jax.Array) -> LogitsFn:
+  """The masks paper's model: ``x -> logits_fn(x * mask)`` (the background is removed)."""
+  return lambda x: logits_fn(x * mask)
+
+
+def _objective(logits_fn, loss, targeted, y):
+  loss_fn = losses.get_loss(loss)
+
+  def f(xa):
+    z = logits_fn(xa)
+    per_ex = loss_fn(z, y, targeted=targeted)
+    return jnp.sum(per_ex), (per_ex, z)
+  return f
+
+
+@functools.partial(jax.jit, static_argnames=(
+    "logits_fn", "steps", "norm", "random_start", "restarts", "targeted", "loss", "early_stop",
+    "unroll"))
+def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_start, restarts,
+         targeted, loss, early_stop, unroll):
+  n = x.shape[0]
+  eps = C.per_example(eps, n)
+  step = C.per_example(step_size, n)
+  objective = _objective(logits_fn, loss, targeted, y)
+  value_and_grad = jax.value_and_grad(objective, has_aux=True)
+
+  def step_fn(xa, g):
+    xa = xa + step * C.direction(g, norm, mask)
+    return C.project(xa, x, eps, norm, mask)
+
+  def plain_body(xa, _):
+    _, g = value_and_grad(xa)
+    return step_fn(xa, g), None
+
+  def evaluate(xa):
+    per_ex, z = objective(xa)[1]
+    return per_ex, losses.is_success(z, y, targeted=targeted)
+
+  def early_body(carry, _):
+    # Freezes, per example, the first iterate that is adversarial; the others keep going. When
+    # every example of the batch is frozen the step is skipped (no work, same results).
+    def active(c):
+      xa, done = c
+      (_, (_, z)), g = value_and_grad(xa)
+      done = done | losses.is_success(z, y, targeted=targeted)
+      return C.select(done, xa, step_fn(xa, g)), done
+    return lax.cond(jnp.all(carry[1]), lambda c: c, active, carry), None
+
+  def run(key_r):
+    xa = C.random_start(key_r, x, eps, norm, mask) if random_start else x
+    if early_stop:
+      (xa, done), _ = lax.scan(early_body, (xa, jnp.zeros((n,), bool)), None, length=steps,
+                               unroll=unroll)
+    else:
+      xa, _ = lax.scan(plain_body, xa, None, length=steps, unroll=unroll)
+    if restarts == 1:
+      return xa, None, None
+    per_ex, succ = evaluate(xa)
+    return xa, succ, per_ex
+
+  def restart_keys(r):
+    return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+
+  if restarts == 1:
+    return run(restart_keys(0))[0]
+  best = run(restart_keys(0))
+
+  def restart_body(best, r):
+    cand = run(restart_keys(r))
+    take = C.better(cand[1], cand[2], best[1], best[2])
+    return tuple(C.select(take, c, b) for c, b in zip(cand, best)), None
+
+  best, _ = lax.scan(restart_body, best, jnp.arange(1, restarts), unroll=unroll)
+  return best[0]
+
+
+def _prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_start, restarts,
+             targeted, loss):
+  """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core."""
+  steps = C.check_int(steps, "steps")
+  restarts = C.check_int(restarts, "restarts")
+  if restarts > 1 and not random_start:
+    raise ValueError("restarts > 1 needs random_start=True (restarts from x would repeat the "
+                     "same deterministic attack)")
+  C.validate(logits_fn, x, y, mask=mask, norm=norm, loss=loss, targeted=targeted, key=key,
+             need_key=random_start)
+  n = x.shape[0]
+  C.check_per_example(eps, "eps", n, allow_zero=True)
+  if step_size is not None:
+    C.check_per_example(step_size, "step_size", n, allow_zero=False)
+  keys = C.example_keys(key, n) if random_start else None
+  x = checks.as_float(x)
+  mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+  return x, jnp.asarray(y, jnp.int32), keys, mask, steps, restarts
+
+
+def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | None = None,
+        eps: float | jax.Array, step_size: float | jax.Array, steps: int, norm: str = "linf",
+        mask: jax.Array | None = None, random_start: bool = True, restarts: int = 1,
+        targeted: bool = False, loss: str = "ce", early_stop: bool = False,
+        unroll: int | bool | None = None) -> jax.Array:
+  """Projected gradient descent (Madry et al. 2018); see the module docstring.
+
+  Args:
+    logits_fn: ``x [N,H,W,C] -> logits [N,K]``, examples independent of each other (e.g. a model
+      in eval mode). Called with the same static shapes every step; a new closure per call means
+      a new compile for a plain call, so define it once and reuse it.
+    x: float [N,H,W,C] in [0, 1].
+    y: int [N] true labels (untargeted) or target classes (``targeted=True``).
+    key: jax.random key (one for the batch, or one per example: typed [N] or raw [N,2]; per-example
+      keys make each example's result independent of the batch). Needed if ``random_start``.
+    eps: radius of the ball, >= 0, a scalar or float [N] (per example).
+    step_size: absolute step, > 0, scalar or [N] (e.g. ``2.5 * eps / steps``).
+    steps: number of gradient steps, >= 1.
+    norm: "linf" or "l2".
+    mask: optional {0,1} array broadcastable to x's shape ([N,H,W,1]): masked PGD.
+    random_start: start from a uniform sample of the (masked) ball instead of ``x``.
+    restarts: runs from independent random starts; per example the worst case is returned
+      (an adversarial one if any run found one, else the one with the highest loss).
+    targeted: ``y`` are targets; the attack pushes the prediction towards them.
+    loss: "ce", "margin" (CW) or "dlr" (see ``percadv_jax.attacks.losses``).
+    early_stop: freeze each example at its first adversarial iterate (checked before each step
+      and at the end) and skip steps once the whole batch is frozen. It never turns a success
+      into a failure; without it the last iterate is returned (Foolbox / Madry semantics).
+    unroll: unrolling of the step loop (``lax.scan``): None chooses (full unroll on CPU up to
+      ``CPU_UNROLL_MAX_STEPS`` steps, where while-loop bodies with convolution gradients are
+      slow; 1 elsewhere), True = full, an int k = k steps per loop iteration.
+  Returns:
+    x_adv float32 [N,H,W,C], within eps of x in ``norm``, in [0, 1], equal to x where mask is 0.
+  Raises:
+    ValueError: on bad input (shapes, dtypes, x outside [0,1] or NaN, eps < 0, steps < 1, mask
+      not in {0,1} or of the wrong shape, unknown norm/loss, missing key).
+  """
+  x, y, keys, mask, steps, restarts = _prepare(
+      logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm, mask=mask,
+      random_start=random_start, restarts=restarts, targeted=targeted, loss=loss)
+  unroll = C.resolve_unroll(unroll, steps * restarts)
+  return _pgd(logits_fn, x, y, keys, eps, step_size, mask, steps=steps, norm=norm,
+              random_start=bool(random_start), restarts=restarts, targeted=bool(targeted),
+              loss=loss, early_stop=bool(early_stop), unroll=unroll)
+
+
+@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "random_start", "targeted",
+                                             "loss"))
+def _fgsm(logits_fn, x, y, keys, eps, step_size, mask, *, norm, random_start, targeted, loss):
+  n = x.shape[0]
+  eps = C.per_example(eps, n)
+  step = C.per_example(step_size, n)
+  xa = C.random_start(keys, x, eps, norm, mask) if random_start else x
+  g = jax.grad(lambda v: _objective(logits_fn, loss, targeted, y)(v)[0])(xa)
+  return C.project(xa + step * C.direction(g, norm, mask), x, eps, norm, mask)
+
+
+def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: float | jax.Array,
+         key: jax.Array | None = None, step_size: float | jax.Array | None = None,
+         norm: str = "linf", mask: jax.Array | None = None, random_start: bool = False,
+         targeted: bool = False, loss: str = "ce") -> jax.Array:
+  """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``step_size``.
+
+  ``step_size`` defaults to ``eps`` (classic FGSM; with ``norm="l2"`` the fast gradient method);
+  with ``random_start=True`` it is the RS-FGSM of Wong et al. 2020 (they use 1.25 * eps).
+  Arguments, guarantees and errors as ``pgd``; returns x_adv float32 [N,H,W,C].
+  """
+  x, y, keys, mask, _, _ = _prepare(
+      logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=1, norm=norm, mask=mask,
+      random_start=random_start, restarts=1, targeted=targeted, loss=loss)
+  if step_size is None:
+    step_size = eps
+  return _fgsm(logits_fn, x, y, keys, eps, step_size, mask, norm=norm,
+               random_start=bool(random_start), targeted=bool(targeted), loss=loss)
