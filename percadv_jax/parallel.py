@@ -458,7 +458,8 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
     weight_key: name of the weight entry.
 
   Returns:
-    ``{name: mean over the real examples}`` plus ``"count"`` (number of real examples); the same
+    ``{name: mean over the real examples}`` (NaN/inf values are left out of their metric's mean,
+    like ``jnp.nanmean``) plus ``"count"`` (number of real examples); the same
     on every process and, for a given ``batch_size``, for every device and process count.
   """
   mesh = _mesh(mesh)
@@ -466,8 +467,12 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
   def sums(a, batch, k):
     w = batch[weight_key]
     m = per_example_fn(a, batch, k)
-    out = {name: jnp.sum(w * jnp.asarray(v, jnp.float32)) for name, v in m.items()}
-    out["count"] = jnp.sum(w)
+    out = {"count": jnp.sum(w)}
+    for name, v in m.items():  # NaN-ignoring (e.g. a correlation of a constant map)
+      v = jnp.asarray(v, jnp.float32)
+      ok = jnp.isfinite(v)
+      out["sum/" + name] = jnp.sum(jnp.where(ok, w * v, 0.0))
+      out["n/" + name] = jnp.sum(jnp.where(ok, w, 0.0))
     return out
 
   rep = replicated_sharding(mesh)
@@ -482,7 +487,10 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
   count = total.pop("count", 0.0)
   if count == 0:
     raise ValueError("evaluate got an empty dataset")
-  result = {name: float(v / count) for name, v in total.items()}
+  result = {}
+  for name in sorted(k[4:] for k in total if k.startswith("sum/")):
+    n = total["n/" + name]
+    result[name] = float(total["sum/" + name] / n) if n > 0 else float("nan")
   result["count"] = int(round(count))
   return result
 

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from percadv_jax.models.common import tap
+
 NUM_CLASSES = 4
 SIZE = 8
 
@@ -26,8 +28,7 @@ class TinyCNN(nn.Module):
     x = nn.relu(x)
     x = nn.Conv(8, (3, 3))(x)
     x = nn.relu(x)
-    x = self.perturb("features", x)
-    self.sow("intermediates", "features", x, init_fn=tuple, reduce_fn=lambda _, v: v)
+    x = tap(self, "features", x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(NUM_CLASSES)(x)
 

@@ -1,0 +1,71 @@
+"""A sharded robust-accuracy evaluation of the tiny CNN, run by 1 or N processes.
+
+Run as ``python -m tests.parallel._distributed_eval --out F [--coordinator H:P --num_processes N
+--process_id I]``; process 0 writes ``F`` (JSON: evaluation means, device/process counts and the
+gathered adversarial images of the first batch). ``compute()`` is the same evaluation in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+BATCH_SIZE = 8
+NUM_EXAMPLES = 21
+EPS = 0.05
+
+
+def compute() -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  from percadv_jax import attacks, parallel
+  from tests.parallel import _tiny
+
+  module, variables = _tiny.init_variables(seed=0)
+  data = _tiny.toy_data(NUM_EXAMPLES, seed=1)
+
+  def attack(v, x, y, key):
+    logits_fn = lambda z: module.apply(v, z, train=False)  # noqa: E731
+    return attacks.pgd(logits_fn, x, y, key=key, eps=EPS, step_size=EPS / 4, steps=5)
+
+  def per_example(v, batch, key):
+    x, y = batch["image"], batch["label"]
+    logits = module.apply(v, x, train=False)
+    adv_logits = module.apply(v, attack(v, x, y, key), train=False)
+    return {"clean": (jnp.argmax(logits, -1) == y).astype(jnp.float32),
+            "robust": (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32),
+            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, y)}
+
+  key = jax.random.PRNGKey(7)
+  means = parallel.evaluate(per_example, variables, data, batch_size=BATCH_SIZE, key=key)
+  # A batch-split output gathered on every process: the first batch's adversarial images.
+  sl = parallel.local_slice(BATCH_SIZE)
+  first = {k: v[:BATCH_SIZE][sl] for k, v in data.items()}
+  run = parallel.sharded(lambda v, b, k: attack(v, b["image"], b["label"], k),
+                         batch_argnums=(1,), out_shardings="batch")
+  x_adv = parallel.to_host(run(variables, first, jax.random.fold_in(key, 0)))
+  return {"means": means, "x_adv": np.asarray(x_adv).tolist(),
+          "process_count": jax.process_count(), "device_count": jax.device_count()}
+
+
+def main() -> None:
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--out", required=True)
+  ap.add_argument("--coordinator", default=None)
+  ap.add_argument("--num_processes", type=int, default=None)
+  ap.add_argument("--process_id", type=int, default=None)
+  a = ap.parse_args()
+  from percadv_jax import parallel
+  parallel.initialize(a.coordinator, a.num_processes, a.process_id, timeout_s=60)
+  result = compute()
+  if parallel.is_main_process():
+    from percadv_jax import io
+    io.write_json(a.out, result)
+  parallel.sync("done")
+
+
+if __name__ == "__main__":
+  main()
