@@ -20,6 +20,12 @@ from percadv_jax.data.source import ArraySource, DatasetInfo, batches, to_arrays
 # name -> (module, function); modules are imported on first use.
 DATASETS: dict[str, tuple[str, str]] = {
     "synthetic_signs": ("percadv_jax.data.synthetic", "load"),
+    "gtsrb_ic": ("percadv_jax.data.gtsrb", "load"),
+    "coco_ic": ("percadv_jax.data.coco", "load"),
+    "image_folder": ("percadv_jax.data.folder", "load_image_folder"),
+    "oxford_iiit_pet": ("percadv_jax.data.folder", "load_oxford_iiit_pet"),
+    "imagenet2012": ("percadv_jax.data.folder", "load_imagenet2012"),
+    "tfds": ("percadv_jax.data.folder", "load_tfds"),
 }
 
 
@@ -36,8 +42,10 @@ def load(name: str, *, split: str, data_dir: str | None = None, image_size: int 
     split: the split (``"train"``/``"test"``; TFDS sources accept TFDS split strings).
     data_dir: where prepared data lives (cache / raw files); see notes/data.md per dataset.
     image_size: square image side; ``None`` = the dataset's default (or its cached size).
-    **kwargs: dataset-specific options (e.g. ``num_examples``, ``seed``, ``num_classes`` for
-      ``synthetic_signs``).
+    **kwargs: dataset-specific options: ``num_examples``, ``seed``, ``num_classes`` for
+      ``synthetic_signs``; ``raw_dir`` (prepare from raw files if not cached) for ``gtsrb_ic``
+      and ``coco_ic``; ``root``, ``labels_file``, ``resize`` for ``image_folder``;
+      ``tfds_name``, ``image_key``, ``label_key`` for ``tfds``.
 
   Returns:
     a source: ``len(src)``, ``src[i] -> {"image", "mask", "label"}``, ``src.info``.

@@ -1,0 +1,242 @@
+"""The on-disk cache of prepared datasets (GTSRB-IC, COCO-IC): sharded ``.npz``, no pickle.
+
+Layout of one prepared split::
+
+    <data_dir>/<dataset>/<split>_<image_size>px/
+      prep.json                      the preparation's parameters (written first)
+      shard-00000.npz ...            one per chunk of ``shard_size`` raw inputs
+      meta.json                      written last: info, shard list with counts and SHA-256
+
+Each shard is an uncompressed ``.npz`` (read with ``allow_pickle=False``) holding
+
+* ``images``  uint8 ``[n, S, S, 3]`` RGB,
+* ``masks``   uint8 ``[n, S, S]`` in {0, 1},
+* ``labels``  int64 ``[n]``,
+* ``ids``     unicode ``[n]`` (where each example came from: file name, COCO annotation id),
+* ``stats``   uint8 bytes of a JSON object (counts of skipped inputs and why).
+
+Crash safety: every file is written to a temporary file and renamed (``percadv_jax.io``), and a
+split loads only once ``meta.json`` exists, which is written after every shard. A preparation
+killed at any point leaves no loadable cache; re-running it keeps the finished shards (same
+parameters, checked against ``prep.json``) and computes the rest. Shards are written with fixed
+zip timestamps, so a resumed preparation produces byte-identical files to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io as _io
+import json
+import os
+import zipfile
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from percadv_jax import io as pio
+from percadv_jax.data.source import ArraySource, DatasetInfo
+
+FORMAT_VERSION = 1
+_ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+
+
+def split_dir(data_dir: str, dataset: str, split: str, image_size: int) -> str:
+  return os.path.join(data_dir, dataset, f"{split}_{int(image_size)}px")
+
+
+def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
+  """Atomically writes an uncompressed, deterministic ``.npz`` (no pickled objects)."""
+  buf = _io.BytesIO()
+  with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+    for name in sorted(arrays):
+      a = np.ascontiguousarray(arrays[name])
+      if a.dtype.hasobject:
+        raise ValueError(f"array {name!r} holds Python objects; the cache stores no pickles")
+      member = _io.BytesIO()
+      np.lib.format.write_array(member, a, allow_pickle=False)
+      zf.writestr(zipfile.ZipInfo(name + ".npy", date_time=_ZIP_DATE), member.getvalue())
+  with pio.atomic_open(path, "wb") as f:
+    f.write(buf.getvalue())
+
+
+def read_npz(path: str) -> dict[str, np.ndarray]:
+  with np.load(path, allow_pickle=False) as z:
+    return {k: z[k] for k in z.files}
+
+
+def _sha256(path: str) -> str:
+  h = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()
+
+
+def _shard_name(k: int) -> str:
+  return f"shard-{k:05d}.npz"
+
+
+Sample = tuple[np.ndarray, np.ndarray, int, str]  # image, mask, label, id
+
+
+def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[list[Sample],
+                                                                              dict[str, int]]],
+            *, params: Mapping[str, Any], image_size: int, shard_size: int = 1000,
+            info: Callable[[dict[str, int], int], dict[str, Any]],
+            on_shard: Callable[[int, int], None] | None = None,
+            progress: bool = True) -> str:
+  """Prepares (or resumes preparing) one split into ``out_dir``.
+
+  Args:
+    out_dir: the split's cache directory (see :func:`split_dir`).
+    items: raw inputs in a fixed order; shard ``k`` holds the samples of
+      ``items[k*shard_size:(k+1)*shard_size]``.
+    process: ``item -> (samples, skipped_counts)``; deterministic.
+    params: everything the output depends on (JSON); a mismatch with an existing ``prep.json``
+      discards the old shards.
+    image_size: side of the cached images.
+    shard_size: raw inputs per shard.
+    info: ``(total_skipped_counts, num_examples) -> dict`` of :class:`DatasetInfo` fields
+      (``name, split, num_classes, class_names, mask_source, source, extra``).
+    on_shard: called as ``on_shard(k, num_shards)`` after shard ``k`` is on disk.
+    progress: show a progress bar over raw inputs.
+
+  Returns:
+    ``out_dir``.
+  """
+  os.makedirs(out_dir, exist_ok=True)
+  params = json.loads(json.dumps(dict(params), sort_keys=True))
+  params["format_version"] = FORMAT_VERSION
+  params["num_items"] = len(items)
+  params["shard_size"] = int(shard_size)
+  prep_path, meta_path = os.path.join(out_dir, "prep.json"), os.path.join(out_dir, "meta.json")
+  old = pio.read_json(prep_path) if os.path.exists(prep_path) else None
+  if old != params:
+    for name in os.listdir(out_dir):  # another preparation's leftovers
+      if name.startswith("shard-") or name == "meta.json" or name.endswith(".tmp"):
+        os.remove(os.path.join(out_dir, name))
+    pio.write_json(prep_path, params)
+  elif os.path.exists(meta_path):
+    return out_dir
+  for name in os.listdir(out_dir):  # temporaries of a write cut short by a kill
+    if name.endswith(".tmp"):
+      os.remove(os.path.join(out_dir, name))
+  num_shards = max(1, -(-len(items) // shard_size))
+  bar = pio.progress(total=len(items), desc=os.path.basename(out_dir), unit="img"
+                     ) if progress else None
+  try:
+    for k in range(num_shards):
+      chunk = items[k * shard_size:(k + 1) * shard_size]
+      path = os.path.join(out_dir, _shard_name(k))
+      if os.path.exists(path):
+        if bar is not None:
+          bar.update(len(chunk))
+        continue
+      samples: list[Sample] = []
+      stats: dict[str, int] = {}
+      for item in chunk:
+        got, skipped = process(item)
+        samples.extend(got)
+        for key, v in skipped.items():
+          stats[key] = stats.get(key, 0) + int(v)
+        if bar is not None:
+          bar.update(1)
+      s = int(image_size)
+      write_npz(path, {
+          "images": np.stack([x[0] for x in samples]).astype(np.uint8) if samples
+          else np.zeros((0, s, s, 3), np.uint8),
+          "masks": np.stack([x[1] for x in samples]).astype(np.uint8) if samples
+          else np.zeros((0, s, s), np.uint8),
+          "labels": np.asarray([x[2] for x in samples], np.int64),
+          "ids": np.asarray([x[3] for x in samples], dtype=str) if samples
+          else np.zeros((0,), "<U1"),
+          "stats": np.frombuffer(json.dumps(stats, sort_keys=True).encode(), np.uint8),
+      })
+      if on_shard is not None:
+        on_shard(k, num_shards)
+  finally:
+    if bar is not None:
+      bar.close()
+  shards, total, skipped = [], 0, {}
+  for k in range(num_shards):
+    path = os.path.join(out_dir, _shard_name(k))
+    z = read_npz(path)
+    for key, v in json.loads(z["stats"].tobytes().decode() or "{}").items():
+      skipped[key] = skipped.get(key, 0) + int(v)
+    shards.append({"file": _shard_name(k), "num_examples": int(len(z["labels"])),
+                   "sha256": _sha256(path)})
+    total += len(z["labels"])
+  meta = {"format_version": FORMAT_VERSION, "image_size": int(image_size), "shards": shards,
+          "num_examples": total, "skipped": dict(sorted(skipped.items())),
+          "info": info(skipped, total), "params": params}
+  pio.write_json(meta_path, meta)
+  return out_dir
+
+
+def cached_sizes(data_dir: str, dataset: str, split: str) -> list[int]:
+  """Image sizes with a complete cache of ``dataset``/``split`` under ``data_dir``."""
+  root = os.path.join(data_dir, dataset)
+  if not os.path.isdir(root):
+    return []
+  out = []
+  for name in os.listdir(root):
+    if name.startswith(split + "_") and name.endswith("px") and os.path.exists(
+        os.path.join(root, name, "meta.json")):
+      try:
+        out.append(int(name[len(split) + 1:-2]))
+      except ValueError:
+        pass
+  return sorted(out)
+
+
+def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
+  """Loads a complete cached split into memory.
+
+  Raises:
+    FileNotFoundError: no ``meta.json`` (never prepared, or the preparation did not finish).
+    ValueError: a shard is missing or (with ``verify``) its SHA-256 differs from ``meta.json``.
+  """
+  meta_path = os.path.join(out_dir, "meta.json")
+  if not os.path.exists(meta_path):
+    partial = os.path.isdir(out_dir) and any(n.startswith("shard-") for n in os.listdir(out_dir))
+    raise FileNotFoundError(
+        f"no complete prepared cache at {out_dir} (missing {meta_path})"
+        + ("; a preparation was interrupted there: re-run experiments.prepare_data with the same "
+           "arguments to resume it" if partial else ""))
+  meta = pio.read_json(meta_path)
+  if meta.get("format_version") != FORMAT_VERSION:
+    raise ValueError(f"{meta_path} has cache format {meta.get('format_version')}, expected "
+                     f"{FORMAT_VERSION}; re-run experiments.prepare_data")
+  images, masks, labels, ids = [], [], [], []
+  for sh in meta["shards"]:
+    path = os.path.join(out_dir, sh["file"])
+    if not os.path.exists(path):
+      raise ValueError(f"cache shard {path} listed in {meta_path} is missing")
+    if verify and _sha256(path) != sh["sha256"]:
+      raise ValueError(f"cache shard {path} does not match the SHA-256 in {meta_path}")
+    z = read_npz(path)
+    images.append(z["images"])
+    masks.append(z["masks"])
+    labels.append(z["labels"])
+    ids.append(z["ids"])
+  s = meta["image_size"]
+  src = ArraySource(
+      np.concatenate(images) if images else np.zeros((0, s, s, 3), np.uint8),
+      np.concatenate(masks) if masks else np.zeros((0, s, s), np.uint8),
+      np.concatenate(labels) if labels else np.zeros((0,), np.int64),
+      _info_from_meta(meta, out_dir))
+  src.ids = np.concatenate(ids) if ids else np.zeros((0,), "<U1")
+  return src
+
+
+def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
+  info = dict(meta["info"])
+  extra = dict(info.get("extra", {}))
+  extra["cache_dir"] = out_dir
+  extra["preparation"] = meta["params"]
+  return DatasetInfo(
+      name=info["name"], split=info["split"], num_classes=int(info["num_classes"]),
+      class_names=tuple(info["class_names"]), image_size=int(meta["image_size"]),
+      num_examples=int(meta["num_examples"]), has_masks=bool(info.get("has_masks", True)),
+      mask_source=info["mask_source"], source=info["source"], skipped=dict(meta["skipped"]),
+      extra=extra)

@@ -1,0 +1,216 @@
+"""Image folders and TFDS datasets, for the perceptual study on real photographs.
+
+``image_folder``: an ImageNet-style tree ``root/<class_name>/*.{jpg,jpeg,png,ppm,bmp,webp}``
+(classes sorted by name), or image files plus a labels file of lines ``<relative path> <label>``
+(whitespace or comma separated; the label an integer or a class name). No masks: the mask is all
+ones and ``info.has_masks`` is False.
+
+TFDS (``tfds.data_source``, array_record files, no TensorFlow needed), read from a ``data_dir``
+where the user has prepared them (``tfds build``) -- nothing is downloaded:
+
+* ``oxford_iiit_pet``: 37 breeds; the trimap (1 pet, 2 background, 3 border) gives the mask
+  ``trimap != 2`` (pet and its border band).
+* ``imagenet2012``: 1000 classes, no masks (all ones).
+* ``tfds``: any other TFDS dataset, ``tfds_name=...``, ``image_key``/``label_key``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+
+from percadv_jax.data import raw
+from percadv_jax.data.source import DatasetInfo, _check_index
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".webp")
+DEFAULT_IMAGE_SIZE = 224
+
+
+class ImageFolderSource:
+  """Random access over image files; decoding and resizing happen in ``__getitem__``."""
+
+  def __init__(self, paths: list[str], labels: list[int], info: DatasetInfo, resize: str):
+    self.paths, self.labels, self.info, self.resize = paths, np.asarray(labels, np.int64), info, resize
+
+  def __len__(self) -> int:
+    return len(self.paths)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    i = _check_index(i, len(self))
+    img = raw.read_rgb(self.paths[i])
+    if img is None:
+      raise OSError(f"{self.paths[i]} became unreadable after it was verified")
+    s = self.info.image_size
+    return {"image": raw.resize_square(img, s, mode=self.resize),
+            "mask": np.ones((s, s), np.uint8), "label": int(self.labels[i])}
+
+
+def _read_labels_file(root: str, labels_file: str) -> tuple[list[str], list[Any]]:
+  path = labels_file if os.path.isabs(labels_file) else os.path.join(root, labels_file)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"expected the labels file {path} (lines '<relative path> <label>')")
+  files, labels = [], []
+  with open(path) as f:
+    for n, line in enumerate(f, 1):
+      line = line.strip()
+      if not line or line.startswith("#"):
+        continue
+      parts = line.replace(",", " ").split()
+      if len(parts) != 2:
+        raise ValueError(f"{path}:{n}: expected '<relative path> <label>', got {line!r}")
+      files.append(parts[0])
+      labels.append(int(parts[1]) if parts[1].lstrip("-").isdigit() else parts[1])
+  return files, labels
+
+
+def load_image_folder(*, split: str, data_dir: str | None = None,
+                      image_size: int | None = None, root: str | None = None,
+                      labels_file: str | None = None, class_names: list[str] | None = None,
+                      resize: str = "center_crop", verify: bool = True) -> ImageFolderSource:
+  """An image-folder source.
+
+  Args:
+    split: a sub-folder of ``root`` (``root/<split>/<class>/...``) when it exists, else ``root``
+      itself is read (the split name is then only recorded in info).
+    data_dir: used as ``root`` when ``root`` is not given.
+    image_size: output side (default 224); ``resize`` = ``"center_crop"`` or ``"stretch"``.
+    labels_file: read files and labels from it instead of class sub-folders.
+    class_names: with a labels file of integer labels, their names (default ``"0"``, ``"1"``...).
+    verify: decode every file once now, so unreadable ones are skipped (counted in
+      ``info.skipped["unreadable_image"]``) instead of failing later.
+  """
+  root = root or data_dir
+  if root is None:
+    raise ValueError("image_folder needs root= (or data_dir=) pointing at the folder")
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f"image folder {root} does not exist")
+  if os.path.isdir(os.path.join(root, split)):
+    root = os.path.join(root, split)
+  size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
+  skipped: dict[str, int] = {}
+  if labels_file is not None:
+    files, raw_labels = _read_labels_file(root, labels_file)
+    if all(isinstance(v, int) for v in raw_labels):
+      n_cls = max(raw_labels) + 1 if raw_labels else 0
+      names = list(class_names) if class_names is not None else [str(c) for c in range(n_cls)]
+      labels = list(raw_labels)
+    else:
+      names = list(class_names) if class_names is not None else sorted(set(map(str, raw_labels)))
+      index = {n: i for i, n in enumerate(names)}
+      labels = [index[str(v)] if not isinstance(v, int) else v for v in raw_labels]
+    paths = [os.path.join(root, f) for f in files]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+      skipped["missing_file"] = len(missing)
+      keep = [i for i, p in enumerate(paths) if os.path.isfile(p)]
+      paths, labels = [paths[i] for i in keep], [labels[i] for i in keep]
+  else:
+    names = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    if not names:
+      raise FileNotFoundError(f"no class sub-folders in {root}; expected root/<class>/*.jpg or a "
+                              "labels_file")
+    paths, labels = [], []
+    for c, name in enumerate(names):
+      for f in sorted(os.listdir(os.path.join(root, name))):
+        if f.lower().endswith(IMAGE_EXTENSIONS):
+          paths.append(os.path.join(root, name, f))
+          labels.append(c)
+  if verify:
+    ok = [raw.read_rgb(p) is not None for p in paths]
+    if not all(ok):
+      skipped["unreadable_image"] = ok.count(False)
+      paths = [p for p, k in zip(paths, ok) if k]
+      labels = [y for y, k in zip(labels, ok) if k]
+  if not paths:
+    raise ValueError(f"no readable images found under {root}")
+  info = DatasetInfo(
+      name="image_folder", split=split, num_classes=len(names), class_names=tuple(names),
+      image_size=size, num_examples=len(paths), has_masks=False, mask_source="none",
+      source=root + (f" + {labels_file}" if labels_file else ""), skipped=skipped,
+      extra={"resize": resize})
+  return ImageFolderSource(paths, labels, info, resize)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+TFDS_SPECS = {
+    "oxford_iiit_pet": {"image_key": "image", "label_key": "label",
+                        "mask_key": "segmentation_mask", "mask_source": "trimap"},
+    "imagenet2012": {"image_key": "image", "label_key": "label", "mask_key": None,
+                     "mask_source": "none"},
+}
+
+
+class TfdsSource:
+  """Wraps a ``tfds.data_source`` (random access, NumPy decoding, no TensorFlow)."""
+
+  def __init__(self, ds, info: DatasetInfo, *, image_key: str, label_key: str,
+               mask_key: str | None, resize: str):
+    self.ds, self.info = ds, info
+    self.image_key, self.label_key, self.mask_key, self.resize = (image_key, label_key,
+                                                                  mask_key, resize)
+
+  def __len__(self) -> int:
+    return len(self.ds)
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    i = _check_index(i, len(self))
+    ex = self.ds[i]
+    img = np.asarray(ex[self.image_key])
+    if img.ndim == 2:
+      img = img[..., None]
+    if img.shape[-1] == 1:
+      img = np.repeat(img, 3, -1)
+    img = np.ascontiguousarray(img[..., :3]).astype(np.uint8)
+    s = self.info.image_size
+    if self.mask_key is None:
+      mask = np.ones((s, s), np.uint8)
+    else:
+      trimap = np.asarray(ex[self.mask_key]).reshape(img.shape[:2])
+      mask = raw.resize_mask((trimap != 2).astype(np.uint8), s, mode=self.resize)
+    return {"image": raw.resize_square(img, s, mode=self.resize), "mask": mask,
+            "label": int(ex[self.label_key])}
+
+
+def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None = None,
+              tfds_name: str, image_key: str = "image", label_key: str = "label",
+              mask_key: str | None = None, mask_source: str = "none",
+              resize: str = "center_crop") -> TfdsSource:
+  """A TFDS dataset prepared under ``data_dir`` (default: TFDS's own default data dir)."""
+  import tensorflow_datasets as tfds
+  try:
+    ds = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
+  except Exception as e:  # tfds raises several types for "not prepared"
+    raise FileNotFoundError(
+        f"TFDS dataset {tfds_name!r} split {split!r} is not prepared under "
+        f"{data_dir or 'the TFDS default data_dir'} ({type(e).__name__}: {e}). Prepare it with "
+        f"`tfds build {tfds_name} --data_dir=DIR --file_format=array_record` (manual downloads "
+        "as TFDS documents) and pass data_dir=DIR") from e
+  feats = ds.dataset_info.features
+  label_feat = feats[label_key]
+  names = tuple(getattr(label_feat, "names", None) or
+                [str(c) for c in range(label_feat.num_classes)])
+  info = DatasetInfo(
+      name=tfds_name, split=split, num_classes=len(names), class_names=names,
+      image_size=DEFAULT_IMAGE_SIZE if image_size is None else int(image_size),
+      num_examples=len(ds), has_masks=mask_key is not None, mask_source=mask_source,
+      source=f"tfds.data_source({tfds_name!r}, split={split!r}, data_dir={data_dir!r}) "
+             f"version {ds.dataset_info.version}",
+      skipped={}, extra={"resize": resize})
+  return TfdsSource(ds, info, image_key=image_key, label_key=label_key, mask_key=mask_key,
+                    resize=resize)
+
+
+def _tfds_loader(name: str):
+  def load(*, split: str, data_dir: str | None = None, image_size: int | None = None,
+           resize: str = "center_crop") -> TfdsSource:
+    return load_tfds(split=split, data_dir=data_dir, image_size=image_size, tfds_name=name,
+                     resize=resize, **TFDS_SPECS[name])
+  load.__doc__ = f"TFDS {name!r} through tfds.data_source (see module docstring)."
+  return load
+
+
+load_oxford_iiit_pet = _tfds_loader("oxford_iiit_pet")
+load_imagenet2012 = _tfds_loader("imagenet2012")
