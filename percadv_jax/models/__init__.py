@@ -7,12 +7,15 @@
   ``module.apply(variables, x, train=True, mutable=["batch_stats"])``.
 - Named feature maps ("taps"): ``module.apply(variables, x, mutable=["intermediates"])``; each
   class's ``cam_layer`` names its default CAM layer.
+- ``load_keras_weights(name, path)`` -> ``(module, variables)`` from Keras ``.h5`` /
+  ``.weights.h5`` files of ``keras.applications.MobileNetV2`` / ``VGG19`` (h5py only).
 """
 
 from percadv_jax.models.common import tap
+from percadv_jax.models.keras_weights import load_keras_weights
 from percadv_jax.models.layers import max_pool_2x2
 from percadv_jax.models.mobilenet_v2 import MobileNetV2
 from percadv_jax.models.registry import MODELS, get_model
 from percadv_jax.models.vgg import VGG19
 
-__all__ = ["MODELS", "MobileNetV2", "VGG19", "get_model", "max_pool_2x2", "tap"]
+__all__ = ["MODELS", "MobileNetV2", "VGG19", "get_model", "load_keras_weights", "max_pool_2x2", "tap"]
