@@ -28,6 +28,7 @@ flags.DEFINE_integer("image_size", None, "output side in pixels (default 32 GTSR
 flags.DEFINE_list("splits", None, "splits (default train,test for GTSRB; train,val for COCO)")
 flags.DEFINE_integer("shard_size", None, "raw inputs per cache shard (default 1000 GTSRB, "
                      "500 COCO images)")
+flags.DEFINE_integer("workers", 1, "GTSRB-IC: processes running GrabCut in parallel")
 flags.DEFINE_integer("num_classes", 10, "COCO-IC: most frequent categories kept")
 flags.DEFINE_float("min_area", 1024.0, "COCO-IC: minimum object area in original pixels")
 flags.DEFINE_float("margin", 0.1, "COCO-IC: crop margin around the box (fraction per side)")
@@ -44,6 +45,7 @@ class Config:
   num_classes: int = 10
   min_area: float = 1024.0
   margin: float = 0.1
+  workers: int = 1
 
 
 def run(config: Config) -> dict[str, str]:
@@ -52,7 +54,8 @@ def run(config: Config) -> dict[str, str]:
   for split in config.splits:
     if config.dataset == "gtsrb_ic":
       out[split] = gtsrb.prepare(raw_dir=config.raw_dir, data_dir=config.data_dir, split=split,
-                                 image_size=config.image_size, shard_size=config.shard_size)
+                                 image_size=config.image_size, shard_size=config.shard_size,
+                                 workers=config.workers)
     else:
       out[split] = coco.prepare(raw_dir=config.raw_dir, data_dir=config.data_dir, split=split,
                                 image_size=config.image_size, shard_size=config.shard_size,
@@ -77,7 +80,8 @@ def main(argv):
                                       else coco.DEFAULT_IMAGE_SIZE),
       splits=tuple(FLAGS.splits or (("train", "test") if is_gtsrb else ("train", "val"))),
       shard_size=FLAGS.shard_size or (1000 if is_gtsrb else 500),
-      num_classes=FLAGS.num_classes, min_area=FLAGS.min_area, margin=FLAGS.margin)
+      num_classes=FLAGS.num_classes, min_area=FLAGS.min_area, margin=FLAGS.margin,
+      workers=FLAGS.workers)
   run(config)
 
 

@@ -84,7 +84,7 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
             *, params: Mapping[str, Any], image_size: int, shard_size: int = 1000,
             info: Callable[[dict[str, int], int], dict[str, Any]],
             on_shard: Callable[[int, int], None] | None = None,
-            progress: bool = True) -> str:
+            progress: bool = True, workers: int = 1) -> str:
   """Prepares (or resumes preparing) one split into ``out_dir``.
 
   Args:
@@ -100,6 +100,8 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
       (``name, split, num_classes, class_names, mask_source, source, extra``).
     on_shard: called as ``on_shard(k, num_shards)`` after shard ``k`` is on disk.
     progress: show a progress bar over raw inputs.
+    workers: processes (spawned) that run ``process`` on a shard's items in parallel; ``process``
+      must then be picklable. Results are gathered in order, so the cache is the same.
 
   Returns:
     ``out_dir``.
@@ -124,6 +126,10 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
   num_shards = max(1, -(-len(items) // shard_size))
   bar = pio.progress(total=len(items), desc=os.path.basename(out_dir), unit="img"
                      ) if progress else None
+  pool = None
+  if workers > 1:
+    import multiprocessing
+    pool = multiprocessing.get_context("spawn").Pool(workers)
   try:
     for k in range(num_shards):
       chunk = items[k * shard_size:(k + 1) * shard_size]
@@ -134,8 +140,8 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
         continue
       samples: list[Sample] = []
       stats: dict[str, int] = {}
-      for item in chunk:
-        got, skipped = process(item)
+      results = pool.imap(process, chunk) if pool is not None else map(process, chunk)
+      for got, skipped in results:
         samples.extend(got)
         for key, v in skipped.items():
           stats[key] = stats.get(key, 0) + int(v)
@@ -155,6 +161,8 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
       if on_shard is not None:
         on_shard(k, num_shards)
   finally:
+    if pool is not None:
+      pool.terminate()
     if bar is not None:
       bar.close()
   shards, total, skipped = [], 0, {}

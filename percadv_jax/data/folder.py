@@ -32,7 +32,8 @@ class ImageFolderSource:
   """Random access over image files; decoding and resizing happen in ``__getitem__``."""
 
   def __init__(self, paths: list[str], labels: list[int], info: DatasetInfo, resize: str):
-    self.paths, self.labels, self.info, self.resize = paths, np.asarray(labels, np.int64), info, resize
+    self.paths, self.labels = paths, np.asarray(labels, np.int64)
+    self.info, self.resize = info, resize
 
   def __len__(self) -> int:
     return len(self.paths)
@@ -180,6 +181,12 @@ def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None
               resize: str = "center_crop") -> TfdsSource:
   """A TFDS dataset prepared under ``data_dir`` (default: TFDS's own default data dir)."""
   import tensorflow_datasets as tfds
+  if data_dir is not None and not os.path.isdir(os.path.join(data_dir, tfds_name)):
+    raise FileNotFoundError(
+        f"no prepared TFDS dataset {tfds_name!r} under {data_dir} (expected "
+        f"{os.path.join(data_dir, tfds_name)}/<version>/*.array_record*). Prepare it with "
+        f"`tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record` (manual "
+        "downloads as TFDS documents); nothing is downloaded here")
   try:
     ds = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared"

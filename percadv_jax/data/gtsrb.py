@@ -21,6 +21,7 @@ differ from the file; the ROI is scaled to the real size), ``bad_roi`` (empty RO
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import hashlib
 import json
@@ -177,13 +178,22 @@ def process_item(item: dict[str, Any], *, image_size: int, grabcut: dict[str, An
   return [(image, mask, int(item["label"]), item["id"])], stats
 
 
+def _process_any(item, *, image_size: int, grabcut: dict[str, Any]):
+  if isinstance(item, tuple):  # the leading ("listing", counts) pseudo-item
+    return [], dict(item[1])
+  return process_item(item, image_size=image_size, grabcut=grabcut)
+
+
 GRABCUT_DEFAULTS = {"work_size": 128, "iterations": 5, "border": 0.06, "centre": 0.3, "seed": 0}
 
 
 def prepare(*, raw_dir: str, data_dir: str, split: str, image_size: int = DEFAULT_IMAGE_SIZE,
             shard_size: int = 1000, grabcut: dict[str, Any] | None = None,
-            on_shard=None, progress: bool = True) -> str:
-  """Segments and caches one split (resumable; see :mod:`percadv_jax.data.cache`)."""
+            on_shard=None, progress: bool = True, workers: int = 1) -> str:
+  """Segments and caches one split (resumable; see :mod:`percadv_jax.data.cache`).
+
+  ``workers > 1`` runs GrabCut in that many processes (same cache bytes).
+  """
   gc = {**GRABCUT_DEFAULTS, **(grabcut or {})}
   items, list_stats, source = list_items(raw_dir, split)
   out_dir = cache.split_dir(data_dir, NAME, split, image_size)
@@ -194,9 +204,6 @@ def prepare(*, raw_dir: str, data_dir: str, split: str, image_size: int = DEFAUL
             "source": f"GTSRB ({source}); masks by OpenCV GrabCut seeded from the ROI",
             "extra": {"grabcut": gc, "listing": list_stats}}
 
-  def process(item):
-    return process_item(item, image_size=image_size, grabcut=gc)
-
   # Listing problems (missing files, bad rows) are counted once, as a leading pseudo-item.
   params = {"dataset": NAME, "split": split, "image_size": int(image_size), "grabcut": gc,
             "items_sha1": hashlib.sha1(json.dumps(
@@ -204,9 +211,9 @@ def prepare(*, raw_dir: str, data_dir: str, split: str, image_size: int = DEFAUL
                  for it in items]).encode()).hexdigest(),
             "listing": list_stats}
   return cache.prepare(out_dir, [("listing", list_stats)] + items,
-                       lambda it: ([], dict(it[1])) if isinstance(it, tuple) else process(it),
+                       functools.partial(_process_any, image_size=image_size, grabcut=gc),
                        params=params, image_size=image_size, shard_size=shard_size, info=info,
-                       on_shard=on_shard, progress=progress)
+                       on_shard=on_shard, progress=progress, workers=workers)
 
 
 def load(*, split: str, data_dir: str | None = None, image_size: int | None = None,

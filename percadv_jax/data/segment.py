@@ -46,7 +46,8 @@ def roi_seed_mask(shape: tuple[int, int], roi: Sequence[float], *, border: float
   return seeds
 
 
-def grabcut_mask(image: np.ndarray, roi: Sequence[float] | None = None, *, out_size: int | None = None,
+def grabcut_mask(image: np.ndarray, roi: Sequence[float] | None = None, *,
+                 out_size: int | None = None,
                  work_size: int = 128, iterations: int = 5, border: float = 0.06,
                  centre: float = 0.3, seed: int = 0) -> tuple[np.ndarray, bool]:
   """Segments the object in ``roi`` of ``image`` with GrabCut.

@@ -340,7 +340,11 @@ def render_example(index: int, *, seed: int = 0, split: str = "train",
 def generate(*, split: str, num_examples: int, seed: int = 0,
              image_size: int = DEFAULT_IMAGE_SIZE, num_classes: int = DEFAULT_NUM_CLASSES,
              progress: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-  """Renders ``num_examples`` examples: uint8 images [N,S,S,3], uint8 masks [N,S,S], int64 labels."""
+  """Renders examples ``0..num_examples-1``.
+
+  Returns:
+    uint8 images [N,S,S,3], uint8 masks [N,S,S] in {0,1}, int64 labels [N].
+  """
   images = np.empty((num_examples, image_size, image_size, 3), np.uint8)
   masks = np.empty((num_examples, image_size, image_size), np.uint8)
   labels = np.empty((num_examples,), np.int64)

@@ -48,6 +48,7 @@ def fake_pets(tmp_path_factory):
   """A prepared array_record copy of TFDS's oxford_iiit_pet (its real builder, features and
   version), written without TensorFlow from pre-encoded JPEG/PNG bytes."""
   import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
   real = tfds.builder_cls("oxford_iiit_pet")
 
   class FakePets(real, skip_registration=True):

@@ -95,9 +95,9 @@ def _files(d):
 
 def test_interrupted_preparation_resumes_to_identical_cache(raw_dir, tmp_path):
   root, _ = raw_dir
-  full = str(tmp_path / "full")
+  full = str(tmp_path / "full")  # uninterrupted, GrabCut in two worker processes
   gtsrb.prepare(raw_dir=root, data_dir=full, split="train", image_size=24, shard_size=3,
-                progress=False)
+                progress=False, workers=2)
 
   class Killed(Exception):
     pass
