@@ -1,0 +1,187 @@
+"""Model registry, shapes, taps, input checks, max pooling and jit == no-jit (no Keras here)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from percadv_jax.models import MobileNetV2, VGG19, get_model, max_pool_2x2
+from percadv_jax.models import mobilenet_v2 as mnv2
+
+
+def _shapes(module, x_shape, **apply_kw):
+  """Logits and intermediates shapes via eval_shape (traced, never compiled)."""
+  x = jax.ShapeDtypeStruct(x_shape, jnp.float32)
+  variables = jax.eval_shape(module.init, jax.random.key(0), x)
+  logits, state = jax.eval_shape(
+      lambda v, x: module.apply(v, x, mutable=["intermediates"], **apply_kw), variables, x)
+  inter = {k: tuple(v.shape) for k, v in state["intermediates"].items()}
+  return variables, tuple(logits.shape), inter
+
+
+def test_make_divisible_matches_keras_rules():
+  # Keras' rounding: nearest multiple of 8, at least 8, never below 90% of the value.
+  assert [mnv2.make_divisible(v) for v in (11.2, 16, 24, 5, 8.4, 36.4, 1792.0)] == \
+      [16, 16, 24, 8, 8, 40, 1792]
+  plan = mnv2.channel_plan(0.35)
+  assert plan["first"] == 16 and plan["last"] == 1280
+  assert [b[2] for b in plan["blocks"]] == [8, 8, 8, 16, 16, 16, 24, 24, 24, 24, 32, 32, 32,
+                                            56, 56, 56, 112]
+  assert mnv2.channel_plan(1.4)["last"] == 1792 and mnv2.channel_plan(1.0)["first"] == 32
+
+
+@pytest.mark.parametrize("width,size", [(0.35, (96, 96)), (1.0, (224, 224)), (1.4, (75, 61))])
+def test_mobilenet_v2_shapes_and_taps(width, size):
+  module = get_model("mobilenet_v2", num_classes=7, width=width)
+  assert isinstance(module, MobileNetV2) and module.cam_layer == "out_relu"
+  variables, logits, inter = _shapes(module, (3, *size, 3))
+  assert logits == (3, 7)
+  assert set(variables) == {"params", "batch_stats"}
+  plan = mnv2.channel_plan(width)
+  assert {f"block_{i}" for i in range(17)} | {"Conv1_relu", "out_relu"} == set(inter)
+  # Spatial size: ceil-halving at Conv1 and the four stride-2 blocks (Keras' correct_pad).
+  h, w = size
+  for _ in range(5):
+    h, w = -(-h // 2), -(-w // 2)
+  assert inter["out_relu"] == (3, h, w, plan["last"])
+  assert inter["block_16"] == (3, h, w, plan["blocks"][-1][2])
+  assert inter["Conv1_relu"] == (3, -(-size[0] // 2), -(-size[1] // 2), plan["first"])
+  if size == (224, 224):
+    assert inter["out_relu"] == (3, 7, 7, 1280)
+    n_params = sum(p.size for p in jax.tree.leaves(variables["params"]))
+    assert n_params == 3_504_872 - 1000 * 1281 + 7 * 1281  # Keras' MobileNetV2 count, 7 classes
+
+
+@pytest.mark.parametrize("size", [32, 64])
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_small_vgg_shapes_and_taps(size, batch_norm):
+  module = get_model("vgg19", num_classes=43, width=0.25, variant="small", batch_norm=batch_norm)
+  assert isinstance(module, VGG19) and module.cam_layer == "block5_conv4"
+  variables, logits, inter = _shapes(module, (2, size, size, 3))
+  assert logits == (2, 43)
+  assert ("batch_stats" in variables) == batch_norm
+  convs = [f"block{b}_conv{k}" for b, n in enumerate((2, 2, 4, 4, 4), 1) for k in range(1, n + 1)]
+  assert len(convs) == 16 and set(convs) | {f"block{b}_pool" for b in range(1, 6)} == set(inter)
+  assert inter["block1_conv1"] == (2, size, size, 16)
+  assert inter["block5_conv4"] == (2, size // 16, size // 16, 128)
+  assert inter["block5_pool"] == (2, size // 32, size // 32, 128)
+  assert "fc1" not in variables["params"]
+
+
+def test_imagenet_vgg_matches_keras_parameter_count():
+  module = get_model("vgg19", num_classes=1000)
+  variables, logits, inter = _shapes(module, (1, 224, 224, 3))
+  assert logits == (1, 1000) and inter["block5_conv4"] == (1, 14, 14, 512)
+  assert sum(p.size for p in jax.tree.leaves(variables)) == 143_667_240  # Keras' VGG19 count
+
+
+def test_get_model_errors():
+  with pytest.raises(ValueError, match=r"unknown model 'resnet'; known models: "
+                                       r"\['mobilenet_v2', 'vgg19'\]"):
+    get_model("resnet", num_classes=10)
+  with pytest.raises(ValueError, match="unknown keyword.*'alpha'"):
+    get_model("mobilenet_v2", num_classes=10, alpha=0.5)
+  with pytest.raises(ValueError, match="num_classes"):
+    get_model("vgg19", num_classes=0)
+  with pytest.raises(ValueError, match="width"):
+    get_model("vgg19", num_classes=10, width=-1.0)
+  with pytest.raises(ValueError, match="unknown variant"):
+    get_model("vgg19", num_classes=10, variant="tiny")
+  with pytest.raises(ValueError, match="batch_norm"):
+    get_model("vgg19", num_classes=10, batch_norm=True)
+
+
+@pytest.mark.parametrize("name,kw", [("mobilenet_v2", {"width": 0.35}),
+                                     ("vgg19", {"width": 0.25, "variant": "small"})])
+def test_bad_inputs_raise_value_error(name, kw):
+  module = get_model(name, num_classes=5, **kw)
+  ok = np.full((1, 32, 32, 3), 0.5, np.float32)
+  bad = {
+      "rank": (ok[0], "rank 4"),
+      "channels": (ok[..., :1], "3 channels"),
+      "dtype": ((ok * 255).astype(np.uint8), "float"),
+      "range": (ok * 3.0, r"\[0, 1\]"),
+      "nan": (np.where(ok > 0, np.nan, ok).astype(np.float32), "NaN"),
+      "size": (ok[:, :16, :16], "at least 32x32"),
+  }
+  for x, message in bad.values():
+    with pytest.raises(ValueError, match=message):
+      module.apply({}, x)  # the check runs before any variable is touched
+  # Under jit the values are abstract: shapes and dtypes are still checked.
+  with pytest.raises(ValueError, match="3 channels"):
+    jax.jit(module.apply)({}, jnp.asarray(ok[..., :1]))
+
+
+def test_max_pool_2x2_matches_flax_values_and_gradient():
+  rng = np.random.default_rng(1)
+  x = rng.uniform(0.0, 1.0, (2, 9, 6, 3)).astype(np.float32)  # odd height: last row dropped
+  ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+  np.testing.assert_array_equal(jax.jit(max_pool_2x2)(x), jax.jit(ref)(x))
+  w = rng.normal(0.0, 1.0, (2, 4, 3, 3)).astype(np.float32)
+  g = jax.jit(jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * w)))(x)
+  g_ref = jax.jit(jax.grad(lambda x: jnp.sum(ref(x) * w)))(x)
+  np.testing.assert_allclose(g, g_ref, rtol=0, atol=0)
+
+
+def _random_variables(module, x, seed):
+  """Random variables of the right structure from NumPy (``module.init``'s threefry draws cost
+  a long XLA compile on CPU; the structure comes from eval_shape)."""
+  rng = np.random.default_rng(seed)
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
+
+  def draw(path, leaf):
+    name, shape = jax.tree_util.keystr(path), leaf.shape
+    if name.endswith("['kernel']"):
+      a = rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+    elif name.endswith(("['scale']", "['var']")):
+      a = rng.uniform(0.5, 1.5, shape)
+    else:
+      a = rng.normal(0.0, 0.1, shape)
+    return jnp.asarray(a, jnp.float32)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+@pytest.fixture(scope="module")
+def small_vgg():
+  module = get_model("vgg19", num_classes=10, width=0.125, variant="small", batch_norm=True)
+  x = np.random.default_rng(0).uniform(0.0, 1.0, (4, 32, 32, 3)).astype(np.float32)
+  return module, _random_variables(module, x, 1), x
+
+
+def test_jit_equals_no_jit_and_taps(small_vgg):
+  module, variables, x = small_vgg
+  logits, state = module.apply(variables, x, mutable=["intermediates"])
+  logits_jit = jax.jit(module.apply)(variables, x)
+  np.testing.assert_allclose(logits, logits_jit, rtol=1e-5, atol=1e-5)
+  feats = state["intermediates"]["block5_conv4"]
+  assert feats.shape == (4, 2, 2, 64) and float(feats.min()) >= 0.0  # after ReLU
+  # The head is GAP + Dense over block5_pool: recompute the logits from the tap.
+  head = variables["params"]["predictions"]
+  pooled = state["intermediates"]["block5_pool"].mean(axis=(1, 2))
+  np.testing.assert_allclose(pooled @ head["kernel"] + head["bias"], logits, rtol=1e-5, atol=1e-5)
+
+
+def test_tap_gradient_is_activation_gradient(small_vgg):
+  """grad w.r.t. the tap's perturbation == grad of the head evaluated on the activation."""
+  module, variables, x = small_vgg
+  _, state = module.apply(variables, x, mutable=["intermediates", "perturbations"])
+  zeros = state["perturbations"]
+  assert zeros["block5_pool"].shape == (4, 1, 1, 64)
+
+  def loss(p):
+    return module.apply({**variables, "perturbations": p}, x)[:, 3].sum()
+  g = jax.jit(jax.grad(loss))(zeros)["block5_pool"]
+  kernel = variables["params"]["predictions"]["kernel"]
+  np.testing.assert_allclose(g, jnp.broadcast_to(kernel[:, 3], g.shape), rtol=1e-5, atol=1e-6)
+
+
+def test_train_mode_updates_batch_stats(small_vgg):
+  module, variables, x = small_vgg
+  logits, updates = jax.jit(lambda v, x: module.apply(v, x, train=True, mutable=["batch_stats"]))(
+      variables, x)
+  assert logits.shape == (4, 10)
+  before = variables["batch_stats"]["block1_conv1_bn"]["mean"]
+  after = updates["batch_stats"]["block1_conv1_bn"]["mean"]
+  assert before.shape == after.shape == (8,)
+  assert float(jnp.abs(after - before).max()) > 0.0
