@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import jax
@@ -73,11 +74,26 @@ def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool
   if key is not None:
     key_shape(key, n)
   if checks.is_concrete(x) and checks.is_concrete(y):
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x.shape, jnp.float32))
-    if len(out.shape) != 2 or out.shape[0] != n:
+    out_shape = logits_shape(logits_fn, tuple(x.shape))
+    if len(out_shape) != 2 or out_shape[0] != n:
       raise ValueError(f"logits_fn must return logits of shape [N, num_classes] = [{n}, K], "
-                       f"got {tuple(out.shape)}")
-    checks.check_labels(y, n, out.shape[1], "targets" if targeted else "y")
+                       f"got {out_shape}")
+    checks.check_labels(y, n, out_shape[1], "targets" if targeted else "y")
+
+
+_SHAPES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
+def logits_shape(logits_fn, x_shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Shape of ``logits_fn``'s output for float32 inputs of ``x_shape`` (traced once, cached)."""
+  try:
+    cache = _SHAPES.setdefault(logits_fn, {})
+  except TypeError:  # not weak-referenceable: no cache
+    cache = {}
+  if x_shape not in cache:
+    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+    cache[x_shape] = tuple(getattr(out, "shape", ()))
+  return cache[x_shape]
 
 
 def key_shape(key: Any, n: int) -> bool:
