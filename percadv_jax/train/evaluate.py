@@ -1,122 +1,115 @@
 """Evaluation: natural accuracy and robust accuracy under PGD and APGD (pointwise worst case).
 
-An example counts as robust under a set of attacks when the model classifies it correctly clean
-*and* under every attack (the per-example worst case, as AutoAttack reports it). In the masked
-setting the model sees ``x * mask`` and the attacks change only foreground pixels.
+Built on ``percadv_jax.attacks.robust_accuracy``: an example counts as robust under a set of
+attacks when the model classifies it correctly clean *and* after every attack (the per-example
+worst case, as AutoAttack reports it). In the masked setting the model sees ``x * mask`` and the
+attacks start from ``x * mask`` and change only foreground pixels.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from percadv_jax import attacks, io
+from percadv_jax import attacks
 from percadv_jax.train.loop import ArrayData
-from percadv_jax.train.steps import AttackConfig, make_logits_fn, model_input
-
-
-def _batch_fn(apply_fn: Callable, *, masked: bool, attack: AttackConfig, use_pgd: bool,
-              use_apgd: bool) -> Callable:
-  """Jitted ``(variables, x, y, mask, key) -> dict of bool [B]`` correctness per attack."""
-
-  def fn(variables, x, y, mask, key):
-    k_pgd, k_apgd = jax.random.split(key)
-    logits_fn = make_logits_fn(apply_fn, variables, mask=mask, masked=masked)
-    x0 = model_input(x, mask, masked)
-    m = mask if masked else None
-    out = {"natural": jnp.argmax(logits_fn(x0), -1) == y}
-    if use_pgd:
-      x_adv = attacks.pgd(logits_fn, x0, y, key=k_pgd, eps=attack.eps,
-                          step_size=attack.step_size, steps=attack.steps, norm=attack.norm,
-                          mask=m, restarts=attack.restarts)
-      out["pgd"] = jnp.argmax(logits_fn(x_adv), -1) == y
-    if use_apgd:
-      x_adv = attacks.apgd(logits_fn, x0, y, key=k_apgd, eps=attack.eps, steps=attack.steps,
-                           norm=attack.norm, mask=m)
-      out["apgd"] = jnp.argmax(logits_fn(x_adv), -1) == y
-    return out
-
-  return jax.jit(fn)
+from percadv_jax.train.steps import AttackConfig, model_input
 
 
 def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackConfig,
              key: jax.Array, masked: bool = False, batch_size: int = 256,
-             use_pgd: bool = True, use_apgd: bool = True, desc: str = "eval") -> dict:
+             use_pgd: bool = True, use_apgd: bool = True, apgd_steps: int | None = None,
+             logits_fn: Callable | None = None) -> dict:
   """Natural and robust accuracy of a model on ``data``.
 
   Args:
     apply_fn, variables: the model, applied as ``apply_fn(variables, x, train=False)``.
     data: a ``percadv_jax.data`` source, an ``ArrayData`` or a dict of arrays
       ``{"image": float32 [N,H,W,3] in [0,1], "mask": float32 [N,H,W,1], "label": int32 [N]}``.
-    attack: the threat model (eps, step_size, steps, norm, restarts); APGD uses its eps and
-      steps (its step size adapts itself).
-    key: PRNG key for the random starts (folded with the batch index).
+    attack: the threat model (eps, step_size, steps, norm, restarts). APGD uses its eps, norm
+      and restarts with ``apgd_steps`` iterations (default ``attack.steps``, the same budget)
+      and adapts its own step size.
+    key: PRNG key for the random starts.
     masked: the masked setting.
-    batch_size: evaluation batch (the last batch may be smaller; it compiles once more).
-    use_pgd, use_apgd: which attacks to run.
-    desc: progress-bar label.
+    batch_size: attack this many examples at a time (the last batch is padded: one compile).
+    use_pgd, use_apgd: which attacks to run (neither: natural accuracy only).
+    logits_fn: the eval-mode ``x -> logits`` to reuse (e.g. across eps values: attacks compile
+      once per ``logits_fn``); default ``apply_fn(variables, x, train=False)``.
 
   Returns:
-    ``{"n", "natural_accuracy", "pgd_accuracy", "apgd_accuracy", "robust_accuracy"}``: floats in
-    [0, 1]; ``pgd_accuracy`` (``apgd_accuracy``) counts examples correct both clean and under
-    PGD (APGD); ``robust_accuracy`` is the pointwise worst case over the attacks that ran.
-    ``per_example`` holds the bool [N] arrays (as NumPy) for further bookkeeping.
+    ``{"n", "natural_accuracy", "pgd_accuracy", "apgd_accuracy", "robust_accuracy"}`` (floats
+    in [0, 1]; ``pgd_accuracy`` counts examples correct clean and under PGD, likewise APGD;
+    ``robust_accuracy`` is the pointwise worst case of the attacks that ran) and
+    ``"per_example"``: {"natural", "pgd", "apgd", "robust"} bool NumPy arrays [N].
   """
   data = data if isinstance(data, ArrayData) else ArrayData(data)
-  fn = _batch_fn(apply_fn, masked=masked, attack=attack, use_pgd=use_pgd, use_apgd=use_apgd)
-  n = len(data)
-  parts: dict[str, list[np.ndarray]] = {}
-  starts = range(0, n, batch_size)
-  for b, start in enumerate(io.progress(starts, total=len(starts), desc=desc, unit="batch")):
-    batch = data.batch(np.arange(start, min(start + batch_size, n)))
-    out = fn(variables, batch["image"], batch["label"], batch["mask"],
-             jax.random.fold_in(key, b))
-    for k, v in jax.device_get(out).items():
-      parts.setdefault(k, []).append(np.asarray(v))
-  correct = {k: np.concatenate(v) for k, v in parts.items()}
-  robust = correct["natural"].copy()
-  for k in ("pgd", "apgd"):
-    if k in correct:
-      correct[k] = correct[k] & correct["natural"]
-      robust &= correct[k]
-  result = {"n": int(n), "natural_accuracy": float(correct["natural"].mean())}
-  for k in ("pgd", "apgd"):
-    if k in correct:
-      result[f"{k}_accuracy"] = float(correct[k].mean())
-  result["robust_accuracy"] = float(robust.mean())
-  result["per_example"] = correct
-  return result
+  arrays = data.all()
+  mask = arrays["mask"] if masked else None
+  x = model_input(arrays["image"], arrays["mask"], masked)
+  y = arrays["label"]
+  if logits_fn is None:
+    logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
+  named = {}
+  if use_pgd:
+    named["pgd"] = functools.partial(attacks.pgd, eps=attack.eps, step_size=attack.step_size,
+                                     steps=attack.steps, norm=attack.norm,
+                                     restarts=attack.restarts)
+  if use_apgd:
+    named["apgd"] = functools.partial(attacks.apgd, eps=attack.eps,
+                                      steps=apgd_steps or attack.steps, norm=attack.norm,
+                                      restarts=attack.restarts)
+  n = len(y)
+  if not named:
+    correct = np.concatenate([
+        np.asarray(jax.device_get(logits_fn(x[i:i + batch_size]))).argmax(-1) == y[i:i + batch_size]
+        for i in range(0, n, batch_size)])
+    return {"n": int(n), "natural_accuracy": float(correct.mean()),
+            "robust_accuracy": float(correct.mean()),
+            "per_example": {"natural": correct, "robust": correct}}
+  r = attacks.robust_accuracy(logits_fn, x, y, named, key=key, mask=mask,
+                              batch_size=min(batch_size, n))
+  out = {"n": int(n), "natural_accuracy": r["clean"]}
+  for name in named:
+    out[f"{name}_accuracy"] = r["per_attack"][name]
+  out["robust_accuracy"] = r["robust"]
+  out["per_example"] = {"natural": np.asarray(r["clean_correct"]),
+                        "robust": np.asarray(r["robust_flags"]),
+                        **{k: np.asarray(v) for k, v in r["flags"].items()}}
+  return out
 
 
-def accuracy_vs_eps(apply_fn: Callable, variables: Any, data: Any, *, eps_values: Sequence[float],
-                    attack: AttackConfig, key: jax.Array, masked: bool = False,
-                    batch_size: int = 256, use_apgd: bool = False) -> list[dict]:
-  """Robust accuracy at each eps of ``eps_values`` (step size scaled as ``attack``'s).
+def accuracy_vs_eps(apply_fn: Callable, variables: Any, data: Any, *,
+                    eps_values: Sequence[float], attack: AttackConfig, key: jax.Array,
+                    masked: bool = False, batch_size: int = 256, use_apgd: bool = False,
+                    apgd_steps: int | None = None) -> list[dict]:
+  """Robust accuracy at each eps of ``eps_values`` (step size scaled with eps as in ``attack``).
 
   Returns:
     One dict per eps: ``{"eps", "pgd_accuracy", ["apgd_accuracy"], "robust_accuracy"}``;
-    eps 0 gives the natural accuracy.
+    at eps 0 every entry is the natural accuracy.
   """
-  rows = []
   data = data if isinstance(data, ArrayData) else ArrayData(data)
+  logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
+  rows = []
   for eps in eps_values:
+    eps = float(eps)
     if eps == 0:
       r = evaluate(apply_fn, variables, data, attack=attack, key=key, masked=masked,
-                   batch_size=batch_size, use_pgd=False, use_apgd=False, desc="eps=0")
-      rows.append({"eps": 0.0, "pgd_accuracy": r["natural_accuracy"],
-                   **({"apgd_accuracy": r["natural_accuracy"]} if use_apgd else {}),
-                   "robust_accuracy": r["natural_accuracy"]})
+                   batch_size=batch_size, use_pgd=False, use_apgd=False, logits_fn=logits_fn)
+      acc = r["natural_accuracy"]
+      rows.append({"eps": 0.0, "pgd_accuracy": acc, "robust_accuracy": acc,
+                   **({"apgd_accuracy": acc} if use_apgd else {})})
       continue
     scale = eps / attack.eps if attack.eps > 0 else 1.0
-    a = AttackConfig(eps=float(eps), step_size=attack.step_size * scale, steps=attack.steps,
+    a = AttackConfig(eps=eps, step_size=attack.step_size * scale, steps=attack.steps,
                      norm=attack.norm, restarts=attack.restarts)
     r = evaluate(apply_fn, variables, data, attack=a, key=key, masked=masked,
-                 batch_size=batch_size, use_apgd=use_apgd, desc=f"eps={eps:.4g}")
-    row = {"eps": float(eps), "pgd_accuracy": r["pgd_accuracy"],
-           "robust_accuracy": r["robust_accuracy"]}
+                 batch_size=batch_size, use_apgd=use_apgd, apgd_steps=apgd_steps,
+                 logits_fn=logits_fn)
+    row = {"eps": eps, "pgd_accuracy": r["pgd_accuracy"], "robust_accuracy": r["robust_accuracy"]}
     if use_apgd:
       row["apgd_accuracy"] = r["apgd_accuracy"]
     rows.append(row)

@@ -14,6 +14,7 @@ steps: step, loss, accuracy, learning rate, steps/s), ``checkpoints/<step>/`` (o
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -26,7 +27,8 @@ from percadv_jax import checks, io, models
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
-from percadv_jax.train.steps import AttackConfig, jit_train_step
+from percadv_jax.train import batchnorm
+from percadv_jax.train.steps import AttackConfig, jit_train_step, model_input
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,9 @@ class TrainConfig:
     checkpoint_every: save a checkpoint every this many steps (and at the end).
     log_every: write a metrics.jsonl line every this many steps.
     keep_checkpoints: how many checkpoints to keep.
+    bn_recalibration_batches: after the last step, replace BatchNorm's running statistics by
+      precise population statistics over this many training batches of clean model inputs
+      (``percadv_jax.train.batchnorm``); 0 keeps the running averages.
   """
   model: str = "vgg19"
   model_kwargs: Mapping[str, Any] = dataclasses.field(
@@ -63,6 +68,7 @@ class TrainConfig:
   checkpoint_every: int = 200
   log_every: int = 20
   keep_checkpoints: int = 2
+  bn_recalibration_batches: int = 0
 
   def validate(self) -> None:
     checks.check_positive(self.batch_size, "batch_size")
@@ -71,6 +77,8 @@ class TrainConfig:
     checks.check_positive(self.checkpoint_every, "checkpoint_every")
     checks.check_positive(self.log_every, "log_every")
     checks.check_positive(self.keep_checkpoints, "keep_checkpoints")
+    checks.check_positive(self.bn_recalibration_batches, "bn_recalibration_batches",
+                          allow_zero=True)
     self.attack.validate()
     self.optimizer.validate()
 
@@ -156,10 +164,22 @@ def total_steps(config: TrainConfig, n: int) -> int:
 def build(config: TrainConfig, *, num_classes: int, image_shape: Sequence[int],
           total: int) -> TrainState:
   """A fresh ``TrainState`` for ``config`` (model from ``get_model``, optax optimiser)."""
-  module = models.get_model(config.model, num_classes=num_classes, **dict(config.model_kwargs))
-  tx = make_optimizer(config.optimizer, total)
+  module = _model(config.model, num_classes, tuple(sorted(dict(config.model_kwargs).items())))
+  tx = _optimizer(config.optimizer, total)
   return create_train_state(jax.random.PRNGKey(config.seed), module, tx,
                             input_shape=(1, *image_shape))
+
+
+@functools.lru_cache(maxsize=16)
+def _model(name: str, num_classes: int, kwargs: tuple) -> Any:
+  # One module object per architecture, so the jitted steps (whose cache keys include the
+  # state's static apply_fn and tx) are reused across runs in one process.
+  return models.get_model(name, num_classes=num_classes, **dict(kwargs))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(config: OptimizerConfig, total: int) -> Any:
+  return make_optimizer(config, total)
 
 
 def _check_config(workdir: str, config: TrainConfig) -> None:
@@ -250,6 +270,8 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
                                        "steps_per_sec": rate})
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
         pending, t0 = [], time.perf_counter()
+      if done == total and config.bn_recalibration_batches and state.batch_stats:
+        state = state.replace(batch_stats=_recalibrated(config, state, data, n, total))
       if done % config.checkpoint_every == 0 or done == total:
         checkpoint.save(mngr, state)
       if on_step is not None:
@@ -258,6 +280,16 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     bar.close()
     mngr.close()
   return state
+
+
+def _recalibrated(config: TrainConfig, state: TrainState, data: ArrayData, n: int,
+                  total: int) -> Any:
+  """Precise BatchNorm statistics over the batches that steps total, total+1, ... would use."""
+  def inputs():
+    for j in range(config.bn_recalibration_batches):
+      b = data.batch(batch_indices(n, config.batch_size, config.seed, total + j))
+      yield jnp.asarray(model_input(b["image"], b["mask"], config.masked))
+  return batchnorm.recalibrate(state.apply_fn, state.params, state.batch_stats, inputs())
 
 
 def restore_final(config: TrainConfig, workdir: str, *, num_classes: int,

@@ -9,6 +9,7 @@ continues the same random stream). ``apply_fn`` and ``tx`` are static (not saved
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Mapping
 
 import flax.linen as nn
@@ -139,13 +140,18 @@ def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransforma
   """
   key = _raw_key(key)
   init_key, train_key = jax.random.split(key)
-  variables = jax.jit(lambda k: module.init(k, jnp.zeros(input_shape, jnp.float32),
-                                            train=False))(init_key)
-  variables = dict(variables)
+  variables = dict(_jit_init(module, tuple(input_shape))(init_key))
   params = variables.pop("params")
   batch_stats = variables.pop("batch_stats", {})
-  return TrainState.create(apply_fn=module.apply, params=params, tx=tx,
-                           batch_stats=batch_stats, key=train_key)
+  # A strongly typed int32 step, as a restored checkpoint has it: same jit cache entry.
+  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=module.apply, params=params, tx=tx,
+                    opt_state=tx.init(params), batch_stats=batch_stats, key=train_key)
+
+
+@functools.lru_cache(maxsize=16)
+def _jit_init(module: nn.Module, input_shape: tuple[int, ...]):
+  """``key -> variables`` of ``module`` on zeros of ``input_shape``, compiled once per pair."""
+  return jax.jit(lambda k: module.init(k, jnp.zeros(input_shape, jnp.float32), train=False))
 
 
 def state_arrays(state: TrainState) -> Mapping[str, Any]:

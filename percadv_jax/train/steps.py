@@ -17,6 +17,7 @@ Batches are dicts ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -139,6 +140,7 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
   return new_state, {"loss": loss, "accuracy": accuracy}
 
 
+@functools.lru_cache(maxsize=32)
 def jit_train_step(*, adversarial: bool = False, masked: bool = False,
                    attack: AttackConfig = AttackConfig()) -> Callable:
   """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``."""

@@ -1,0 +1,1 @@
+"""Experiment configurations (frozen dataclasses) and their presets: default, demo, quick."""
