@@ -1,0 +1,302 @@
+"""The perceptual quality ball: a convex SSIM constraint set around an image (DESIGN.md).
+
+For an image ``x`` [H, W, C] and a perturbation ``d``, per channel and for every ``w x w`` window
+``k`` at stride ``s`` (valid positions), with ``n = w * w``, centred patches ``xt_k``, ``dt_k``
+and means ``mu_k``, ``mean(d_k)`` (uniform weights, ``C1 = 0.01**2``, ``C2 = 0.03**2``):
+
+* structure ``S2 >= 1 - e2``  <=>  ``|| dt_k - e2/(1-e2) xt_k || <= R_k`` with
+  ``R_k^2 = e2 (2 - e2) |xt_k|^2 / (1-e2)^2 + e2 n C2 / (1-e2)`` (a ball in the centred subspace);
+* luminance ``S1 >= 1 - e1``  <=>  ``| mean(d_k) - e1/(1-e1) mu_k | <= r_k`` with
+  ``r_k^2 = e1 (2 - e1) mu_k^2 / (1-e1)^2 + e1 C1 / (1-e1)`` (an interval on the mean);
+* the box ``0 <= x + d <= 1``.
+
+``d = 0`` lies strictly inside every ball and interval (``R_k^2 - |a_k|^2 = e2 (2|xt_k|^2 + n C2)
+/ (1 - e2) > 0``), which makes the exact feasibility step of :func:`feasible_scale` possible.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from percadv_jax import checks
+from percadv_jax.perceptual import windows as W
+
+C1 = 0.01 ** 2
+C2 = 0.03 ** 2
+# Feasibility margin of the exact scaling step: radii are shrunk by this relative amount so that
+# float32 round-off cannot leave a (tiny) violation.
+_MARGIN = 2e-6
+
+
+class WindowGeometry(NamedTuple):
+  """Per-group constants of the ball around one image (window layout [Ky,w,Kx,w,C] or
+  [Ky,1,Kx,1,C]): ball centres ``a``, radii ``R``, ``slack = R^2 - |a|^2``; interval centres
+  ``b``, half-widths ``r`` (``None`` when the luminance term is off)."""
+  a: tuple
+  R: tuple
+  slack: tuple
+  b: tuple | None
+  r: tuple | None
+
+
+class ProjectionInfo(NamedTuple):
+  """Convergence report of an iterative solve (arrays of shape [N])."""
+  iterations: jax.Array
+  primal_residual: jax.Array
+  dual_residual: jax.Array
+  gap: jax.Array
+  converged: jax.Array
+  rho: jax.Array
+
+
+def box(x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Per-pixel bounds (lo, hi) of ``d``: ``0 <= x + d <= 1``, and ``d = 0`` where mask is 0."""
+  lo, hi = -x, 1.0 - x
+  if mask is not None:
+    mask = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
+    lo, hi = lo * mask, hi * mask
+  return lo, hi
+
+
+def _check_eps(value, name, allow_off):
+  if value is None or (allow_off and not isinstance(value, jax.Array) and value == 0):
+    if allow_off:
+      return
+    raise ValueError(f"{name} is required (a number in (0, 1))")
+  try:
+    v = float(value)
+  except (TypeError, ValueError):
+    raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+  if not math.isfinite(v) or not 0.0 < v < 1.0:
+    raise ValueError(f"{name} must lie in (0, 1), got {value!r}"
+                     + (" (None or 0 switches the luminance term off)" if allow_off else ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class QualityBall:
+  """The SSIM quality ball (hashable: usable as a static argument of ``jax.jit``).
+
+  Attributes:
+    window: window side ``w`` (pixels).
+    stride: window stride ``s``; windows overlap when ``s < w`` and split into
+      ``ceil(w/s)**2`` groups of non-overlapping windows.
+    eps_structure: ``e2`` in (0, 1): every window keeps ``S2 >= 1 - e2``.
+    eps_luminance: ``e1`` in (0, 1), or None / 0 to switch the luminance constraint off.
+    max_iters, tol, check_every: the ADMM projection's budget, relative residual tolerance and
+      how often residuals are checked (and the penalty adapted).
+  """
+  window: int = 8
+  stride: int = 4
+  eps_structure: float = 0.05
+  eps_luminance: float | None = 0.05
+  max_iters: int = 3000
+  tol: float = 1e-6
+  check_every: int = 10
+
+  def __post_init__(self):
+    for name in ("window", "stride", "max_iters", "check_every"):
+      v = getattr(self, name)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    _check_eps(self.eps_structure, "eps_structure", allow_off=False)
+    _check_eps(self.eps_luminance, "eps_luminance", allow_off=True)
+    if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
+      raise ValueError(f"tol must lie in (0, 1), got {self.tol!r}")
+
+  # -- static facts --------------------------------------------------------------------------
+
+  @property
+  def luminance(self) -> bool:
+    return self.eps_luminance is not None and float(self.eps_luminance) != 0.0
+
+  def groups(self, height: int, width: int) -> tuple[W.Group, ...]:
+    return W.groups(height, width, self.window, self.stride)
+
+  def grid(self, height: int, width: int) -> tuple[int, int]:
+    """Number of window positions (rows, cols)."""
+    return (W.num_windows(height, self.window, self.stride),
+            W.num_windows(width, self.window, self.stride))
+
+  def check(self, x, d=None) -> None:
+    """Validates images ``x`` [N,H,W,C] in [0,1] (and ``d`` of the same shape, finite)."""
+    checks.check_images(x, "x", channels=None)
+    h, w = x.shape[1], x.shape[2]
+    if self.window > min(h, w):
+      raise ValueError(f"window {self.window} is larger than the {h}x{w} image")
+    if d is not None:
+      if tuple(getattr(d, "shape", ())) != tuple(x.shape):
+        raise ValueError(f"d must have the images' shape {tuple(x.shape)}, got "
+                         f"{tuple(getattr(d, 'shape', ()))}")
+      checks.check_finite(d, "d")
+
+  # -- geometry ------------------------------------------------------------------------------
+
+  def geometry(self, x: jax.Array) -> WindowGeometry:
+    """Per-group ball/interval constants around ``x`` [..., H, W, C] (float32)."""
+    e2 = float(self.eps_structure)
+    n = self.window * self.window
+    a_s, r_s, sl_s, b_s, rr_s = [], [], [], [], []
+    for gr in self.groups(x.shape[-3], x.shape[-2]):
+      xw = W.extract(x, gr)
+      mu = W.win_mean(xw)
+      xt = xw - mu
+      q = jnp.sum(xt * xt, axis=(-4, -2), keepdims=True)
+      a_s.append(e2 / (1 - e2) * xt)
+      r_s.append(jnp.sqrt(e2 * (2 - e2) * q / (1 - e2) ** 2 + e2 * n * C2 / (1 - e2)))
+      sl_s.append(e2 * (2 * q + n * C2) / (1 - e2))
+      if self.luminance:
+        e1 = float(self.eps_luminance)
+        b_s.append(e1 / (1 - e1) * mu)
+        rr_s.append(jnp.sqrt(e1 * (2 - e1) * mu * mu / (1 - e1) ** 2 + e1 * C1 / (1 - e1)))
+    lum = self.luminance
+    return WindowGeometry(tuple(a_s), tuple(r_s), tuple(sl_s),
+                          tuple(b_s) if lum else None, tuple(rr_s) if lum else None)
+
+  # -- closed-form projection onto one group -------------------------------------------------
+
+  def project_group_windows(self, v: jax.Array, geo: WindowGeometry, i: int) -> jax.Array:
+    """Projects the windows ``v`` [..., Ky,w,Kx,w,C] of group ``i`` onto their balls/intervals.
+
+    The centred part and the mean of a window are orthogonal, so the projection is the ball
+    projection of the centred part plus the interval clip of the mean.
+    """
+    m = W.win_mean(v)
+    diff = v - m - geo.a[i]
+    nrm = jnp.sqrt(jnp.sum(diff * diff, axis=(-4, -2), keepdims=True))
+    scale = jnp.minimum(1.0, geo.R[i] / jnp.maximum(nrm, 1e-30))
+    if self.luminance:
+      m = jnp.clip(m, geo.b[i] - geo.r[i], geo.b[i] + geo.r[i])
+    return geo.a[i] + diff * scale + m
+
+  # -- exact feasibility by scaling ----------------------------------------------------------
+
+  def feasible_scale(self, x: jax.Array, d: jax.Array, geo: WindowGeometry | None = None
+                     ) -> jax.Array:
+    """The largest ``t`` in [0, 1] with ``t * d`` in the ball, per image.
+
+    ``d`` must already satisfy the box (``t * d`` then does too, the box being convex with 0 in
+    it). Closed form per constraint: the larger root of a quadratic for each ball, a ratio for each
+    interval; radii are shrunk by 2e-6 relative to absorb float32 round-off.
+
+    Args:
+      x, d: [..., H, W, C]. Returns: t of shape ``x.shape[:-3]``.
+    """
+    geo = self.geometry(x) if geo is None else geo
+    lead = x.shape[:-3]
+    t = jnp.ones(lead, jnp.float32)
+    red = tuple(range(len(lead), len(lead) + 5))
+    for i, gr in enumerate(self.groups(x.shape[-3], x.shape[-2])):
+      dw = W.extract(d, gr)
+      m = W.win_mean(dw)
+      dt = dw - m
+      pp = jnp.sum(dt * dt, axis=(-4, -2), keepdims=True)
+      ap = jnp.sum(geo.a[i] * dt, axis=(-4, -2), keepdims=True)
+      # shrink the radius: slack' = (R(1-m))^2 - |a|^2
+      slack = geo.slack[i] - (2 * _MARGIN) * geo.R[i] ** 2
+      disc = ap * ap + pp * slack
+      tb = slack / jnp.maximum(jnp.sqrt(jnp.maximum(disc, 0.0)) - ap, 1e-30)
+      tb = jnp.where(pp > 0, jnp.minimum(tb, 1.0), 1.0)
+      t = jnp.minimum(t, jnp.min(tb, axis=red))
+      if self.luminance:
+        r = geo.r[i] * (1 - _MARGIN)
+        b = geo.b[i]
+        ti = jnp.where(m > 0, (b + r) / jnp.where(m > 0, m, 1.0),
+                       jnp.where(m < 0, (b - r) / jnp.where(m < 0, m, -1.0), 1.0))
+        t = jnp.minimum(t, jnp.min(jnp.clip(ti, 0.0, 1.0), axis=red))
+    return jnp.clip(t, 0.0, 1.0)
+
+  def make_feasible(self, x: jax.Array, d: jax.Array, geo: WindowGeometry | None = None,
+                    mask: jax.Array | None = None) -> jax.Array:
+    """Clips ``d`` to the box (and to 0 where ``mask == 0``) and scales it by
+    :meth:`feasible_scale`: the result is exactly feasible."""
+    lo, hi = box(x, mask)
+    d = jnp.clip(d, lo, hi)
+    t = self.feasible_scale(x, d, geo)
+    return d * t.reshape(t.shape + (1, 1, 1))
+
+  # -- measurements --------------------------------------------------------------------------
+
+  def violation(self, x: jax.Array, d: jax.Array) -> jax.Array:
+    """Largest violation per image: relative for balls (``|dt - a|/R - 1``) and intervals
+    (``|mean(d) - b|/r - 1``), absolute for the box; 0 when feasible.
+
+    Args: x [N,H,W,C] in [0,1], d [N,H,W,C]. Returns: float32 [N] >= 0.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    d = jnp.asarray(d, jnp.float32)
+    if not isinstance(x, jax.core.Tracer):
+      self.check(x, d)
+    geo = self.geometry(x)
+    red = (1, 2, 3)
+    v = jnp.max(jnp.maximum(-x - d, x + d - 1.0), axis=red)
+    red = tuple(range(1, 6))
+    for i, gr in enumerate(self.groups(x.shape[1], x.shape[2])):
+      dw = W.extract(d, gr)
+      m = W.win_mean(dw)
+      diff = dw - m - geo.a[i]
+      nrm = jnp.sqrt(jnp.sum(diff * diff, axis=(-4, -2), keepdims=True))
+      v = jnp.maximum(v, jnp.max(nrm / geo.R[i] - 1.0, axis=red))
+      if self.luminance:
+        v = jnp.maximum(v, jnp.max(jnp.abs(m - geo.b[i]) / geo.r[i] - 1.0, axis=red))
+    return jnp.maximum(v, 0.0)
+
+  def window_ssim(self, x: jax.Array, d: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Per-window luminance and structure terms of SSIM(x, x + d) with uniform weights.
+
+    Args: x, d [N,H,W,C]. Returns: (S1, S2), each float32 [N, Ky, Kx, C] over all window
+    positions (``Ky = (H - w) // s + 1``); in the ball every ``S1 >= 1 - e1``, ``S2 >= 1 - e2``.
+    """
+    x = jnp.asarray(x, jnp.float32)
+    d = jnp.asarray(d, jnp.float32)
+    if not isinstance(x, jax.core.Tracer):
+      self.check(x, d)
+    n_, h, w, c = x.shape
+    ky, kx = self.grid(h, w)
+    s1 = jnp.zeros((n_, ky, kx, c), jnp.float32)
+    s2 = jnp.zeros((n_, ky, kx, c), jnp.float32)
+    n = self.window * self.window
+    for gr in self.groups(h, w):
+      xw = W.extract(x, gr)
+      dw = W.extract(d, gr)
+      mx = W.win_mean(xw)
+      md = W.win_mean(dw)
+      xt = xw - mx
+      yt = xt + dw - md
+      my = mx + md
+      num2 = 2 * jnp.sum(xt * yt, axis=(2, 4)) + n * C2
+      den2 = jnp.sum(xt * xt, axis=(2, 4)) + jnp.sum(yt * yt, axis=(2, 4)) + n * C2
+      mx, my = mx[:, :, 0, :, 0], my[:, :, 0, :, 0]
+      v1 = (2 * mx * my + C1) / (mx * mx + my * my + C1)
+      sl = (slice(None), slice(gr.ry, None, gr.g), slice(gr.rx, None, gr.g))
+      s1 = s1.at[sl].set(v1)
+      s2 = s2.at[sl].set(num2 / den2)
+    return s1, s2
+
+  # -- projection ----------------------------------------------------------------------------
+
+  def project(self, x: jax.Array, d: jax.Array, *, return_info: bool = False):
+    """Euclidean projection of ``d`` onto the ball around ``x`` (box included).
+
+    Consensus ADMM over the window groups and the box, each block projected in closed form,
+    with over-relaxation and an adaptive penalty (see ``admm.py``); the result is made exactly
+    feasible by :meth:`make_feasible` (a scaling by ``1 - O(residual)``).
+
+    Args:
+      x: [N,H,W,C] float in [0,1]; d: [N,H,W,C] float.
+      return_info: also return a :class:`ProjectionInfo` (iterations, relative residuals).
+
+    Returns:
+      d' [N,H,W,C] float32 with ``violation(x, d') <= 1e-5`` and ``0 <= x + d' <= 1``; with
+      ``return_info`` the pair ``(d', info)``.
+    """
+    from percadv_jax.perceptual import admm
+    if not isinstance(x, jax.core.Tracer):
+      self.check(x, d)
+    out, info = admm.project(jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32), self)
+    return (out, info) if return_info else out
