@@ -64,7 +64,8 @@ class SweepConfig:
     step_size_factor: PGD step size = factor * eps / steps (Madry: 2.5).
     dataset, split, data_dir, image_size, num_examples, dataset_kwargs: the evaluation data
       (``percadv_jax.data.load``); ``num_examples=0`` keeps the dataset's default size.
-    model, model_kwargs, masked: the architecture and setting of ``init:`` checkpoints.
+    model, model_kwargs, masked: the architecture and setting of ``init:`` checkpoints (a
+      ``get_model`` name or ``"package.module:Factory"``, see ``make_model``).
     batch_size: global evaluation batch (a multiple of the device count).
     seed: attack randomness (each cell's key is derived from the seed and the cell's id).
     precision: "float32" or "bfloat16" (bf16 network compute, f32 perturbations and logits).
@@ -185,14 +186,31 @@ def grid(config: SweepConfig) -> list[Cell]:
 # Model loading and the per-example evaluation.
 
 
+def make_model(name: str, *, num_classes: int, **kwargs: Any) -> Any:
+  """``models.get_model(name, ...)``, or for ``"package.module:Factory"`` that factory called as
+  ``Factory(num_classes=..., **kwargs)`` (a user's own Flax module for ``init:`` checkpoints)."""
+  if ":" in name:
+    import importlib
+    mod, attr = name.split(":", 1)
+    return getattr(importlib.import_module(mod), attr)(num_classes=num_classes, **kwargs)
+  from percadv_jax import models
+  return models.get_model(name, num_classes=num_classes, **kwargs)
+
+
+@functools.lru_cache(maxsize=16)
+def _init_fn(module: Any, image_shape: tuple[int, ...]):
+  """Jitted ``key -> variables`` of ``module`` (one compile per architecture and image shape)."""
+  return jax.jit(lambda k: module.init(k, jnp.zeros((1, *image_shape), jnp.float32),
+                                       train=False))
+
+
 def load_checkpoint(spec: str, config: SweepConfig, *, num_classes: int,
                     image_shape: Sequence[int]) -> tuple[Any, Any, bool, int]:
   """``(module, variables, masked, step)`` of a checkpoint spec (see module docstring)."""
   from percadv_jax import models, train
   if spec.startswith("init:"):
-    module = models.get_model(config.model, num_classes=num_classes, **config.model_kwargs)
-    variables = jax.jit(lambda k: module.init(k, jnp.zeros((1, *image_shape), jnp.float32),
-                                              train=False))(jax.random.PRNGKey(int(spec[5:])))
+    module = make_model(config.model, num_classes=num_classes, **config.model_kwargs)
+    variables = _init_fn(module, tuple(image_shape))(jax.random.PRNGKey(int(spec[5:])))
     return module, variables, config.masked, 0
   tc = train.TrainConfig.from_dict(io.read_json(os.path.join(spec, "config.json")))
   state = train.build(tc, num_classes=num_classes, image_shape=image_shape, total=1)
@@ -389,35 +407,46 @@ def plot(rows: Sequence[Mapping[str, Any]], path: str, *, norm: str = "linf") ->
 # Command line.
 
 
-def _define_flags():
+_FLAGS = [  # (kind, name, default, help[, enum values])
+    ("string", "workdir", None, "Output directory (results.json, cells.csv, PNG)."),
+    ("string", "config", None, "JSON file of SweepConfig fields; command-line flags override."),
+    ("list", "checkpoints", ["init:0"], "Training workdirs or init:SEED."),
+    ("list", "attacks", ["pgd"], f"Attacks, from {list(ATTACKS)}."),
+    ("list", "eps", ["0", "2/255", "4/255", "8/255"], "Radii (fractions allowed)."),
+    ("list", "steps", ["10"], "Attack iterations."),
+    ("enum", "norm", "linf", "Threat model norm.", ["linf", "l2"]),
+    ("integer", "restarts", 1, "Random restarts."),
+    ("float", "step_size_factor", 2.5, "PGD step = factor * eps / steps."),
+    ("string", "dataset", "synthetic_signs", "percadv_jax.data name."),
+    ("string", "split", "test", "Dataset split."),
+    ("string", "data_dir", None, "Prepared data directory."),
+    ("integer", "image_size", None, "Image side (default: the dataset's)."),
+    ("integer", "num_examples", 512, "Examples to evaluate (0 = the dataset's size)."),
+    ("string", "model", "vgg19", "Architecture of init:SEED checkpoints."),
+    ("string", "model_kwargs", '{"variant": "small", "width": 0.25}',
+     "JSON kwargs of get_model for init:SEED checkpoints."),
+    ("bool", "masked", False, "Masked setting for init:SEED checkpoints."),
+    ("integer", "batch_size", 128, "Global batch (a multiple of the device count)."),
+    ("integer", "seed", 0, "Attack randomness."),
+    ("enum", "precision", "float32", "Network compute dtype.", ["float32", "bfloat16"]),
+    ("integer", "fail_after", 0, "Testing: crash after this many new cells."),
+    ("string", "coordinator_address", None, "Multi-host: host:port of process 0."),
+    ("integer", "num_processes", None, "Multi-host: number of processes."),
+    ("integer", "process_id", None, "Multi-host: this process's id."),
+]
+
+
+def define_flags(flag_values=None) -> None:
+  """Defines the sweep's flags on ``flag_values`` (default: absl's global ``FLAGS``)."""
   from absl import flags
-  flags.DEFINE_string("workdir", None, "Output directory (results.json, cells.csv, PNG).")
-  flags.DEFINE_string("config", None, "JSON file of SweepConfig fields; flags given on the "
-                      "command line override it.")
-  flags.DEFINE_list("checkpoints", ["init:0"], "Training workdirs or init:SEED.")
-  flags.DEFINE_list("attacks", ["pgd"], f"Attacks, from {list(ATTACKS)}.")
-  flags.DEFINE_list("eps", ["0", "2/255", "4/255", "8/255"], "Radii (fractions allowed).")
-  flags.DEFINE_list("steps", ["10"], "Attack iterations.")
-  flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model norm.")
-  flags.DEFINE_integer("restarts", 1, "Random restarts.")
-  flags.DEFINE_float("step_size_factor", 2.5, "PGD step = factor * eps / steps.")
-  flags.DEFINE_string("dataset", "synthetic_signs", "percadv_jax.data name.")
-  flags.DEFINE_string("split", "test", "Dataset split.")
-  flags.DEFINE_string("data_dir", None, "Prepared data directory.")
-  flags.DEFINE_integer("image_size", None, "Image side (default: the dataset's).")
-  flags.DEFINE_integer("num_examples", 512, "Examples to evaluate (0 = the dataset's size).")
-  flags.DEFINE_string("model", "vgg19", "Architecture of init:SEED checkpoints.")
-  flags.DEFINE_string("model_kwargs", '{"variant": "small", "width": 0.25}',
-                      "JSON kwargs of get_model for init:SEED checkpoints.")
-  flags.DEFINE_bool("masked", False, "Masked setting for init:SEED checkpoints.")
-  flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of the device count).")
-  flags.DEFINE_integer("seed", 0, "Attack randomness.")
-  flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Network compute dtype.")
-  flags.DEFINE_integer("fail_after", 0, "Testing: crash after this many new cells.")
-  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
-  flags.mark_flag_as_required("workdir")
+  fv = flags.FLAGS if flag_values is None else flag_values
+  for kind, name, default, help_text, *enum in _FLAGS:
+    define = getattr(flags, "DEFINE_" + kind)
+    if enum:
+      define(name, default, enum[0], help_text, flag_values=fv)
+    else:
+      define(name, default, help_text, flag_values=fv)
+  flags.mark_flag_as_required("workdir", flag_values=fv)
 
 
 def config_from_flags(flag_values) -> SweepConfig:
@@ -450,5 +479,5 @@ def main(argv: Sequence[str]) -> None:
 
 if __name__ == "__main__":
   from absl import app
-  _define_flags()
+  define_flags()
   app.run(main)

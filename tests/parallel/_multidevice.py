@@ -34,7 +34,7 @@ def main() -> None:
   state = tstate.create_train_state(0, module, tx, input_shape=(1, _tiny.SIZE, _tiny.SIZE, 3))
   data = _tiny.toy_data(16, seed=3)
 
-  # --- adversarial train step (PGD-3 inside; covers the natural path), batch of 16 over 8 devices, two steps.
+  # --- adversarial train step (PGD-3 inside; covers the natural path), batch 16, 8 devices.
   from percadv_jax.train import steps as tsteps
   attack_cfg = tsteps.AttackConfig(eps=0.03, step_size=0.01, steps=3)
   for name, kw in [("adversarial", {"adversarial": True, "attack": attack_cfg})]:

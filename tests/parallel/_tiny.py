@@ -17,7 +17,8 @@ SIZE = 8
 
 
 class TinyCNN(nn.Module):
-  """[N,8,8,3] in [0,1] -> logits [N,4]; BatchNorm so train mode updates batch_stats."""
+  """[N,H,W,3] in [0,1] -> logits [N,num_classes]; BatchNorm so train mode updates batch_stats."""
+  num_classes: int = NUM_CLASSES
   cam_layer = "features"
 
   @nn.compact
@@ -30,7 +31,7 @@ class TinyCNN(nn.Module):
     x = nn.relu(x)
     x = tap(self, "features", x)
     x = jnp.mean(x, axis=(1, 2))
-    return nn.Dense(NUM_CLASSES)(x)
+    return nn.Dense(self.num_classes)(x)
 
 
 def toy_data(n: int, seed: int = 0) -> dict[str, np.ndarray]:
