@@ -19,6 +19,15 @@ import keras.src.backend.jax.random as keras_jax_random
 from percadv_jax.models import load_keras_weights
 
 RTOL = 1e-4
+_APPLY = {}
+
+
+def _jitted_apply(module):
+  """One jitted apply per model configuration, shared by the tests (compiles are the cost)."""
+  key = (type(module).__name__, module.num_classes, module.width)
+  if key not in _APPLY:
+    _APPLY[key] = jax.jit(module.apply)
+  return _APPLY[key]
 
 
 def _numpy_draws(shape, *args, dtype=None, **kwargs):
@@ -102,17 +111,49 @@ def test_logits_match_keras(files, key):
   # The random network is not degenerate: logits differ between classes and images.
   assert np.std(ref, axis=1).min() > 1e-3 * np.abs(ref).max()
   assert np.abs(ref[0] - ref[1]).max() > 1e-3 * np.abs(ref).max()
-  apply = None
   for path in (full, weights):
     module, variables = load_keras_weights(name, path)
     assert module.num_classes == 10
     assert module.width == pytest.approx(alpha)
     if name == "vgg19":
       assert module.variant == "imagenet" and module.fc_features == 4096
-    apply = apply or jax.jit(module.apply)
-    logits = np.asarray(apply(variables, x))
+    logits = np.asarray(_jitted_apply(module)(variables, x))
     assert logits.shape == ref.shape
     np.testing.assert_array_less(np.abs(logits - ref).max(), RTOL * np.abs(ref).max())
+
+
+def _to_keras2_weights_file(src: str, dst: str) -> None:
+  """Rewrites a Keras 3 ``model.save`` file in the layout of Keras 2 weight files (Keras'
+  ImageNet downloads): ``layer_names`` at the root, arrays named ``<layer>/<weight>:0`` and
+  depthwise kernels named ``depthwise_kernel``."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  with h5py.File(src, "r") as f, h5py.File(dst, "w") as g:
+    root = f["model_weights"]
+    layer_names = [n.decode() if isinstance(n, bytes) else n for n in root.attrs["layer_names"]]
+    g.attrs["layer_names"] = np.array([n.encode() for n in layer_names])
+    for layer in layer_names:
+      group = g.create_group(layer)
+      names = [n.decode() if isinstance(n, bytes) else n
+               for n in root[layer].attrs.get("weight_names", [])]
+      new_names = []
+      for n in names:
+        leaf = n.rsplit("/", 1)[-1]
+        if leaf == "kernel" and "depthwise" in layer:
+          leaf = "depthwise_kernel"
+        new = f"{layer}/{leaf}:0"
+        group[new] = root[layer][n][()]
+        new_names.append(new.encode())
+      group.attrs["weight_names"] = np.array(new_names, dtype="S")
+
+
+def test_keras2_layout_weight_file(files, tmp_path):
+  full, _, x, ref = files[("mobilenet_v2", 1.0, (75, 61))]
+  path = str(tmp_path / "keras2.h5")
+  _to_keras2_weights_file(full, path)
+  module, variables = load_keras_weights("mobilenet_v2", path)
+  assert module.width == 1.0 and module.num_classes == 10
+  logits = np.asarray(_jitted_apply(module)(variables, x))
+  np.testing.assert_array_less(np.abs(logits - ref).max(), RTOL * np.abs(ref).max())
 
 
 def test_wrong_architecture_names_first_mismatch(files):
