@@ -11,7 +11,8 @@ from percadv_jax import io
 def test_benchmark_cam_writes_tables(tmp_path):
   workdir = str(tmp_path / "bench")
   config = benchmark_cam.Config(models=("vgg19_small",), methods=("grad_cam",), batch_size=2,
-                                image_size=32, width=0.0625, num_classes=3, repeats=1)
+                                image_size=32, width=0.0625, num_classes=4, repeats=1)
+  # (same model and shapes as test_cam_model's vgg19 case: the CAM compile is shared)
   rows = benchmark_cam.run(config, workdir)
   assert len(rows) == 1 and rows[0]["layer"] == "block5_conv4"
   assert rows[0]["cam_s"] > 0 and rows[0]["fwd_bwd_s"] > 0
