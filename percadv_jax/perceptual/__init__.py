@@ -8,3 +8,4 @@ from percadv_jax.perceptual.ball import ProjectionInfo, QualityBall
 from percadv_jax.perceptual.cvx import project_cvxpy, solve_linear_cvxpy
 from percadv_jax.perceptual.ssim import ssim
 from percadv_jax.perceptual.solver import solve_linear
+from percadv_jax.perceptual.attack import ssim_attack

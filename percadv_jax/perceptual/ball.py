@@ -228,10 +228,11 @@ class QualityBall:
 
     Args: x [N,H,W,C] in [0,1], d [N,H,W,C]. Returns: float32 [N] >= 0.
     """
-    x = jnp.asarray(x, jnp.float32)
-    d = jnp.asarray(d, jnp.float32)
     if not isinstance(x, jax.core.Tracer):
       self.check(x, d)
+    return _violation(self, jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32))
+
+  def _violation(self, x, d):
     geo = self.geometry(x)
     red = (1, 2, 3)
     v = jnp.max(jnp.maximum(-x - d, x + d - 1.0), axis=red)
@@ -252,10 +253,11 @@ class QualityBall:
     Args: x, d [N,H,W,C]. Returns: (S1, S2), each float32 [N, Ky, Kx, C] over all window
     positions (``Ky = (H - w) // s + 1``); in the ball every ``S1 >= 1 - e1``, ``S2 >= 1 - e2``.
     """
-    x = jnp.asarray(x, jnp.float32)
-    d = jnp.asarray(d, jnp.float32)
     if not isinstance(x, jax.core.Tracer):
       self.check(x, d)
+    return _window_ssim(self, jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32))
+
+  def _window_ssim(self, x, d):
     n_, h, w, c = x.shape
     ky, kx = self.grid(h, w)
     s1 = jnp.zeros((n_, ky, kx, c), jnp.float32)
@@ -300,3 +302,7 @@ class QualityBall:
       self.check(x, d)
     out, info = admm.project(jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32), self)
     return (out, info) if return_info else out
+
+
+_violation = jax.jit(QualityBall._violation, static_argnums=0)
+_window_ssim = jax.jit(QualityBall._window_ssim, static_argnums=0)

@@ -1,0 +1,165 @@
+"""Golden tests of percadv_jax.perceptual against skimage and CVXPY, plus invariants."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import skimage.data
+import skimage.metrics
+from skimage.transform import resize
+
+from percadv_jax.perceptual import (QualityBall, project_cvxpy, solve_linear, solve_linear_cvxpy,
+                                    ssim, ssim_attack)
+
+
+def _photo(name, size):
+  img = getattr(skimage.data, name)()
+  if img.ndim == 2:
+    img = np.stack([img] * 3, -1)
+  return resize(img[..., :3], (size, size), anti_aliasing=True).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def images16():
+  """Three 16x16 instances: a photograph, uniform noise, and a dark (x <= 0.1) image."""
+  rng = np.random.default_rng(0)
+  x = np.stack([_photo("astronaut", 16), rng.uniform(0, 1, (16, 16, 3)),
+                rng.uniform(0, 0.1, (16, 16, 3))]).astype(np.float32)
+  return x
+
+
+# -- SSIM ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["astronaut", "chelsea", "coffee", "camera"])
+def test_ssim_matches_skimage(name):
+  a = _photo(name, 96)
+  rng = np.random.default_rng(1)
+  b = np.clip(a + rng.normal(0, 0.05, a.shape), 0, 1).astype(np.float32)
+  kw = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1,
+            channel_axis=-1)
+  ref = skimage.metrics.structural_similarity(a, b, **kw)
+  got = ssim(a[None], b[None])
+  assert got.shape == (1,)
+  assert abs(float(got[0]) - ref) < 1e-5
+  # The map, where skimage defines it (its border crop), against a float64 reference.
+  _, full = skimage.metrics.structural_similarity(a.astype(np.float64), b.astype(np.float64),
+                                                  full=True, **kw)
+  m = np.asarray(ssim(a, b, return_map=True))
+  assert m.shape == (86, 86, 3)
+  np.testing.assert_allclose(m, full[5:-5, 5:-5], atol=1e-4)
+
+
+def test_ssim_uniform_batch_and_gradients():
+  a = np.stack([_photo("astronaut", 32), _photo("coffee", 32)])
+  b = np.clip(a[::-1] * 0.9 + 0.05, 0, 1)
+  ref = [skimage.metrics.structural_similarity(a[i], b[i], use_sample_covariance=False,
+                                               data_range=1, channel_axis=-1) for i in range(2)]
+  np.testing.assert_allclose(np.asarray(ssim(a, b, window="uniform")), ref, atol=1e-5)
+  flat = jnp.full((1, 16, 16, 3), 0.3)
+  gr = jax.grad(lambda v: jnp.sum(ssim(flat, v)))(flat)
+  assert np.all(np.isfinite(np.asarray(gr)))
+  assert float(ssim(flat, flat)[0]) == pytest.approx(1.0, abs=1e-6)
+
+
+# -- the ball: projection ------------------------------------------------------------------------
+
+def test_projection_matches_cvxpy_and_is_idempotent(images16):
+  ball = QualityBall()
+  rng = np.random.default_rng(2)
+  d0 = rng.normal(0, 0.3, images16.shape).astype(np.float32)
+  p, info = ball.project(images16, d0, return_info=True)
+  assert bool(np.all(np.asarray(info.converged)))
+  ref = project_cvxpy(images16, d0, ball)
+  err = np.linalg.norm((np.asarray(p) - ref).reshape(3, -1), axis=1)
+  assert np.all(err <= 1e-4 * np.linalg.norm(ref.reshape(3, -1), axis=1))
+  assert float(np.max(ball.violation(images16, p))) <= 1e-5
+  p2 = ball.project(images16, p)
+  np.testing.assert_allclose(np.asarray(p2), np.asarray(p), atol=1e-6)
+  # Every window of the projection keeps S1 and S2 >= 1 - e (up to float32).
+  s1, s2 = ball.window_ssim(images16, p)
+  assert s1.shape == s2.shape == (3, 3, 3, 3)
+  assert float(np.min(s1)) >= 0.95 - 1e-6 and float(np.min(s2)) >= 0.95 - 1e-6
+  # d far outside: some window sits on the boundary.
+  assert float(np.min(s2)) <= 0.95 + 1e-4
+
+
+# -- the linear program ----------------------------------------------------------------------------
+
+def _check_lp(x, g, ball):
+  d, info = solve_linear(x, g, ball, return_info=True)
+  ref = solve_linear_cvxpy(x, g, ball)
+  obj = np.sum(g * np.asarray(d), axis=(1, 2, 3))
+  obj_ref = np.sum(g * ref, axis=(1, 2, 3))
+  assert np.all(obj <= obj_ref * (1 + 1e-5) + 1e-6)            # no better than the optimum
+  assert np.all(obj >= obj_ref * (1 - 1e-3)), (obj, obj_ref)    # and within 1e-3 of it
+  assert bool(np.all(np.asarray(info.converged)))
+  assert np.all(np.asarray(info.gap) <= 1e-3)
+  assert float(np.max(ball.violation(x, d))) <= 1e-5
+  xd = x + np.asarray(d)
+  assert xd.min() >= 0.0 and xd.max() <= 1.0 + 1e-7
+  return d
+
+
+def test_solve_linear_matches_cvxpy(images16):
+  rng = np.random.default_rng(3)
+  g = rng.normal(size=images16.shape).astype(np.float32)
+  _check_lp(images16, g, QualityBall())
+
+
+def test_solve_linear_odd_size_and_other_window():
+  """19x19 with window 6, stride 3: pixels in no window, 4 groups, e1 != e2."""
+  rng = np.random.default_rng(4)
+  x = np.stack([_photo("chelsea", 19), rng.uniform(0.2, 0.9, (19, 19, 3))]).astype(np.float32)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  ball = QualityBall(window=6, stride=3, eps_structure=0.1, eps_luminance=0.02)
+  d = _check_lp(x, g, ball)
+  # the uncovered last row/column only see the box: they sit at the box vertex sign(g)
+  lo, hi = -x[:, 18], 1 - x[:, 18]
+  np.testing.assert_allclose(np.asarray(d)[:, 18], np.where(g[:, 18] > 0, hi, lo), atol=1e-5)
+
+
+# -- the attack ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["linear", "pgd"])
+def test_ssim_attack_feasible(images16, method):
+  rng = np.random.default_rng(5)
+  w = jnp.asarray(rng.normal(size=(16 * 16 * 3, 4)).astype(np.float32)) * 0.1
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  y = jnp.argmax(logits_fn(images16), -1)
+  mask = np.zeros((3, 16, 16, 1), np.float32)
+  mask[:, 2:14, 2:14] = 1
+  ball = QualityBall()
+  x_adv = np.asarray(ssim_attack(logits_fn, images16, y, ball=ball, steps=4, method=method,
+                                 mask=mask, loss="margin"))
+  assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
+  assert float(np.max(ball.violation(images16, x_adv - images16))) <= 1e-5
+  np.testing.assert_array_equal(x_adv * (1 - mask), images16 * (1 - mask))
+  # the attack moved something and lowered the true-class margin
+  margin = lambda v: np.asarray(jnp.take_along_axis(logits_fn(v), y[:, None], 1))[:, 0] - \
+      np.sort(np.asarray(logits_fn(v)), -1)[:, -2]
+  assert np.abs(x_adv - images16).max() > 1e-3
+  assert np.all(margin(x_adv) < margin(images16))
+
+
+# -- bad input -----------------------------------------------------------------------------------
+
+def test_bad_inputs_raise(images16):
+  for kw in [dict(eps_structure=0.0), dict(eps_structure=1.0), dict(eps_luminance=1.5),
+             dict(eps_structure=float("nan")), dict(stride=0), dict(window=0)]:
+    with pytest.raises(ValueError):
+      QualityBall(**kw)
+  ball = QualityBall(window=20)
+  with pytest.raises(ValueError, match="larger"):
+    ball.violation(images16, np.zeros_like(images16))
+  bad = images16.copy()
+  bad[0, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    solve_linear(bad, images16, QualityBall())
+  d = np.zeros_like(images16)
+  d[0, 0, 0, 0] = np.nan
+  with pytest.raises(ValueError, match="NaN"):
+    QualityBall().project(images16, d)
+  with pytest.raises(ValueError):
+    ssim(images16, images16[:, :8])
+  assert QualityBall(eps_luminance=None).luminance is False
+  assert QualityBall(eps_luminance=0).luminance is False
