@@ -18,4 +18,5 @@ from percadv_jax.models.mobilenet_v2 import MobileNetV2
 from percadv_jax.models.registry import MODELS, get_model
 from percadv_jax.models.vgg import VGG19
 
-__all__ = ["MODELS", "MobileNetV2", "VGG19", "get_model", "load_keras_weights", "max_pool_2x2", "tap"]
+__all__ = ["MODELS", "MobileNetV2", "VGG19", "get_model", "load_keras_weights", "max_pool_2x2",
+           "tap"]

@@ -3,7 +3,7 @@
 ``load_keras_weights(name, path)`` reads the weights of ``keras.applications.MobileNetV2`` or
 ``keras.applications.VGG19`` (``include_top=True``) from either file format Keras writes:
 
-- ``model.save("x.h5")`` (legacy HDF5, Keras 2 and 3; also the official Keras ImageNet weight files):
+- ``model.save("x.h5")`` (legacy HDF5, Keras 2 and 3; also Keras' official ImageNet weight files):
   group ``model_weights`` (or the root for weights-only Keras 2 files) whose attribute
   ``layer_names`` lists the layers in model order; each layer group's ``weight_names`` attribute
   lists its arrays in order.
@@ -101,9 +101,12 @@ def mobilenet_v2_layers(width: float, num_classes: int | None) -> list[_Layer]:
   for i, (c_in, expanded, c_out, _) in enumerate(plan["blocks"]):
     prefix = f"block_{i}_" if i else "expanded_conv_"
     if i:
-      layers += [_conv(f"{prefix}expand", (1, 1, c_in, expanded)), _bn(f"{prefix}expand_BN", expanded)]
-    layers += [_depthwise(f"{prefix}depthwise", expanded), _bn(f"{prefix}depthwise_BN", expanded),
-               _conv(f"{prefix}project", (1, 1, expanded, c_out)), _bn(f"{prefix}project_BN", c_out)]
+      layers += [_conv(f"{prefix}expand", (1, 1, c_in, expanded)),
+                 _bn(f"{prefix}expand_BN", expanded)]
+    layers += [_depthwise(f"{prefix}depthwise", expanded),
+               _bn(f"{prefix}depthwise_BN", expanded),
+               _conv(f"{prefix}project", (1, 1, expanded, c_out)),
+               _bn(f"{prefix}project_BN", c_out)]
   c_last = plan["blocks"][-1][2]
   layers += [_conv("Conv_1", (1, 1, c_last, plan["last"])), _bn("Conv_1_bn", plan["last"]),
              _dense("predictions", plan["last"], num_classes)]
@@ -163,7 +166,7 @@ def _read_keras3(root) -> dict[str, list[_FileLayer]]:
 
 
 def _read(path: str) -> tuple[Any, str, Any]:
-  """Opens ``path``; returns (h5py file, "legacy", [layers]) or (file, "keras3", {kind: [layers]})."""
+  """Opens ``path``: (h5py file, "legacy", [layers]) or (file, "keras3", {kind: [layers]})."""
   import h5py  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise ValueError(f"Keras weight file {path!r} does not exist")

@@ -1,4 +1,4 @@
-"""MobileNetV2 (Sandler et al. 2018) in flax.linen, layer for layer ``keras.applications.MobileNetV2``.
+"""MobileNetV2 (Sandler et al. 2018) in flax.linen, layer for layer Keras' ``MobileNetV2``.
 
 Same channel counts (width multiplier ``width`` = Keras' ``alpha`` with Keras' ``_make_divisible``
 rules), ReLU6, BatchNorm (epsilon 1e-3, momentum 0.999), Keras' asymmetric zero padding before

@@ -20,8 +20,9 @@ Max pooling is reshape + max (``layers.max_pool_2x2``): same values as Keras' Ma
 a far cheaper input gradient on CPU than XLA's select_and_scatter.
 
 Submodules: "block{b}_conv{k}_conv" (and "..._bn"), "fc1", "fc2", "predictions" (the tap names
-below cannot double as submodule names in Flax). Taps: "block{b}_conv{k}" after every convolution's ReLU (Keras' names, e.g. "block5_conv4", the
-default CAM layer) and "block{b}_pool" after every pool.
+below cannot double as submodule names in Flax). Taps: "block{b}_conv{k}" after every
+convolution's ReLU (Keras' names, e.g. "block5_conv4", the default CAM layer) and
+"block{b}_pool" after every pool.
 """
 
 from __future__ import annotations

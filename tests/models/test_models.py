@@ -1,5 +1,9 @@
 """Model registry, shapes, taps, input checks, max pooling and jit == no-jit (no Keras here)."""
 
+import os
+import subprocess
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -185,3 +189,11 @@ def test_train_mode_updates_batch_stats(small_vgg):
   after = updates["batch_stats"]["block1_conv1_bn"]["mean"]
   assert before.shape == after.shape == (8,)
   assert float(jnp.abs(after - before).max()) > 0.0
+
+
+def test_models_import_neither_keras_nor_tensorflow():
+  code = ("import sys, percadv_jax.models; "
+          "bad = [m for m in ('keras', 'tensorflow') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True,
+                 env={**os.environ, "JAX_PLATFORMS": "cpu"})
