@@ -1,4 +1,4 @@
-"""A sharded robust-accuracy evaluation of the tiny CNN, run by 1 or N processes.
+"""A sharded robust-accuracy evaluation (random-start FGSM) of the tiny CNN, by 1 or N processes.
 
 Run as ``python -m tests.parallel._distributed_eval --out F [--coordinator H:P --num_processes N
 --process_id I]``; process 0 writes ``F`` (JSON: evaluation means, device/process counts and the
@@ -29,7 +29,7 @@ def compute() -> dict:
 
   def attack(v, x, y, key):
     logits_fn = lambda z: module.apply(v, z, train=False)  # noqa: E731
-    return attacks.pgd(logits_fn, x, y, key=key, eps=EPS, step_size=EPS / 4, steps=5)
+    return attacks.fgsm(logits_fn, x, y, key=key, eps=EPS, random_start=True)
 
   def per_example(v, batch, key):
     x, y = batch["image"], batch["label"]

@@ -1,0 +1,293 @@
+r"""Throughput of the whole pipeline, sharded over every device: images/s per stage.
+
+    python -m experiments.benchmark_pipeline --workdir=/tmp/bench_pipeline
+    python -m experiments.benchmark_pipeline --workdir=/tmp/b --batch_size=256 --precision=bfloat16
+
+Stages (medians of ``--repeats`` timed calls after one warm-up call; every call is one jitted,
+``"data"``-sharded program from ``percadv_jax.parallel``; random weights of the small VGG-19 at
+``--width`` on ``--image_size`` synthetic signs, timing does not depend on the weights' values):
+
+- ``pgd``: Linf PGD-``--pgd_steps`` (``percadv_jax.attacks.pgd``), and its ``floor`` (``--pgd_steps``
+  x one jitted forward + backward w.r.t. the input);
+- ``train_natural`` / ``train_adversarial``: one optimiser step of ``percadv_jax.train.train_step``
+  (Madry PGD-``--train_pgd_steps`` inside the adversarial one), replicated state;
+- ``ssim_solver``: ``percadv_jax.perceptual.solve_linear`` (the quality-ball LP, window 8, stride 4,
+  e1 = e2 = 0.05) on ``--ssim_batch`` images of ``--ssim_size`` px, and the CVXPY reference on one
+  image (``--cvxpy``), per-image ratio;
+- ``cam``: ``percadv_jax.cam.grad_cam`` on the default CAM layer;
+- ``torch_pgd``: the same PGD in eager PyTorch on the same architecture and weights (on CUDA when
+  JAX runs on a GPU and torch sees one, else on the CPU), and the ratio torch time / our time;
+- ``peak``: the device's measured peak (a large jitted matmul, FLOP/s), and for every jitted stage
+  the fraction of it used (XLA's cost-analysis FLOPs / time / peak).
+
+Writes into ``--workdir`` (process 0): ``config.json``, ``results.json`` and
+``benchmark_pipeline.md`` / ``.csv``. Multi-host: ``--coordinator_address``, ``--num_processes``,
+``--process_id`` as in ``experiments.sweep``; ``--batch_size`` is global.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import platform
+import statistics
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from percadv_jax import io, parallel, precision
+
+STAGES = ("peak", "pgd", "train", "ssim", "cam", "torch")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """Benchmark settings (see module docstring)."""
+  batch_size: int = 128
+  image_size: int = 32
+  width: float = 0.25
+  num_classes: int = 10
+  pgd_steps: int = 10
+  train_pgd_steps: int = 7
+  eps: float = 8 / 255
+  repeats: int = 3
+  ssim_size: int = 32
+  ssim_batch: int = 8
+  cvxpy: bool = True
+  precision: str = "float32"
+  stages: tuple[str, ...] = STAGES
+  seed: int = 0
+
+
+def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+  """(first call incl. compile, median of ``repeats`` further calls), seconds."""
+  t0 = time.perf_counter()
+  jax.block_until_ready(fn())
+  first = time.perf_counter() - t0
+  times = []
+  for _ in range(max(1, repeats)):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return first, statistics.median(times)
+
+
+def random_variables(module: Any, x: jax.Array, seed: int) -> Any:
+  """He-normal random weights from NumPy (no compile of ``module.init``)."""
+  shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0),
+                          x[:1])
+  rng = np.random.default_rng(seed)
+
+  def draw(path, s):
+    name = getattr(path[-1], "key", "")
+    if name == "kernel":
+      return jnp.asarray(rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape), s.dtype)
+    if name in ("scale", "var"):
+      return jnp.ones(s.shape, s.dtype)
+    return jnp.asarray(rng.normal(0, 0.01, s.shape), s.dtype)
+  return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def flops_of(jitted: Callable, *args) -> float | None:
+  """XLA's cost-analysis FLOPs of one call of ``jitted(*args)`` (None if unavailable)."""
+  try:
+    cost = jitted.lower(*args).compile().cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    f = float(cost.get("flops", 0.0))
+    return f if f > 0 else None
+  except Exception:  # noqa: BLE001 - cost analysis is best effort and backend dependent
+    return None
+
+
+def measured_peak(repeats: int) -> dict:
+  """FLOP/s of a large jitted matmul on every device of the mesh (float32, and bf16 off CPU)."""
+  gpu = jax.default_backend() != "cpu"
+  n = 8192 if gpu else 1024
+  out = {}
+  mesh = parallel.make_mesh()
+  nd = parallel.num_devices(mesh)
+  for name, dt in [("float32", jnp.float32)] + ([("bfloat16", jnp.bfloat16)] if gpu else []):
+    a = parallel.shard_batch(np.ones((nd * n, n), np.float32).astype(dt), mesh)
+    b = parallel.replicate(np.ones((n, n), np.float32).astype(dt), mesh)
+    f = jax.jit(lambda a, b: a @ b)
+    _, t = median_time(lambda: f(a, b), repeats)
+    out[name] = 2.0 * nd * n ** 3 / t
+  return out
+
+
+def run(config: Config, workdir: str) -> list[dict]:
+  """Times every stage in ``config.stages``; returns the rows written to the table."""
+  from percadv_jax import attacks, cam, data, models, perceptual, train
+  main = parallel.is_main_process()
+  c = config
+  if main:
+    io.write_json(f"{workdir}/config.json", dataclasses.asdict(c))
+  mesh = parallel.make_mesh()
+  nd = parallel.num_devices(mesh)
+  if c.batch_size % nd:
+    raise ValueError(f"batch_size {c.batch_size} must be a multiple of the {nd} devices")
+  src = data.load("synthetic_signs", split="test", num_examples=max(c.batch_size, c.ssim_batch),
+                  image_size=c.image_size, num_classes=c.num_classes, seed=c.seed)
+  sl = parallel.local_slice(c.batch_size)
+  local = data.to_arrays(src, np.arange(c.batch_size)[sl])
+  batch = parallel.shard_batch(local, mesh)
+  module = models.get_model("vgg19", num_classes=c.num_classes, variant="small", width=c.width)
+  variables = parallel.replicate(random_variables(module, jnp.asarray(local["image"][:1]), c.seed),
+                                 mesh)
+  apply = precision.mixed_precision(module.apply, dtype=c.precision)
+  key = parallel.replicate(jax.random.PRNGKey(c.seed), mesh)
+  step = c.eps / 4
+  rows: list[dict] = []
+  peak = measured_peak(c.repeats) if "peak" in c.stages else {}
+  peak_f = peak.get("bfloat16" if c.precision == "bfloat16" else "float32")
+
+  def add(stage, seconds, images, first, flops=None, **extra):
+    row = {"stage": stage, "seconds": seconds, "images_per_sec": images / seconds,
+           "compile_and_first_s": first, "images": images}
+    if flops and peak_f:
+      row["gflops_per_sec"] = flops / seconds / 1e9
+      row["fraction_of_peak"] = flops / seconds / peak_f
+    row.update(extra)
+    rows.append(row)
+    print(json.dumps(row), flush=True)
+
+  ours = None
+  if "pgd" in c.stages or "torch" in c.stages:
+    def pgd_fn(v, b, k):
+      logits_fn = lambda z: apply(v, z, train=False)  # noqa: E731
+      return attacks.pgd(logits_fn, b["image"], b["label"], key=k, eps=c.eps, step_size=step,
+                         steps=c.pgd_steps)
+    pgd_j = jax.jit(pgd_fn, out_shardings=parallel.data_sharding(mesh))
+    first, ours = median_time(lambda: pgd_j(variables, batch, key), c.repeats)
+    add(f"pgd{c.pgd_steps}", ours, c.batch_size, first, flops_of(pgd_j, variables, batch, key))
+
+    def fwd_bwd(v, b):
+      def loss(x):
+        logits = apply(v, x, train=False)
+        return -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(b["label"], c.num_classes))
+      return jax.grad(loss)(b["image"])
+    fb = jax.jit(fwd_bwd, out_shardings=parallel.data_sharding(mesh))
+    first, t = median_time(lambda: fb(variables, batch), c.repeats)
+    add(f"floor({c.pgd_steps}x fwd+bwd)", c.pgd_steps * t, c.batch_size, first,
+        None if flops_of(fb, variables, batch) is None
+        else c.pgd_steps * flops_of(fb, variables, batch), pgd_over_floor=ours / (c.pgd_steps * t))
+
+  if "train" in c.stages:
+    tx = train.make_optimizer(train.OptimizerConfig(name="sgd", learning_rate=0.01,
+                                                    schedule="constant"), 1000)
+    params = variables["params"]
+    state = train.TrainState.create(apply_fn=apply, params=params, tx=tx,
+                                    batch_stats=variables.get("batch_stats", {}),
+                                    key=jax.random.PRNGKey(c.seed))
+    for name, kw in [("train_natural", {}),
+                     ("train_adversarial", {"adversarial": True, "attack": train.AttackConfig(
+                         eps=c.eps, step_size=step, steps=c.train_pgd_steps)})]:
+      fn = functools.partial(train.train_step, **kw)
+      step_fn = jax.jit(fn, in_shardings=(parallel.replicated_sharding(mesh),
+                                          parallel.data_sharding(mesh)),
+                        out_shardings=parallel.replicated_sharding(mesh))
+      st = parallel.replicate(state, mesh)
+      first, t = median_time(lambda: step_fn(st, batch), c.repeats)
+      label = name if not kw else f"{name}(pgd{c.train_pgd_steps})"
+      add(label, t, c.batch_size, first, flops_of(step_fn, st, batch))
+
+  if "cam" in c.stages:
+    cam_j = jax.jit(lambda v, x: cam.grad_cam(module, v, x),
+                    out_shardings=parallel.data_sharding(mesh))
+    first, t = median_time(lambda: cam_j(variables, batch["image"]), c.repeats)
+    add("grad_cam", t, c.batch_size, first, flops_of(cam_j, variables, batch["image"]))
+
+  if "ssim" in c.stages:
+    ball = perceptual.QualityBall(window=8, stride=4, eps_structure=0.05, eps_luminance=0.05)
+    imgs = data.to_arrays(data.load("synthetic_signs", split="test", num_examples=c.ssim_batch,
+                                    image_size=c.ssim_size, seed=c.seed + 1))["image"]
+    g = np.random.default_rng(c.seed).standard_normal(imgs.shape).astype(np.float32)
+    solve = jax.jit(lambda x, g: perceptual.solve_linear(x, g, ball))
+    first, t = median_time(lambda: solve(imgs, g), c.repeats)
+    extra = {}
+    if c.cvxpy:
+      t0 = time.perf_counter()
+      d_ref = perceptual.solve_linear_cvxpy(imgs[:1], g[:1], ball)
+      t_cvx = time.perf_counter() - t0
+      d = np.asarray(solve(imgs, g))[:1]
+      obj, obj_ref = float(np.sum(g[:1] * d)), float(np.sum(g[:1] * np.asarray(d_ref)))
+      extra = {"cvxpy_s_per_image": t_cvx, "speedup_vs_cvxpy": t_cvx / (t / c.ssim_batch),
+               "objective_gap": abs(obj - obj_ref) / max(abs(obj_ref), 1e-12)}
+    add(f"ssim_solver({c.ssim_size}px)", t, c.ssim_batch, first, **extra)
+
+  if "torch" in c.stages and ours is not None and jax.process_count() == 1:
+    import torch
+
+    from experiments.benchmark_attacks import torch_pgd, torch_vgg
+    dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
+    tmodel = torch_vgg(jax.device_get(variables["params"]), width=c.width,
+                       num_classes=c.num_classes).to(dev)
+    xt = torch.from_numpy(local["image"].transpose(0, 3, 1, 2).copy()).to(dev)
+    yt = torch.from_numpy(local["label"].astype(np.int64)).to(dev)
+    gen = torch.Generator(device=dev).manual_seed(c.seed)
+
+    def tp():
+      out = torch_pgd(tmodel, xt, yt, eps=c.eps, step=step, steps=c.pgd_steps, generator=gen)
+      if dev == "cuda":
+        torch.cuda.synchronize()
+      return out
+    first, t = median_time(tp, c.repeats)
+    add(f"torch_pgd{c.pgd_steps}({dev})", t, c.batch_size, first, torch_over_ours=t / ours)
+
+  if main:
+    meta = {"backend": jax.default_backend(), "devices": nd, "processes": jax.process_count(),
+            "device_kind": jax.devices()[0].device_kind, "peak_flops": peak,
+            "machine": platform.processor() or platform.machine(), "jax": jax.__version__}
+    io.write_json(f"{workdir}/results.json", {"meta": meta, "rows": rows})
+    cols = ["stage", "images_per_sec", "seconds", "compile_and_first_s", "gflops_per_sec",
+            "fraction_of_peak", "pgd_over_floor", "torch_over_ours", "speedup_vs_cvxpy",
+            "objective_gap"]
+    io.write_table(f"{workdir}/benchmark_pipeline", rows, cols)
+  return rows
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  from absl import flags
+  f = flags.FLAGS
+  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  cfg = Config(batch_size=f.batch_size, image_size=f.image_size, width=f.width,
+               num_classes=f.num_classes, pgd_steps=f.pgd_steps,
+               train_pgd_steps=f.train_pgd_steps, eps=f.eps, repeats=f.repeats,
+               ssim_size=f.ssim_size, ssim_batch=f.ssim_batch, cvxpy=f.cvxpy,
+               precision=f.precision, stages=tuple(f.stages), seed=f.seed)
+  for s in cfg.stages:
+    if s not in STAGES:
+      raise ValueError(f"unknown stage {s!r}; choose from {list(STAGES)}")
+  rows = run(cfg, f.workdir)
+  if parallel.is_main_process():
+    print(io.markdown_table(rows, ["stage", "images_per_sec", "seconds", "fraction_of_peak"]))
+
+
+if __name__ == "__main__":
+  from absl import app, flags
+  flags.DEFINE_string("workdir", None, "Output directory.")
+  flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of the device count).")
+  flags.DEFINE_integer("image_size", 32, "Image side.")
+  flags.DEFINE_float("width", 0.25, "VGG-19 (small) channel multiplier.")
+  flags.DEFINE_integer("num_classes", 10, "Classes.")
+  flags.DEFINE_integer("pgd_steps", 10, "PGD steps of the attack benchmark.")
+  flags.DEFINE_integer("train_pgd_steps", 7, "PGD steps inside adversarial training.")
+  flags.DEFINE_float("eps", 8 / 255, "Linf radius.")
+  flags.DEFINE_integer("repeats", 3, "Timed calls per stage (median).")
+  flags.DEFINE_integer("ssim_size", 32, "Image side for the SSIM solver.")
+  flags.DEFINE_integer("ssim_batch", 8, "Images per SSIM solver call.")
+  flags.DEFINE_bool("cvxpy", True, "Also time the CVXPY reference on one image.")
+  flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Network compute dtype.")
+  flags.DEFINE_list("stages", list(STAGES), f"Stages, from {list(STAGES)}.")
+  flags.DEFINE_integer("seed", 0, "Seed.")
+  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
+  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
+  flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
+  flags.mark_flag_as_required("workdir")
+  app.run(main)
