@@ -89,8 +89,14 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
   if min(x.shape[1], x.shape[2]) < win_size:
     raise ValueError(f"images of size {x.shape[1]}x{x.shape[2]} are smaller than the "
                      f"{win_size}x{win_size} SSIM window")
-  x = x.astype(jnp.float32)
-  y = y.astype(jnp.float32)
+  out = _ssim(x.astype(jnp.float32), y.astype(jnp.float32), max_val=float(max_val),
+              window=window, win_size=int(win_size), sigma=float(sigma), return_map=return_map)
+  return out[0] if squeeze else out
+
+
+@functools.partial(jax.jit, static_argnames=("max_val", "window", "win_size", "sigma",
+                                             "return_map"))
+def _ssim(x, y, *, max_val, window, win_size, sigma, return_map):
   k = _kernel_1d(window, int(win_size), float(sigma))
   c1 = (K1 * max_val) ** 2
   c2 = (K2 * max_val) ** 2
@@ -110,5 +116,4 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
   num = (2 * ux * uy + c1) * (2 * vxy + c2)
   den = (ux * ux + uy * uy + c1) * (vx + vy + c2)
   s = num / den
-  out = s if return_map else jnp.mean(s, axis=(1, 2, 3))
-  return out[0] if squeeze else out
+  return s if return_map else jnp.mean(s, axis=(1, 2, 3))
