@@ -7,8 +7,8 @@ Stages (medians of ``--repeats`` timed calls after one warm-up call; every call 
 ``"data"``-sharded program from ``percadv_jax.parallel``; random weights of the small VGG-19 at
 ``--width`` on ``--image_size`` synthetic signs, timing does not depend on the weights' values):
 
-- ``pgd``: Linf PGD-``--pgd_steps`` (``percadv_jax.attacks.pgd``), and its ``floor`` (``--pgd_steps``
-  x one jitted forward + backward w.r.t. the input);
+- ``pgd``: Linf PGD-``--pgd_steps`` (``percadv_jax.attacks.pgd``), and its ``floor``
+  (``--pgd_steps`` x one jitted forward + backward w.r.t. the input);
 - ``train_natural`` / ``train_adversarial``: one optimiser step of ``percadv_jax.train.train_step``
   (Madry PGD-``--train_pgd_steps`` inside the adversarial one), replicated state;
 - ``ssim_solver``: ``percadv_jax.perceptual.solve_linear`` (the quality-ball LP, window 8, stride 4,
@@ -236,8 +236,14 @@ def run(config: Config, workdir: str) -> list[dict]:
       if dev == "cuda":
         torch.cuda.synchronize()
       return out
-    first, t = median_time(tp, c.repeats)
-    add(f"torch_pgd{c.pgd_steps}({dev})", t, c.batch_size, first, torch_over_ours=t / ours)
+    # On a CPU, torch's spinning OpenMP threads can lose a lot on a busy machine: time it with
+    # one thread and with its default, and report both (the faster is the fair comparison).
+    for threads in ([1, torch.get_num_threads()] if dev == "cpu" else [None]):
+      if threads is not None:
+        torch.set_num_threads(threads)
+      first, t = median_time(tp, c.repeats)
+      label = f"torch_pgd{c.pgd_steps}({dev}" + (f",{threads}thr)" if threads else ")")
+      add(label, t, c.batch_size, first, torch_over_ours=t / ours)
 
   if main:
     meta = {"backend": jax.default_backend(), "devices": nd, "processes": jax.process_count(),
