@@ -441,6 +441,23 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
     yield b, shard_batch(local, mesh)
 
 
+@functools.lru_cache(maxsize=64)
+def _evaluate_jit(per_example_fn: Callable, mesh: Mesh, weight_key: str) -> Callable:
+  """The jitted per-batch weighted sums of ``evaluate`` (cached: one compile per function)."""
+  def sums(a, batch, k):
+    w = batch[weight_key]
+    m = per_example_fn(a, batch, k)
+    out = {"count": jnp.sum(w)}
+    for name, v in m.items():  # NaN-ignoring (e.g. a correlation of a constant map)
+      v = jnp.asarray(v, jnp.float32)
+      ok = jnp.isfinite(v)
+      out["sum/" + name] = jnp.sum(jnp.where(ok, w * v, 0.0))
+      out["n/" + name] = jnp.sum(jnp.where(ok, w, 0.0))
+    return out
+  rep = replicated_sharding(mesh)
+  return jax.jit(sums, in_shardings=(rep, data_sharding(mesh), rep), out_shardings=rep)
+
+
 def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
              mesh: Mesh | None = None, key: jax.Array | None = None,
              weight_key: str = WEIGHT_KEY) -> dict[str, float]:
@@ -448,8 +465,10 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
 
   Args:
     per_example_fn: ``per_example_fn(args, batch, key) -> dict[str, f32[B]]`` (``key`` is
-      ``jax.random.fold_in(key, batch_index)``, or None when ``key`` is None); a pure function
-      traced once. ``batch`` is the dict from ``data`` with a ``weight`` entry.
+      ``jax.random.fold_in(key, batch_index)``, or None when ``key`` is None); a pure function,
+      compiled once per function object and shapes: pass changing values (eps, variables of
+      another checkpoint) through ``args``, not through a new closure. ``batch`` is the dict
+      from ``data`` plus the ``weight`` entry.
     args: replicated pytree (model variables, ...).
     data: see ``iterate_padded``.
     batch_size: global batch size, a multiple of the device count.
@@ -463,20 +482,7 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
     on every process and, for a given ``batch_size``, for every device and process count.
   """
   mesh = _mesh(mesh)
-
-  def sums(a, batch, k):
-    w = batch[weight_key]
-    m = per_example_fn(a, batch, k)
-    out = {"count": jnp.sum(w)}
-    for name, v in m.items():  # NaN-ignoring (e.g. a correlation of a constant map)
-      v = jnp.asarray(v, jnp.float32)
-      ok = jnp.isfinite(v)
-      out["sum/" + name] = jnp.sum(jnp.where(ok, w * v, 0.0))
-      out["n/" + name] = jnp.sum(jnp.where(ok, w, 0.0))
-    return out
-
-  rep = replicated_sharding(mesh)
-  jitted = jax.jit(sums, in_shardings=(rep, data_sharding(mesh), rep), out_shardings=rep)
+  jitted = _evaluate_jit(per_example_fn, mesh, weight_key)
   args = replicate(args, mesh)
   total: dict[str, np.ndarray] = {}
   for b, batch in iterate_padded(data, batch_size=batch_size, mesh=mesh, weight_key=weight_key):
