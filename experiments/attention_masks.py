@@ -94,18 +94,22 @@ def _evaluate(config: cfgs.MasksConfig, state: train.TrainState, masked: bool,
   attack = train.AttackConfig(eps=config.eps, step_size=config.step_size,
                               steps=config.eval_attack_steps, restarts=config.eval_restarts)
   key = jax.random.fold_in(jax.random.PRNGKey(config.seed + 7919), index)
+  variables = state.variables()
+  m = config.curve_examples or len(eval_arrays["label"])
+  # One attack batch shape for the evaluation and the curves: each attack compiles once.
+  bs = min(config.eval_batch_size, m, len(eval_arrays["label"]))
+  logits_fn = jax.jit(lambda z: state.apply_fn(variables, z, train=False))
   with common.Timer() as t:
-    r = train.evaluate(state.apply_fn, state.variables(), eval_arrays, attack=attack, key=key,
-                       masked=masked, batch_size=config.eval_batch_size,
-                       apgd_steps=config.apgd_steps)
+    r = train.evaluate(state.apply_fn, variables, eval_arrays, attack=attack, key=key,
+                       masked=masked, batch_size=bs, apgd_steps=config.apgd_steps,
+                       logits_fn=logits_fn)
   out = {k: v for k, v in r.items() if k != "per_example"}
   out["seconds"] = t.seconds
-  m = config.curve_examples or len(eval_arrays["label"])
   curve_data = {k: v[:m] for k, v in eval_arrays.items()}
   with common.Timer() as t:
-    out["curve"] = train.accuracy_vs_eps(state.apply_fn, state.variables(), curve_data,
+    out["curve"] = train.accuracy_vs_eps(state.apply_fn, variables, curve_data,
                                          eps_values=config.curve_eps, attack=attack, key=key,
-                                         masked=masked, batch_size=config.eval_batch_size)
+                                         masked=masked, batch_size=bs, logits_fn=logits_fn)
   out["curve_seconds"] = t.seconds
   return out
 
@@ -342,7 +346,8 @@ def config_from_flags(flag_values) -> cfgs.MasksConfig:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags
+  from absl import app, flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = config_from_flags(flags.FLAGS)

@@ -85,7 +85,8 @@ def _define_flags():
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags
+  from absl import app, flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   fv = flags.FLAGS

@@ -38,7 +38,7 @@ from experiments.configs import perceptual_cam as cfgs
 from percadv_jax import attacks, cam, io, models, perceptual, train
 
 ATTACK_LABELS = {"ssim": "SSIM quality ball", "linf": "Linf PGD", "l2": "L2 PGD"}
-MAP_LABELS = {"abs_d": "|d|", "one_minus_ssim": "1 - SSIM map"}
+MAP_LABELS = {"abs_d": "abs(d)", "one_minus_ssim": "1 - SSIM map"}
 
 
 def validate(config: cfgs.PerceptualConfig) -> None:
@@ -91,7 +91,7 @@ def _model(config: cfgs.PerceptualConfig, workdir: str):
       batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
       optimizer=train.OptimizerConfig(name="adam", learning_rate=config.learning_rate,
                                       schedule="cosine", warmup_steps=config.warmup_steps),
-      checkpoint_every=200, log_every=20)
+      checkpoint_every=200, log_every=20, bn_recalibration_batches=20)
   with common.Timer() as t:
     state = train.fit(tc, os.path.join(workdir, "model"), data,
                       num_classes=src.info.num_classes, desc="mobilenet_v2")
@@ -343,12 +343,18 @@ def _gather(src, indices) -> dict:
 
 
 def _above(a: dict, b: dict) -> str:
-  """"higher"/"lower"/"indistinguishable" comparing two bootstrap CIs."""
+  """"higher"/"lower"/"indistinguishable"/"undefined" comparing two bootstrap CIs."""
+  if not (np.isfinite(a["mean"]) and np.isfinite(b["mean"])):
+    return "undefined"
   if a["lo"] > b["hi"]:
     return "higher"
   if a["hi"] < b["lo"]:
     return "lower"
   return "indistinguishable"
+
+
+_VS = {"higher": "higher than", "lower": "lower than", "indistinguishable": "indistinguishable from",
+       "undefined": "not comparable with"}
 
 
 def answer_lines(agreement: dict, cam_vs_mask: dict, stats: dict, *, has_masks: bool
@@ -357,19 +363,20 @@ def answer_lines(agreement: dict, cam_vs_mask: dict, stats: dict, *, has_masks: 
   out = []
   for kind in cfgs.MAP_KINDS:
     s = agreement[f"ssim/{kind}"]["grad_cam_pp_pearson"]
-    sign = ("positively" if s["lo"] > 0 else "negatively" if s["hi"] < 0 else
-            "not measurably")
+    sign = ("undefined (constant maps) for" if not np.isfinite(s["mean"]) else
+            "positively" if s["lo"] > 0 else "negatively" if s["hi"] < 0 else "not measurably")
     line = (f"{MAP_LABELS[kind]} of the SSIM-constrained perturbations is {sign} correlated "
             f"with Grad-CAM++ (Pearson {common.fmt_ci(s)})")
     comps = []
     for other in ("linf", "l2"):
       o = agreement[f"{other}/{kind}"]["grad_cam_pp_pearson"]
-      comps.append(f"{_above(s, o)} than {ATTACK_LABELS[other]} ({common.fmt_ci(o)})")
+      comps.append(f"{_VS[_above(s, o)]} {ATTACK_LABELS[other]} ({common.fmt_ci(o)})")
     out.append(line + "; " + ", ".join(comps) + ".")
   if has_masks:
     for kind in cfgs.MAP_KINDS:
       s = agreement[f"ssim/{kind}"]["mask_energy_ratio"]
-      where = ("concentrates on the object" if s["lo"] > 1 else
+      where = ("is undefined" if not np.isfinite(s["mean"]) else
+               "concentrates on the object" if s["lo"] > 1 else
                "avoids the object (lands on the background)" if s["hi"] < 1 else
                "is spread like chance over object and background")
       comps = [f"{ATTACK_LABELS[o]} {common.fmt_ci(agreement[f'{o}/{kind}']['mask_energy_ratio'])}"
@@ -494,7 +501,8 @@ def config_from_flags(fv) -> cfgs.PerceptualConfig:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags
+  from absl import app, flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = config_from_flags(flags.FLAGS)

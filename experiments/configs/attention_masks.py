@@ -47,7 +47,7 @@ class MasksConfig:
   num_test: int = 0
   model: str = "vgg19"
   width: float = 0.25
-  batch_norm: bool = True
+  batch_norm: bool = False
   batch_size: int = 128
   epochs: int = 15
   optimizer: str = "adam"

@@ -64,8 +64,8 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
   n = len(y)
   if not named:
     correct = np.concatenate([
-        np.asarray(jax.device_get(logits_fn(x[i:i + batch_size]))).argmax(-1) == y[i:i + batch_size]
-        for i in range(0, n, batch_size)])
+        np.asarray(jax.device_get(logits_fn(x[i:i + batch_size]))).argmax(-1)
+        == y[i:i + batch_size] for i in range(0, n, batch_size)])
     return {"n": int(n), "natural_accuracy": float(correct.mean()),
             "robust_accuracy": float(correct.mean()),
             "per_example": {"natural": correct, "robust": correct}}
@@ -84,15 +84,18 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
 def accuracy_vs_eps(apply_fn: Callable, variables: Any, data: Any, *,
                     eps_values: Sequence[float], attack: AttackConfig, key: jax.Array,
                     masked: bool = False, batch_size: int = 256, use_apgd: bool = False,
-                    apgd_steps: int | None = None) -> list[dict]:
+                    apgd_steps: int | None = None,
+                    logits_fn: Callable | None = None) -> list[dict]:
   """Robust accuracy at each eps of ``eps_values`` (step size scaled with eps as in ``attack``).
 
   Returns:
     One dict per eps: ``{"eps", "pgd_accuracy", ["apgd_accuracy"], "robust_accuracy"}``;
-    at eps 0 every entry is the natural accuracy.
+    at eps 0 every entry is the natural accuracy. Pass the ``logits_fn`` given to ``evaluate``
+    to reuse its compiled attacks (eps is traced, not static).
   """
   data = data if isinstance(data, ArrayData) else ArrayData(data)
-  logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
+  if logits_fn is None:
+    logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
   rows = []
   for eps in eps_values:
     eps = float(eps)

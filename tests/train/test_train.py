@@ -128,24 +128,25 @@ def test_masked_step_ignores_the_background_and_attacks_only_the_foreground(toy)
 
 
 def test_adversarial_training_raises_pgd_accuracy(toy, tmp_path):
+  # eps 16/255 moves the object's mean brightness by at most 0.063 < 0.12: a robust classifier
+  # exists, but the naturally trained one is not it.
   data, test = _toy(512, 2), toy[1]
+  attack = train.AttackConfig(eps=16 / 255, step_size=6 / 255, steps=3)
   results = {}
   for adversarial in (False, True):
     cfg = _config(adversarial=adversarial, masked=False, steps=40, checkpoint_every=40,
-                  log_every=20, seed=0, bn_recalibration_batches=4)
+                  log_every=20, seed=0, bn_recalibration_batches=4, attack=attack)
     state = train.fit(cfg, str(tmp_path / str(adversarial)), data, num_classes=2)
     results[adversarial] = train.evaluate(state.apply_fn, state.variables(), test,
-                                          attack=ATTACK, key=jax.random.PRNGKey(1),
-                                          batch_size=64, apgd_steps=3)
+                                          attack=attack, key=jax.random.PRNGKey(1),
+                                          batch_size=64, use_apgd=False)
   nat, adv = results[False], results[True]
-  assert nat["natural_accuracy"] >= 0.9, nat
+  assert nat["natural_accuracy"] >= 0.9 and adv["natural_accuracy"] >= 0.9, (nat, adv)
   assert adv["pgd_accuracy"] > nat["pgd_accuracy"] + 0.2, (nat, adv)
   for r in (nat, adv):
-    assert r["robust_accuracy"] <= min(r["pgd_accuracy"], r["apgd_accuracy"])
-    assert max(r["pgd_accuracy"], r["apgd_accuracy"]) <= r["natural_accuracy"]
+    assert r["robust_accuracy"] == r["pgd_accuracy"] <= r["natural_accuracy"]
     flags = r["per_example"]
-    np.testing.assert_array_equal(flags["robust"], flags["natural"] & flags["pgd"]
-                                  & flags["apgd"])
+    np.testing.assert_array_equal(flags["robust"], flags["natural"] & flags["pgd"])
 
 
 def test_schedules_and_optimizers():
