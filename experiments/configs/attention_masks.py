@@ -78,8 +78,9 @@ def demo() -> MasksConfig:
   """Sized for the demo: the four models in about 8 minutes on 2 CPU cores."""
   return dataclasses.replace(
       MasksConfig(), num_train=4000, num_test=1000, width=0.125, batch_size=64, epochs=4,
-      train_attack_steps=3, eval_attack_steps=10, apgd_steps=10, eval_examples=500,
-      curve_examples=200, learning_rate=3e-3, warmup_steps=50)
+      train_attack_steps=3, eval_attack_steps=10, apgd_steps=10, eval_examples=200,
+      curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100, eval_batch_size=100,
+      learning_rate=3e-3, warmup_steps=50)
 
 
 def quick() -> MasksConfig:

@@ -162,12 +162,16 @@ def total_steps(config: TrainConfig, n: int) -> int:
 
 
 def build(config: TrainConfig, *, num_classes: int, image_shape: Sequence[int],
-          total: int) -> TrainState:
-  """A fresh ``TrainState`` for ``config`` (model from ``get_model``, optax optimiser)."""
+          total: int, abstract: bool = False) -> TrainState:
+  """A fresh ``TrainState`` for ``config`` (model from ``get_model``, optax optimiser).
+
+  ``abstract=True`` gives ``jax.ShapeDtypeStruct`` leaves: a restore target that costs no
+  initialisation (``checkpoint.restore`` fills in the arrays).
+  """
   module = _model(config.model, num_classes, tuple(sorted(dict(config.model_kwargs).items())))
   tx = _optimizer(config.optimizer, total)
   return create_train_state(jax.random.PRNGKey(config.seed), module, tx,
-                            input_shape=(1, *image_shape))
+                            input_shape=(1, *image_shape), abstract=abstract)
 
 
 @functools.lru_cache(maxsize=16)
@@ -242,9 +246,11 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   n = len(data)
   total = total_steps(config, n)
   image_shape = data.batch(np.arange(1))["image"].shape[1:]
-  state = build(config, num_classes=num_classes, image_shape=image_shape, total=total)
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                             max_to_keep=config.keep_checkpoints)
+  resume = mngr.latest_step() is not None
+  state = build(config, num_classes=num_classes, image_shape=image_shape, total=total,
+                abstract=resume)
   state = checkpoint.restore(mngr, state)
   start = int(jax.device_get(state.step))
   if start >= total:
@@ -299,7 +305,8 @@ def restore_final(config: TrainConfig, workdir: str, *, num_classes: int,
   directory = os.path.join(workdir, "checkpoints")
   if checkpoint.latest_step(directory) != total:
     return None
-  state = build(config, num_classes=num_classes, image_shape=image_shape, total=total)
+  state = build(config, num_classes=num_classes, image_shape=image_shape, total=total,
+                abstract=True)
   mngr = checkpoint.manager(directory)
   try:
     return checkpoint.restore(mngr, state, total)

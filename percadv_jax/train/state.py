@@ -125,7 +125,7 @@ def _raw_key(key: Any) -> jax.Array:
 
 
 def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransformation, *,
-                       input_shape: tuple[int, ...]) -> TrainState:
+                       input_shape: tuple[int, ...], abstract: bool = False) -> TrainState:
   """Initialises ``module`` on zeros of ``input_shape`` (NHWC, float32) and builds the state.
 
   Args:
@@ -134,18 +134,32 @@ def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransforma
     module: a Flax module with ``apply(variables, x, train=...)``.
     tx: the optax optimiser.
     input_shape: ``(N, H, W, 3)``; ``N`` may be 1.
+    abstract: return a state of ``jax.ShapeDtypeStruct`` leaves (no initialisation compiled or
+      run): the restore target for a checkpoint.
 
   Returns:
     A ``TrainState`` at step 0.
   """
   key = _raw_key(key)
   init_key, train_key = jax.random.split(key)
-  variables = dict(_jit_init(module, tuple(input_shape))(init_key))
-  params = variables.pop("params")
+  init = _jit_init(module, tuple(input_shape))
+  if abstract:
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    def spec(a):
+      return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
+    variables = dict(jax.tree.map(spec, jax.eval_shape(init, init_key)))
+    params = variables.pop("params")
+    opt_state = jax.tree.map(spec, jax.eval_shape(tx.init, params))
+    step = spec(jax.ShapeDtypeStruct((), jnp.int32))
+  else:
+    variables = dict(init(init_key))
+    params = variables.pop("params")
+    opt_state = tx.init(params)
+    # A strongly typed int32 step, as a restored checkpoint has it: same jit cache entry.
+    step = jnp.zeros((), jnp.int32)
   batch_stats = variables.pop("batch_stats", {})
-  # A strongly typed int32 step, as a restored checkpoint has it: same jit cache entry.
-  return TrainState(step=jnp.zeros((), jnp.int32), apply_fn=module.apply, params=params, tx=tx,
-                    opt_state=tx.init(params), batch_stats=batch_stats, key=train_key)
+  return TrainState(step=step, apply_fn=module.apply, params=params, tx=tx,
+                    opt_state=opt_state, batch_stats=batch_stats, key=train_key)
 
 
 @functools.lru_cache(maxsize=16)
