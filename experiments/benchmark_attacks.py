@@ -45,6 +45,7 @@ import numpy as np
 from percadv_jax import attacks, io
 from percadv_jax.attacks import losses
 from percadv_jax.models import get_model
+from percadv_jax.models import random_variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,16 +74,6 @@ def _median_time(fn: Callable[[], object], repeats: int) -> tuple[float, float, 
     times.append(time.perf_counter() - t0)
   return first, statistics.median(times), times
 
-
-def _random_variables(module, x, seed):
-  shapes = jax.eval_shape(module.init, jax.random.key(0), x[:1])
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    if path[-1].key == "kernel":
-      return jnp.asarray(rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape), s.dtype)
-    return jnp.asarray(rng.normal(0, 0.01, s.shape), s.dtype)
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def torch_vgg(params, *, width: float, num_classes: int):
@@ -146,7 +137,7 @@ def run(config: Config, workdir: str) -> list[dict]:
   module = get_model("vgg19", num_classes=c.num_classes, variant="small", width=c.width)
   rng = np.random.default_rng(c.seed)
   x = jnp.asarray(rng.uniform(0, 1, (c.batch_size, c.image_size, c.image_size, 3)), jnp.float32)
-  variables = _random_variables(module, x, c.seed)
+  variables = random_variables(module, x, seed=c.seed)
   logits_fn = jax.jit(lambda v: module.apply(variables, v))
   y = jnp.asarray(np.asarray(jnp.argmax(logits_fn(x), 1)), jnp.int32)
   step = c.rel_step * c.eps

@@ -28,7 +28,6 @@ import time
 from typing import Sequence
 
 from absl import app, flags
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +36,7 @@ from experiments import common
 from percadv_jax import cam, io
 from percadv_jax.cam import core
 from percadv_jax.models import get_model
+from percadv_jax.models import random_variables
 
 MODEL_SPECS = {
     "vgg19_small": ("vgg19", {"variant": "small", "batch_norm": True}),
@@ -57,22 +57,6 @@ class Config:
   seed: int = 0
   layer: str | None = None  # None: each model's cam_layer
 
-
-def random_variables(module, x: jax.Array, seed: int):
-  """Variables with LeCun-normal kernels, zero biases, unit scales/variances (NumPy-filled)."""
-  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(path[-1].key)
-    if name == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
-    if name in ("scale", "var"):
-      return jnp.ones(s.shape, s.dtype)
-    return jnp.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -104,7 +88,7 @@ def run(config: Config, workdir: str) -> list[dict]:
   for name in config.models:
     arch, kw = MODEL_SPECS[name]
     module = get_model(arch, num_classes=config.num_classes, width=config.width, **kw)
-    variables = random_variables(module, x, config.seed)
+    variables = random_variables(module, x, seed=config.seed)
 
     @jax.jit
     def forward(variables, x):

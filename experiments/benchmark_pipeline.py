@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from percadv_jax import io, parallel, precision
+from percadv_jax.models import random_variables
 
 STAGES = ("peak", "pgd", "train", "ssim", "cam", "torch")
 
@@ -75,21 +76,6 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
     times.append(time.perf_counter() - t0)
   return first, statistics.median(times)
 
-
-def random_variables(module: Any, x: jax.Array, seed: int) -> Any:
-  """He-normal random weights from NumPy (no compile of ``module.init``)."""
-  shapes = jax.eval_shape(functools.partial(module.init, train=False), jax.random.PRNGKey(0),
-                          x[:1])
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    name = getattr(path[-1], "key", "")
-    if name == "kernel":
-      return jnp.asarray(rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape), s.dtype)
-    if name in ("scale", "var"):
-      return jnp.ones(s.shape, s.dtype)
-    return jnp.asarray(rng.normal(0, 0.01, s.shape), s.dtype)
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def flops_of(jitted: Callable, *args) -> float | None:
@@ -137,8 +123,8 @@ def run(config: Config, workdir: str) -> list[dict]:
   local = data.to_arrays(src, np.arange(c.batch_size)[sl])
   batch = parallel.shard_batch(local, mesh)
   module = models.get_model("vgg19", num_classes=c.num_classes, variant="small", width=c.width)
-  variables = parallel.replicate(random_variables(module, jnp.asarray(local["image"][:1]), c.seed),
-                                 mesh)
+  variables = parallel.replicate(
+      random_variables(module, jnp.asarray(local["image"][:1]), seed=c.seed), mesh)
   apply = precision.mixed_precision(module.apply, dtype=c.precision)
   key = parallel.replicate(jax.random.PRNGKey(c.seed), mesh)
   step = c.eps / 4

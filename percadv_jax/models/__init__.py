@@ -9,9 +9,11 @@
   class's ``cam_layer`` names its default CAM layer.
 - ``load_keras_weights(name, path)`` -> ``(module, variables)`` from Keras ``.h5`` /
   ``.weights.h5`` files of ``keras.applications.MobileNetV2`` / ``VGG19`` (h5py only).
+- ``random_variables(module, x, seed=)``: NumPy-drawn weights without compiling ``init``.
 """
 
 from percadv_jax.models.common import tap
+from percadv_jax.models.init import random_variables
 from percadv_jax.models.keras_weights import load_keras_weights
 from percadv_jax.models.layers import max_pool_2x2
 from percadv_jax.models.mobilenet_v2 import MobileNetV2
@@ -19,4 +21,4 @@ from percadv_jax.models.registry import MODELS, get_model
 from percadv_jax.models.vgg import VGG19
 
 __all__ = ["MODELS", "MobileNetV2", "VGG19", "get_model", "load_keras_weights", "max_pool_2x2",
-           "tap"]
+           "random_variables", "tap"]

@@ -1,11 +1,8 @@
 """Shared by the cam tests: a tiny tapped CNN and a compile-free initialiser."""
 
-import flax
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
-import numpy as np
 
+from percadv_jax.models import random_variables
 from percadv_jax.models.common import tap
 
 
@@ -25,19 +22,5 @@ class TinyCNN(nn.Module):
 
 
 def numpy_init(module, x, seed=0):
-  """Variables of ``module`` for inputs like ``x``, filled with NumPy (LeCun-normal kernels, zero
-  biases, unit scales/variances): shapes come from ``jax.eval_shape``, so nothing is compiled
-  (``module.init`` compiles one random kernel per parameter shape, slow on a busy CPU)."""
-  shapes = jax.eval_shape(module.init, jax.random.key(0), x)
-  rng = np.random.default_rng(seed)
-
-  def fill(path, s):
-    name = str(path[-1].key)
-    if name == "kernel":
-      fan_in = int(np.prod(s.shape[:-1]))
-      return jnp.asarray(rng.normal(size=s.shape) / np.sqrt(fan_in), s.dtype)
-    if name in ("scale", "var"):
-      return jnp.ones(s.shape, s.dtype)
-    return jnp.zeros(s.shape, s.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, flax.core.unfreeze(shapes))
+  """LeCun-normal NumPy-filled variables (see percadv_jax.models.random_variables)."""
+  return random_variables(module, x, seed=seed, gain=1.0)
