@@ -36,14 +36,19 @@ TABLE_METRICS = (("natural", "natural_accuracy"), ("PGD", "pgd_accuracy"),
                  ("APGD", "apgd_accuracy"), ("worst case", "robust_accuracy"))
 
 
-def train_config(config: cfgs.MasksConfig, name: str) -> train.TrainConfig:
-  """The TrainConfig of Table 4 model ``name`` (e.g. "masked_adversarial")."""
+def train_config(config: cfgs.MasksConfig, name: str, workdir: str = "") -> train.TrainConfig:
+  """The TrainConfig of Table 4 model ``name`` (e.g. "masked_adversarial") in ``workdir``."""
   setting, regime = name.split("_")
+  adversarial = regime == "adversarial"
+  finetune = adversarial and config.adversarial_init == "natural"
+  epochs = config.adversarial_epochs if adversarial and config.adversarial_epochs else (
+      config.epochs)
   return train.TrainConfig(
       model=config.model,
       model_kwargs={"variant": "small", "width": config.width, "batch_norm": config.batch_norm},
-      batch_size=config.batch_size, epochs=config.epochs, seed=config.seed,
-      adversarial=regime == "adversarial", masked=setting == "masked",
+      batch_size=config.batch_size, epochs=epochs, seed=config.seed,
+      adversarial=adversarial, masked=setting == "masked",
+      init_from=os.path.join(workdir, "models", f"{setting}_natural") if finetune else "",
       attack=train.AttackConfig(eps=config.eps, step_size=config.step_size,
                                 steps=config.train_attack_steps),
       optimizer=train.OptimizerConfig(name=config.optimizer, learning_rate=config.learning_rate,
@@ -67,6 +72,15 @@ def validate(config: cfgs.MasksConfig) -> None:
             "train_attack_steps", "eval_attack_steps", "apgd_steps", "eval_restarts",
             "checkpoint_every", "eval_batch_size"):
     checks.check_positive(getattr(config, f), f)
+  checks.check_choice(config.adversarial_init, "adversarial_init", {"natural", "scratch"})
+  checks.check_positive(config.adversarial_epochs, "adversarial_epochs", allow_zero=True)
+  if config.adversarial_init == "natural":
+    for name in config.models:
+      if name.endswith("_adversarial") and name.replace("adversarial", "natural") not in (
+          config.models):
+        raise ValueError(f"adversarial_init='natural': {name} fine-tunes "
+                         f"{name.replace('adversarial', 'natural')}; add it to models or use "
+                         "adversarial_init='scratch'")
   if any(e < 0 for e in config.curve_eps):
     raise ValueError(f"curve_eps must be >= 0, got {config.curve_eps}")
   train_config(config, config.models[0]).validate()
@@ -198,7 +212,7 @@ def run(config: cfgs.MasksConfig, workdir: str) -> dict:
   for index, name in enumerate(cfgs.MODEL_NAMES):
     if name not in config.models:
       continue
-    tc = train_config(config, name)
+    tc = train_config(config, name, workdir)
     mdir = os.path.join(workdir, "models", name)
     eval_path = os.path.join(workdir, "eval", f"{name}.json")
     if os.path.exists(eval_path):
@@ -310,6 +324,11 @@ def _define_flags():
   flags.DEFINE_list("models", None, "Subset of " + ",".join(c.MODEL_NAMES))
   flags.DEFINE_integer("checkpoint_every", None, "Checkpoint interval (steps).", lower_bound=1)
   flags.DEFINE_integer("eval_batch_size", None, "Attack batch size.", lower_bound=1)
+  flags.DEFINE_enum("adversarial_init", None, ["natural", "scratch"],
+                    "Adversarial models: fine-tune the natural one or train from scratch "
+                    f"(default {d.adversarial_init}).")
+  flags.DEFINE_integer("adversarial_epochs", None, "Adversarial training epochs (0 = --epochs).",
+                       lower_bound=0)
 
   def _fractions_ok(v):
     if v is None:

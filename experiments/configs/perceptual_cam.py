@@ -80,7 +80,7 @@ def default() -> PerceptualConfig:
 def demo() -> PerceptualConfig:
   """Sized for the demo (about 5 minutes on 2 CPU cores)."""
   return dataclasses.replace(PerceptualConfig(), num_train=4000, width=0.35, batch_size=64,
-                             epochs=4, num_images=64, candidates=300, ssim_steps=10,
+                             epochs=10, num_images=64, candidates=300, ssim_steps=10,
                              pgd_steps=10, bootstrap=500, batch_size_attack=32,
                              learning_rate=3e-3, warmup_steps=50)
 

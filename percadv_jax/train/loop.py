@@ -53,6 +53,9 @@ class TrainConfig:
     bn_recalibration_batches: after the last step, replace BatchNorm's running statistics by
       precise population statistics over this many training batches of clean model inputs
       (``percadv_jax.train.batchnorm``); 0 keeps the running averages.
+    init_from: fine-tuning: the workdir of a finished run of the same model and optimiser whose
+      final params and batch_stats initialise this run (optimiser state, step and key start
+      fresh); "" = initialise from ``seed``.
   """
   model: str = "vgg19"
   model_kwargs: Mapping[str, Any] = dataclasses.field(
@@ -69,6 +72,7 @@ class TrainConfig:
   log_every: int = 20
   keep_checkpoints: int = 2
   bn_recalibration_batches: int = 0
+  init_from: str = ""
 
   def validate(self) -> None:
     checks.check_positive(self.batch_size, "batch_size")
@@ -252,6 +256,8 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   state = build(config, num_classes=num_classes, image_shape=image_shape, total=total,
                 abstract=resume)
   state = checkpoint.restore(mngr, state)
+  if not resume and config.init_from:
+    state = _init_from(state, config.init_from)
   start = int(jax.device_get(state.step))
   if start >= total:
     return state
@@ -286,6 +292,19 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     bar.close()
     mngr.close()
   return state
+
+
+def _init_from(state: TrainState, workdir: str) -> TrainState:
+  """``state`` with params and batch_stats of the latest checkpoint in ``workdir``."""
+  directory = os.path.join(workdir, "checkpoints")
+  if checkpoint.latest_step(directory) is None:
+    raise ValueError(f"init_from: no checkpoint in {directory}")
+  mngr = checkpoint.manager(directory)
+  try:
+    src = checkpoint.restore(mngr, state)
+  finally:
+    mngr.close()
+  return state.replace(params=src.params, batch_stats=src.batch_stats)
 
 
 def _recalibrated(config: TrainConfig, state: TrainState, data: ArrayData, n: int,
