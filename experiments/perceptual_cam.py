@@ -197,6 +197,23 @@ def _run_attacks(config, workdir, logits_fn, x, y) -> dict[str, tuple[np.ndarray
 
 # ----------------------------------------------------------------------------- run
 
+
+MIN_CAM_SIDE = 4
+
+
+def _default_cam_layer(module, variables, x) -> str:
+  """The model's ``cam_layer``, or the deepest tap of at least 4x4 where that one is smaller.
+
+  At small inputs the usual CAM layer collapses (MobileNetV2's ``out_relu`` is 1x1 at 32 px),
+  and a CAM of a 1x1 map is constant: every correlation with it is undefined.
+  """
+  taps, _ = cam.model_info(module, variables, x[:1])
+  name = cam.resolve_layer(list(taps), module.cam_layer)
+  if min(taps[name].shape[1:3]) >= MIN_CAM_SIDE:
+    return name
+  big = [n for n, t in taps.items() if len(t.shape) == 4 and min(t.shape[1:3]) >= MIN_CAM_SIDE]
+  return big[-1] if big else name
+
 def run(config: cfgs.PerceptualConfig, workdir: str) -> dict:
   """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
   validate(config)
@@ -221,13 +238,13 @@ def run(config: cfgs.PerceptualConfig, workdir: str) -> dict:
   adv = _run_attacks(config, workdir, logits_fn, x, y)
 
   # CAMs on the clean images, for the true (or predicted) class.
-  layer = config.cam_layer or None
+  layer = config.cam_layer or _default_cam_layer(module, variables, x)
   cams = {}
   for method in cfgs.CAM_METHODS:
     fn = getattr(cam, method)
     cams[method] = _batched(lambda xb, yb: fn(module, variables, xb, layer=layer, target=yb),
                             [x, y], config.batch_size_attack)
-  used_layer = layer or module.cam_layer
+  used_layer = layer
 
   attack_rows, attack_stats, maps = [], {}, {}
   ssim_fn = jax.jit(lambda a, b: perceptual.ssim(a, b))
@@ -470,7 +487,8 @@ def _define_flags():
   flags.DEFINE_string("linf_eps", None, "Linf PGD radius (e.g. 4/255); 0 = matched.")
   flags.DEFINE_string("l2_eps", None, "L2 PGD radius; 0 = matched.")
   flags.DEFINE_integer("pgd_steps", None, "PGD iterations.", lower_bound=1)
-  flags.DEFINE_string("cam_layer", None, "CAM tap (default: the model's).")
+  flags.DEFINE_string("cam_layer", None, "CAM tap (default: the model's, or the deepest "
+                       "tap of at least 4x4 where the model's is smaller).")
   flags.DEFINE_float("top_k", None, "Top-k fraction of the IoU.", lower_bound=0, upper_bound=1)
   flags.DEFINE_integer("bootstrap", None, "Bootstrap resamples.", lower_bound=10)
   flags.DEFINE_integer("batch_size_attack", None, "Images per attack batch.", lower_bound=1)
