@@ -40,7 +40,7 @@ def load(name: str, *, split: str, data_dir: str | None = None, image_size: int 
   Args:
     name: one of :func:`known_datasets`.
     split: the split (``"train"``/``"test"``; TFDS sources accept TFDS split strings).
-    data_dir: where prepared data lives (cache / raw files); see notes/data.md per dataset.
+    data_dir: where prepared data lives (cache / raw files); see BUILD.md, "Data", per dataset.
     image_size: square image side; ``None`` = the dataset's default (or its cached size).
     **kwargs: dataset-specific options: ``num_examples``, ``seed``, ``num_classes`` for
       ``synthetic_signs``; ``raw_dir`` (prepare from raw files if not cached) for ``gtsrb_ic``
