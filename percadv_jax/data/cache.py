@@ -248,3 +248,35 @@ def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
       num_examples=int(meta["num_examples"]), has_masks=bool(info.get("has_masks", True)),
       mask_source=info["mask_source"], source=info["source"], skipped=dict(meta["skipped"]),
       extra=extra)
+
+
+def load_or_prepare(*, dataset: str, title: str, download: str, split: str,
+                    data_dir: str | None, image_size: int | None, default_size: int,
+                    raw_dir: str | None, prepare_split: Callable[..., Any], verify: bool = False,
+                    **prepare_kw) -> ArraySource:
+  """Loads a prepared split of ``dataset``; prepares it first when ``raw_dir`` is given.
+
+  ``image_size=None`` picks the only cached size (``default_size`` when none is cached or when
+  preparing). ``prepare_split(raw_dir=, data_dir=, split=, image_size=, **prepare_kw)`` builds
+  (or resumes) the cache. Without ``raw_dir`` and without a finished cache, the error names the
+  expected folder, where to download ``download`` and the ``prepare_data`` command to run.
+  """
+  from percadv_jax.data import raw
+  data_dir = data_dir or raw.default_data_dir()
+  if image_size is None:
+    sizes = cached_sizes(data_dir, dataset, split)
+    if len(sizes) > 1:
+      raise ValueError(f"{title} {split} is cached at several sizes {sizes} under {data_dir}; "
+                       "pass image_size")
+    image_size = sizes[0] if sizes else default_size
+  out_dir = split_dir(data_dir, dataset, split, image_size)
+  if raw_dir is not None:
+    prepare_split(raw_dir=raw_dir, data_dir=data_dir, split=split, image_size=image_size,
+                  **prepare_kw)
+  elif not os.path.exists(os.path.join(out_dir, "meta.json")):
+    raise FileNotFoundError(
+        f"no prepared {title} cache at {out_dir}. Download {download}, unzip into RAW, then run "
+        f"`python -m experiments.prepare_data --dataset={dataset} --raw_dir=RAW "
+        f"--data_dir={data_dir} --image_size={image_size} --splits={split}` "
+        "(or pass raw_dir= to load)")
+  return load_cached(out_dir, verify=verify)

@@ -28,7 +28,6 @@ import json
 import os
 from typing import Any
 
-import numpy as np
 
 from percadv_jax.data import cache, raw, segment
 
@@ -224,20 +223,7 @@ def load(*, split: str, data_dir: str | None = None, image_size: int | None = No
   """
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for gtsrb_ic; choose one of {list(SPLITS)}")
-  data_dir = data_dir or raw.default_data_dir()
-  if image_size is None:
-    sizes = cache.cached_sizes(data_dir, NAME, split)
-    if len(sizes) > 1:
-      raise ValueError(f"GTSRB-IC {split} is cached at several sizes {sizes} under {data_dir}; "
-                       "pass image_size")
-    image_size = sizes[0] if sizes else DEFAULT_IMAGE_SIZE
-  out_dir = cache.split_dir(data_dir, NAME, split, image_size)
-  if raw_dir is not None:
-    prepare(raw_dir=raw_dir, data_dir=data_dir, split=split, image_size=image_size,
-            **prepare_kw)
-  elif not os.path.exists(os.path.join(out_dir, "meta.json")):
-    raise FileNotFoundError(
-        f"no prepared GTSRB-IC cache at {out_dir}. Download {DOWNLOAD}, unzip into RAW, then run "
-        f"`python -m experiments.prepare_data --dataset=gtsrb_ic --raw_dir=RAW "
-        f"--data_dir={data_dir} --image_size={image_size}` (or pass raw_dir= to load)")
-  return cache.load_cached(out_dir, verify=verify)
+  return cache.load_or_prepare(dataset=NAME, title="GTSRB-IC", download=DOWNLOAD, split=split,
+                               data_dir=data_dir, image_size=image_size,
+                               default_size=DEFAULT_IMAGE_SIZE, raw_dir=raw_dir,
+                               prepare_split=prepare, verify=verify, **prepare_kw)
