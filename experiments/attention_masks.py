@@ -26,7 +26,6 @@ import os
 from typing import Any, Sequence
 
 import jax
-import numpy as np
 
 from experiments import common
 from experiments.configs import attention_masks as cfgs
@@ -365,16 +364,9 @@ def config_from_flags(flag_values) -> cfgs.MasksConfig:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags, logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = config_from_flags(flags.FLAGS)
-  try:
-    validate(config)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  results = run(config, flags.FLAGS.workdir)
+  from absl import flags
+  results = common.run_from_flags(argv, config_from_flags=config_from_flags, validate=validate,
+                                  run=run)
   print(open(os.path.join(flags.FLAGS.workdir, "table.md")).read())
   for s in results["findings"]:
     print("-", s)

@@ -12,7 +12,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -157,3 +157,22 @@ def bootstrap_mean(values: Any, *, resamples: int, seed: int, level: float = 0.9
 def fmt_ci(s: Mapping[str, float], digits: int = 3) -> str:
   """``"0.123 [0.101, 0.140]"`` from a ``bootstrap_mean`` dict."""
   return f"{s['mean']:.{digits}f} [{s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
+
+
+def run_from_flags(argv: Sequence[str], *, config_from_flags: Callable[[Any], Any],
+                   validate: Callable[[Any], None], run: Callable[[Any, str], Any]) -> Any:
+  """The body of a study binary's ``main``: flags -> validated config -> ``run(config, workdir)``.
+
+  Stray arguments and invalid configurations become absl ``UsageError``s (a one-line message and
+  the usage text, no traceback). Returns ``run``'s result.
+  """
+  from absl import app, flags, logging
+  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  config = config_from_flags(flags.FLAGS)
+  try:
+    validate(config)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  return run(config, flags.FLAGS.workdir)

@@ -519,16 +519,9 @@ def config_from_flags(fv) -> cfgs.PerceptualConfig:
 
 
 def main(argv: Sequence[str]) -> None:
-  from absl import app, flags, logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = config_from_flags(flags.FLAGS)
-  try:
-    validate(config)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  results = run(config, flags.FLAGS.workdir)
+  from absl import flags
+  results = common.run_from_flags(argv, config_from_flags=config_from_flags, validate=validate,
+                                  run=run)
   for line in results["answer"]:
     print("-", line)
   print(f"results in {os.path.abspath(flags.FLAGS.workdir)}")
