@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 from percadv_jax import checks
@@ -187,3 +188,27 @@ def better(success_a, loss_a, success_b, loss_b) -> jax.Array:
 def select(cond: jax.Array, a: jax.Array, b: jax.Array) -> jax.Array:
   """Per-example ``where`` with ``cond`` [N] broadcast over the trailing axes of ``a``."""
   return jnp.where(cond.reshape(cond.shape + (1,) * (a.ndim - 1)), a, b)
+
+
+def worst_over_restarts(run: Callable, keys: jax.Array | None, restarts: int,
+                        unroll: Any) -> jax.Array:
+  """Per-example worst case of ``run`` over ``restarts`` random restarts.
+
+  ``run(keys_r) -> (x_adv, success [N], loss [N])`` is one attack run; restart ``r`` uses the
+  per-example keys ``fold_in(k_i, r)`` (restart 0 is the single run, so more restarts never lose
+  a success). Kept per example: a success over a failure, then the higher loss. Returns x_adv.
+  """
+  def restart_keys(r):
+    return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
+
+  best = run(restart_keys(0))
+  if restarts == 1:
+    return best[0]
+
+  def restart_body(best, r):
+    cand = run(restart_keys(r))
+    take = better(cand[1], cand[2], best[1], best[2])
+    return tuple(select(take, c, b) for c, b in zip(cand, best)), None
+
+  best, _ = lax.scan(restart_body, best, jnp.arange(1, restarts), unroll=unroll)
+  return best[0]

@@ -105,20 +105,7 @@ def _apgd(logits_fn, x, y, keys, eps, mask, *, steps, norm, random_start, restar
     c, _ = lax.scan(scan_body, c, xs, unroll=unroll)
     return C.select(c["found"], c["x_found"], c["x_best"]), c["found"], c["loss_best"]
 
-  def restart_keys(r):
-    return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-
-  best = run(restart_keys(0))
-  if restarts == 1:
-    return best[0]
-
-  def restart_body(best, r):
-    cand = run(restart_keys(r))
-    take = C.better(cand[1], cand[2], best[1], best[2])
-    return tuple(C.select(take, c_, b) for c_, b in zip(cand, best)), None
-
-  best, _ = lax.scan(restart_body, best, jnp.arange(1, restarts), unroll=unroll)
-  return best[0]
+  return C.worst_over_restarts(run, keys, restarts, unroll)
 
 
 def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | None = None,

@@ -17,7 +17,7 @@ Guarantees on every output: ``|x_adv - x| <= eps`` in the chosen norm (up to flo
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -90,20 +90,7 @@ def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_sta
     per_ex, succ = evaluate(xa)
     return xa, succ, per_ex
 
-  def restart_keys(r):
-    return None if keys is None else jax.vmap(lambda k: jax.random.fold_in(k, r))(keys)
-
-  if restarts == 1:
-    return run(restart_keys(0))[0]
-  best = run(restart_keys(0))
-
-  def restart_body(best, r):
-    cand = run(restart_keys(r))
-    take = C.better(cand[1], cand[2], best[1], best[2])
-    return tuple(C.select(take, c, b) for c, b in zip(cand, best)), None
-
-  best, _ = lax.scan(restart_body, best, jnp.arange(1, restarts), unroll=unroll)
-  return best[0]
+  return C.worst_over_restarts(run, keys, restarts, unroll)
 
 
 def _prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_start, restarts,
