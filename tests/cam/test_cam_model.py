@@ -5,11 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 from percadv_jax import cam
 from percadv_jax.cam import core
 from percadv_jax.models import get_model
+from tests.cam.test_cam_core import upsample_align_corners
 from percadv_jax.models.common import tap
 from tests.cam.cam_testlib import TinyCNN, numpy_init
 
@@ -82,8 +82,7 @@ def test_score_cam_equals_loop_of_forward_passes(tiny):
   logits, state = m.apply(v, x, mutable=["intermediates"])
   acts = np.asarray(state["intermediates"]["features"])         # [N, h, w, K]
   pred = np.argmax(np.asarray(logits), axis=-1)
-  up = torch.nn.UpsamplingBilinear2d(size=(16, 16))(
-      torch.from_numpy(acts.transpose(0, 3, 1, 2))).numpy()       # [N, K, H, W]
+  up = upsample_align_corners(acts, (16, 16)).transpose(0, 3, 1, 2)  # [N, K, H, W]
   lo = up.reshape(4, 8, -1).min(-1)[:, :, None, None]
   hi = up.reshape(4, 8, -1).max(-1)[:, :, None, None]
   up = (up - lo) / (hi - lo + 1e-8)
