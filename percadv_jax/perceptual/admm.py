@@ -6,29 +6,35 @@ Problem (one image ``x`` [H, W, C]; ``G`` groups of non-overlapping windows, DES
     proj:  min  1/2 |d - d0|^2    s.t.  the same
 
 General-form consensus (Boyd et al. 2011, sect. 7.2): each group ``i`` keeps a local copy ``z_i``
-of the pixels its windows cover (window layout [Ky,w,Kx,w,C]) with ``z_i in C_i`` (closed-form
-projection: ball on the centred part, interval on the mean); the global ``d`` carries the
-objective and the box. With ``c_p`` the number of groups covering pixel ``p`` the d-update is
-closed form too:
+of the pixels its windows cover with ``z_i in C_i`` (closed-form projection ``P_i``: ball on the
+centred part, interval on the mean); the global ``d`` carries the objective and the box. Written
+as a fixed-point iteration on ``v_i = z_i + u_i`` (Douglas-Rachford form: ``z_i = P_i(v_i)``,
+``u_i = v_i - z_i``) with ``c_p`` the number of groups covering pixel ``p``:
 
-    lp:    d_p = clip((sum_i (z_i - u_i)_p + g_p / rho) / c_p, lo, hi)   (c_p = 0: box vertex)
-    proj:  d_p = clip((d0_p + rho sum_i (z_i - u_i)_p) / (1 + rho c_p), lo, hi)
+    lp:    d_p = clip((sum_i (2 z_i - v_i)_p + g_p / rho) / c_p, lo, hi)   (c_p = 0: box vertex)
+    proj:  d_p = clip((d0_p + rho sum_i (2 z_i - v_i)_p) / (1 + rho c_p), lo, hi)
+    T(v)_i = v_i + alpha (d|_i - z_i)                       (alpha: over-relaxation)
 
-then ``dh_i = alpha d|_i + (1 - alpha) z_i`` (over-relaxation), ``z_i = P_i(dh_i + u_i)``,
-``u_i += dh_i - z_i``. Every ``check_every`` iterations the relative primal/dual residuals are
-measured and ``rho`` is rebalanced (OSQP's rule ``rho *= sqrt(r_rel / s_rel)`` when the ratio is
-off by more than 5x; ``u`` rescaled).
+**Layout.** Everything runs in the cell layout of ``windows.py`` (cells of ``gcd(w, s)`` pixels,
+``[C, Hc, Wc, c*c]``; ``v`` stacks the groups, ``[G, C, Hc, Wc, c*c]``, zero outside a group's
+windows): a projection is elementwise work plus reductions to small per-cell statistics, with no
+pads/gathers of pixel arrays per iteration. Pixels in no window at all sit at the box vertex (lp)
+or at ``clip(d0)`` (proj).
 
-For the LP the stopping rule is a *certified* duality gap: with ``y_i = rho u_i`` (multipliers of
-``d = z_i``) weak duality gives
+**Checks.** Every ``check_every`` iterations the relative primal/dual residuals are measured and
+``rho`` is rebalanced (OSQP's rule ``rho *= sqrt(r_rel / s_rel)`` when the ratio is off by more
+than 5x; ``u`` rescaled, which keeps ``z = P(v)``; AA memory cleared). For the LP the stopping
+rule is a *certified* duality gap: with ``y_i = rho u_i`` (multipliers of ``d = z_i``) weak
+duality gives
 
     <g, d*> <= UB = sigma_Box(g - sum_i y_i) + sum_i sigma_{C_i}(y_i),
     sigma_window(y) = <a, yt> + R |yt| + n (b mean(y) + r |mean(y)|),
 
-and ``LB = <g, t d>`` with ``t d`` made exactly feasible (``QualityBall.make_feasible``). The
-solver returns the best exactly feasible iterate and stops once ``(UB - LB) / LB <= tol``, so its
-objective is provably within ``tol`` (relative) of the optimum. ``vmap`` over images: each image
-has its own ``rho`` and stops on its own.
+and ``LB = <g, t d>`` with ``d`` repaired (``repair`` cyclic projections onto the groups and the
+box) and scaled to exact feasibility (``t`` from ``QualityBall.window_scale``). The solver returns
+the best exactly feasible iterate and stops once ``(UB - LB) / LB <= tol``, so its objective is
+provably within ``tol`` (relative) of the optimum. ``vmap`` over images: each image has its own
+``rho`` and stops on its own.
 """
 
 from __future__ import annotations
@@ -40,113 +46,152 @@ import jax
 import jax.numpy as jnp
 
 from percadv_jax.perceptual import windows as W
-from percadv_jax.perceptual.ball import ProjectionInfo, QualityBall, WindowGeometry, box
+from percadv_jax.perceptual.ball import ProjectionInfo, QualityBall, box
 
 
 class AdmmState(NamedTuple):
-  """Warm-startable ADMM state of a batch: ``d`` [N,H,W,C], per-group ``z``/``u`` (window
-  layout, leading N) and the penalty ``rho`` [N]."""
+  """Warm-startable ADMM state of a batch: the last feasible ``d`` [N,H,W,C], the group copies
+  ``v`` [N,G,C,Hc,Wc,c*c] (cell layout) and the penalty ``rho`` [N]."""
   d: jax.Array
-  z: tuple
-  u: tuple
+  v: jax.Array
   rho: jax.Array
 
 
-def _coverage(shape, groups):
-  cover = jnp.zeros(shape, jnp.float32)
-  for gr in groups:
-    cover = cover + W.scatter(shape, gr, jnp.ones(
-        (gr.ky, gr.window, gr.kx, gr.window, shape[-1]), jnp.float32))
-  return cover
+def init_state(x: jax.Array, ball: QualityBall, rho: jax.Array) -> AdmmState:
+  """The cold-start state (``d = 0``, ``v = 0``) for images ``x`` [N,H,W,C]; ``rho`` [N]."""
+  grid = ball.cell_grid(x.shape[1], x.shape[2])
+  cc = grid.cell * grid.cell
+  v = jnp.zeros((x.shape[0], len(grid.groups), x.shape[-1], grid.hc, grid.wc, cc), jnp.float32)
+  return AdmmState(jnp.zeros_like(x), v, rho)
 
 
-def _sumsq(t):
-  return sum(jnp.sum(v * v) for v in t)
+class _Geo(NamedTuple):
+  """Ball constants in the cell layout: ``a`` [G,C,Hc,Wc,cc] (0 outside the group's windows);
+  per group ``R``, ``slack``, ``b``, ``r`` [C,Ky,Kx] (b, r None without luminance); group masks
+  [G,1,Hc,Wc,1]."""
+  a: jax.Array
+  R: tuple
+  slack: tuple
+  b: tuple | None
+  r: tuple | None
+  mask: jax.Array
 
 
-def _dual_bound(ball: QualityBall, groups, geo: WindowGeometry, lin, lo, hi, u, rho):
-  """Weak-duality upper bound on max <lin, d> from multipliers ``y_i = rho u_i``."""
+def _geometry(ball: QualityBall, grid: W.CellGrid, xc):
+  n = ball.window * ball.window
+  xs = jnp.sum(xc, axis=-1)
+  out, masks = [], []
+  for gr in grid.groups:
+    mask = W.cell_win_bcast(jnp.ones((gr.ky, gr.kx), jnp.float32), gr, grid)[..., None]
+    mu = W.cell_win_sum(xs, gr) / n
+    xt = (xc - W.cell_win_bcast(mu, gr, grid)[..., None]) * mask
+    out.append(ball.window_constants(xt, W.cell_win_sum(jnp.sum(xt * xt, axis=-1), gr), mu))
+    masks.append(mask)
+  a, rad, slack, b, r = zip(*out)
+  return _Geo(jnp.stack(a), rad, slack, b if ball.luminance else None,
+              r if ball.luminance else None, jnp.stack(masks)[:, None])
+
+
+def _project(ball: QualityBall, grid: W.CellGrid, geo: _Geo, i: int, v):
+  """Projection of ``v`` [C,Hc,Wc,cc] onto group ``i``'s windows (0 outside them)."""
+  gr = grid.groups[i]
+  n = ball.window * ball.window
+  m = W.cell_win_sum(jnp.sum(v, axis=-1), gr) / n
+  diff = v - W.cell_win_bcast(m, gr, grid)[..., None] - geo.a[i]
+  nrm = jnp.sqrt(W.cell_win_sum(jnp.sum(diff * diff, axis=-1), gr))
+  scale = jnp.minimum(1.0, geo.R[i] / jnp.maximum(nrm, 1e-30))
+  if ball.luminance:
+    m = jnp.clip(m, geo.b[i] - geo.r[i], geo.b[i] + geo.r[i])
+  return (geo.a[i] + diff * W.cell_win_bcast(scale, gr, grid)[..., None]
+          + W.cell_win_bcast(m, gr, grid)[..., None])
+
+
+def _feasible(ball: QualityBall, grid: W.CellGrid, geo: _Geo, d):
+  """``d`` [C,Hc,Wc,cc] (in the box) scaled by the largest feasible ``t`` in [0, 1]."""
+  n = ball.window * ball.window
+  ds = jnp.sum(d, axis=-1)
+  t = jnp.ones((), jnp.float32)
+  for i, gr in enumerate(grid.groups):
+    m = W.cell_win_sum(ds, gr) / n
+    dt = d - W.cell_win_bcast(m, gr, grid)[..., None]
+    pp = W.cell_win_sum(jnp.sum(dt * dt, axis=-1), gr)
+    ap = W.cell_win_sum(jnp.sum(geo.a[i] * dt, axis=-1), gr)
+    lum = ball.luminance
+    t = jnp.minimum(t, jnp.min(ball.window_scale(pp, ap, m, geo.slack[i], geo.R[i],
+                                                 geo.b[i] if lum else None,
+                                                 geo.r[i] if lum else None)))
+  return d * t
+
+
+def _dual_bound(ball: QualityBall, grid: W.CellGrid, geo: _Geo, lin, lo, hi, y):
+  """Weak-duality upper bound on ``max <lin, d>`` (covered region) from multipliers ``y``
+  [G,C,Hc,Wc,cc]."""
   n = ball.window * ball.window
   total = jnp.zeros_like(lin)
   ub = 0.0
-  for i, gr in enumerate(groups):
-    y = rho * u[i]
-    ym = W.win_mean(y)
-    yt = y - ym
-    if not ball.luminance:
-      y = yt  # the mean is unconstrained: only a zero-mean multiplier has a finite support value
-    total = total + W.scatter(lin.shape, gr, y)
+  for i, gr in enumerate(grid.groups):
+    ym = W.cell_win_sum(jnp.sum(y[i], axis=-1), gr) / n
+    yt = y[i] - W.cell_win_bcast(ym, gr, grid)[..., None]
+    total = total + (y[i] if ball.luminance else yt)  # no luminance: only zero-mean y is finite
     ub = ub + jnp.sum(geo.a[i] * yt)
-    ub = ub + jnp.sum(geo.R[i] * jnp.sqrt(jnp.sum(yt * yt, axis=(-4, -2), keepdims=True)))
+    ub = ub + jnp.sum(geo.R[i] * jnp.sqrt(W.cell_win_sum(jnp.sum(yt * yt, axis=-1), gr)))
     if ball.luminance:
       ub = ub + n * jnp.sum(geo.b[i] * ym + geo.r[i] * jnp.abs(ym))
   v = lin - total
   return ub + jnp.sum(jnp.maximum(lo * v, hi * v))
 
 
-def _repair(ball: QualityBall, groups, geo: WindowGeometry, lo, hi, d, sweeps: int):
-  """``sweeps`` rounds of cyclic projections onto the groups and the box (POCS).
-
-  From a nearly feasible ``d`` this shrinks each window's violation *locally*, so the global
-  scaling of ``make_feasible`` that follows costs far less objective than it would on ``d``.
-  """
-  def sweep(_, v):
-    for i, gr in enumerate(groups):
-      v = W.put(v, gr, ball.project_group_windows(W.extract(v, gr), geo, i))
-    return jnp.clip(v, lo, hi)
-  return jax.lax.fori_loop(0, sweeps, sweep, jnp.clip(d, lo, hi)) if sweeps else d
-
-
 def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: int, tol: float,
-               check_every: int, alpha: float, repair: int):
-  """ADMM for one image. ``lin`` is ``g`` (lp) or ``d0`` (proj). Returns (d, info, state)."""
-  groups = ball.groups(x.shape[0], x.shape[1])
-  geo = ball.geometry(x)
-  lo, hi = box(x, mask)
-  cover = _coverage(x.shape, groups)
-  inv_cover = 1.0 / jnp.maximum(cover, 1.0)
+               check_every: int, alpha: float, repair: int, cold: bool):
+  """ADMM for one image from ``init`` (``cold``: a fresh state, which "proj" replaces by
+  ``clip(d0)``). ``lin`` is ``g`` (lp) or ``d0`` (proj). Returns (d, info, state)."""
+  grid = ball.cell_grid(x.shape[0], x.shape[1])
+  lo_f, hi_f = box(x, mask)
   if mode == "lp":
     scale = jnp.sqrt(jnp.mean(lin * lin))
     lin = lin / jnp.maximum(scale, 1e-30)
-    vertex = jnp.where(lin > 0, hi, jnp.where(lin < 0, lo, 0.0))
+    base = jnp.where(lin > 0, hi_f, jnp.where(lin < 0, lo_f, 0.0))   # the box vertex
+  else:
+    base = jnp.clip(lin, lo_f, hi_f)
+  cells = functools.partial(W.to_cells, grid=grid)
+  geo = _geometry(ball, grid, cells(x))
+  lo, hi, lin_c, base_c = cells(lo_f), cells(hi_f), cells(lin), cells(base)
+  cover = jnp.sum(geo.mask, axis=0)
+  inv_cover = 1.0 / jnp.maximum(cover, 1.0)
+  n_groups = len(grid.groups)
 
-  def d_update(z, u, rho):
-    acc = jnp.zeros_like(x)
-    for i, gr in enumerate(groups):
-      acc = acc + W.scatter(x.shape, gr, z[i] - u[i])
-    if mode == "lp":
-      d = jnp.where(cover > 0, (acc + lin / rho) * inv_cover, vertex)
-    else:
-      d = (lin + rho * acc) / (1.0 + rho * cover)
-    return jnp.clip(d, lo, hi)
-
-  def step(carry):
-    d, z, u, rho = carry
-    d = d_update(z, u, rho)
-    zs, us = [], []
-    for i, gr in enumerate(groups):
-      dh = alpha * W.extract(d, gr) + (1.0 - alpha) * z[i]
-      v = dh + u[i]
-      zn = ball.project_group_windows(v, geo, i)
-      zs.append(zn)
-      us.append(v - zn)
-    return AdmmState(d, tuple(zs), tuple(us), rho)
-
-  def residuals(new, old):
-    dz = tuple(W.extract(new.d, gr) for gr in groups)
-    r = jnp.sqrt(_sumsq(tuple(a - b for a, b in zip(dz, new.z))))
-    s = new.rho * jnp.sqrt(_sumsq(tuple(a - b for a, b in zip(new.z, old.z))))
-    r_rel = r / jnp.maximum(jnp.maximum(jnp.sqrt(_sumsq(dz)), jnp.sqrt(_sumsq(new.z))), 1e-30)
-    s_rel = s / jnp.maximum(new.rho * jnp.sqrt(_sumsq(new.u)), 1e-30)
-    return r_rel, s_rel
-
-  def objective(d):
+  def objective(d, lin):
     if mode == "lp":
       return jnp.sum(lin * d)
     return -0.5 * jnp.sum((d - lin) ** 2)
 
+  border = objective(base, lin) - objective(base_c, lin_c)   # pixels in no window: fixed
+
+  def project(v):
+    return jnp.stack([_project(ball, grid, geo, i, v[i]) for i in range(n_groups)])
+
+  def evaluate(v, rho):
+    """T(v) and the z = P(v), d of the evaluation."""
+    z = project(v)
+    acc = jnp.sum(2.0 * z - v, axis=0)
+    if mode == "lp":
+      d = jnp.where(cover > 0, (acc + lin_c / rho) * inv_cover, base_c)
+    else:
+      d = (lin_c + rho * acc) / (1.0 + rho * cover)
+    d = jnp.clip(d, lo, hi)
+    return v + alpha * geo.mask * (d[None] - z), z, d
+
+  def repaired(d):
+    def sweep(_, v):
+      for i in range(n_groups):
+        v = _project(ball, grid, geo, i, v) + (1.0 - geo.mask[i]) * v
+      return jnp.clip(v, lo, hi)
+    d = jax.lax.fori_loop(0, repair, sweep, d) if repair else d
+    return _feasible(ball, grid, geo, jnp.clip(d, lo, hi))
+
   class Carry(NamedTuple):
-    st: AdmmState
+    v: jax.Array
+    rho: jax.Array
     it: jax.Array
     best_d: jax.Array
     best_lb: jax.Array
@@ -159,13 +204,19 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     return jnp.logical_and(c.it < max_iters, jnp.logical_not(c.done))
 
   def body(c):
-    st = jax.lax.fori_loop(0, check_every - 1, lambda _, s: step(s), c.st)
-    new = step(st)
-    r_rel, s_rel = residuals(new, st)
-    d_f = ball.make_feasible(x, _repair(ball, groups, geo, lo, hi, new.d, repair), geo, mask)
-    lb = objective(d_f)
+    def inner(_, s):
+      return evaluate(s[0], c.rho)[:2]
+    v, z_prev = jax.lax.fori_loop(0, check_every - 1, inner, (c.v, jnp.zeros_like(c.v)))
+    v_next, z, d = evaluate(v, c.rho)
+    norm = lambda t: jnp.sqrt(jnp.sum(t * t))
+    u = geo.mask * (v - z)
+    r_rel = norm(geo.mask * (d[None] - z)) / jnp.maximum(
+        jnp.maximum(norm(geo.mask * d[None]), norm(z)), 1e-30)
+    s_rel = norm(z - z_prev) / jnp.maximum(norm(u), 1e-30)
+    d_f = repaired(d)
+    lb = objective(d_f, lin_c) + border
     if mode == "lp":
-      ub = jnp.minimum(c.best_ub, _dual_bound(ball, groups, geo, lin, lo, hi, new.u, new.rho))
+      ub = jnp.minimum(c.best_ub, _dual_bound(ball, grid, geo, lin_c, lo, hi, c.rho * u) + border)
       better = lb > c.best_lb
       best_d = jnp.where(better, d_f, c.best_d)
       best_lb = jnp.maximum(lb, c.best_lb)
@@ -173,26 +224,30 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     else:
       ub, best_d, best_lb = c.best_ub, d_f, lb
       done = jnp.logical_and(r_rel <= tol, s_rel <= tol)
-    # OSQP-style penalty rebalancing.
+    # OSQP-style penalty rebalancing. On a change the next point is v with u = v - P(v) rescaled,
+    # which keeps P(v) = z (a normal-cone vector scaled).
     ratio = jnp.sqrt(r_rel / jnp.maximum(s_rel, 1e-30))
     adapt = jnp.logical_or(ratio > 5.0, ratio < 0.2)
-    rho_new = jnp.where(adapt, jnp.clip(new.rho * ratio, 1e-6, 1e6), new.rho)
-    u = tuple(v * (new.rho / rho_new) for v in new.u)
-    st = AdmmState(new.d, new.z, u, rho_new)
-    return Carry(st, c.it + check_every, best_d, best_lb, ub, r_rel, s_rel, done)
+    rho = jnp.where(adapt, jnp.clip(c.rho * ratio, 1e-6, 1e6), c.rho)
+    v_next = jnp.where(adapt, z + u * (c.rho / rho), v_next)
+    return Carry(v_next, rho, c.it + check_every, best_d, best_lb, ub, r_rel, s_rel, done)
 
-  st0 = init
-  d_f0 = ball.make_feasible(x, st0.d, geo, mask)
+  if cold and mode == "proj":
+    v0, d_f0 = geo.mask * base_c[None], _feasible(ball, grid, geo, base_c)
+  else:
+    v0, d_f0 = init.v, _feasible(ball, grid, geo, jnp.clip(cells(init.d), lo, hi))
+  rho0 = init.rho
   inf = jnp.asarray(jnp.inf, jnp.float32)
-  c0 = Carry(st0, jnp.asarray(0, jnp.int32), d_f0, objective(d_f0), inf, inf, inf,
-             jnp.asarray(False))
+  c0 = Carry(v0, rho0, jnp.asarray(0, jnp.int32), d_f0, objective(d_f0, lin_c) + border, inf,
+             inf, inf, jnp.asarray(False))
   c = jax.lax.while_loop(cond, body, c0)
   if mode == "lp":
     gap = (c.best_ub - c.best_lb) / jnp.maximum(jnp.abs(c.best_lb), 1e-30)
   else:
     gap = jnp.asarray(jnp.nan, jnp.float32)
-  info = ProjectionInfo(c.it, c.r_rel, c.s_rel, gap, c.done, c.st.rho)
-  return c.best_d, info, c.st
+  info = ProjectionInfo(c.it, c.r_rel, c.s_rel, gap, c.done, c.rho)
+  d = W.from_cells(c.best_d, base, grid)
+  return d, info, AdmmState(d, c.v, c.rho)
 
 
 @functools.partial(jax.jit, static_argnames=("ball", "mode", "max_iters", "tol", "check_every",
@@ -201,20 +256,21 @@ def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
           rho0: jax.Array, *,
           ball: QualityBall, mode: str, max_iters: int, tol: float, check_every: int,
           alpha: float, repair: int = 0):
-  """Batched ADMM (vmap over images). ``rho0`` [N] is used when ``init`` is None."""
-  if init is None:
-    groups = ball.groups(x.shape[1], x.shape[2])
-    n, c = x.shape[0], x.shape[-1]
-    if mode == "lp":
-      d0 = jnp.zeros_like(x)
-    else:
-      d0 = jnp.clip(lin, *box(x, mask))
-    init = AdmmState(
-        d0, tuple(W.extract(d0, gr) for gr in groups),
-        tuple(jnp.zeros((n, gr.ky, gr.window, gr.kx, gr.window, c), jnp.float32)
-              for gr in groups), rho0)
+  """Batched ADMM (vmap over images).
+
+  Args:
+    x, lin, mask: [N,H,W,C] images, ``g`` (lp) or ``d0`` (proj), mask in {0, 1}.
+    init: an :class:`AdmmState` (warm start) or None (cold start with penalty ``rho0`` [N]).
+    ball, mode ("lp" or "proj"), max_iters, tol, check_every, alpha, repair: static
+      hyper-parameters (module docstring).
+
+  Returns: (d [N,H,W,C], ProjectionInfo of [N] arrays, final AdmmState).
+  """
+  cold = init is None
+  if cold:
+    init = init_state(x, ball, rho0)
   fn = functools.partial(_solve_one, ball=ball, mode=mode, max_iters=max_iters, tol=tol,
-                         check_every=check_every, alpha=alpha, repair=repair)
+                         check_every=check_every, alpha=alpha, repair=repair, cold=cold)
   return jax.vmap(fn)(x, lin, mask, init)
 
 

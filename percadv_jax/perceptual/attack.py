@@ -56,12 +56,7 @@ def _attack(logits_fn, x, y, mask, step_size, *, ball, steps, method, loss, targ
     return jnp.sum(_loss(logits, y, loss=loss, targeted=targeted)), logits
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
-  groups = ball.groups(x.shape[1], x.shape[2])
-  st0 = admm.AdmmState(
-      jnp.zeros_like(x), tuple(jnp.zeros((n, gr.ky, gr.window, gr.kx, gr.window, x.shape[-1]))
-                               for gr in groups),
-      tuple(jnp.zeros((n, gr.ky, gr.window, gr.kx, gr.window, x.shape[-1])) for gr in groups),
-      jnp.full((n,), 3.0, jnp.float32))
+  st0 = admm.init_state(x, ball, jnp.full((n,), 3.0, jnp.float32))
 
   def cond(c):
     k, _, done, _ = c

@@ -118,6 +118,9 @@ class QualityBall:
   def groups(self, height: int, width: int) -> tuple[W.Group, ...]:
     return W.groups(height, width, self.window, self.stride)
 
+  def cell_grid(self, height: int, width: int) -> W.CellGrid:
+    return W.cell_grid(height, width, self.window, self.stride)
+
   def grid(self, height: int, width: int) -> tuple[int, int]:
     """Number of window positions (rows, cols)."""
     return (W.num_windows(height, self.window, self.stride),
@@ -139,40 +142,47 @@ class QualityBall:
 
   def geometry(self, x: jax.Array) -> WindowGeometry:
     """Per-group ball/interval constants around ``x`` [..., H, W, C] (float32)."""
-    e2 = float(self.eps_structure)
-    n = self.window * self.window
-    a_s, r_s, sl_s, b_s, rr_s = [], [], [], [], []
+    out = []
     for gr in self.groups(x.shape[-3], x.shape[-2]):
       xw = W.extract(x, gr)
       mu = W.win_mean(xw)
       xt = xw - mu
-      q = jnp.sum(xt * xt, axis=(-4, -2), keepdims=True)
-      a_s.append(e2 / (1 - e2) * xt)
-      r_s.append(jnp.sqrt(e2 * (2 - e2) * q / (1 - e2) ** 2 + e2 * n * C2 / (1 - e2)))
-      sl_s.append(e2 * (2 * q + n * C2) / (1 - e2))
-      if self.luminance:
-        e1 = float(self.eps_luminance)
-        b_s.append(e1 / (1 - e1) * mu)
-        rr_s.append(jnp.sqrt(e1 * (2 - e1) * mu * mu / (1 - e1) ** 2 + e1 * C1 / (1 - e1)))
+      out.append(self.window_constants(xt, jnp.sum(xt * xt, axis=(-4, -2), keepdims=True), mu))
+    a_s, r_s, sl_s, b_s, rr_s = (tuple(v) for v in zip(*out))
     lum = self.luminance
-    return WindowGeometry(tuple(a_s), tuple(r_s), tuple(sl_s),
-                          tuple(b_s) if lum else None, tuple(rr_s) if lum else None)
+    return WindowGeometry(a_s, r_s, sl_s, b_s if lum else None, rr_s if lum else None)
 
-  # -- closed-form projection onto one group -------------------------------------------------
+  def window_constants(self, xt, q, mu):
+    """Ball centre ``a`` (shaped like the centred pixels ``xt``), radius ``R``, ``slack = R^2 -
+    |a|^2``, interval centre ``b`` and half-width ``r`` (None without luminance) of windows with
+    squared centred norms ``q`` and means ``mu`` (any layout; q and mu broadcast against xt)."""
+    e2 = float(self.eps_structure)
+    n = self.window * self.window
+    a = e2 / (1 - e2) * xt
+    rad = jnp.sqrt(e2 * (2 - e2) * q / (1 - e2) ** 2 + e2 * n * C2 / (1 - e2))
+    slack = e2 * (2 * q + n * C2) / (1 - e2)
+    if not self.luminance:
+      return a, rad, slack, None, None
+    e1 = float(self.eps_luminance)
+    return (a, rad, slack, e1 / (1 - e1) * mu,
+            jnp.sqrt(e1 * (2 - e1) * mu * mu / (1 - e1) ** 2 + e1 * C1 / (1 - e1)))
 
-  def project_group_windows(self, v: jax.Array, geo: WindowGeometry, i: int) -> jax.Array:
-    """Projects the windows ``v`` [..., Ky,w,Kx,w,C] of group ``i`` onto their balls/intervals.
-
-    The centred part and the mean of a window are orthogonal, so the projection is the ball
-    projection of the centred part plus the interval clip of the mean.
-    """
-    m = W.win_mean(v)
-    diff = v - m - geo.a[i]
-    nrm = jnp.sqrt(jnp.sum(diff * diff, axis=(-4, -2), keepdims=True))
-    scale = jnp.minimum(1.0, geo.R[i] / jnp.maximum(nrm, 1e-30))
+  def window_scale(self, pp, ap, m, slack, rad, b, r):
+    """The largest ``t`` in [0, 1] with ``t * d`` in each window's ball and interval, from the
+    window statistics of ``d`` (``pp = |dt|^2``, ``ap = <a, dt>``, mean ``m``) and the window
+    constants (same shapes). Closed form: the larger root of the ball quadratic (stable form, using
+    ``slack > 0``), a ratio for the interval; radii are shrunk by 2e-6 relative against float32
+    round-off."""
+    slack = slack - (2 * _MARGIN) * rad ** 2      # slack' = (R(1-margin))^2 - |a|^2
+    disc = ap * ap + pp * slack
+    t = slack / jnp.maximum(jnp.sqrt(jnp.maximum(disc, 0.0)) - ap, 1e-30)
+    t = jnp.where(pp > 0, jnp.minimum(t, 1.0), 1.0)
     if self.luminance:
-      m = jnp.clip(m, geo.b[i] - geo.r[i], geo.b[i] + geo.r[i])
-    return geo.a[i] + diff * scale + m
+      r = r * (1 - _MARGIN)
+      ti = jnp.where(m > 0, (b + r) / jnp.where(m > 0, m, 1.0),
+                     jnp.where(m < 0, (b - r) / jnp.where(m < 0, m, -1.0), 1.0))
+      t = jnp.minimum(t, ti)
+    return jnp.clip(t, 0.0, 1.0)
 
   # -- exact feasibility by scaling ----------------------------------------------------------
 
@@ -197,19 +207,11 @@ class QualityBall:
       dt = dw - m
       pp = jnp.sum(dt * dt, axis=(-4, -2), keepdims=True)
       ap = jnp.sum(geo.a[i] * dt, axis=(-4, -2), keepdims=True)
-      # shrink the radius: slack' = (R(1-m))^2 - |a|^2
-      slack = geo.slack[i] - (2 * _MARGIN) * geo.R[i] ** 2
-      disc = ap * ap + pp * slack
-      tb = slack / jnp.maximum(jnp.sqrt(jnp.maximum(disc, 0.0)) - ap, 1e-30)
-      tb = jnp.where(pp > 0, jnp.minimum(tb, 1.0), 1.0)
-      t = jnp.minimum(t, jnp.min(tb, axis=red))
-      if self.luminance:
-        r = geo.r[i] * (1 - _MARGIN)
-        b = geo.b[i]
-        ti = jnp.where(m > 0, (b + r) / jnp.where(m > 0, m, 1.0),
-                       jnp.where(m < 0, (b - r) / jnp.where(m < 0, m, -1.0), 1.0))
-        t = jnp.minimum(t, jnp.min(jnp.clip(ti, 0.0, 1.0), axis=red))
-    return jnp.clip(t, 0.0, 1.0)
+      tw = self.window_scale(pp, ap, m, geo.slack[i], geo.R[i],
+                             geo.b[i] if self.luminance else None,
+                             geo.r[i] if self.luminance else None)
+      t = jnp.minimum(t, jnp.min(tw, axis=red))
+    return t
 
   def make_feasible(self, x: jax.Array, d: jax.Array, geo: WindowGeometry | None = None,
                     mask: jax.Array | None = None) -> jax.Array:

@@ -75,42 +75,88 @@ def extract(v: jax.Array, gr: Group) -> jax.Array:
   return v
 
 
-def put(v: jax.Array, gr: Group, win: jax.Array) -> jax.Array:
-  """``v`` with the group's windows replaced by ``win`` [..., Ky, w, Kx, w, C]."""
-  lead = v.shape[:-3]
-  h, wd, c = v.shape[-3:]
-  p, w = gr.pitch, gr.window
-  vp = _pad_to(v, gr)
-  region = vp[..., gr.oy:gr.oy + gr.ky * p, gr.ox:gr.ox + gr.kx * p, :]
-  if p != w:
-    region = region.reshape(lead + (gr.ky, p, gr.kx, p, c))
-    region = region.at[..., :w, :, :w, :].set(win)
-  else:
-    region = win
-  region = region.reshape(lead + (gr.ky * p, gr.kx * p, c))
-  vp = jax.lax.dynamic_update_slice(vp, region.astype(vp.dtype),
-                                    (0,) * len(lead) + (gr.oy, gr.ox, 0))
-  return vp[..., :h, :wd, :]
-
-
-def scatter(shape: tuple[int, ...], gr: Group, win: jax.Array) -> jax.Array:
-  """An array of ``shape`` [..., H, W, C] that is ``win`` on the group's windows, 0 elsewhere."""
-  lead = shape[:-3]
-  h, wd, c = shape[-3:]
-  p, w = gr.pitch, gr.window
-  if p != w:
-    pad = [(0, 0)] * len(lead) + [(0, 0), (0, p - w), (0, 0), (0, p - w), (0, 0)]
-    win = jnp.pad(win, pad)
-  region = win.reshape(lead + (gr.ky * p, gr.kx * p, c))
-  hp, wp = gr.oy + gr.ky * p, gr.ox + gr.kx * p
-  pad = [(0, 0)] * len(lead) + [(gr.oy, max(0, h - hp)), (gr.ox, max(0, wd - wp)), (0, 0)]
-  return jnp.pad(region, pad)[..., :h, :wd, :]
-
-
 def win_mean(win: jax.Array) -> jax.Array:
   """Window means [..., Ky, 1, Kx, 1, C] of windows [..., Ky, w, Kx, w, C]."""
   return jnp.mean(win, axis=(-4, -2), keepdims=True)
 
 
-def win_sum(win: jax.Array) -> jax.Array:
-  return jnp.sum(win, axis=(-4, -2), keepdims=True)
+# -- cell layout (the ADMM engine's working layout) -----------------------------------------------
+#
+# With ``c = gcd(w, s)`` every window is a union of ``c x c`` cells of the grid that starts at the
+# image origin. The engine keeps images as ``[C, Hc, Wc, c*c]`` (cells of the region that some
+# window covers, ``Hc * c = (Ky - 1) * s + w`` rows; the pixels of a cell contiguous), so a group's
+# projection is elementwise work on the whole array plus small reductions over ``[C, Hc, Wc]``
+# cell statistics: no pads, slices or transposes of pixel arrays per iteration.
+
+
+@dataclasses.dataclass(frozen=True)
+class CellGroup:
+  """One group of non-overlapping windows in cell units: offset of its first window, window
+  counts, window side (``span`` cells) and window pitch (``pitch >= span`` cells)."""
+  oy: int
+  ox: int
+  ky: int
+  kx: int
+  span: int
+  pitch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CellGrid:
+  """The cell layout of an image: cell side, cell rows/cols of the covered region, groups."""
+  cell: int
+  hc: int
+  wc: int
+  groups: tuple[CellGroup, ...]
+
+
+def cell_grid(height: int, width: int, window: int, stride: int) -> CellGrid:
+  c = math.gcd(window, stride)
+  kh, kw = num_windows(height, window, stride), num_windows(width, window, stride)
+  hc, wc = ((kh - 1) * stride + window) // c, ((kw - 1) * stride + window) // c
+  pitch = math.ceil(window / stride) * stride // c
+  return CellGrid(c, hc, wc, tuple(
+      CellGroup(gr.oy // c, gr.ox // c, gr.ky, gr.kx, window // c, pitch)
+      for gr in groups(height, width, window, stride)))
+
+
+def to_cells(v: jax.Array, grid: CellGrid) -> jax.Array:
+  """``v`` [..., H, W, C] -> its covered region in cells [..., C, Hc, Wc, c*c]."""
+  lead, nl, ch, c = v.shape[:-3], v.ndim - 3, v.shape[-1], grid.cell
+  v = v[..., :grid.hc * c, :grid.wc * c, :].reshape(lead + (grid.hc, c, grid.wc, c, ch))
+  v = v.transpose(tuple(range(nl)) + (nl + 4, nl, nl + 2, nl + 1, nl + 3))
+  return v.reshape(lead + (ch, grid.hc, grid.wc, c * c))
+
+
+def from_cells(cells: jax.Array, base: jax.Array, grid: CellGrid) -> jax.Array:
+  """``base`` [..., H, W, C] with its covered region replaced by ``cells`` [..., C, Hc, Wc, c*c]."""
+  lead, nl, ch, c = cells.shape[:-4], cells.ndim - 4, cells.shape[-4], grid.cell
+  v = cells.reshape(lead + (ch, grid.hc, grid.wc, c, c))
+  v = v.transpose(tuple(range(nl)) + (nl + 1, nl + 3, nl + 2, nl + 4, nl))
+  v = v.reshape(lead + (grid.hc * c, grid.wc * c, ch))
+  return base.at[..., :grid.hc * c, :grid.wc * c, :].set(v.astype(base.dtype))
+
+
+def cell_win_sum(stat: jax.Array, gr: CellGroup) -> jax.Array:
+  """Per-window sums [..., Ky, Kx] of a cell statistic ``stat`` [..., Hc, Wc] over a group."""
+  lead, (hc, wc) = stat.shape[:-2], stat.shape[-2:]
+  need_h, need_w = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
+  if need_h > hc or need_w > wc:
+    stat = jnp.pad(stat, [(0, 0)] * len(lead) + [(0, max(0, need_h - hc)),
+                                                 (0, max(0, need_w - wc))])
+  stat = stat[..., gr.oy:need_h, gr.ox:need_w].reshape(lead + (gr.ky, gr.pitch, gr.kx, gr.pitch))
+  return jnp.sum(stat[..., :gr.span, :, :gr.span], axis=(-3, -1))
+
+
+def cell_win_bcast(val: jax.Array, gr: CellGroup, grid: CellGrid) -> jax.Array:
+  """Per-window values [..., Ky, Kx] spread over the windows' cells [..., Hc, Wc] (0 elsewhere)."""
+  lead = val.shape[:-2]
+  v = jnp.broadcast_to(val[..., :, None, :, None], lead + (gr.ky, gr.span, gr.kx, gr.span))
+  if gr.pitch != gr.span:
+    q = gr.pitch - gr.span
+    v = jnp.pad(v, [(0, 0)] * len(lead) + [(0, 0), (0, q), (0, 0), (0, q)])
+  v = v.reshape(lead + (gr.ky * gr.pitch, gr.kx * gr.pitch))
+  ph, pw = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
+  v = jnp.pad(v, [(0, 0)] * len(lead) + [(gr.oy, max(0, grid.hc - ph)),
+                                         (gr.ox, max(0, grid.wc - pw))])
+  return v[..., :grid.hc, :grid.wc]

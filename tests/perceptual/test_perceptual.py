@@ -10,6 +10,7 @@ from skimage.transform import resize
 
 from percadv_jax.perceptual import (QualityBall, project_cvxpy, solve_linear, solve_linear_cvxpy,
                                     ssim, ssim_attack)
+from percadv_jax.perceptual import windows as W
 
 
 def _photo(name, size):
@@ -83,6 +84,38 @@ def test_projection_matches_cvxpy_and_is_idempotent(images16):
   assert float(np.min(s2)) <= 0.95 + 1e-4
 
 
+# -- the cell layout of the ADMM engine ------------------------------------------------------------
+
+@pytest.mark.parametrize("window,stride", [(8, 4), (5, 3), (3, 5)])
+def test_cell_layout_matches_window_layout(window, stride):
+  """Window sums and coverage in the cell layout == the window layout (cells of gcd(w, s);
+  (5, 3): gaps between a group's windows; (3, 5): pixels in no window)."""
+  rng = np.random.default_rng(6)
+  v = jnp.asarray(rng.normal(size=(19, 17, 3)).astype(np.float32))
+  grid = W.cell_grid(19, 17, window, stride)
+  groups = W.groups(19, 17, window, stride)
+  cells = W.to_cells(v, grid)
+  assert cells.shape == (3, grid.hc, grid.wc, grid.cell ** 2)
+  cover_ref = np.zeros((19, 17, 3), np.float32)
+  cover = 0.0
+  for gr, cg in zip(groups, grid.groups):
+    ref = np.asarray(jnp.sum(W.extract(v, gr), axis=(1, 3)))           # [Ky, Kx, C]
+    got = np.asarray(W.cell_win_sum(jnp.sum(cells, axis=-1), cg))       # [C, Ky, Kx]
+    np.testing.assert_allclose(got.transpose(1, 2, 0), ref, rtol=1e-5, atol=1e-5)
+    for j in range(gr.ky):
+      for k in range(gr.kx):
+        y0, x0 = gr.oy + j * gr.pitch, gr.ox + k * gr.pitch
+        cover_ref[y0:y0 + window, x0:x0 + window] += 1
+    cover = cover + W.cell_win_bcast(jnp.ones((cg.ky, cg.kx)), cg, grid)
+  back = W.from_cells(W.to_cells(jnp.asarray(cover_ref), grid), jnp.zeros_like(v), grid)
+  np.testing.assert_array_equal(np.asarray(back), cover_ref)             # nothing lies outside
+  np.testing.assert_array_equal(np.asarray(W.to_cells(jnp.asarray(cover_ref), grid))[..., 0],
+                                np.broadcast_to(np.asarray(cover), (3, grid.hc, grid.wc)))
+  np.testing.assert_array_equal(np.asarray(W.from_cells(cells, jnp.zeros_like(v), grid))
+                                [:grid.hc * grid.cell, :grid.wc * grid.cell],
+                                np.asarray(v)[:grid.hc * grid.cell, :grid.wc * grid.cell])
+
+
 # -- the linear program ----------------------------------------------------------------------------
 
 def _check_lp(x, g, ball):
@@ -116,6 +149,14 @@ def test_solve_linear_odd_size_and_other_window():
   # the uncovered last row/column only see the box: they sit at the box vertex sign(g)
   lo, hi = -x[:, 18], 1 - x[:, 18]
   np.testing.assert_allclose(np.asarray(d)[:, 18], np.where(g[:, 18] > 0, hi, lo), atol=1e-5)
+
+
+def test_solve_linear_gapped_windows_no_luminance():
+  """Window 5, stride 3 (1-pixel cells, gaps between a group's windows), luminance off."""
+  rng = np.random.default_rng(7)
+  x = np.stack([_photo("coffee", 14), rng.uniform(0.3, 0.8, (14, 14, 3))]).astype(np.float32)
+  g = rng.normal(size=x.shape).astype(np.float32)
+  _check_lp(x, g, QualityBall(window=5, stride=3, eps_structure=0.08, eps_luminance=None))
 
 
 # -- the attack ----------------------------------------------------------------------------------
