@@ -66,15 +66,15 @@ def init_state(x: jax.Array, ball: QualityBall, rho: jax.Array) -> AdmmState:
 
 
 class _Geo(NamedTuple):
-  """Ball constants in the cell layout: ``a`` [G,C,Hc,Wc,cc] (0 outside the group's windows);
-  per group ``R``, ``slack``, ``b``, ``r`` [C,Ky,Kx] (b, r None without luminance); group masks
-  [G,1,Hc,Wc,1]."""
-  a: jax.Array
+  """Ball constants in the cell layout, per group: ``a`` [C,Hc,Wc,cc] (0 outside the group's
+  windows); ``R``, ``slack``, ``b``, ``r`` [C,Ky,Kx] (b, r None without luminance); window masks
+  [1,Hc,Wc,1]."""
+  a: tuple
   R: tuple
   slack: tuple
   b: tuple | None
   r: tuple | None
-  mask: jax.Array
+  mask: tuple
 
 
 def _geometry(ball: QualityBall, grid: W.CellGrid, xc):
@@ -88,8 +88,8 @@ def _geometry(ball: QualityBall, grid: W.CellGrid, xc):
     out.append(ball.window_constants(xt, W.cell_win_sum(jnp.sum(xt * xt, axis=-1), gr), mu))
     masks.append(mask)
   a, rad, slack, b, r = zip(*out)
-  return _Geo(jnp.stack(a), rad, slack, b if ball.luminance else None,
-              r if ball.luminance else None, jnp.stack(masks)[:, None])
+  return _Geo(a, rad, slack, b if ball.luminance else None, r if ball.luminance else None,
+              tuple(m[None] for m in masks))
 
 
 def _project(ball: QualityBall, grid: W.CellGrid, geo: _Geo, i: int, v):
@@ -124,8 +124,8 @@ def _feasible(ball: QualityBall, grid: W.CellGrid, geo: _Geo, d):
 
 
 def _dual_bound(ball: QualityBall, grid: W.CellGrid, geo: _Geo, lin, lo, hi, y):
-  """Weak-duality upper bound on ``max <lin, d>`` (covered region) from multipliers ``y``
-  [G,C,Hc,Wc,cc]."""
+  """Weak-duality upper bound on ``max <lin, d>`` (covered region) from multipliers ``y`` (per
+  group [C,Hc,Wc,cc])."""
   n = ball.window * ball.window
   total = jnp.zeros_like(lin)
   ub = 0.0
@@ -156,7 +156,7 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
   cells = functools.partial(W.to_cells, grid=grid)
   geo = _geometry(ball, grid, cells(x))
   lo, hi, lin_c, base_c = cells(lo_f), cells(hi_f), cells(lin), cells(base)
-  cover = jnp.sum(geo.mask, axis=0)
+  cover = sum(geo.mask)
   inv_cover = 1.0 / jnp.maximum(cover, 1.0)
   n_groups = len(grid.groups)
 
@@ -167,19 +167,16 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
 
   border = objective(base, lin) - objective(base_c, lin_c)   # pixels in no window: fixed
 
-  def project(v):
-    return jnp.stack([_project(ball, grid, geo, i, v[i]) for i in range(n_groups)])
-
   def evaluate(v, rho):
-    """T(v) and the z = P(v), d of the evaluation."""
-    z = project(v)
-    acc = jnp.sum(2.0 * z - v, axis=0)
+    """T(v) and the z = P(v), d of the evaluation (``v``, ``z``: tuples over the groups)."""
+    z = tuple(_project(ball, grid, geo, i, v[i]) for i in range(n_groups))
+    acc = sum(2.0 * zi - vi for zi, vi in zip(z, v))
     if mode == "lp":
       d = jnp.where(cover > 0, (acc + lin_c / rho) * inv_cover, base_c)
     else:
       d = (lin_c + rho * acc) / (1.0 + rho * cover)
     d = jnp.clip(d, lo, hi)
-    return v + alpha * geo.mask * (d[None] - z), z, d
+    return tuple(vi + alpha * geo.mask[i] * (d - zi) for i, (vi, zi) in enumerate(zip(v, z))), z, d
 
   def repaired(d):
     def sweep(_, v):
@@ -189,8 +186,12 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     d = jax.lax.fori_loop(0, repair, sweep, d) if repair else d
     return _feasible(ball, grid, geo, jnp.clip(d, lo, hi))
 
+  def better(best_d, best_lb, d_f):
+    lb = objective(d_f, lin_c) + border
+    return jnp.where(lb > best_lb, d_f, best_d), jnp.maximum(lb, best_lb)
+
   class Carry(NamedTuple):
-    v: jax.Array
+    v: tuple
     rho: jax.Array
     it: jax.Array
     best_d: jax.Array
@@ -206,36 +207,43 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
   def body(c):
     def inner(_, s):
       return evaluate(s[0], c.rho)[:2]
-    v, z_prev = jax.lax.fori_loop(0, check_every - 1, inner, (c.v, jnp.zeros_like(c.v)))
+    v, z_prev = jax.lax.fori_loop(0, check_every - 1, inner,
+                                  (c.v, tuple(jnp.zeros_like(vi) for vi in c.v)))
     v_next, z, d = evaluate(v, c.rho)
-    norm = lambda t: jnp.sqrt(jnp.sum(t * t))
-    u = geo.mask * (v - z)
-    r_rel = norm(geo.mask * (d[None] - z)) / jnp.maximum(
-        jnp.maximum(norm(geo.mask * d[None]), norm(z)), 1e-30)
-    s_rel = norm(z - z_prev) / jnp.maximum(norm(u), 1e-30)
-    d_f = repaired(d)
-    lb = objective(d_f, lin_c) + border
+    norm = lambda ts: jnp.sqrt(sum(jnp.sum(t * t) for t in ts))
+    u = tuple(geo.mask[i] * (vi - zi) for i, (vi, zi) in enumerate(zip(v, z)))
+    r_rel = norm(tuple(geo.mask[i] * (d - zi) for i, zi in enumerate(z))) / jnp.maximum(
+        jnp.maximum(norm(tuple(geo.mask[i] * d for i in range(n_groups))), norm(z)), 1e-30)
+    s_rel = norm(tuple(a - b for a, b in zip(z, z_prev))) / jnp.maximum(norm(u), 1e-30)
+    last = c.it + check_every >= max_iters
     if mode == "lp":
-      ub = jnp.minimum(c.best_ub, _dual_bound(ball, grid, geo, lin_c, lo, hi, c.rho * u) + border)
-      better = lb > c.best_lb
-      best_d = jnp.where(better, d_f, c.best_d)
-      best_lb = jnp.maximum(lb, c.best_lb)
+      ub = jnp.minimum(c.best_ub, _dual_bound(ball, grid, geo, lin_c, lo, hi, tuple(c.rho * ui for ui in u)) + border)
+      # The repair (the costly part of a check) only runs once the raw iterate's objective is
+      # within the target of the bound: before that the repaired one could not pass either.
+      raw = objective(d, lin_c) + border
+      try_lb = jnp.logical_or(ub - raw <= tol * jnp.abs(raw), last)
+      best_d, best_lb = jax.lax.cond(try_lb, lambda: better(c.best_d, c.best_lb, repaired(d)),
+                                     lambda: (c.best_d, c.best_lb))
       done = (ub - best_lb) <= tol * jnp.abs(best_lb)
     else:
-      ub, best_d, best_lb = c.best_ub, d_f, lb
+      ub = c.best_ub
       done = jnp.logical_and(r_rel <= tol, s_rel <= tol)
+      best_d, best_lb = jax.lax.cond(jnp.logical_or(done, last),
+                                     lambda: better(c.best_d, -jnp.inf, repaired(d)),
+                                     lambda: (c.best_d, c.best_lb))
     # OSQP-style penalty rebalancing. On a change the next point is v with u = v - P(v) rescaled,
     # which keeps P(v) = z (a normal-cone vector scaled).
     ratio = jnp.sqrt(r_rel / jnp.maximum(s_rel, 1e-30))
     adapt = jnp.logical_or(ratio > 5.0, ratio < 0.2)
     rho = jnp.where(adapt, jnp.clip(c.rho * ratio, 1e-6, 1e6), c.rho)
-    v_next = jnp.where(adapt, z + u * (c.rho / rho), v_next)
+    v_next = tuple(jnp.where(adapt, zi + ui * (c.rho / rho), vi)
+                   for zi, ui, vi in zip(z, u, v_next))
     return Carry(v_next, rho, c.it + check_every, best_d, best_lb, ub, r_rel, s_rel, done)
 
   if cold and mode == "proj":
-    v0, d_f0 = geo.mask * base_c[None], _feasible(ball, grid, geo, base_c)
+    v0, d_f0 = tuple(m * base_c for m in geo.mask), _feasible(ball, grid, geo, base_c)
   else:
-    v0, d_f0 = init.v, _feasible(ball, grid, geo, jnp.clip(cells(init.d), lo, hi))
+    v0, d_f0 = tuple(init.v), _feasible(ball, grid, geo, jnp.clip(cells(init.d), lo, hi))
   rho0 = init.rho
   inf = jnp.asarray(jnp.inf, jnp.float32)
   c0 = Carry(v0, rho0, jnp.asarray(0, jnp.int32), d_f0, objective(d_f0, lin_c) + border, inf,
@@ -247,7 +255,7 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     gap = jnp.asarray(jnp.nan, jnp.float32)
   info = ProjectionInfo(c.it, c.r_rel, c.s_rel, gap, c.done, c.rho)
   d = W.from_cells(c.best_d, base, grid)
-  return d, info, AdmmState(d, c.v, c.rho)
+  return d, info, AdmmState(d, jnp.stack(c.v), c.rho)
 
 
 @functools.partial(jax.jit, static_argnames=("ball", "mode", "max_iters", "tol", "check_every",
@@ -271,7 +279,7 @@ def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
     init = init_state(x, ball, rho0)
   fn = functools.partial(_solve_one, ball=ball, mode=mode, max_iters=max_iters, tol=tol,
                          check_every=check_every, alpha=alpha, repair=repair, cold=cold)
-  return jax.vmap(fn)(x, lin, mask, init)
+  return jax.lax.map(lambda a: fn(*a), (x, lin, mask, init))
 
 
 def project(x: jax.Array, d: jax.Array, ball: QualityBall):
