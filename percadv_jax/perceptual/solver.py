@@ -2,12 +2,14 @@
 
 Algorithm (details in ``admm.py``): consensus ADMM between the box (which carries the linear
 objective) and the ``ceil(w/s)**2`` groups of non-overlapping windows (each projected in closed
-form), over-relaxed (alpha = 1.6) with an adaptive penalty. Every ``check_every`` iterations the
-current iterate is *repaired* (a few cyclic projections onto the groups and the box, which shrink
-each window's violation locally) and then made exactly feasible by the closed-form scaling
-``QualityBall.make_feasible``; a weak-duality bound from the ADMM multipliers certifies the
-relative gap, and the solver stops when it is <= ``tol``. The returned ``d`` is the best exactly
-feasible iterate: ``violation <= 1e-5`` always, optimal within ``tol`` when ``converged``.
+form), in a cell layout of the image, over-relaxed (alpha = 1.8) with an adaptive penalty. Every
+``check_every`` iterations a weak-duality bound from the ADMM multipliers is computed; once the
+iterate's objective is within ``tol`` of it, the iterate is *repaired* (a few cyclic projections
+onto the groups and the box, then a local per-window scaling) and made exactly feasible by a
+closed-form global scaling; the solver stops when the certified relative gap is <= ``tol``. The
+returned ``d`` is the best exactly feasible iterate: ``violation <= 1e-5`` always, optimal within
+``tol`` when ``converged``. Images are solved one after another (``lax.map``), each stopping on
+its own.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from percadv_jax.perceptual.ball import QualityBall
 
 
 def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Array | None = None,
-                 tol: float = 1e-3, max_iters: int = 3000, rho: float = 3.0, alpha: float = 1.6,
-                 check_every: int = 10, repair: int = 10, init: AdmmState | None = None,
+                 tol: float = 1e-3, max_iters: int = 3000, rho: float = 3.0, alpha: float = 1.8,
+                 check_every: int = 10, repair: int = 2, init: AdmmState | None = None,
                  return_info: bool = False, return_state: bool = False):
   """Maximises ``<g, d>`` over the quality ball around ``x`` (batched; jit/vmap friendly).
 
@@ -37,7 +39,7 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
     rho: initial ADMM penalty for the RMS-normalised ``g`` (adapted on the fly).
     alpha: over-relaxation in (0, 2).
     check_every: iterations between gap checks / penalty updates.
-    repair: cyclic-projection sweeps applied to the iterate before the exact feasibility step.
+    repair: cyclic-projection sweeps applied to the iterate before the local and exact scaling.
     init: an :class:`AdmmState` from a previous call (warm start, e.g. from the previous step of
       an attack).
     return_info: also return a ``ProjectionInfo`` (iterations, relative residuals, certified
