@@ -2,7 +2,7 @@ r"""Benchmark: the JAX quality-ball LP solver against the CVXPY (Clarabel) refer
 
 Same instances for both (skimage photographs resized to each size, gradients ~ N(0, 1)); window 8,
 stride 4, e1 = e2 = 0.05 by default. For every size: CVXPY per image (build + solve wall time and
-Clarabel's own solve time), ``solve_linear`` on one image and on a batch of 16 under vmap (median
+Clarabel's own solve time), ``solve_linear`` on one image and on a batch of 16 (median
 of ``--repeats`` timed runs after a warm-up/compile run), the objective gap to CVXPY and the
 violation. CVXPY on the batch is estimated as 16 x its single-image time (stated in the table).
 
@@ -78,7 +78,7 @@ def run(config: dict, workdir: str) -> list[dict]:
         ts.append(time.perf_counter() - t0)
       return out, float(np.median(ts))
 
-    for label, nb in (("single", 1), (f"batch{config['batch']} (vmap)", config["batch"])):
+    for label, nb in (("single", 1), (f"batch{config['batch']}", config["batch"])):
       (d, info), t = timed(x[:nb], g[:nb])
       d = np.asarray(d)
       k = min(nb, nc)
