@@ -30,9 +30,13 @@ duality gives
     <g, d*> <= UB = sigma_Box(g - sum_i y_i) + sum_i sigma_{C_i}(y_i),
     sigma_window(y) = <a, yt> + R |yt| + n (b mean(y) + r |mean(y)|),
 
-and ``LB = <g, t d>`` with ``d`` repaired (``repair`` cyclic projections onto the groups and the
-box, then twice every cell scaled by the smallest feasible scale of the windows holding it) and
-scaled to exact feasibility (``t`` from ``QualityBall.window_scale``; after the local scaling the
+taken as the smaller of the bounds of ``y`` and of ``y`` with the box's share ``g - sum_i y_i`` at
+the pixels where ``d`` is strictly inside the box handed (split evenly) to the groups covering them:
+the box term weighs that residual with the box width, the windows only with their sets' small
+extent (this cut the iterations to a certified 1e-3 from 3060 to 1910 on 16 32x32 photographs;
+the hardest went from 1190 to 300), and ``LB = <g, t d>`` with ``d`` repaired (``repair``
+cyclic projections onto the groups and the box, then twice every cell scaled by the smallest
+feasible scale of the windows holding it) and scaled to exact feasibility (``t`` from ``QualityBall.window_scale``; after the local scaling the
 worst window no longer sets a small global ``t``). The repair runs only once the raw iterate's
 objective is within ``tol`` of the bound. The solver returns the best exactly feasible iterate
 and stops once ``(UB - LB) / LB <= tol``, so its objective is provably within ``tol`` (relative)
@@ -97,17 +101,20 @@ def _geometry(ball: QualityBall, grid: W.CellGrid, xc):
 
 
 def _project(ball: QualityBall, grid: W.CellGrid, geo: _Geo, i: int, v):
-  """Projection of ``v`` [C,Hc,Wc,cc] onto group ``i``'s windows (0 outside them)."""
+  """Projection of ``v`` [C,Hc,Wc,cc] onto group ``i``'s windows (0 outside them).
+
+  One pass of window statistics: with ``a`` centred, ``|v - m - a|^2 = |v - a|^2 - n m^2`` per
+  window, so ``P(v) = a + (v - a) S + (m' - m S)`` (``S`` the ball's shrink factor, ``m'`` the
+  clipped mean) needs only the sums of ``v`` and of ``(v - a)^2`` over each window."""
   gr = grid.groups[i]
   n = ball.window * ball.window
+  va = v - geo.a[i]
   m = W.cell_win_sum(jnp.sum(v, axis=-1), gr) / n
-  diff = v - W.cell_win_bcast(m, gr, grid)[..., None] - geo.a[i]
-  nrm = jnp.sqrt(W.cell_win_sum(jnp.sum(diff * diff, axis=-1), gr))
-  scale = jnp.minimum(1.0, geo.R[i] / jnp.maximum(nrm, 1e-30))
-  if ball.luminance:
-    m = jnp.clip(m, geo.b[i] - geo.r[i], geo.b[i] + geo.r[i])
-  return (geo.a[i] + diff * W.cell_win_bcast(scale, gr, grid)[..., None]
-          + W.cell_win_bcast(m, gr, grid)[..., None])
+  q = jnp.maximum(W.cell_win_sum(jnp.sum(va * va, axis=-1), gr) - n * m * m, 0.0)
+  scale = jnp.minimum(1.0, geo.R[i] * jax.lax.rsqrt(jnp.maximum(q, 1e-30)))
+  mc = jnp.clip(m, geo.b[i] - geo.r[i], geo.b[i] + geo.r[i]) if ball.luminance else m
+  bc = lambda t: W.cell_win_bcast(t, gr, grid)[..., None]
+  return geo.a[i] + va * bc(scale) + bc(mc - m * scale)
 
 
 def _window_scales(ball: QualityBall, grid: W.CellGrid, geo: _Geo, d):
@@ -141,21 +148,23 @@ def _local_scale(ball: QualityBall, grid: W.CellGrid, geo: _Geo, d):
 
 
 def _dual_bound(ball: QualityBall, grid: W.CellGrid, geo: _Geo, lin, lo, hi, y):
-  """Weak-duality upper bound on ``max <lin, d>`` (covered region) from multipliers ``y`` (per
-  group [C,Hc,Wc,cc])."""
+  """Weak-duality upper bounds on ``max <lin, d>`` (covered region) from multipliers ``y`` (per
+  group [..., C,Hc,Wc,cc]; leading axes: candidates). Returns the bounds [...]."""
   n = ball.window * ball.window
-  total = jnp.zeros_like(lin)
+  lead = y[0].ndim - 4
+  red = lambda t, k: jnp.sum(t, axis=tuple(range(lead, lead + k)))
+  total = 0.0
   ub = 0.0
   for i, gr in enumerate(grid.groups):
     ym = W.cell_win_sum(jnp.sum(y[i], axis=-1), gr) / n
     yt = y[i] - W.cell_win_bcast(ym, gr, grid)[..., None]
     total = total + (y[i] if ball.luminance else yt)  # no luminance: only zero-mean y is finite
-    ub = ub + jnp.sum(geo.a[i] * yt)
-    ub = ub + jnp.sum(geo.R[i] * jnp.sqrt(W.cell_win_sum(jnp.sum(yt * yt, axis=-1), gr)))
+    ub = ub + red(geo.a[i] * yt, 4)
+    ub = ub + red(geo.R[i] * jnp.sqrt(W.cell_win_sum(jnp.sum(yt * yt, axis=-1), gr)), 3)
     if ball.luminance:
-      ub = ub + n * jnp.sum(geo.b[i] * ym + geo.r[i] * jnp.abs(ym))
+      ub = ub + n * red(geo.b[i] * ym + geo.r[i] * jnp.abs(ym), 3)
   v = lin - total
-  return ub + jnp.sum(jnp.maximum(lo * v, hi * v))
+  return ub + red(jnp.maximum(lo * v, hi * v), 4)
 
 
 def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: int, tol: float,
@@ -223,10 +232,12 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     return jnp.logical_and(c.it < max_iters, jnp.logical_not(c.done))
 
   def body(c):
-    def inner(_, s):
-      return evaluate(s[0], c.rho)[:2]
-    v, z_prev = jax.lax.fori_loop(0, check_every - 1, inner,
-                                  (c.v, tuple(jnp.zeros_like(vi) for vi in c.v)))
+    # Plain iterations carry only v (z materialised only for the last two: the dual residual).
+    v = jax.lax.fori_loop(0, max(check_every - 2, 0), lambda _, v: evaluate(v, c.rho)[0], c.v)
+    if check_every >= 2:
+      v, z_prev, _ = evaluate(v, c.rho)
+    else:
+      z_prev = tuple(jnp.zeros_like(vi) for vi in v)
     v_next, z, d = evaluate(v, c.rho)
     norm = lambda ts: jnp.sqrt(sum(jnp.sum(t * t) for t in ts))
     u = tuple(geo.mask[i] * (vi - zi) for i, (vi, zi) in enumerate(zip(v, z)))
@@ -235,7 +246,13 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
     s_rel = norm(tuple(a - b for a, b in zip(z, z_prev))) / jnp.maximum(norm(u), 1e-30)
     last = c.it + check_every >= max_iters
     if mode == "lp":
-      ub = jnp.minimum(c.best_ub, _dual_bound(ball, grid, geo, lin_c, lo, hi, tuple(c.rho * ui for ui in u)) + border)
+      # Multipliers: y = rho u, and y with the box's share g - sum(y) at the pixels where d is
+      # strictly inside the box handed over to the windows holding them (the box term weighs
+      # that residual with the box width, the windows only with their small sets' extent).
+      y = tuple(c.rho * ui for ui in u)
+      w = (lin_c - sum(y)) * inv_cover * jnp.logical_and(d > lo, d < hi)
+      ys = tuple(jnp.stack([yi, yi + geo.mask[i] * w]) for i, yi in enumerate(y))
+      ub = jnp.minimum(c.best_ub, jnp.min(_dual_bound(ball, grid, geo, lin_c, lo, hi, ys)) + border)
       # The repair (the costly part of a check) only runs once the raw iterate's objective is
       # within the target of the bound: before that the repaired one could not pass either.
       raw = objective(d, lin_c) + border
