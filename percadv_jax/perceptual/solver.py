@@ -38,7 +38,8 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
     max_iters: ADMM iteration budget per image (rounded up to a multiple of ``check_every``).
     rho: initial ADMM penalty for the RMS-normalised ``g`` (adapted on the fly).
     alpha: over-relaxation in (0, 2).
-    check_every: iterations between gap checks / penalty updates.
+    check_every: iterations between gap checks / penalty updates near the target; further away
+      the next check is scheduled from the gap's rate of decrease, up to 4x that.
     repair: cyclic-projection sweeps applied to the iterate before the local and exact scaling.
     init: an :class:`AdmmState` from a previous call (warm start, e.g. from the previous step of
       an attack).
@@ -65,7 +66,7 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
   rho0 = jnp.full((x.shape[0],), rho, jnp.float32)
   d, info, state = admm.solve(x, g, m, init, rho0, ball=ball, mode="lp", max_iters=int(max_iters),
                               tol=float(tol), check_every=int(check_every), alpha=float(alpha),
-                              repair=int(repair))
+                              repair=int(repair), max_blocks=4)
   out = (d,)
   if return_info:
     out += (info,)
