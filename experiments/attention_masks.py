@@ -111,7 +111,7 @@ def _evaluate(config: cfgs.MasksConfig, state: train.TrainState, masked: bool,
   m = config.curve_examples or len(eval_arrays["label"])
   # One attack batch shape for the evaluation and the curves: each attack compiles once.
   bs = min(config.eval_batch_size, m, len(eval_arrays["label"]))
-  logits_fn = jax.jit(lambda z: state.apply_fn(variables, z, train=False))
+  logits_fn = train.make_logits_fn(state.apply_fn, variables)
   with common.Timer() as t:
     r = train.evaluate(state.apply_fn, variables, eval_arrays, attack=attack, key=key,
                        masked=masked, batch_size=bs, apgd_steps=config.apgd_steps,

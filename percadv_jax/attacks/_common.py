@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +21,32 @@ NORMS = ("linf", "l2")
 # CPU the step loop is unrolled into straight-line code up to this many steps in total. Beyond it
 # compile time (about one forward+backward compile per step) outweighs the gain.
 CPU_UNROLL_MAX_STEPS = 64
+
+
+def jit_logits_fn(static_argnames: Sequence[str] = ()) -> Callable:
+  """``jax.jit`` for an attack core whose first argument is ``logits_fn``.
+
+  A plain callable ``logits_fn`` is a static argument: compiled once per function object, with
+  whatever it closes over baked in as constants. A ``jax.tree_util.Partial`` (e.g.
+  ``Partial(apply, variables)`` with ``apply(variables, x) -> logits``) enters as its function
+  (static) plus its array arguments (traced): models of one architecture then share one compile,
+  and the weights are inputs of the executable rather than constants compiled into it.
+  """
+  def decorate(core: Callable) -> Callable:
+    @functools.partial(jax.jit, static_argnames=("fn_static",) + tuple(static_argnames))
+    def jitted(fn_static, fn_args, *args, **kwargs):
+      fn = fn_static if fn_args is None else jax.tree_util.tree_unflatten(fn_static, fn_args)
+      return core(fn, *args, **kwargs)
+
+    @functools.wraps(core)
+    def call(logits_fn, *args, **kwargs):
+      if isinstance(logits_fn, jax.tree_util.Partial):
+        fn_args, fn_static = jax.tree_util.tree_flatten(logits_fn)
+      else:
+        fn_static, fn_args = logits_fn, None
+      return jitted(fn_static, fn_args, *args, **kwargs)
+    return call
+  return decorate
 
 
 def default_unroll(total_steps: int) -> int | bool:

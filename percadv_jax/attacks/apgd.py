@@ -49,8 +49,8 @@ def checkpoints(steps: int) -> tuple[np.ndarray, np.ndarray]:
   return is_ckpt, window
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "steps", "norm", "random_start", "restarts", "targeted", "loss", "rho",
+@C.jit_logits_fn(static_argnames=(
+    "steps", "norm", "random_start", "restarts", "targeted", "loss", "rho",
     "momentum", "early_stop", "unroll"))
 def _apgd(logits_fn, x, y, keys, eps, mask, *, steps, norm, random_start, restarts, targeted,
           loss, rho, momentum, early_stop, unroll):

@@ -34,7 +34,7 @@ def _named(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack
   return named
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn",))
+@C.jit_logits_fn()
 def _correct(logits_fn, x, y):
   return jnp.argmax(logits_fn(x), axis=1) == y
 

@@ -45,8 +45,8 @@ def _objective(logits_fn, loss, targeted, y):
   return f
 
 
-@functools.partial(jax.jit, static_argnames=(
-    "logits_fn", "steps", "norm", "random_start", "restarts", "targeted", "loss", "early_stop",
+@C.jit_logits_fn(static_argnames=(
+    "steps", "norm", "random_start", "restarts", "targeted", "loss", "early_stop",
     "unroll"))
 def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_start, restarts,
          targeted, loss, early_stop, unroll):
@@ -159,7 +159,8 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
               loss=loss, early_stop=bool(early_stop), unroll=unroll)
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "norm", "random_start", "targeted",
+@C.jit_logits_fn(static_argnames=(
+    "norm", "random_start", "targeted",
                                              "loss"))
 def _fgsm(logits_fn, x, y, keys, eps, step_size, mask, *, norm, random_start, targeted, loss):
   n = x.shape[0]

@@ -14,9 +14,17 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+import jax.numpy as jnp
+
 from percadv_jax import attacks
+from percadv_jax.attacks._common import jit_logits_fn
 from percadv_jax.train.loop import ArrayData
-from percadv_jax.train.steps import AttackConfig, model_input
+from percadv_jax.train.steps import AttackConfig, make_logits_fn, model_input
+
+
+@jit_logits_fn()
+def _predict(logits_fn, x):
+  return jnp.argmax(logits_fn(x), -1)
 
 
 def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackConfig,
@@ -36,8 +44,8 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
     masked: the masked setting.
     batch_size: attack this many examples at a time (the last batch is padded: one compile).
     use_pgd, use_apgd: which attacks to run (neither: natural accuracy only).
-    logits_fn: the eval-mode ``x -> logits`` to reuse (e.g. across eps values: attacks compile
-      once per ``logits_fn``); default ``apply_fn(variables, x, train=False)``.
+    logits_fn: the eval-mode ``x -> logits``; default ``make_logits_fn(apply_fn, variables)``
+      (a ``Partial`` over the variables: models of one architecture share the compiled attacks).
 
   Returns:
     ``{"n", "natural_accuracy", "pgd_accuracy", "apgd_accuracy", "robust_accuracy"}`` (floats
@@ -47,11 +55,13 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
   """
   data = data if isinstance(data, ArrayData) else ArrayData(data)
   arrays = data.all()
-  mask = arrays["mask"] if masked else None
+  # The full-image setting attacks with a mask of ones (the same result, bit for bit): full and
+  # masked models then share one compile of each attack.
+  mask = arrays["mask"] if masked else np.ones_like(arrays["mask"])
   x = model_input(arrays["image"], arrays["mask"], masked)
   y = arrays["label"]
   if logits_fn is None:
-    logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
+    logits_fn = make_logits_fn(apply_fn, variables)
   named = {}
   if use_pgd:
     named["pgd"] = functools.partial(attacks.pgd, eps=attack.eps, step_size=attack.step_size,
@@ -64,8 +74,8 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
   n = len(y)
   if not named:
     correct = np.concatenate([
-        np.asarray(jax.device_get(logits_fn(x[i:i + batch_size]))).argmax(-1)
-        == y[i:i + batch_size] for i in range(0, n, batch_size)])
+        np.asarray(_predict(logits_fn, x[i:i + batch_size])) == y[i:i + batch_size]
+        for i in range(0, n, batch_size)])
     return {"n": int(n), "natural_accuracy": float(correct.mean()),
             "robust_accuracy": float(correct.mean()),
             "per_example": {"natural": correct, "robust": correct}}
@@ -90,12 +100,12 @@ def accuracy_vs_eps(apply_fn: Callable, variables: Any, data: Any, *,
 
   Returns:
     One dict per eps: ``{"eps", "pgd_accuracy", ["apgd_accuracy"], "robust_accuracy"}``;
-    at eps 0 every entry is the natural accuracy. Pass the ``logits_fn`` given to ``evaluate``
-    to reuse its compiled attacks (eps is traced, not static).
+    at eps 0 every entry is the natural accuracy. eps is traced, not static: the attacks
+    compile once for all eps values.
   """
   data = data if isinstance(data, ArrayData) else ArrayData(data)
   if logits_fn is None:
-    logits_fn = jax.jit(lambda z: apply_fn(variables, z, train=False))
+    logits_fn = make_logits_fn(apply_fn, variables)
   rows = []
   for eps in eps_values:
     eps = float(eps)

@@ -261,6 +261,9 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   start = int(jax.device_get(state.step))
   if start >= total:
     return state
+  # Fresh, restored and fine-tuning states mix committed and uncommitted arrays; the step's
+  # outputs are all committed. One placement for all keeps the step at one compile.
+  state = jax.device_put(state, jax.devices()[0])
   step_fn = jit_train_step(adversarial=config.adversarial, masked=config.masked,
                            attack=config.attack)
   schedule = make_schedule(config.optimizer, total)

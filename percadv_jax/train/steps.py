@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from percadv_jax import attacks, checks
@@ -58,16 +59,23 @@ def model_input(x: jax.Array, mask: jax.Array | None, masked: bool) -> jax.Array
   return x * mask if masked else x
 
 
+@functools.lru_cache(maxsize=64)
+def _eval_apply(apply_fn: Callable, masked: bool) -> Callable:
+  def logits(variables, mask, x):
+    return apply_fn(variables, model_input(x, mask, masked), train=False)
+  return logits
+
+
 def make_logits_fn(apply_fn: Callable, variables: Any, *, mask: jax.Array | None = None,
                    masked: bool = False) -> Callable[[jax.Array], jax.Array]:
   """``x [N,H,W,3] -> logits [N,K]`` in eval mode (BatchNorm running statistics).
 
   In the masked setting the model input is ``x * mask`` (a no-op on images that are already zero
-  outside the mask, and it makes the gradient zero there).
+  outside the mask, and it makes the gradient zero there). The result is a
+  ``jax.tree_util.Partial`` over ``(variables, mask)``: the attacks trace them as inputs, so
+  every model of one architecture shares one compiled attack.
   """
-  def logits_fn(x):
-    return apply_fn(variables, model_input(x, mask, masked), train=False)
-  return logits_fn
+  return jax.tree_util.Partial(_eval_apply(apply_fn, masked), variables, mask)
 
 
 def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: jax.Array,
@@ -140,17 +148,26 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
   return new_state, {"loss": loss, "accuracy": accuracy}
 
 
-@functools.lru_cache(maxsize=32)
 def jit_train_step(*, adversarial: bool = False, masked: bool = False,
                    attack: AttackConfig = AttackConfig()) -> Callable:
-  """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``."""
+  """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``.
+
+  The full-image setting runs the masked step with a mask of ones (``x * 1 == x`` and a mask of
+  ones changes nothing in PGD, bit for bit), so the full and masked models share one compile.
+  """
   attack.validate()
+  step = _jit_masked_step(adversarial, attack)
+  if masked:
+    return step
+
+  def full_step(state, batch):
+    x = batch["image"]
+    return step(state, {**batch, "mask": np.ones(np.shape(x)[:-1] + (1,), np.float32)})
+  return full_step
+
+
+@functools.lru_cache(maxsize=32)
+def _jit_masked_step(adversarial: bool, attack: AttackConfig) -> Callable:
   def step(state, batch):
-    return train_step(state, batch, adversarial=adversarial, masked=masked, attack=attack)
+    return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack)
   return jax.jit(step)
-
-
-def eval_logits(apply_fn: Callable, variables: Any, x: jax.Array, mask: jax.Array | None, *,
-                masked: bool) -> jax.Array:
-  """Eval-mode logits [N,K] of what the model sees (``x * mask`` when ``masked``)."""
-  return apply_fn(variables, model_input(x, mask, masked), train=False)
