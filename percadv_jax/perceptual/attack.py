@@ -70,7 +70,7 @@ def _attack(logits_fn, x, y, mask, step_size, *, ball, steps, method, loss, targ
     g = g * mask
     if method == "linear":
       s, _, st = admm.solve(x, g, mask, st, st.rho, ball=ball, mode="lp", max_iters=solver_iters,
-                            tol=solver_tol, check_every=10, alpha=1.8, repair=2)
+                            tol=solver_tol, check_every=10, alpha=1.9, repair=2, max_blocks=4)
       gamma = 2.0 / (k.astype(jnp.float32) + 2.0)
       d_new = d + gamma * (s - d)
     else:

@@ -2,7 +2,7 @@
 
 Algorithm (details in ``admm.py``): consensus ADMM between the box (which carries the linear
 objective) and the ``ceil(w/s)**2`` groups of non-overlapping windows (each projected in closed
-form), in a cell layout of the image, over-relaxed (alpha = 1.8) with an adaptive penalty. Every
+form), in a cell layout of the image, over-relaxed (alpha = 1.9) with an adaptive penalty. Every
 ``check_every`` iterations a weak-duality bound from the ADMM multipliers is computed; once the
 iterate's objective is within ``tol`` of it, the iterate is *repaired* (a few cyclic projections
 onto the groups and the box, then a local per-window scaling) and made exactly feasible by a
@@ -24,7 +24,7 @@ from percadv_jax.perceptual.ball import QualityBall
 
 
 def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Array | None = None,
-                 tol: float = 1e-3, max_iters: int = 3000, rho: float = 3.0, alpha: float = 1.8,
+                 tol: float = 1e-3, max_iters: int = 3000, rho: float = 3.0, alpha: float = 1.9,
                  check_every: int = 10, repair: int = 2, init: AdmmState | None = None,
                  return_info: bool = False, return_state: bool = False):
   """Maximises ``<g, d>`` over the quality ball around ``x`` (batched; jit/vmap friendly).
