@@ -301,6 +301,8 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
 
   if cold and mode == "proj":
     v0, d_f0 = tuple(m * base_c for m in geo.mask), _feasible(ball, grid, geo, base_c)
+  elif cold:
+    v0, d_f0 = tuple(init.v), jnp.zeros_like(lin_c)           # the cold state: v = 0, d = 0
   else:
     v0, d_f0 = tuple(init.v), _feasible(ball, grid, geo, jnp.clip(cells(init.d), lo, hi))
   rho0 = init.rho
