@@ -16,7 +16,6 @@ Guarantees on every output: ``|x_adv - x| <= eps`` in the chosen norm (up to flo
 
 from __future__ import annotations
 
-import functools
 from typing import Callable
 
 import jax
@@ -122,8 +121,10 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
 
   Args:
     logits_fn: ``x [N,H,W,C] -> logits [N,K]``, examples independent of each other (e.g. a model
-      in eval mode). Called with the same static shapes every step; a new closure per call means
-      a new compile for a plain call, so define it once and reuse it.
+      in eval mode). A plain function is compiled in (a new closure per call means a new
+      compile, so define it once and reuse it); a ``jax.tree_util.Partial(apply, variables)``
+      (``apply(variables, x) -> logits`` defined once; ``train.make_logits_fn`` builds one) has
+      its arrays traced, so models of one architecture share one compile.
     x: float [N,H,W,C] in [0, 1].
     y: int [N] true labels (untargeted) or target classes (``targeted=True``).
     key: jax.random key (one for the batch, or one per example: typed [N] or raw [N,2]; per-example

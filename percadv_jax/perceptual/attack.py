@@ -16,12 +16,12 @@ the target when ``targeted``) if ``early_stop``; the loop ends when all have suc
 
 from __future__ import annotations
 
-import functools
 
 import jax
 import jax.numpy as jnp
 
 from percadv_jax import checks
+from percadv_jax.attacks._common import jit_logits_fn
 from percadv_jax.perceptual import admm
 from percadv_jax.perceptual.ball import QualityBall, box
 
@@ -43,9 +43,8 @@ def _success(logits, y, targeted):
   return pred == y if targeted else pred != y
 
 
-@functools.partial(jax.jit, static_argnames=("logits_fn", "ball", "steps", "method", "loss",
-                                             "targeted", "early_stop", "solver_tol",
-                                             "solver_iters"))
+@jit_logits_fn(static_argnames=("ball", "steps", "method", "loss", "targeted", "early_stop",
+                                "solver_tol", "solver_iters"))
 def _attack(logits_fn, x, y, mask, step_size, *, ball, steps, method, loss, targeted, early_stop,
             solver_tol, solver_iters):
   n = x.shape[0]
@@ -99,7 +98,8 @@ def ssim_attack(logits_fn, x: jax.Array, y: jax.Array, *, ball: QualityBall, ste
 
   Args:
     logits_fn: ``logits_fn(x) -> logits`` [N, K] for images [N,H,W,C] in [0,1] (jit-traceable;
-      compiled once per distinct function object).
+      compiled once per distinct function object, or per function of a
+      ``jax.tree_util.Partial``, whose arrays are traced: see ``attacks.pgd``).
     x: [N,H,W,C] float images in [0, 1]; y: [N] int labels (the target classes if ``targeted``).
     ball: the :class:`QualityBall` (window, stride, e1, e2).
     steps: maximum number of iterations.
