@@ -2,7 +2,7 @@ r"""The demo: both studies on the built-in synthetic signs, one report.
 
 With no flags it trains and evaluates the masks paper's four models (Table 4 layout) and runs
 the perceptual study (SSIM quality-ball attack vs Linf / L2 PGD against Grad-CAM++ and the
-foreground masks), sized to finish within about 15 minutes on 2 CPU cores, and writes
+foreground masks), sized to finish in about 7 minutes (<= 15) on 2 CPU cores, and writes
 ``report.md`` (tables and figures) into ``--workdir``. ``--quick`` runs both at toy sizes in
 about a minute (the numbers then mean nothing). A killed demo restarted with the same flags
 skips finished models, evaluations and attacks.

@@ -81,7 +81,7 @@ def default() -> MasksConfig:
 
 
 def demo() -> MasksConfig:
-  """Sized for the demo: the four models in about 9 minutes on 2 CPU cores.
+  """Sized for the demo: the four models in about 4 minutes on 2 CPU cores.
 
   Natural models: 10 epochs (620 steps); adversarial models fine-tune them for 3 epochs with
   PGD-3 (from scratch they stay at chance at this budget).
