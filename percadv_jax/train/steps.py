@@ -161,9 +161,14 @@ def jit_train_step(*, adversarial: bool = False, masked: bool = False,
     return step
 
   def full_step(state, batch):
-    x = batch["image"]
-    return step(state, {**batch, "mask": np.ones(np.shape(x)[:-1] + (1,), np.float32)})
+    return step(state, {**batch, "mask": _ones(tuple(np.shape(batch["image"])[:-1]) + (1,))})
   return full_step
+
+
+@functools.lru_cache(maxsize=8)
+def _ones(shape: tuple[int, ...]) -> jax.Array:
+  """A device array of ones (made once per shape, not copied to the device every step)."""
+  return jnp.ones(shape, jnp.float32)
 
 
 @functools.lru_cache(maxsize=32)
