@@ -111,18 +111,16 @@ def _evaluate(config: cfgs.MasksConfig, state: train.TrainState, masked: bool,
   m = config.curve_examples or len(eval_arrays["label"])
   # One attack batch shape for the evaluation and the curves: each attack compiles once.
   bs = min(config.eval_batch_size, m, len(eval_arrays["label"]))
-  logits_fn = train.make_logits_fn(state.apply_fn, variables)
   with common.Timer() as t:
     r = train.evaluate(state.apply_fn, variables, eval_arrays, attack=attack, key=key,
-                       masked=masked, batch_size=bs, apgd_steps=config.apgd_steps,
-                       logits_fn=logits_fn)
+                       masked=masked, batch_size=bs, apgd_steps=config.apgd_steps)
   out = {k: v for k, v in r.items() if k != "per_example"}
   out["seconds"] = t.seconds
   curve_data = {k: v[:m] for k, v in eval_arrays.items()}
   with common.Timer() as t:
     out["curve"] = train.accuracy_vs_eps(state.apply_fn, variables, curve_data,
                                          eps_values=config.curve_eps, attack=attack, key=key,
-                                         masked=masked, batch_size=bs, logits_fn=logits_fn)
+                                         masked=masked, batch_size=bs)
   out["curve_seconds"] = t.seconds
   return out
 

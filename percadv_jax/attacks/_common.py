@@ -49,6 +49,12 @@ def jit_logits_fn(static_argnames: Sequence[str] = ()) -> Callable:
   return decorate
 
 
+@jit_logits_fn()
+def correct(logits_fn, x: jax.Array, y: jax.Array) -> jax.Array:
+  """bool [N]: ``logits_fn`` classifies ``x`` as ``y`` (jitted; see ``jit_logits_fn``)."""
+  return jnp.argmax(logits_fn(x), axis=1) == y
+
+
 def default_unroll(total_steps: int) -> int | bool:
   """The loop unroll used when ``unroll=None``: full on CPU for short loops, else 1."""
   if jax.default_backend() == "cpu" and total_steps <= CPU_UNROLL_MAX_STEPS:

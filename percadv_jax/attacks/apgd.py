@@ -17,7 +17,6 @@ Masking, guarantees and errors as ``percadv_jax.attacks.pgd``.
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -32,11 +31,6 @@ def _named(attacks: Mapping[str, Attack] | Sequence[Attack]) -> dict[str, Attack
     if not callable(a):
       raise ValueError(f"attack {name!r} is not callable")
   return named
-
-
-@C.jit_logits_fn()
-def _correct(logits_fn, x, y):
-  return jnp.argmax(logits_fn(x), axis=1) == y
 
 
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
@@ -86,7 +80,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     idx = np.arange(start, start + bs) % n  # wraps around: the last batch is padded
     real = idx[:min(bs, n - start)]
     xb, yb = jnp.asarray(x[idx]), jnp.asarray(y[idx])
-    clean[real] = np.asarray(_correct(logits_fn, xb, yb))[:len(real)]
+    clean[real] = np.asarray(C.correct(logits_fn, xb, yb))[:len(real)]
     for i, (name, attack) in enumerate(named.items()):
       kw = {}
       if key is not None:
@@ -101,7 +95,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
         raise ValueError(f"attack {name!r} returned values outside [0, 1]")
       if mask_np is not None and np.any((mask_np[idx] == 0) & (a != x[idx])):
         raise ValueError(f"attack {name!r} changed pixels outside the mask")
-      flags[name][real] = np.asarray(_correct(logits_fn, x_adv, yb))[:len(real)]
+      flags[name][real] = np.asarray(C.correct(logits_fn, x_adv, yb))[:len(real)]
   flags = {name: clean & f for name, f in flags.items()}
   robust = clean.copy()
   for f in flags.values():

@@ -160,9 +160,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
               loss=loss, early_stop=bool(early_stop), unroll=unroll)
 
 
-@C.jit_logits_fn(static_argnames=(
-    "norm", "random_start", "targeted",
-                                             "loss"))
+@C.jit_logits_fn(static_argnames=("norm", "random_start", "targeted", "loss"))
 def _fgsm(logits_fn, x, y, keys, eps, step_size, mask, *, norm, random_start, targeted, loss):
   n = x.shape[0]
   eps = C.per_example(eps, n)

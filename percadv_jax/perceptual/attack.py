@@ -16,7 +16,6 @@ the target when ``targeted``) if ``early_stop``; the loop ends when all have suc
 
 from __future__ import annotations
 
-
 import jax
 import jax.numpy as jnp
 

@@ -14,17 +14,10 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-import jax.numpy as jnp
-
 from percadv_jax import attacks
-from percadv_jax.attacks._common import jit_logits_fn
+from percadv_jax.attacks._common import correct
 from percadv_jax.train.loop import ArrayData
 from percadv_jax.train.steps import AttackConfig, make_logits_fn, model_input
-
-
-@jit_logits_fn()
-def _predict(logits_fn, x):
-  return jnp.argmax(logits_fn(x), -1)
 
 
 def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackConfig,
@@ -73,12 +66,11 @@ def evaluate(apply_fn: Callable, variables: Any, data: Any, *, attack: AttackCon
                                       restarts=attack.restarts)
   n = len(y)
   if not named:
-    correct = np.concatenate([
-        np.asarray(_predict(logits_fn, x[i:i + batch_size])) == y[i:i + batch_size]
-        for i in range(0, n, batch_size)])
-    return {"n": int(n), "natural_accuracy": float(correct.mean()),
-            "robust_accuracy": float(correct.mean()),
-            "per_example": {"natural": correct, "robust": correct}}
+    ok = np.concatenate([np.asarray(correct(logits_fn, x[i:i + batch_size], y[i:i + batch_size]))
+                         for i in range(0, n, batch_size)])
+    return {"n": int(n), "natural_accuracy": float(ok.mean()),
+            "robust_accuracy": float(ok.mean()),
+            "per_example": {"natural": ok, "robust": ok}}
   r = attacks.robust_accuracy(logits_fn, x, y, named, key=key, mask=mask,
                               batch_size=min(batch_size, n))
   out = {"n": int(n), "natural_accuracy": r["clean"]}
