@@ -1,68 +1,15 @@
-"""Plumbing shared by the experiment binaries: workdirs, cached stages, data, flag checks.
-
-A binary is ``flags -> config (a frozen dataclass) -> run(config, workdir)``. ``run`` writes
-``config.json`` first (a workdir holding a different configuration is refused, so a resumed run
-never mixes settings) and keeps each finished stage in a JSON file, so a killed run restarted with
-the same flags redoes only the unfinished stages.
-"""
+"""Small pieces shared by the studies: data selection, percentages, timers, bootstrap CIs."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
 from percadv_jax import data as pdata
-from percadv_jax import io
 
 DATASETS = ("synthetic_signs", "gtsrb_ic", "coco_ic")
-
-
-def config_dict(config: Any) -> dict:
-  """A dataclass config as a JSON-normalised dict (tuples become lists)."""
-  return json.loads(json.dumps(dataclasses.asdict(config), sort_keys=True, default=str))
-
-
-def _diff(a: Mapping, b: Mapping) -> str:
-  keys = sorted(set(a) | set(b))
-  return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys if a.get(k) != b.get(k))
-
-
-def prepare_workdir(workdir: str, config: Any, *, name: str = "config.json") -> dict:
-  """Creates ``workdir`` and writes ``config.json``; refuses a workdir of another config.
-
-  Raises:
-    ValueError: ``workdir`` already holds a run with a different configuration.
-  """
-  os.makedirs(workdir, exist_ok=True)
-  d = config_dict(config)
-  path = os.path.join(workdir, name)
-  if os.path.exists(path):
-    old = io.read_json(path)
-    if old != d:
-      raise ValueError(f"{workdir} holds a run with a different configuration ({_diff(old, d)});"
-                       " pass the same flags to resume it, or use another --workdir")
-  else:
-    io.write_json(path, d)
-  return d
-
-
-def cached(path: str, compute: Callable[[], Any]) -> Any:
-  """The JSON at ``path`` if a previous run finished this stage, else ``compute()`` saved there."""
-  if os.path.exists(path):
-    return io.read_json(path)
-  value = compute()
-  io.write_json(path, value)
-  return io.read_json(path)
-
-
-def log(workdir: str, event: str, **fields: Any) -> None:
-  """Appends ``{"event": event, ...}`` to ``workdir/metrics.jsonl``."""
-  io.append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"event": event, **fields})
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | None, image_size: int | None,
@@ -113,10 +60,6 @@ class Timer:
     return False
 
 
-def relpath(path: str, start: str) -> str:
-  return os.path.relpath(path, start)
-
-
 def parse_fraction(s: Any) -> float:
   """``"8/255"`` -> 0.0313..., ``"0.03"`` -> 0.03 (numbers pass through).
 
@@ -159,20 +102,11 @@ def fmt_ci(s: Mapping[str, float], digits: int = 3) -> str:
   return f"{s['mean']:.{digits}f} [{s['lo']:.{digits}f}, {s['hi']:.{digits}f}]"
 
 
-def run_from_flags(argv: Sequence[str], *, config_from_flags: Callable[[Any], Any],
-                   validate: Callable[[Any], None], run: Callable[[Any, str], Any]) -> Any:
-  """The body of a study binary's ``main``: flags -> validated config -> ``run(config, workdir)``.
-
-  Stray arguments and invalid configurations become absl ``UsageError``s (a one-line message and
-  the usage text, no traceback). Returns ``run``'s result.
-  """
-  from absl import app, flags, logging
-  logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = config_from_flags(flags.FLAGS)
-  try:
-    validate(config)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  return run(config, flags.FLAGS.workdir)
+def check_data_dir(dataset: str, data_dir: str) -> None:
+  """Raises ValueError unless ``data_dir`` is an existing directory (prepared data)."""
+  import os
+  if not data_dir:
+    raise ValueError(f"data.data_dir is required for {dataset} (the directory written by "
+                     "python -m experiments.prepare_data)")
+  if not os.path.isdir(data_dir):
+    raise ValueError(f"data.data_dir {data_dir} does not exist or is not a directory")

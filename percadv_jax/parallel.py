@@ -442,62 +442,91 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
 
 
 @functools.lru_cache(maxsize=64)
-def _evaluate_jit(per_example_fn: Callable, mesh: Mesh, weight_key: str) -> Callable:
-  """The jitted per-batch weighted sums of ``evaluate`` (cached: one compile per function)."""
-  def sums(a, batch, k):
-    w = batch[weight_key]
-    m = per_example_fn(a, batch, k)
-    out = {"count": jnp.sum(w)}
-    for name, v in m.items():  # NaN-ignoring (e.g. a correlation of a constant map)
-      v = jnp.asarray(v, jnp.float32)
-      ok = jnp.isfinite(v)
-      out["sum/" + name] = jnp.sum(jnp.where(ok, w * v, 0.0))
-      out["n/" + name] = jnp.sum(jnp.where(ok, w, 0.0))
-    return out
+def _map_jit(per_example_fn: Callable, mesh: Mesh) -> Callable:
+  """The jitted, sharded ``per_example_fn`` of ``map_examples`` (one compile per function)."""
   rep = replicated_sharding(mesh)
-  return jax.jit(sums, in_shardings=(rep, data_sharding(mesh), rep), out_shardings=rep)
+  return jax.jit(per_example_fn, in_shardings=(rep, data_sharding(mesh), rep),
+                 out_shardings=data_sharding(mesh))
 
 
-def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
-             mesh: Mesh | None = None, key: jax.Array | None = None,
-             weight_key: str = WEIGHT_KEY) -> dict[str, float]:
-  """Weighted means of per-example metrics over a dataset, sharded over all devices and hosts.
+def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
+                 mesh: Mesh | None = None, key: jax.Array | None = None,
+                 weight_key: str = WEIGHT_KEY, desc: str | None = None) -> dict[str, np.ndarray]:
+  """Per-example outputs of a function over a dataset, sharded over all devices and hosts.
+
+  The one evaluation path of the library: attacks, robust accuracy, CAMs and agreement metrics
+  all run through it. Every batch has ``batch_size`` rows (the last one is padded with weight-0
+  rows), so ``per_example_fn`` compiles once; the padding is dropped from the outputs.
 
   Args:
-    per_example_fn: ``per_example_fn(args, batch, key) -> dict[str, f32[B]]`` (``key`` is
+    per_example_fn: ``per_example_fn(args, batch, key) -> dict[str, Array[B, ...]]`` (``key`` is
       ``jax.random.fold_in(key, batch_index)``, or None when ``key`` is None); a pure function,
       compiled once per function object and shapes: pass changing values (eps, variables of
       another checkpoint) through ``args``, not through a new closure. ``batch`` is the dict
       from ``data`` plus the ``weight`` entry.
     args: replicated pytree (model variables, ...).
-    data: see ``iterate_padded``.
+    data: a dict of arrays ``[N, ...]`` or ``(fetch, N)`` (see ``iterate_padded``).
     batch_size: global batch size, a multiple of the device count.
     mesh: the mesh (default: all devices).
     key: PRNG key for random attacks.
     weight_key: name of the weight entry.
+    desc: label of a progress bar (None: no bar).
+
+  Returns:
+    ``{name: np.ndarray [N, ...]}`` in example order, the same on every process.
+
+  Raises:
+    ValueError: an empty dataset, or a batch size that does not split over the devices.
+  """
+  mesh = _mesh(mesh)
+  total = data[1] if isinstance(data, tuple) else _leading(data)
+  if total == 0:
+    raise ValueError("the evaluation got an empty dataset (0 examples)")
+  jitted = _map_jit(per_example_fn, mesh)
+  args = replicate(args, mesh)
+  parts: dict[str, list[np.ndarray]] = {}
+  bar = None
+  if desc is not None:
+    from percadv_jax import io
+    bar = io.progress(total=total, desc=desc, unit="img")
+  try:
+    for b, batch in iterate_padded(data, batch_size=batch_size, mesh=mesh,
+                                   weight_key=weight_key):
+      k = None if key is None else replicate(jax.random.fold_in(key, b), mesh)
+      out = to_host(jitted(args, batch, k))
+      real = to_host(batch[weight_key]) > 0  # each process's real rows are contiguous
+      for name, v in out.items():
+        parts.setdefault(name, []).append(np.asarray(v)[real])
+      if bar is not None:
+        bar.update(int(real.sum()))
+  finally:
+    if bar is not None:
+      bar.close()
+  return {name: np.concatenate(v) for name, v in parts.items()}
+
+
+def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
+             mesh: Mesh | None = None, key: jax.Array | None = None,
+             weight_key: str = WEIGHT_KEY) -> dict[str, float]:
+  """Means of per-example metrics over a dataset (``map_examples`` then NaN-ignoring means).
+
+  Args:
+    per_example_fn, args, data, batch_size, mesh, key, weight_key: as in ``map_examples``;
+      ``per_example_fn`` returns float or bool ``[B]`` metrics.
 
   Returns:
     ``{name: mean over the real examples}`` (NaN/inf values are left out of their metric's mean,
-    like ``jnp.nanmean``) plus ``"count"`` (number of real examples); the same
-    on every process and, for a given ``batch_size``, for every device and process count.
+    like ``jnp.nanmean``) plus ``"count"`` (number of real examples); the same on every process
+    and, for a given ``batch_size``, for every device and process count.
   """
-  mesh = _mesh(mesh)
-  jitted = _evaluate_jit(per_example_fn, mesh, weight_key)
-  args = replicate(args, mesh)
-  total: dict[str, np.ndarray] = {}
-  for b, batch in iterate_padded(data, batch_size=batch_size, mesh=mesh, weight_key=weight_key):
-    k = None if key is None else replicate(jax.random.fold_in(key, b), mesh)
-    out = jitted(args, batch, k)
-    for name, v in out.items():  # float64 accumulation on the host, replicated scalars
-      total[name] = total.get(name, 0.0) + np.float64(np.asarray(v.addressable_data(0)))
-  count = total.pop("count", 0.0)
-  if count == 0:
-    raise ValueError("evaluate got an empty dataset")
+  out = map_examples(per_example_fn, args, data, batch_size=batch_size, mesh=mesh, key=key,
+                     weight_key=weight_key)
   result = {}
-  for name in sorted(k[4:] for k in total if k.startswith("sum/")):
-    n = total["n/" + name]
-    result[name] = float(total["sum/" + name] / n) if n > 0 else float("nan")
-  result["count"] = int(round(count))
+  for name in sorted(out):
+    v = np.asarray(out[name], np.float64).reshape(len(out[name]), -1).mean(axis=1)
+    ok = np.isfinite(v)
+    result[name] = float(v[ok].mean()) if ok.any() else float("nan")
+  result["count"] = int(len(next(iter(out.values())))) if out else 0
   return result
 
 

@@ -1,13 +1,40 @@
-"""Configuration of the masks paper's Table 4 study (``experiments/attention_masks.py``).
+r"""Configurations of the masks paper's Table 4 study (``python -m experiments.attention_masks``).
 
-Defaults: VGG-19 (small-input variant) on the synthetic signs; Linf PGD with eps 8/255, step
-2/255, 7 steps for adversarial training and 10 for evaluation (Madry's CIFAR settings; the
-paper's own values are not recoverable), APGD-CE with the same budget.
+``--config=experiments/configs/attention_masks.py:<preset>`` with presets
+
+- ``default``: VGG-19 (small-input variant, width 0.25) on the built-in synthetic signs, 15 natural
+  epochs, adversarial models fine-tuned from the natural ones for 5 epochs with PGD-7, evaluation
+  with PGD-10 and APGD-CE-10 on 1,000 test images;
+- ``demo``: the demo's sizes (about 4 minutes on 2 CPU cores);
+- ``quick``: a smoke run (about a minute; the numbers mean nothing).
+
+Threat model (every preset): Linf, eps 8/255; training PGD with step 2/255 (Madry et al.'s CIFAR
+settings: the paper's own eps, step and step count are not recoverable from its text); evaluation
+PGD step ``2.5 * eps / steps`` (``percadv_jax.attacks.step_size``: 2/255 at 10 steps), APGD adapts
+its own.
+
+Fields (override any with ``--config.<field>=<value>``):
+
+- ``seed``: data (synthetic), initialisation, attacks, data order.
+- ``models``: which of the four Table 4 models to train (a tuple of ``MODEL_NAMES``).
+- ``data``: ``dataset`` ("synthetic_signs", "gtsrb_ic", "coco_ic"), ``data_dir`` (prepared data;
+  "" = the synthetic data in memory), ``image_size`` (0 = the dataset's), ``num_train`` /
+  ``num_test`` (0 = the whole split; synthetic: generated sizes).
+- ``model``: ``name`` ("vgg19", "mobilenet_v2"), ``variant`` (VGG-19: "small" for 32-64 px
+  inputs, "imagenet" = Keras' VGG19 with its fully connected head), ``width``, ``batch_norm``.
+- ``train``: ``batch_size``, ``epochs``, ``optimizer``, ``learning_rate``, ``schedule``,
+  ``warmup_steps``, ``weight_decay``, ``checkpoint_every``; ``adversarial_init`` ("natural" =
+  each adversarial model fine-tunes the natural model of its setting, "scratch" = Madry's
+  training from a random initialisation), ``adversarial_epochs`` (0 = ``epochs``);
+  ``attack``: ``eps``, ``step_size``, ``steps`` of the training PGD.
+- ``eval``: ``eps``, ``steps`` (PGD), ``apgd_steps``, ``restarts``, ``examples`` (test images
+  attacked; 0 = all), ``batch_size``, ``curve_eps`` (radii of the accuracy-vs-eps curves),
+  ``curve_examples``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ml_collections
 
 MODEL_NAMES = ("full_natural", "full_adversarial", "masked_natural", "masked_adversarial")
 MODEL_LABELS = {
@@ -18,90 +45,58 @@ MODEL_LABELS = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class MasksConfig:
-  """Every setting of a run (written to ``config.json``).
-
-  Attributes:
-    dataset: "synthetic_signs", "gtsrb_ic" or "coco_ic".
-    data_dir: where prepared data lives (or the synthetic cache); None = in memory only.
-    image_size: square side; None = the dataset's own.
-    num_train / num_test: examples used (synthetic: generated; others: a fixed random subset);
-      0 = the whole split (synthetic: its default size).
-    model, width, batch_norm: the network (``get_model(model, variant="small", ...)``).
-    batch_size, epochs, optimizer, learning_rate, schedule, warmup_steps, weight_decay: training.
-    seed: seeds the data (synthetic), initialisation, attacks and data order.
-    eps, step_size, train_attack_steps, eval_attack_steps, apgd_steps, eval_restarts: the Linf
-      threat model for training and evaluation.
-    eval_examples: test examples the attacks run on (0 = all of ``num_test``).
-    curve_eps: eps values (pixel scale [0,1]) of the accuracy-vs-eps curves.
-    curve_examples: test examples per curve point.
-    models: which of the four Table 4 models to train.
-    checkpoint_every: training checkpoint interval (steps).
-    eval_batch_size: attack batch size.
-    adversarial_init: "natural" = each adversarial model fine-tunes the natural model of its
-      setting (trained first; needs it in ``models``); "scratch" = Madry's training from a
-      random initialisation (collapses to one class at small budgets on CPU).
-    adversarial_epochs: epochs of adversarial training (0 = ``epochs``).
-  """
-  dataset: str = "synthetic_signs"
-  data_dir: str | None = None
-  image_size: int | None = None
-  num_train: int = 0
-  num_test: int = 0
-  model: str = "vgg19"
-  width: float = 0.25
-  batch_norm: bool = False
-  batch_size: int = 128
-  epochs: int = 15
-  optimizer: str = "adam"
-  learning_rate: float = 2e-3
-  schedule: str = "cosine"
-  warmup_steps: int = 100
-  weight_decay: float = 0.0
-  seed: int = 0
-  eps: float = 8 / 255
-  step_size: float = 2 / 255
-  train_attack_steps: int = 7
-  eval_attack_steps: int = 10
-  apgd_steps: int = 10
-  eval_restarts: int = 1
-  eval_examples: int = 1000
-  curve_eps: tuple[float, ...] = (0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255)
-  curve_examples: int = 500
-  models: tuple[str, ...] = MODEL_NAMES
-  checkpoint_every: int = 200
-  eval_batch_size: int = 250
-  adversarial_init: str = "natural"
-  adversarial_epochs: int = 5
+def default() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.models = MODEL_NAMES
+  c.data = ml_collections.ConfigDict(dict(
+      dataset="synthetic_signs", data_dir="", image_size=0, num_train=0, num_test=0))
+  c.model = ml_collections.ConfigDict(dict(
+      name="vgg19", variant="small", width=0.25, batch_norm=False))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=128, epochs=15, optimizer="adam", learning_rate=2e-3, schedule="cosine",
+      warmup_steps=100, weight_decay=0.0, checkpoint_every=200, adversarial_init="natural",
+      adversarial_epochs=5,
+      attack=ml_collections.ConfigDict(dict(eps=8 / 255, step_size=2 / 255, steps=7))))
+  c.eval = ml_collections.ConfigDict(dict(
+      eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
+      curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500))
+  return c
 
 
-def default() -> MasksConfig:
-  return MasksConfig()
+def demo() -> ml_collections.ConfigDict:
+  """The demo: natural models 10 epochs (620 steps); adversarial models fine-tune them for 3
+  epochs with PGD-3 (from scratch they stay at chance at this budget); 200 test images."""
+  c = default()
+  c.data.num_train, c.data.num_test = 4000, 1000
+  c.model.width = 0.125
+  c.train.update(batch_size=64, epochs=10, adversarial_epochs=3, learning_rate=3e-3,
+                 warmup_steps=50)
+  c.train.attack.steps = 3
+  c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
+                batch_size=100)
+  return c
 
 
-def demo() -> MasksConfig:
-  """Sized for the demo: the four models in about 4 minutes on 2 CPU cores.
-
-  Natural models: 10 epochs (620 steps); adversarial models fine-tune them for 3 epochs with
-  PGD-3 (from scratch they stay at chance at this budget).
-  """
-  return dataclasses.replace(
-      MasksConfig(), num_train=4000, num_test=1000, width=0.125, batch_size=64, epochs=10,
-      adversarial_epochs=3,
-      train_attack_steps=3, eval_attack_steps=10, apgd_steps=10, eval_examples=200,
-      curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100, eval_batch_size=100,
-      learning_rate=3e-3, warmup_steps=50)
-
-
-def quick() -> MasksConfig:
+def quick() -> ml_collections.ConfigDict:
   """A smoke run (about a minute): tiny data, few steps; the numbers mean nothing."""
-  return dataclasses.replace(
-      MasksConfig(), num_train=256, num_test=64, width=0.125, batch_size=32, epochs=1,
-      adversarial_epochs=1,
-      train_attack_steps=1, eval_attack_steps=2, apgd_steps=2, eval_examples=64,
-      curve_eps=(0.0, 4 / 255, 8 / 255), curve_examples=32, learning_rate=3e-3,
-      warmup_steps=0, checkpoint_every=4, eval_batch_size=64)
+  c = default()
+  c.data.num_train, c.data.num_test = 256, 64
+  c.model.width = 0.125
+  c.train.update(batch_size=32, epochs=1, adversarial_epochs=1, learning_rate=3e-3,
+                 warmup_steps=0, checkpoint_every=4)
+  c.train.attack.steps = 1
+  c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
+                curve_examples=32, batch_size=32)
+  return c
 
 
 PRESETS = {"default": default, "demo": demo, "quick": quick}
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The preset named after the ``:`` of ``--config`` (default: ``default``)."""
+  name = preset or "default"
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+  return PRESETS[name]()

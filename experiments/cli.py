@@ -1,0 +1,108 @@
+r"""The command line of every experiment binary: a config file, overrides, one-line errors.
+
+As in flax's examples, a binary takes ``--config=experiments/configs/<study>.py:<preset>``
+(an ``ml_collections`` config file whose ``get_config(preset)`` returns a ``ConfigDict``),
+``--config.<field>=<value>`` overrides of any field (``--config.train.epochs=3``; tuples as
+Python literals, ``--config.models="('full_natural','masked_natural')"``), and ``--workdir``.
+``main(run, ...)`` then validates the whole configuration before any work and calls
+``run(config, workdir)``.
+
+Every error a user can cause (a bad flag or field, a missing or corrupt file, a workdir of
+another configuration) ends the program with one line ``error: ...`` on stderr and exit status 2
+(usage) or 1 (anything else); ``--traceback`` shows the full traceback instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from absl import app, flags, logging
+
+CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+FLAGS = flags.FLAGS
+
+
+class UserError(Exception):
+  """An error the user can fix (bad configuration, input file or workdir): one line, exit 1."""
+
+
+def define_flags(study: str, *, workdir: bool = True, default_preset: str = "default") -> None:
+  """Defines ``--config`` (default ``configs/<study>.py:<default_preset>``), ``--workdir``,
+  ``--traceback``."""
+  from ml_collections import config_flags
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(CONFIGS, f"{study}.py") + f":{default_preset}",
+      f"Config file and preset, e.g. experiments/configs/{study}.py:quick; override fields with "
+      "--config.<field>=<value>.", lock_config=True)
+  if workdir:
+    flags.DEFINE_string("workdir", None, "Output directory (created; resumable).")
+  flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+
+
+def _fail(message: str, status: int) -> None:
+  message = " ".join(str(message).split())  # one line
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(status)
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing with every parse error as one line and exit status 2."""
+  try:
+    rest = FLAGS(argv)
+  except flags.Error as e:
+    _fail(str(e), 2)
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections overrides
+    text = str(e).strip("\"'")
+    _fail(f"bad --config override: {text}", 2)
+  try:
+    cfg = FLAGS.config
+    cfg.keys()  # a config file that failed to load raises here
+  except flags.Error:
+    raise
+  except Exception as e:  # noqa: BLE001 - the config file's own error
+    _fail(f"cannot load --config: {e}", 2)
+  return rest
+
+
+def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | None = None,
+         report: Callable[[Any, Any], None] | None = None, needs_workdir: bool = True) -> None:
+  """Runs ``run(config, workdir)`` under absl with this module's flag parsing and errors.
+
+  Args:
+    run: the binary's ``run(config, workdir)``.
+    validate: checks the whole config before any work (raises ValueError naming the field).
+    report: prints the result (``report(result, workdir)``).
+    needs_workdir: whether ``--workdir`` is required.
+  """
+  def _main(argv: Sequence[str]) -> None:
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
+    if len(argv) > 1:
+      _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)", 2)
+    config = FLAGS.config
+    workdir = FLAGS["workdir"].value if "workdir" in FLAGS else None
+    if needs_workdir and not workdir:
+      _fail("--workdir is required (the output directory)", 2)
+    try:
+      if validate is not None:
+        validate(config)
+      result = run(config, workdir)
+    except (ValueError, UserError, FileNotFoundError, PermissionError, NotADirectoryError,
+            IsADirectoryError, FileExistsError) as e:
+      if FLAGS.traceback:
+        raise
+      _fail(_describe(e), 1)
+    except KeyboardInterrupt:
+      _fail("interrupted; rerun the same command to resume", 130)
+    if report is not None:
+      report(result, workdir)
+
+  app.run(_main, flags_parser=parse_flags)
+
+
+def _describe(e: BaseException) -> str:
+  if isinstance(e, OSError) and e.filename is not None:
+    reason = e.strerror or type(e).__name__
+    return f"{e.filename}: {reason}"
+  return str(e) or type(e).__name__
