@@ -2,7 +2,7 @@
 
 Layout of one prepared split::
 
-    <data_dir>/<dataset>/<split>_<image_size>px/
+    <data_dir>/<dataset>/<split>_<image_size>px[-<variant>]/
       prep.json                      the preparation's parameters (written first)
       shard-00000.npz ...            one per chunk of ``shard_size`` raw inputs
       meta.json                      written last: info, shard list with counts and SHA-256
@@ -13,7 +13,16 @@ Each shard is an uncompressed ``.npz`` (read with ``allow_pickle=False``) holdin
 * ``masks``   uint8 ``[n, S, S]`` in {0, 1},
 * ``labels``  int64 ``[n]``,
 * ``ids``     unicode ``[n]`` (where each example came from: file name, COCO annotation id),
-* ``stats``   uint8 bytes of a JSON object (counts of skipped inputs and why).
+* ``stats``   uint8 bytes of a JSON object (counts of skipped inputs and why),
+* ``skipped_files`` uint8 bytes of a JSON object ``{reason: [path, ...]}`` naming the skipped
+  inputs (at most :data:`MAX_NAMED` per reason and shard; absent in caches written before it).
+
+``<variant>`` names preparation options other than a dataset's defaults (e.g. COCO-IC's year,
+class list and crop mode), so differently prepared caches never share a folder.
+
+A corrupt shard or JSON file is reported as a ``ValueError`` naming the file. Re-running the
+preparation recomputes shards whose SHA-256 no longer matches ``meta.json`` (or that cannot be
+read), so ``prepare_data`` repairs a damaged cache.
 
 Crash safety: every file is written to a temporary file and renamed (``percadv_jax.io``), and a
 split loads only once ``meta.json`` exists, which is written after every shard. A preparation
@@ -37,11 +46,16 @@ from percadv_jax import io as pio
 from percadv_jax.data.source import ArraySource, DatasetInfo
 
 FORMAT_VERSION = 1
+MAX_NAMED = 20  # skipped inputs named per reason (per shard, and in meta.json)
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 
 
-def split_dir(data_dir: str, dataset: str, split: str, image_size: int) -> str:
-  return os.path.join(data_dir, dataset, f"{split}_{int(image_size)}px")
+def split_dir(data_dir: str, dataset: str, split: str, image_size: int, variant: str = "") -> str:
+  """``<data_dir>/<dataset>/<split>_<image_size>px`` (``-<variant>`` appended when given)."""
+  if variant and (os.sep in variant or variant.startswith(".")):
+    raise ValueError(f"cache variant {variant!r} must be a plain folder-name suffix")
+  return os.path.join(data_dir, dataset,
+                      f"{split}_{int(image_size)}px" + (f"-{variant}" if variant else ""))
 
 
 def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
@@ -59,9 +73,68 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     f.write(buf.getvalue())
 
 
-def read_npz(path: str) -> dict[str, np.ndarray]:
-  with np.load(path, allow_pickle=False) as z:
-    return {k: z[k] for k in z.files}
+def read_npz(path: str, *, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
+  """Reads every array of an ``.npz``; ``ValueError`` naming ``path`` if it is corrupt.
+
+  Args:
+    path: the file.
+    required: array names that must be present.
+  """
+  try:
+    with np.load(path, allow_pickle=False) as z:
+      out = {k: z[k] for k in z.files}
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # BadZipFile, truncated members, zlib/CRC errors, bad headers ...
+    raise ValueError(f"cache shard {path} is corrupt or truncated ({type(e).__name__}: {e}); "
+                     "re-run experiments.prepare_data with the same arguments to rebuild it"
+                     ) from None
+  missing = [k for k in required if k not in out]
+  if missing:
+    raise ValueError(f"cache shard {path} lacks the arrays {missing}; re-run "
+                     "experiments.prepare_data with the same arguments to rebuild it")
+  return out
+
+
+_SHARD_KEYS = ("images", "masks", "labels", "ids", "stats")
+
+
+def _read_json(path: str, what: str) -> Any:
+  """``pio.read_json`` with a ``ValueError`` naming the file when it is not valid JSON."""
+  try:
+    return pio.read_json(path)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"{what} {path} is corrupt ({e}); re-run experiments.prepare_data with the "
+                     "same arguments to rebuild it") from None
+
+
+def _shard_json(z: Mapping[str, np.ndarray], key: str, path: str) -> dict:
+  if key not in z:
+    return {}
+  try:
+    out = json.loads(z[key].tobytes().decode() or "{}")
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise ValueError(f"cache shard {path}: its {key!r} record is corrupt ({e})") from None
+  if not isinstance(out, dict):
+    raise ValueError(f"cache shard {path}: its {key!r} record is not a JSON object")
+  return out
+
+
+def _json_bytes(obj: Any) -> np.ndarray:
+  return np.frombuffer(json.dumps(obj, sort_keys=True).encode(), np.uint8)
+
+
+def _shard_ok(path: str, sha256: str | None = None) -> bool:
+  """Whether a shard exists, reads back whole and (when given) matches its SHA-256."""
+  if not os.path.exists(path):
+    return False
+  if sha256 is not None:
+    return _sha256(path) == sha256
+  try:
+    read_npz(path, required=_SHARD_KEYS)
+  except ValueError:
+    return False
+  return True
 
 
 def _sha256(path: str) -> str:
@@ -79,8 +152,7 @@ def _shard_name(k: int) -> str:
 Sample = tuple[np.ndarray, np.ndarray, int, str]  # image, mask, label, id
 
 
-def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[list[Sample],
-                                                                              dict[str, int]]],
+def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple],
             *, params: Mapping[str, Any], image_size: int, shard_size: int = 1000,
             info: Callable[[dict[str, int], int], dict[str, Any]],
             on_shard: Callable[[int, int], None] | None = None,
@@ -91,7 +163,9 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
     out_dir: the split's cache directory (see :func:`split_dir`).
     items: raw inputs in a fixed order; shard ``k`` holds the samples of
       ``items[k*shard_size:(k+1)*shard_size]``.
-    process: ``item -> (samples, skipped_counts)``; deterministic.
+    process: ``item -> (samples, skipped_counts)`` or ``(samples, skipped_counts,
+      skipped_files)`` with ``skipped_files`` a ``{reason: [path, ...]}`` naming the inputs
+      left out; deterministic.
     params: everything the output depends on (JSON); a mismatch with an existing ``prep.json``
       discards the old shards.
     image_size: side of the cached images.
@@ -105,25 +179,59 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
 
   Returns:
     ``out_dir``.
+
+  Skipped inputs named by ``process`` are recorded (``meta.json`` ``skipped_files``, and
+  ``info.extra["skipped_files"]`` when loaded) and named in a ``UserWarning``.
   """
+  from percadv_jax.data import raw
+  shard_size = raw.check_int("shard_size", shard_size, minimum=1)
+  raw.check_int("workers", workers, minimum=1)
+  raw.check_image_size(image_size, allow_none=False, minimum=1)
+  parent = os.path.dirname(os.path.dirname(os.path.abspath(out_dir)))
+  raw.check_dir("data_dir", parent, must_exist=False)
+  if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+    raise raw.DataPathError(f"cache folder {out_dir} is a file, not a folder")
   os.makedirs(out_dir, exist_ok=True)
   params = json.loads(json.dumps(dict(params), sort_keys=True))
   params["format_version"] = FORMAT_VERSION
   params["num_items"] = len(items)
   params["shard_size"] = int(shard_size)
   prep_path, meta_path = os.path.join(out_dir, "prep.json"), os.path.join(out_dir, "meta.json")
-  old = pio.read_json(prep_path) if os.path.exists(prep_path) else None
+  try:
+    old = pio.read_json(prep_path) if os.path.exists(prep_path) else None
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    old = None  # damaged: start this split afresh
+  num_shards = max(1, -(-len(items) // shard_size))
   if old != params:
     for name in os.listdir(out_dir):  # another preparation's leftovers
       if name.startswith("shard-") or name == "meta.json" or name.endswith(".tmp"):
         os.remove(os.path.join(out_dir, name))
     pio.write_json(prep_path, params)
   elif os.path.exists(meta_path):
-    return out_dir
+    try:
+      meta = pio.read_json(meta_path)
+      listed = {sh["file"]: sh["sha256"] for sh in meta["shards"]}
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+      listed = {}
+    bad = [k for k in range(num_shards)
+           if not _shard_ok(os.path.join(out_dir, _shard_name(k)),
+                            listed.get(_shard_name(k), ""))]
+    if not bad:
+      return out_dir
+    import warnings
+    warnings.warn(f"{out_dir}: rebuilding damaged cache shards "
+                  f"{[_shard_name(k) for k in bad]}", UserWarning, stacklevel=2)
+    os.remove(meta_path)
+    for k in bad:
+      if os.path.exists(os.path.join(out_dir, _shard_name(k))):
+        os.remove(os.path.join(out_dir, _shard_name(k)))
   for name in os.listdir(out_dir):  # temporaries of a write cut short by a kill
     if name.endswith(".tmp"):
       os.remove(os.path.join(out_dir, name))
-  num_shards = max(1, -(-len(items) // shard_size))
+  for k in range(num_shards):  # shards damaged after they were written are recomputed
+    path = os.path.join(out_dir, _shard_name(k))
+    if os.path.exists(path) and not _shard_ok(path):
+      os.remove(path)
   bar = pio.progress(total=len(items), desc=os.path.basename(out_dir), unit="img"
                      ) if progress else None
   pool = None
@@ -140,11 +248,16 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
         continue
       samples: list[Sample] = []
       stats: dict[str, int] = {}
+      named: dict[str, list[str]] = {}
       results = pool.imap(process, chunk) if pool is not None else map(process, chunk)
-      for got, skipped in results:
+      for result in results:
+        got, skipped = result[0], result[1]
         samples.extend(got)
         for key, v in skipped.items():
           stats[key] = stats.get(key, 0) + int(v)
+        for key, paths in (result[2] if len(result) > 2 else {}).items():
+          room = MAX_NAMED - len(named.setdefault(key, []))
+          named[key].extend(str(p) for p in list(paths)[:max(0, room)])
         if bar is not None:
           bar.update(1)
       s = int(image_size)
@@ -156,7 +269,8 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
           "labels": np.asarray([x[2] for x in samples], np.int64),
           "ids": np.asarray([x[3] for x in samples], dtype=str) if samples
           else np.zeros((0,), "<U1"),
-          "stats": np.frombuffer(json.dumps(stats, sort_keys=True).encode(), np.uint8),
+          "stats": _json_bytes(stats),
+          "skipped_files": _json_bytes({k: v for k, v in named.items() if v}),
       })
       if on_shard is not None:
         on_shard(k, num_shards)
@@ -165,53 +279,106 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple[l
       pool.terminate()
     if bar is not None:
       bar.close()
-  shards, total, skipped = [], 0, {}
+  shards, total, skipped, named_all = [], 0, {}, {}
   for k in range(num_shards):
     path = os.path.join(out_dir, _shard_name(k))
-    z = read_npz(path)
-    for key, v in json.loads(z["stats"].tobytes().decode() or "{}").items():
+    z = read_npz(path, required=_SHARD_KEYS)
+    for key, v in _shard_json(z, "stats", path).items():
       skipped[key] = skipped.get(key, 0) + int(v)
+    for key, paths in _shard_json(z, "skipped_files", path).items():
+      room = MAX_NAMED - len(named_all.setdefault(key, []))
+      named_all[key].extend(list(paths)[:max(0, room)])
     shards.append({"file": _shard_name(k), "num_examples": int(len(z["labels"])),
                    "sha256": _sha256(path)})
     total += len(z["labels"])
   meta = {"format_version": FORMAT_VERSION, "image_size": int(image_size), "shards": shards,
           "num_examples": total, "skipped": dict(sorted(skipped.items())),
+          "skipped_files": dict(sorted(named_all.items())),
           "info": info(skipped, total), "params": params}
   pio.write_json(meta_path, meta)
+  raw.warn_skipped(os.path.basename(os.path.dirname(out_dir)) + "/" + os.path.basename(out_dir),
+                   skipped, named_all)
   return out_dir
 
 
-def cached_sizes(data_dir: str, dataset: str, split: str) -> list[int]:
-  """Image sizes with a complete cache of ``dataset``/``split`` under ``data_dir``."""
+def cached_sizes(data_dir: str, dataset: str, split: str, variant: str = "") -> list[int]:
+  """Image sizes with a complete cache of ``dataset``/``split`` (and ``variant``)."""
   root = os.path.join(data_dir, dataset)
   if not os.path.isdir(root):
     return []
   out = []
+  tail = "px" + (f"-{variant}" if variant else "")
   for name in os.listdir(root):
-    if name.startswith(split + "_") and name.endswith("px") and os.path.exists(
+    if name.startswith(split + "_") and name.endswith(tail) and os.path.exists(
         os.path.join(root, name, "meta.json")):
       try:
-        out.append(int(name[len(split) + 1:-2]))
+        out.append(int(name[len(split) + 1:-len(tail)]))
       except ValueError:
         pass
   return sorted(out)
+
+
+def cached_variants(data_dir: str, dataset: str, split: str, image_size: int | None = None
+                    ) -> list[str]:
+  """Folder names of complete caches of ``dataset``/``split``, any variant (and any size unless
+  ``image_size`` is given), sorted."""
+  root = os.path.join(data_dir, dataset)
+  if not os.path.isdir(root):
+    return []
+  out = []
+  for name in sorted(os.listdir(root)):
+    if not name.startswith(split + "_") or not os.path.exists(
+        os.path.join(root, name, "meta.json")):
+      continue
+    size, px, _ = name[len(split) + 1:].partition("px")
+    rest = name[len(split) + 1 + len(size) + len(px):]
+    if size.isdigit() and px and (rest == "" or rest.startswith("-")) and (
+        image_size is None or int(size) == int(image_size)):
+      out.append(name)
+  return out
+
+
+def load_only_cache(*, dataset: str, title: str, split: str, data_dir: str | None,
+                    image_size: int | None, verify: bool = False) -> ArraySource | None:
+  """Loads the split's only cache whatever its preparation options; ``None`` when there is none.
+
+  Raises:
+    ValueError: several caches match (the message lists their folders).
+  """
+  from percadv_jax.data import raw
+  root = raw.check_dir("data_dir", data_dir or raw.default_data_dir(), must_exist=False)
+  found = cached_variants(root, dataset, split, image_size)
+  if len(found) > 1:
+    raise ValueError(f"{title} {split} has several caches under {os.path.join(root, dataset)} "
+                     f"({', '.join(found)}); pass image_size or the preparation options to "
+                     "choose one")
+  if not found:
+    return None
+  return load_cached(os.path.join(root, dataset, found[0]), verify=verify)
 
 
 def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
   """Loads a complete cached split into memory.
 
   Raises:
-    FileNotFoundError: no ``meta.json`` (never prepared, or the preparation did not finish).
-    ValueError: a shard is missing or (with ``verify``) its SHA-256 differs from ``meta.json``.
+    FileNotFoundError: no ``meta.json`` (never prepared, or the preparation did not finish);
+      a :class:`percadv_jax.data.raw.DataPathError`, so also a ``ValueError``.
+    ValueError: ``meta.json`` or a shard is missing, corrupt, inconsistent with ``meta.json`` or
+      (with ``verify``) differs from the SHA-256 in ``meta.json``; the message names the file.
   """
+  from percadv_jax.data import raw
   meta_path = os.path.join(out_dir, "meta.json")
   if not os.path.exists(meta_path):
     partial = os.path.isdir(out_dir) and any(n.startswith("shard-") for n in os.listdir(out_dir))
-    raise FileNotFoundError(
+    raise raw.DataPathError(
         f"no complete prepared cache at {out_dir} (missing {meta_path})"
         + ("; a preparation was interrupted there: re-run experiments.prepare_data with the same "
            "arguments to resume it" if partial else ""))
-  meta = pio.read_json(meta_path)
+  meta = _read_json(meta_path, "cache index")
+  if not isinstance(meta, dict) or not isinstance(meta.get("shards"), list) or not all(
+      k in meta for k in ("image_size", "num_examples", "info", "params", "skipped")):
+    raise ValueError(f"cache index {meta_path} is incomplete; re-run experiments.prepare_data "
+                     "with the same arguments to rebuild it")
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{meta_path} has cache format {meta.get('format_version')}, expected "
                      f"{FORMAT_VERSION}; re-run experiments.prepare_data")
@@ -222,7 +389,15 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
       raise ValueError(f"cache shard {path} listed in {meta_path} is missing")
     if verify and _sha256(path) != sh["sha256"]:
       raise ValueError(f"cache shard {path} does not match the SHA-256 in {meta_path}")
-    z = read_npz(path)
+    z = read_npz(path, required=_SHARD_KEYS[:4])
+    s = int(meta["image_size"])
+    n = len(z["labels"])
+    if (z["images"].shape != (n, s, s, 3) or z["masks"].shape != (n, s, s)
+        or z["ids"].shape != (n,) or n != sh.get("num_examples", n)
+        or z["images"].dtype != np.uint8 or z["masks"].dtype != np.uint8):
+      raise ValueError(f"cache shard {path} does not hold what {meta_path} lists "
+                       f"({sh.get('num_examples')} examples of {s}x{s}); re-run "
+                       "experiments.prepare_data with the same arguments to rebuild it")
     images.append(z["images"])
     masks.append(z["masks"])
     labels.append(z["labels"])
@@ -241,6 +416,7 @@ def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
   info = dict(meta["info"])
   extra = dict(info.get("extra", {}))
   extra["cache_dir"] = out_dir
+  extra["skipped_files"] = dict(meta.get("skipped_files", {}))
   extra["preparation"] = meta["params"]
   return DatasetInfo(
       name=info["name"], split=info["split"], num_classes=int(info["num_classes"]),
@@ -253,28 +429,32 @@ def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
 def load_or_prepare(*, dataset: str, title: str, download: str, split: str,
                     data_dir: str | None, image_size: int | None, default_size: int,
                     raw_dir: str | None, prepare_split: Callable[..., Any], verify: bool = False,
-                    **prepare_kw) -> ArraySource:
+                    variant: str = "", **prepare_kw) -> ArraySource:
   """Loads a prepared split of ``dataset``; prepares it first when ``raw_dir`` is given.
 
   ``image_size=None`` picks the only cached size (``default_size`` when none is cached or when
   preparing). ``prepare_split(raw_dir=, data_dir=, split=, image_size=, **prepare_kw)`` builds
   (or resumes) the cache. Without ``raw_dir`` and without a finished cache, the error names the
   expected folder, where to download ``download`` and the ``prepare_data`` command to run.
+  ``variant`` selects the cache of non-default preparation options (see :func:`split_dir`).
   """
   from percadv_jax.data import raw
-  data_dir = data_dir or raw.default_data_dir()
+  image_size = raw.check_image_size(image_size)
+  data_dir = raw.check_dir("data_dir", data_dir or raw.default_data_dir(), must_exist=False)
+  if raw_dir is not None:
+    raw.check_dir("raw_dir", raw_dir)
   if image_size is None:
-    sizes = cached_sizes(data_dir, dataset, split)
+    sizes = cached_sizes(data_dir, dataset, split, variant)
     if len(sizes) > 1:
       raise ValueError(f"{title} {split} is cached at several sizes {sizes} under {data_dir}; "
                        "pass image_size")
     image_size = sizes[0] if sizes else default_size
-  out_dir = split_dir(data_dir, dataset, split, image_size)
+  out_dir = split_dir(data_dir, dataset, split, image_size, variant)
   if raw_dir is not None:
     prepare_split(raw_dir=raw_dir, data_dir=data_dir, split=split, image_size=image_size,
                   **prepare_kw)
   elif not os.path.exists(os.path.join(out_dir, "meta.json")):
-    raise FileNotFoundError(
+    raise raw.DataPathError(
         f"no prepared {title} cache at {out_dir}. Download {download}, unzip into RAW, then run "
         f"`python -m experiments.prepare_data --dataset={dataset} --raw_dir=RAW "
         f"--data_dir={data_dir} --image_size={image_size} --splits={split}` "

@@ -106,6 +106,10 @@ class ArraySource:
             f"image_size={self.info.image_size}, num_classes={self.info.num_classes})")
 
 
+class IndexOutOfRangeError(ValueError, IndexError):
+  """An example index outside the source (both a ``ValueError`` and an ``IndexError``)."""
+
+
 def _check_index(i: Any, n: int) -> int:
   if not isinstance(i, (int, np.integer)):
     raise TypeError(f"index must be an int, got {type(i).__name__}")
@@ -113,7 +117,7 @@ def _check_index(i: Any, n: int) -> int:
   if i < 0:
     i += n
   if not 0 <= i < n:
-    raise IndexError(f"index {i} out of range for a source of {n} examples")
+    raise IndexOutOfRangeError(f"index {i} out of range for a source of {n} examples")
   return i
 
 
@@ -145,13 +149,29 @@ def to_arrays(src: Any, indices: Sequence[int] | np.ndarray | None = None
   Returns:
     ``{"image": float32 [N,H,W,3] in [0,1], "mask": float32 [N,H,W,1] in {0,1},
     "label": int32 [N]}`` (NumPy arrays).
+
+  Raises:
+    ValueError: ``indices`` are not integers (floats are never truncated) or lie outside
+      ``[-N, N)`` (the latter is :class:`IndexOutOfRangeError`, also an ``IndexError``).
   """
-  idx = np.arange(len(src)) if indices is None else np.asarray(indices, np.int64).reshape(-1)
+  n = len(src)
+  if indices is None:
+    idx = np.arange(n)
+  else:
+    raw_idx = np.asarray(indices)
+    if raw_idx.size == 0:
+      raise ValueError("to_arrays needs at least one index")
+    if raw_idx.dtype == object or not np.issubdtype(raw_idx.dtype, np.integer):
+      raise ValueError(f"to_arrays indices must be integers, got dtype {raw_idx.dtype}"
+                       + (f" (e.g. {raw_idx.reshape(-1)[0]!r})" if raw_idx.size else ""))
+    idx = raw_idx.astype(np.int64).reshape(-1)
   if idx.size == 0:
     raise ValueError("to_arrays needs at least one index")
-  if idx.min() < -len(src) or idx.max() >= len(src):
-    raise IndexError(f"indices out of range for a source of {len(src)} examples")
-  return _to_float(_gather(src, idx % len(src)))
+  bad = idx[(idx < -n) | (idx >= n)]
+  if bad.size:
+    raise IndexOutOfRangeError(f"to_arrays index {int(bad[0])} is out of range for a source of "
+                               f"{n} examples (valid: {-n}..{n - 1})")
+  return _to_float(_gather(src, idx % n))
 
 
 def _epoch_order(n: int, key: jax.Array | None, epoch: int, shuffle: bool) -> np.ndarray:

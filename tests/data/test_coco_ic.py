@@ -143,7 +143,7 @@ def test_crop_exact_at_full_resolution(coco_raw):
   root, rects = coco_raw
   c = coco._load_coco(os.path.join(root, "annotations", "instances_val2017.json"))
   side = int(np.ceil(60 * 1.6))  # car 11 is 50 x 60, margin 0.3
-  out, stats = coco.process_image(c, 1, img_dir=os.path.join(root, "val2017"),
+  out, stats, _ = coco.process_image(c, 1, img_dir=os.path.join(root, "val2017"),
                                   cat_to_label={3: 0, 18: 1}, image_size=side, min_area=1024,
                                   margin=0.3)
   car = [o for o in out if o[3] == "1:11"][0]
