@@ -7,7 +7,9 @@
     for batch in data.batches(src, batch_size=128, key=jax.random.key(0)):
       batch["image"]  # float32 [B,H,W,3] in [0,1]; batch["mask"] float32 [B,H,W,1]; "label" int32
 
-Names: see :data:`DATASETS` (``load`` with an unknown name lists them).
+Names: see :data:`DATASETS` (``load`` with an unknown name lists them). Descriptive statistics
+(Table 1 class counts, foreground-pixel share) are in :mod:`percadv_jax.data.stats`, example
+figures (image | mask | masked image) in :mod:`percadv_jax.data.figures`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from percadv_jax.data.source import ArraySource, DatasetInfo, batches, to_arrays
+from percadv_jax.data.raw import DataPathError
+from percadv_jax.data.source import (ArraySource, DatasetInfo, IndexOutOfRangeError, batches,
+                                     to_arrays)
 
 # name -> (module, function); modules are imported on first use.
 DATASETS: dict[str, tuple[str, str]] = {
@@ -44,18 +48,25 @@ def load(name: str, *, split: str, data_dir: str | None = None, image_size: int 
     image_size: square image side; ``None`` = the dataset's default (or its cached size).
     **kwargs: dataset-specific options: ``num_examples``, ``seed``, ``num_classes`` for
       ``synthetic_signs``; ``raw_dir`` (prepare from raw files if not cached) for ``gtsrb_ic``
-      and ``coco_ic``; ``root``, ``labels_file``, ``resize`` for ``image_folder``;
-      ``tfds_name``, ``image_key``, ``label_key`` for ``tfds``.
+      and ``coco_ic``; ``segmenter``, ``grabcut`` for ``gtsrb_ic``; ``year``, ``classes``,
+      ``num_classes``, ``crop``, ``blackout``, ``min_area``, ``margin`` for ``coco_ic`` (they
+      select the cache; see ``percadv_jax.data.coco``); ``root``, ``labels_file``, ``resize``
+      for ``image_folder``; ``resize`` (and ``boundary`` for ``oxford_iiit_pet``) for the TFDS
+      datasets; ``tfds_name``, ``image_key``, ``label_key`` for ``tfds``.
 
   Returns:
     a source: ``len(src)``, ``src[i] -> {"image", "mask", "label"}``, ``src.info``.
   """
   if name not in DATASETS:
     raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(known_datasets())}")
+  from percadv_jax.data import raw
+  image_size = raw.check_image_size(image_size)
+  if data_dir is not None:
+    raw.check_dir("data_dir", data_dir, must_exist=False)
   module, fn = DATASETS[name]
   loader = getattr(importlib.import_module(module), fn)
   return loader(split=split, data_dir=data_dir, image_size=image_size, **kwargs)
 
 
-__all__ = ["ArraySource", "DATASETS", "DatasetInfo", "batches", "known_datasets", "load",
-           "to_arrays"]
+__all__ = ["ArraySource", "DATASETS", "DataPathError", "DatasetInfo", "IndexOutOfRangeError",
+           "batches", "known_datasets", "load", "to_arrays"]

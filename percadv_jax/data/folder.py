@@ -8,8 +8,11 @@ ones and ``info.has_masks`` is False.
 TFDS (``tfds.data_source``, array_record files, no TensorFlow needed), read from a ``data_dir``
 where the user has prepared them (``tfds build``) -- nothing is downloaded:
 
-* ``oxford_iiit_pet``: 37 breeds; the trimap (1 pet, 2 background, 3 border) gives the mask
-  ``trimap != 2`` (pet and its border band).
+* ``oxford_iiit_pet``: 37 breeds; TFDS's ``segmentation_mask`` is the dataset's trimap: 1 = pet
+  (foreground), 2 = background, 3 = "not classified", the band a few pixels wide along the pet's
+  outline. ``boundary="foreground"`` (default) gives the mask ``trimap != 2`` (pet and band: the
+  band holds the pet's outer fur and edge pixels, so the whole animal is inside the mask);
+  ``boundary="background"`` gives ``trimap == 1`` (only pixels surely on the pet).
 * ``imagenet2012``: 1000 classes, no masks (all ones).
 * ``tfds``: any other TFDS dataset, ``tfds_name=...``, ``image_key``/``label_key``.
 """
@@ -66,6 +69,12 @@ def _read_labels_file(root: str, labels_file: str) -> tuple[list[str], list[Any]
   return files, labels
 
 
+def _check_resize(resize: str) -> str:
+  if resize not in ("center_crop", "stretch"):
+    raise ValueError(f"resize must be 'center_crop' or 'stretch', got {resize!r}")
+  return resize
+
+
 def load_image_folder(*, split: str, data_dir: str | None = None,
                       image_size: int | None = None, root: str | None = None,
                       labels_file: str | None = None, class_names: list[str] | None = None,
@@ -85,8 +94,12 @@ def load_image_folder(*, split: str, data_dir: str | None = None,
   root = root or data_dir
   if root is None:
     raise ValueError("image_folder needs root= (or data_dir=) pointing at the folder")
+  image_size = raw.check_image_size(image_size)
+  _check_resize(resize)
+  if os.path.exists(root) and not os.path.isdir(root):
+    raise raw.DataPathError(f"image folder {root} is a file, not a folder")
   if not os.path.isdir(root):
-    raise FileNotFoundError(f"image folder {root} does not exist")
+    raise raw.DataPathError(f"image folder {root} does not exist")
   if os.path.isdir(os.path.join(root, split)):
     root = os.path.join(root, split)
   size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
@@ -138,7 +151,8 @@ def load_image_folder(*, split: str, data_dir: str | None = None,
 
 TFDS_SPECS = {
     "oxford_iiit_pet": {"image_key": "image", "label_key": "label",
-                        "mask_key": "segmentation_mask", "mask_source": "trimap"},
+                        "mask_key": "segmentation_mask", "mask_source": "trimap"},  # 1 pet,
+    # 2 background, 3 boundary band
     "imagenet2012": {"image_key": "image", "label_key": "label", "mask_key": None,
                      "mask_source": "none"},
 }
@@ -148,10 +162,11 @@ class TfdsSource:
   """Wraps a ``tfds.data_source`` (random access, NumPy decoding, no TensorFlow)."""
 
   def __init__(self, ds, info: DatasetInfo, *, image_key: str, label_key: str,
-               mask_key: str | None, resize: str):
+               mask_key: str | None, resize: str, foreground: tuple[int, ...] = (1, 3)):
     self.ds, self.info = ds, info
     self.image_key, self.label_key, self.mask_key, self.resize = (image_key, label_key,
                                                                   mask_key, resize)
+    self.foreground = tuple(foreground)
 
   def __len__(self) -> int:
     return len(self.ds)
@@ -170,7 +185,8 @@ class TfdsSource:
       mask = np.ones((s, s), np.uint8)
     else:
       trimap = np.asarray(ex[self.mask_key]).reshape(img.shape[:2])
-      mask = raw.resize_mask((trimap != 2).astype(np.uint8), s, mode=self.resize)
+      mask = raw.resize_mask(np.isin(trimap, self.foreground).astype(np.uint8), s,
+                             mode=self.resize)
     return {"image": raw.resize_square(img, s, mode=self.resize), "mask": mask,
             "label": int(ex[self.label_key])}
 
@@ -178,11 +194,30 @@ class TfdsSource:
 def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None = None,
               tfds_name: str, image_key: str = "image", label_key: str = "label",
               mask_key: str | None = None, mask_source: str = "none",
-              resize: str = "center_crop") -> TfdsSource:
-  """A TFDS dataset prepared under ``data_dir`` (default: TFDS's own default data dir)."""
+              resize: str = "center_crop", foreground: tuple[int, ...] = (1, 3)) -> TfdsSource:
+  """A TFDS dataset prepared under ``data_dir`` (default: TFDS's own default data dir).
+
+  Args:
+    split: a TFDS split string (``"train"``, ``"test[:10%]"`` ...).
+    data_dir: the TFDS data dir holding ``<tfds_name>/<version>/``.
+    image_size: output side (default 224).
+    tfds_name: the TFDS dataset name.
+    image_key, label_key: feature names of the image and the class label.
+    mask_key: feature holding a label map (e.g. a trimap), or ``None`` for all-ones masks.
+    mask_source: recorded in ``info.mask_source``.
+    resize: ``"center_crop"`` or ``"stretch"``.
+    foreground: values of ``mask_key`` that are foreground.
+
+  Returns:
+    a :class:`TfdsSource` (random access; decoding happens in ``__getitem__``).
+  """
   import tensorflow_datasets as tfds
+  image_size = raw.check_image_size(image_size)
+  _check_resize(resize)
+  if data_dir is not None:
+    raw.check_dir("TFDS data_dir", data_dir)
   if data_dir is not None and not os.path.isdir(os.path.join(data_dir, tfds_name)):
-    raise FileNotFoundError(
+    raise raw.DataPathError(
         f"no prepared TFDS dataset {tfds_name!r} under {data_dir} (expected "
         f"{os.path.join(data_dir, tfds_name)}/<version>/*.array_record*). Prepare it with "
         f"`tfds build {tfds_name} --data_dir={data_dir} --file_format=array_record` (manual "
@@ -190,7 +225,7 @@ def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None
   try:
     ds = tfds.data_source(tfds_name, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # tfds raises several types for "not prepared"
-    raise FileNotFoundError(
+    raise raw.DataPathError(
         f"TFDS dataset {tfds_name!r} split {split!r} is not prepared under "
         f"{data_dir or 'the TFDS default data_dir'} ({type(e).__name__}: {e}). Prepare it with "
         f"`tfds build {tfds_name} --data_dir=DIR --file_format=array_record` (manual downloads "
@@ -205,19 +240,45 @@ def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None
       num_examples=len(ds), has_masks=mask_key is not None, mask_source=mask_source,
       source=f"tfds.data_source({tfds_name!r}, split={split!r}, data_dir={data_dir!r}) "
              f"version {ds.dataset_info.version}",
-      skipped={}, extra={"resize": resize})
+      skipped={}, extra={"resize": resize, "foreground_values": list(foreground)
+                         if mask_key is not None else []})
   return TfdsSource(ds, info, image_key=image_key, label_key=label_key, mask_key=mask_key,
-                    resize=resize)
+                    resize=resize, foreground=foreground)
 
 
-def _tfds_loader(name: str):
-  def load(*, split: str, data_dir: str | None = None, image_size: int | None = None,
-           resize: str = "center_crop") -> TfdsSource:
-    return load_tfds(split=split, data_dir=data_dir, image_size=image_size, tfds_name=name,
-                     resize=resize, **TFDS_SPECS[name])
-  load.__doc__ = f"TFDS {name!r} through tfds.data_source (see module docstring)."
-  return load
+def load_oxford_iiit_pet(*, split: str, data_dir: str | None = None,
+                         image_size: int | None = None, resize: str = "center_crop",
+                         boundary: str = "foreground") -> TfdsSource:
+  """TFDS ``oxford_iiit_pet`` through ``tfds.data_source``, trimap foreground masks.
+
+  Args:
+    split: ``"train"`` (3,680 images) or ``"test"`` (3,669), or a TFDS split string.
+    data_dir: the TFDS data dir where ``tfds build oxford_iiit_pet`` wrote it.
+    image_size: output side (default 224).
+    resize: ``"center_crop"`` (default) or ``"stretch"``.
+    boundary: where the trimap's boundary band (value 3) goes: ``"foreground"`` (default; mask
+      = trimap in {1, 3}) or ``"background"`` (mask = trimap == 1).
+
+  Returns:
+    a source of uint8 [S,S,3] images, uint8 [S,S] masks and the 37 breed labels.
+  """
+  if boundary not in ("foreground", "background"):
+    raise ValueError(f"boundary must be 'foreground' or 'background', got {boundary!r}")
+  return load_tfds(split=split, data_dir=data_dir, image_size=image_size,
+                   tfds_name="oxford_iiit_pet", resize=resize,
+                   foreground=(1, 3) if boundary == "foreground" else (1,),
+                   **TFDS_SPECS["oxford_iiit_pet"])
 
 
-load_oxford_iiit_pet = _tfds_loader("oxford_iiit_pet")
-load_imagenet2012 = _tfds_loader("imagenet2012")
+def load_imagenet2012(*, split: str, data_dir: str | None = None, image_size: int | None = None,
+                      resize: str = "center_crop") -> TfdsSource:
+  """TFDS ``imagenet2012`` through ``tfds.data_source``; no masks (all ones).
+
+  Args:
+    split: ``"train"`` or ``"validation"`` (or a TFDS split string).
+    data_dir: the TFDS data dir where ``tfds build imagenet2012`` wrote it (manual download).
+    image_size: output side (default 224).
+    resize: ``"center_crop"`` (default, the usual ImageNet evaluation crop) or ``"stretch"``.
+  """
+  return load_tfds(split=split, data_dir=data_dir, image_size=image_size,
+                   tfds_name="imagenet2012", resize=resize, **TFDS_SPECS["imagenet2012"])

@@ -29,8 +29,9 @@ class DatasetInfo:
     image_size: side of the square images (pixels); ``None`` only for variable-size sources.
     num_examples: ``len(src)``.
     has_masks: False when masks are all ones because the data has no foreground masks.
-    mask_source: how masks were made: ``"rendered"``, ``"grabcut"``, ``"coco_segmentation"``,
-      ``"trimap"`` or ``"none"`` (all ones).
+    mask_source: how masks were made: ``"rendered"``, ``"grabcut"`` (ROI-seeded),
+      ``"grabcut_centre"`` (centre-seeded), ``"coco_segmentation"``, ``"trimap"`` or ``"none"``
+      (all ones).
     source: provenance (file paths, archive names, generator parameters).
     skipped: counts of inputs left out and why (unreadable images, CSV rows without files ...).
     extra: dataset-specific facts (preparation parameters, per-class counts ...).

@@ -173,3 +173,147 @@ def test_bad_inputs(tmp_path, coco_raw):
     coco.prepare(raw_dir=str(tmp_path), data_dir=str(tmp_path / "d"), split="val")
   with pytest.raises(FileNotFoundError, match="prepare_data --dataset=coco_ic"):
     data.load("coco_ic", split="train", data_dir=str(tmp_path / "none"))
+
+
+# ------------------------------------------------------------------ the masks paper's options
+
+from tests.data.coco_fixture import COCO_IDS, write_coco  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def paper_raw(tmp_path_factory):
+  root = str(tmp_path_factory.mktemp("coco2014"))
+  return root, write_coco(root, year=2014, per_class=(3, 2))
+
+
+@pytest.fixture(scope="module")
+def paper_cache(paper_raw, tmp_path_factory):
+  root, _ = paper_raw
+  d = str(tmp_path_factory.mktemp("coco2014_cache"))
+  for split in ("train", "test"):
+    coco.prepare(raw_dir=root, data_dir=d, split=split, image_size=32, year=2014,
+                 classes=coco.PAPER_CLASSES, crop="object", progress=False)
+  return d
+
+
+def test_paper_classes_year_2014_object_crops(paper_raw, paper_cache):
+  _, truth = paper_raw
+  for split, want in (("train", truth["train"]), ("test", truth["val"])):
+    src = data.load("coco_ic", split=split, data_dir=paper_cache, year=2014,
+                    classes=coco.PAPER_CLASSES, crop="object")
+    assert src.info.class_names == coco.PAPER_CLASSES and src.info.num_classes == 10
+    assert src.info.extra["year"] == 2014 and src.info.extra["crop"] == "object"
+    assert src.info.extra["category_ids"] == [COCO_IDS[c] for c in coco.PAPER_CLASSES]
+    assert "2014" in src.info.source
+    got = {str(i): int(l) for i, l in zip(src.ids, src.labels)}
+    assert got == {f"{t['image_id']}:{t['ann_id']}": coco.PAPER_CLASSES.index(t["category"])
+                   for t in want}
+    # One object below min_area in every image (10 classes x 3 train / 2 val images).
+    assert src.info.skipped == {"small": 10 * (3 if split == "train" else 2)}
+  # Table 1 of the prepared fixture: 3 + (1 second instance) train and 2 val per class.
+  train = data.load("coco_ic", split="train", data_dir=paper_cache, year=2014,
+                    classes=coco.PAPER_CLASSES, crop="object")
+  assert np.bincount(train.labels, minlength=10).tolist() == [4] * 10
+
+
+def test_object_vs_label_crop_masks_at_full_resolution(coco_raw):
+  """Image 4: two cars whose crops hold each other. ``object``: the mask is the cropped car
+  only; ``label``: both cars. ``blackout`` decides whether the other car stays visible."""
+  root, rects = coco_raw
+  c = coco._load_coco(os.path.join(root, "annotations", "instances_val2017.json"))
+  side = int(np.ceil(40 * 1.6))  # car 41 is 40 x 40, margin 0.3
+  x0, y0 = int(round(30 - side / 2)), int(round(50 - side / 2))
+
+  def crop_of(crop, blackout):
+    out, _, _ = coco.process_image(c, 4, img_dir=os.path.join(root, "val2017"),
+                                   cat_to_label={3: 0, 18: 1}, image_size=side, min_area=1024,
+                                   margin=0.3, crop=crop, blackout=blackout)
+    return [o for o in out if o[3] == "4:41"][0]
+
+  def region(ann_id):
+    ax0, ay0, ax1, ay1 = rects[ann_id]
+    m = np.zeros((side, side), bool)
+    m[max(ay0 - y0, 0):ay1 - y0, max(ax0 - x0, 0):ax1 - x0] = True
+    return m
+
+  own, other = region(41), region(42)
+  assert other.any()  # car 42 reaches into car 41's crop
+  img, mask = crop_of("object", "other_labels")[:2]
+  np.testing.assert_array_equal(mask, own.astype(np.uint8))
+  assert (img[other] == RED).all()  # the same-label car stays visible, outside the mask
+  img, mask = crop_of("label", "other_labels")[:2]
+  np.testing.assert_array_equal(mask, (own | other).astype(np.uint8))
+  img, mask = crop_of("object", "other_objects")[:2]
+  np.testing.assert_array_equal(mask, own.astype(np.uint8))
+  assert (img[other] == 0).all() and (img[own] == RED).all()
+  # "none" keeps the person visible in car 11's crop (image 1); "other_labels" blacks it out.
+  out, _, _ = coco.process_image(c, 1, img_dir=os.path.join(root, "val2017"),
+                                 cat_to_label={3: 0}, image_size=64, min_area=1024, margin=0.3,
+                                 crop="object", blackout="none")
+  g = out[0][0].astype(int)
+  assert ((g[..., 1] > 150) & (g[..., 0] < 100)).any()
+
+
+def test_option_caches_never_share_a_folder(coco_raw, paper_raw, tmp_path):
+  root, _ = coco_raw
+  d = str(tmp_path / "c")
+  kw = dict(raw_dir=root, data_dir=d, split="val", image_size=32, margin=0.3, progress=False)
+  a = coco.prepare(num_classes=2, **kw)
+  b = coco.prepare(num_classes=2, crop="object", **kw)
+  c = coco.prepare(num_classes=2, crop="object", blackout="other_objects", **kw)
+  e = coco.prepare(classes=["dog", "car"], **kw)
+  assert len({a, b, c, e}) == 4 and all(os.path.exists(os.path.join(p, "meta.json"))
+                                        for p in (a, b, c, e))
+  assert os.path.basename(b).startswith("val_32px-2017-object-top2-")
+  assert os.path.basename(e).startswith("val_32px-2017-label-2cls-")
+  # The default options keep the folder (and cache) of earlier versions.
+  f = coco.prepare(raw_dir=root, data_dir=d, split="val", image_size=32, progress=False)
+  assert os.path.basename(f) == "val_32px"
+  src = data.load("coco_ic", split="val", data_dir=d, classes=["dog", "car"], margin=0.3)
+  assert src.info.class_names == ("dog", "car")
+  with pytest.raises(ValueError, match="several caches"):
+    data.load("coco_ic", split="val", data_dir=d)
+  with pytest.raises(ValueError, match=r"no prepared COCO-IC cache at .*val_32px-2014-"):
+    data.load("coco_ic", split="val", data_dir=d, year=2014, image_size=32)
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"year": 2015}, r"year must be one of \[2014, 2017\]"),
+    ({"classes": ["car", "unicorn"]}, r"unknown COCO categories \['unicorn'\]"),
+    ({"classes": "car"}, "got the string 'car'"),
+    ({"classes": ["car", "car"]}, "more than once"),
+    ({"classes": ["car"], "num_classes": 3}, "disagrees"),
+    ({"crop": "box"}, "crop must be one of"),
+    ({"blackout": "all"}, "blackout must be one of"),
+    ({"image_size": -5}, "image_size must be >= 8"),
+    ({"image_size": 64.0}, "image_size must be an integer"),
+    ({"num_classes": 0}, "num_classes must be >= 1"),
+    ({"min_area": -1.0}, "min_area must be >= 0"),
+    ({"margin": float("nan")}, "margin must be finite"),
+    ({"shard_size": 0}, "shard_size must be >= 1"),
+])
+def test_bad_option_values(coco_raw, tmp_path, kw, match):
+  root, _ = coco_raw
+  with pytest.raises(ValueError, match=match):
+    coco.prepare(**{"raw_dir": root, "data_dir": str(tmp_path), "split": "val",
+                    "progress": False, **kw})
+
+
+def test_corrupt_json_and_bad_paths(tmp_path):
+  os.makedirs(tmp_path / "annotations")
+  os.makedirs(tmp_path / "val2017")
+  path = tmp_path / "annotations" / "instances_val2017.json"
+  path.write_text('{"images": [], "annotations": [{"id": 1, "image_')  # truncated
+  with pytest.raises(ValueError, match=f"{path} is not valid JSON"):
+    coco.prepare(raw_dir=str(tmp_path), data_dir=str(tmp_path / "d"), split="val")
+  path.write_text("[1, 2]")
+  with pytest.raises(ValueError, match=f"{path} holds a JSON list"):
+    coco.prepare(raw_dir=str(tmp_path), data_dir=str(tmp_path / "d"), split="val")
+  path.write_text('{"images": [], "annotations": [{"image_id": 1}], "categories": []}')
+  with pytest.raises(ValueError, match=f"{path} is malformed"):
+    coco.prepare(raw_dir=str(tmp_path), data_dir=str(tmp_path / "d"), split="val")
+  for raw_dir, match in ((tmp_path / "nope", "raw_dir .*nope does not exist"),
+                         (path, "raw_dir .*instances_val2017.json is a file")):
+    with pytest.raises(ValueError, match=match) as e:
+      coco.prepare(raw_dir=str(raw_dir), data_dir=str(tmp_path / "d"), split="val")
+    assert "\n" not in str(e.value)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from percadv_jax import data
-from percadv_jax.data import cache, gtsrb, segment, synthetic
+from percadv_jax.data import cache, gtsrb, raw, segment, synthetic
 from tests.data.gtsrb_fixture import write_gtsrb
 
 
@@ -169,3 +169,90 @@ def test_missing_files_name_path_and_download(tmp_path, raw_dir):
   os.remove(root / "GTSRB" / "Final_Training" / "Images" / "00000" / "GT-00000.csv")
   with pytest.raises(FileNotFoundError, match="GT-00000.csv"):
     gtsrb.prepare(raw_dir=str(root), data_dir=str(tmp_path / "d"), split="train")
+
+
+def test_segmenters_compared(tmp_path):
+  """Both GTSRB segmenters against the fixture's true sign masks; the default is the better.
+
+  The measured values are quoted in percadv_jax/data/segment.py's docstring.
+  """
+  root = str(tmp_path / "raw")
+  truth = write_gtsrb(root, classes=range(0, 43, 4), per_class=2, num_test=2, defects=False)
+  items, _, _ = gtsrb.list_items(root, "train")
+  assert len(items) == 22
+  masks = {rel: m for rel, _, m in truth["train"]}
+  ious = {"roi": [], "centre": []}
+  box = []
+  for it in items:
+    img = raw.read_rgb(it["path"])
+    want = masks[it["id"]]
+    assert img.shape[:2] == want.shape
+    ious["roi"].append(segment.iou(segment.grabcut_mask(img, it["roi"])[0], want))
+    ious["centre"].append(segment.iou(segment.centre_grabcut_mask(img)[0], want))
+    x1, y1, x2, y2 = it["roi"]
+    b = np.zeros_like(want)
+    b[y1:y2 + 1, x1:x2 + 1] = 1
+    box.append(segment.iou(b, want))
+  mean = {k: float(np.mean(v)) for k, v in ious.items()}
+  print(f"GTSRB fixture mean IoU: roi {mean['roi']:.3f}, centre {mean['centre']:.3f}, "
+        f"ROI box {np.mean(box):.3f}")
+  assert gtsrb.DEFAULT_SEGMENTER == max(mean, key=mean.get)
+  assert mean["roi"] >= 0.8 and mean["centre"] >= 0.65, mean
+  assert mean["centre"] > 0.5 * np.mean(box)  # a real segmentation, not a trivial blob
+
+
+def test_centre_segmenter_cache_and_skipped_files(raw_dir, tmp_path):
+  root, truth = raw_dir
+  d = str(tmp_path / "c")
+  gtsrb.prepare(raw_dir=root, data_dir=d, split="test", image_size=16, segmenter="centre",
+                progress=False)
+  gtsrb.prepare(raw_dir=root, data_dir=d, split="test", image_size=16, progress=False)
+  names = sorted(os.listdir(os.path.join(d, "gtsrb_ic")))
+  assert names[0] == "test_16px" and names[1].startswith("test_16px-centre-"), names
+  c = data.load("gtsrb_ic", split="test", data_dir=d, segmenter="centre")
+  r = data.load("gtsrb_ic", split="test", data_dir=d, segmenter="roi")
+  assert c.info.mask_source == "grabcut_centre" and r.info.mask_source == "grabcut"
+  assert len(c) == len(r) == 6 and c.images.tobytes() == r.images.tobytes()
+  with pytest.raises(ValueError, match="several caches.*test_16px-centre"):
+    data.load("gtsrb_ic", split="test", data_dir=d)
+  # Skipped training files are named in info and in the warning.
+  with pytest.warns(UserWarning, match=r"missing_file \(.*missing_00000\.ppm\).*"
+                                       r"unreadable_image \(.*trunc\.ppm\)"):
+    train = gtsrb.load(split="train", data_dir=d, raw_dir=root, image_size=16, progress=False)
+  named = train.info.extra["skipped_files"]
+  assert named["unreadable_image"][0].endswith("00000/trunc.ppm")
+  assert named["missing_file"][0].endswith("00000/missing_00000.ppm")
+  assert named["bad_csv_row"][0].endswith("GT-00000.csv:7")
+  assert named["label_mismatch"][0].endswith("wrong.ppm")
+  assert named["unlisted_file"][0].endswith("unlisted.ppm")
+  assert {k: train.info.skipped[k] for k in named} == {k: 1 for k in named}
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"image_size": -5}, "image_size must be >= 8"),
+    ({"image_size": 32.5}, "image_size must be an integer"),
+    ({"shard_size": 0}, "shard_size must be >= 1"),
+    ({"workers": 0}, "workers must be >= 1"),
+    ({"segmenter": "magic"}, "unknown segmenter 'magic'"),
+    ({"grabcut": {"iterations": 0}}, "iterations must be >= 1"),
+    ({"grabcut": {"bogus": 1}}, r"unknown options \['bogus'\]"),
+    ({"segmenter": "centre", "grabcut": {"spread": 0}}, "spread must be > 0"),
+])
+def test_bad_arguments(raw_dir, tmp_path, kw, match):
+  root, _ = raw_dir
+  args = dict(raw_dir=root, data_dir=str(tmp_path / "d"), split="test", progress=False)
+  with pytest.raises(ValueError, match=match):
+    gtsrb.prepare(**{**args, **kw})
+
+
+def test_bad_paths_are_one_line_value_errors(tmp_path, raw_dir):
+  root, _ = raw_dir
+  for kw, match in (({"raw_dir": str(tmp_path / "nope")}, "raw_dir .*nope does not exist"),
+                    ({"raw_dir": __file__}, "raw_dir .*test_gtsrb_ic.py is a file")):
+    with pytest.raises(ValueError, match=match) as e:
+      gtsrb.prepare(data_dir=str(tmp_path / "d"), split="test", progress=False, **kw)
+    assert "\n" not in str(e.value)
+  with pytest.raises(ValueError, match="data_dir .*test_gtsrb_ic.py is a file"):
+    gtsrb.prepare(raw_dir=root, data_dir=__file__, split="test", progress=False)
+  with pytest.raises(ValueError, match="no prepared GTSRB-IC cache at .*empty"):
+    data.load("gtsrb_ic", split="test", data_dir=str(tmp_path / "empty"))
