@@ -380,14 +380,17 @@ def load(*, split: str = "train", data_dir: str | None = None, image_size: int |
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for synthetic_signs; choose one of "
                      f"{sorted(SPLITS)}")
-  image_size = DEFAULT_IMAGE_SIZE if image_size is None else int(image_size)
-  if image_size < 8:
-    raise ValueError(f"image_size must be >= 8, got {image_size}")
+  from percadv_jax.data import raw
+  image_size = DEFAULT_IMAGE_SIZE if image_size is None else raw.check_image_size(image_size)
+  num_classes = raw.check_int("num_classes", num_classes)
   if not 2 <= num_classes <= MAX_CLASSES:
     raise ValueError(f"num_classes must lie in [2, {MAX_CLASSES}], got {num_classes}")
-  n = DEFAULT_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
-  if n <= 0:
+  if num_examples is not None and raw.check_int("num_examples", num_examples) <= 0:
     raise ValueError(f"num_examples must be > 0, got {num_examples}")
+  n = DEFAULT_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
+  seed = raw.check_int("seed", seed, minimum=0)
+  if data_dir is not None:
+    raw.check_dir("data_dir", data_dir, must_exist=False)
   key = (VERSION, int(seed), split, image_size, n, int(num_classes))
   arrays = _MEMORY.get(key)
   path = None
@@ -396,8 +399,14 @@ def load(*, split: str = "train", data_dir: str | None = None, image_size: int |
     path = os.path.join(data_dir, "synthetic_signs",
                         f"{split}_s{seed}_{image_size}px_n{n}_c{num_classes}_{tag}.npz")
   if arrays is None and path is not None and os.path.exists(path):
-    with np.load(path, allow_pickle=False) as z:
-      arrays = (z["images"], z["masks"], z["labels"])
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        arrays = (z["images"], z["masks"], z["labels"])
+    except Exception as e:  # a damaged cache file: render again and replace it
+      import warnings
+      warnings.warn(f"synthetic_signs cache {path} is corrupt ({type(e).__name__}: {e}); "
+                    "rendering it again", UserWarning, stacklevel=2)
+      arrays = None
   if arrays is None:
     arrays = generate(split=split, num_examples=n, seed=seed, image_size=image_size,
                       num_classes=num_classes, progress=n >= 5000)

@@ -102,3 +102,20 @@ def test_example_figure(tmp_path):
     figures.example_figure(src, path, per_class=0)
   with pytest.raises(ValueError, match="class label must be <= 2"):
     figures.choose_examples(src, classes=[3])
+
+
+def test_write_dataset_artefacts(tmp_path):
+  from percadv_jax.data import report
+  train = _toy("train", [0, 0, 1, 0], [10, 20, 30, 40])
+  test = _toy("test", [1, 2], [50, 100])
+  out = report.write_dataset_artefacts({"train": train, "test": test}, str(tmp_path / "d"))
+  md = open(out["files"]["table1"]).read()
+  assert md.splitlines()[0] == "| label | class | train | test | total |"
+  assert "| 1 | yield | 1 | 1 | 2 |" in md and "|  | total | 4 | 2 | 6 |" in md
+  csv_text = open(str(tmp_path / "d" / "foreground_share.csv")).read().splitlines()
+  assert csv_text[0] == "dataset,split,examples,mean,std,min,median,max,mask_source"
+  assert csv_text[2].startswith("toy,test,2,0.75,0.25,0.5,0.75,1.0,rendered")
+  assert out["files"]["figure"].endswith("examples_toy.png")
+  assert cv2.imread(out["files"]["figure"]) is not None
+  with pytest.raises(ValueError, match="figure_split 'val'"):
+    report.write_dataset_artefacts({"train": train}, str(tmp_path / "e"), figure_split="val")

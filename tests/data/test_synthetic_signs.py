@@ -182,3 +182,21 @@ def test_tiny_cnn_learns_well_above_chance():
   acc = float((jax.jit(model.apply)(params, t["image"]).argmax(-1) == t["label"]).mean())
   print(f"tiny CNN test accuracy on synthetic_signs (10 classes, 2000 train): {acc:.3f}")
   assert acc > 0.3  # chance is 0.1
+
+
+def test_bad_numbers_and_damaged_disk_cache(tmp_path):
+  for kw, match in (({"num_examples": 2.5}, "num_examples must be an integer"),
+                    ({"num_examples": 0}, "num_examples must be > 0"),
+                    ({"image_size": 31.9}, "image_size must be an integer"),
+                    ({"seed": -1}, "seed must be >= 0"),
+                    ({"num_classes": 10.0}, "num_classes must be an integer")):
+    with pytest.raises(ValueError, match=match):
+      data.load("synthetic_signs", split="test", **kw)
+  a = _fresh(split="test", num_examples=6, seed=9, data_dir=str(tmp_path))
+  (path,) = (tmp_path / "synthetic_signs").iterdir()
+  path.write_bytes(path.read_bytes()[:100])
+  with pytest.warns(UserWarning, match=f"cache {path} is corrupt"):
+    b = _fresh(split="test", num_examples=6, seed=9, data_dir=str(tmp_path))
+  assert a.images.tobytes() == b.images.tobytes()
+  c = _fresh(split="test", num_examples=6, seed=9, data_dir=str(tmp_path))  # rewritten
+  assert c.images.tobytes() == a.images.tobytes()
