@@ -116,7 +116,7 @@ def example_figure(src: Any, path: str | None = None, *, per_class: int = 2,
       if r == 0:
         ax.set_title(PANELS[p], fontsize=7)
       if k == 0:
-        ax.set_ylabel(f"{label}: {names[label]}"[:28], fontsize=7, rotation=0, ha="right",
+        ax.set_ylabel(f"{label}: {names[label]}"[:40], fontsize=7, rotation=0, ha="right",
                       va="center")
   fig.suptitle(title or f"{src.info.name} {src.info.split}: image | mask | masked image",
                fontsize=9)
