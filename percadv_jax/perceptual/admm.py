@@ -1,6 +1,8 @@
 """Consensus ADMM over the quality ball's window groups and the box (pure JAX).
 
-Problem (one image ``x`` [H, W, C]; ``G`` groups of non-overlapping windows, DESIGN.md):
+Problem (one image ``x`` [H, W, C]; ``G`` groups of non-overlapping windows, see
+``windows.py``; the sets ``C_i`` and ``Box`` are those of ``ball.py``, derived in
+``docs/perceptual.md``, which also explains the design choices below):
 
     lp:    max  <g, d>            s.t.  d in Box,  d in C_i for every group i
     proj:  min  1/2 |d - d0|^2    s.t.  the same
@@ -47,6 +49,9 @@ and stops once ``(UB - LB) / LB <= tol``, so its objective is provably within ``
 of the optimum. Images run one after another (``lax.map``: measured faster than ``vmap``, which
 made a batch wait for its slowest image and did not amortise on the CPU); each has its own
 ``rho`` and stops on its own.
+
+This module is the engine: every knob of :func:`solve` is a required keyword argument. The public
+solvers with their defaults are ``solver.solve_linear`` and ``solver.project``.
 """
 
 from __future__ import annotations
@@ -58,11 +63,23 @@ import jax
 import jax.numpy as jnp
 
 from percadv_jax.perceptual import windows as W
-from percadv_jax.perceptual.ball import ProjectionInfo, QualityBall, box
+from percadv_jax.perceptual.ball import QualityBall, box
 
 
 # The next check comes after this fraction of the predicted iterations to the target gap.
 _AHEAD = 0.7
+
+
+class ProjectionInfo(NamedTuple):
+  """Convergence report of a solve, each field [N]: iterations run, relative primal and dual
+  residuals at the last check, certified relative duality gap (LP; NaN for a projection),
+  whether the stopping rule was met, and the final penalty ``rho``."""
+  iterations: jax.Array
+  primal_residual: jax.Array
+  dual_residual: jax.Array
+  gap: jax.Array
+  converged: jax.Array
+  rho: jax.Array
 
 
 class AdmmState(NamedTuple):
@@ -74,7 +91,9 @@ class AdmmState(NamedTuple):
 
 
 def init_state(x: jax.Array, ball: QualityBall, rho: jax.Array) -> AdmmState:
-  """The cold-start state (``d = 0``, ``v = 0``) for images ``x`` [N,H,W,C]; ``rho`` [N]."""
+  """The cold-start state (``d = 0``, ``v = 0``) for images ``x`` [N,H,W,C]; ``rho`` [N].
+
+  Starting from it equals a cold start (``init=None``) with the same ``rho``."""
   grid = ball.cell_grid(x.shape[1], x.shape[2])
   cc = grid.cell * grid.cell
   v = jnp.zeros((x.shape[0], len(grid.groups), x.shape[-1], grid.hc, grid.wc, cc), jnp.float32)
@@ -180,7 +199,7 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
   """ADMM for one image from ``init`` (``cold``: a fresh state, which "proj" replaces by
   ``clip(d0)``). ``lin`` is ``g`` (lp) or ``d0`` (proj). Returns (d, info, state)."""
   grid = ball.cell_grid(x.shape[0], x.shape[1])
-  lo_f, hi_f = box(x, mask)
+  lo_f, hi_f = box(x, mask=mask)
   if mode == "lp":
     scale = jnp.sqrt(jnp.mean(lin * lin))
     lin = lin / jnp.maximum(scale, 1e-30)
@@ -324,14 +343,15 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
 def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
           rho0: jax.Array, *,
           ball: QualityBall, mode: str, max_iters: int, tol: float, check_every: int,
-          alpha: float, repair: int = 0, max_blocks: int = 1):
+          alpha: float, repair: int, max_blocks: int):
   """Batched ADMM (``lax.map`` over images).
 
   Args:
     x, lin, mask: [N,H,W,C] images, ``g`` (lp) or ``d0`` (proj), mask in {0, 1}.
     init: an :class:`AdmmState` (warm start) or None (cold start with penalty ``rho0`` [N]).
-    ball, mode ("lp" or "proj"), max_iters, tol, check_every, alpha, repair: static
-      hyper-parameters (module docstring).
+    rho0: [N] initial penalties (unused with ``init``, which carries its own).
+    ball, mode ("lp" or "proj"), max_iters, tol, check_every, alpha, repair, max_blocks: static
+      hyper-parameters (module docstring; their defaults live in ``solver.py``).
 
   Returns: (d [N,H,W,C], ProjectionInfo of [N] arrays, final AdmmState).
   """
@@ -343,11 +363,3 @@ def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
                          max_blocks=max_blocks)
   return jax.lax.map(lambda a: fn(*a), (x, lin, mask, init))
 
-
-def project(x: jax.Array, d: jax.Array, ball: QualityBall):
-  """Euclidean projection onto the ball (see ``QualityBall.project``)."""
-  rho0 = jnp.ones((x.shape[0],), jnp.float32)
-  out, info, _ = solve(x, d, jnp.ones_like(x), None, rho0, ball=ball, mode="proj",
-                       max_iters=ball.max_iters, tol=ball.tol, check_every=ball.check_every,
-                       alpha=1.6, repair=3)
-  return out, info

@@ -1,4 +1,8 @@
-"""The perceptual quality ball: a convex SSIM constraint set around an image (DESIGN.md).
+"""The perceptual quality ball: a convex SSIM constraint set around an image.
+
+This module is the constraint set only (its constants, feasibility scaling and measurements); the
+solvers that optimise over it are in ``admm.py`` / ``solver.py``. The derivation is written out in
+``docs/perceptual.md`` ("The quality ball").
 
 For an image ``x`` [H, W, C] and a perturbation ``d``, per channel and for every ``w x w`` window
 ``k`` at stride ``s`` (valid positions), with ``n = w * w``, centred patches ``xt_k``, ``dt_k``
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -45,18 +49,16 @@ class WindowGeometry(NamedTuple):
   r: tuple | None
 
 
-class ProjectionInfo(NamedTuple):
-  """Convergence report of an iterative solve (arrays of shape [N])."""
-  iterations: jax.Array
-  primal_residual: jax.Array
-  dual_residual: jax.Array
-  gap: jax.Array
-  converged: jax.Array
-  rho: jax.Array
+def box(x: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+  """Per-pixel bounds of ``d``: ``0 <= x + d <= 1``, and ``d = 0`` where the mask is 0.
 
+  Args:
+    x: images [..., H, W, C] in [0, 1].
+    mask: optional, broadcastable to ``x.shape``, in {0, 1}.
 
-def box(x: jax.Array, mask: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-  """Per-pixel bounds (lo, hi) of ``d``: ``0 <= x + d <= 1``, and ``d = 0`` where mask is 0."""
+  Returns:
+    ``(lo, hi)``, each shaped like ``x``.
+  """
   lo, hi = -x, 1.0 - x
   if mask is not None:
     mask = jnp.broadcast_to(mask, x.shape).astype(x.dtype)
@@ -88,55 +90,64 @@ class QualityBall:
       ``ceil(w/s)**2`` groups of non-overlapping windows.
     eps_structure: ``e2`` in (0, 1): every window keeps ``S2 >= 1 - e2``.
     eps_luminance: ``e1`` in (0, 1), or None / 0 to switch the luminance constraint off.
-    max_iters, tol, check_every: the ADMM projection's budget, relative residual tolerance and
-      how often residuals are checked (and the penalty adapted).
+
+  The set holds no solver settings: iteration budgets and tolerances are keyword arguments of
+  ``solve_linear`` / ``project`` (``solver.py``).
   """
   window: int = 8
   stride: int = 4
   eps_structure: float = 0.05
   eps_luminance: float | None = 0.05
-  max_iters: int = 3000
-  tol: float = 1e-6
-  check_every: int = 10
 
   def __post_init__(self):
-    for name in ("window", "stride", "max_iters", "check_every"):
+    for name in ("window", "stride"):
       v = getattr(self, name)
       if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+      object.__setattr__(self, name, int(v))
     _check_eps(self.eps_structure, "eps_structure", allow_off=False)
     _check_eps(self.eps_luminance, "eps_luminance", allow_off=True)
-    if not (isinstance(self.tol, (int, float)) and 0 < self.tol < 1):
-      raise ValueError(f"tol must lie in (0, 1), got {self.tol!r}")
 
   # -- static facts --------------------------------------------------------------------------
 
   @property
   def luminance(self) -> bool:
+    """Whether the luminance constraint is on (``eps_luminance`` not None / 0)."""
     return self.eps_luminance is not None and float(self.eps_luminance) != 0.0
 
   def groups(self, height: int, width: int) -> tuple[W.Group, ...]:
+    """The groups of non-overlapping windows of an image of shape [height, width, C]."""
     return W.groups(height, width, self.window, self.stride)
 
   def cell_grid(self, height: int, width: int) -> W.CellGrid:
+    """The cell layout ``[C, Hc, Wc, c*c]`` of an image of shape [height, width, C]."""
     return W.cell_grid(height, width, self.window, self.stride)
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
-    """Number of window positions (rows, cols)."""
+    """Number of window positions ``(Ky, Kx)`` of an image of shape [height, width, C]."""
     return (W.num_windows(height, self.window, self.stride),
             W.num_windows(width, self.window, self.stride))
 
-  def check(self, x, d=None) -> None:
-    """Validates images ``x`` [N,H,W,C] in [0,1] (and ``d`` of the same shape, finite)."""
+  def check(self, x: jax.Array, d: jax.Array | None = None, *, name: str = "d") -> None:
+    """Validates images and, if given, a perturbation or objective of their shape.
+
+    Args:
+      x: images [N,H,W,C] in [0, 1], at least ``window`` pixels high and wide.
+      d: optional array [N,H,W,C], finite (values checked only when concrete).
+      name: how ``d`` is named in the messages (e.g. "g" for a gradient).
+
+    Raises:
+      ValueError: naming the argument and the problem.
+    """
     checks.check_images(x, "x", channels=None)
     h, w = x.shape[1], x.shape[2]
     if self.window > min(h, w):
       raise ValueError(f"window {self.window} is larger than the {h}x{w} image")
     if d is not None:
       if tuple(getattr(d, "shape", ())) != tuple(x.shape):
-        raise ValueError(f"d must have the images' shape {tuple(x.shape)}, got "
+        raise ValueError(f"{name} must have the images' shape {tuple(x.shape)}, got "
                          f"{tuple(getattr(d, 'shape', ()))}")
-      checks.check_finite(d, "d")
+      checks.check_finite(d, name)
 
   # -- geometry ------------------------------------------------------------------------------
 
@@ -152,10 +163,17 @@ class QualityBall:
     lum = self.luminance
     return WindowGeometry(a_s, r_s, sl_s, b_s if lum else None, rr_s if lum else None)
 
-  def window_constants(self, xt, q, mu):
-    """Ball centre ``a`` (shaped like the centred pixels ``xt``), radius ``R``, ``slack = R^2 -
-    |a|^2``, interval centre ``b`` and half-width ``r`` (None without luminance) of windows with
-    squared centred norms ``q`` and means ``mu`` (any layout; q and mu broadcast against xt)."""
+  def window_constants(self, xt: jax.Array, q: jax.Array, mu: jax.Array):
+    """The constants of windows with centred pixels ``xt``, squared norms ``q`` and means ``mu``.
+
+    Any layout: ``q`` and ``mu`` hold one value per window (e.g. [..., Ky, 1, Kx, 1, C]) and
+    broadcast against ``xt`` (e.g. [..., Ky, w, Kx, w, C]).
+
+    Returns:
+      ``(a, R, slack, b, r)``: ball centre ``a`` shaped like ``xt``; radius ``R``, ``slack = R^2 -
+      |a|^2``, interval centre ``b`` and half-width ``r`` shaped like ``q`` (``b``, ``r`` None
+      without luminance).
+    """
     e2 = float(self.eps_structure)
     n = self.window * self.window
     a = e2 / (1 - e2) * xt
@@ -167,12 +185,16 @@ class QualityBall:
     return (a, rad, slack, e1 / (1 - e1) * mu,
             jnp.sqrt(e1 * (2 - e1) * mu * mu / (1 - e1) ** 2 + e1 * C1 / (1 - e1)))
 
-  def window_scale(self, pp, ap, m, slack, rad, b, r):
-    """The largest ``t`` in [0, 1] with ``t * d`` in each window's ball and interval, from the
-    window statistics of ``d`` (``pp = |dt|^2``, ``ap = <a, dt>``, mean ``m``) and the window
-    constants (same shapes). Closed form: the larger root of the ball quadratic (stable form, using
+  def window_scale(self, pp: jax.Array, ap: jax.Array, m: jax.Array, slack: jax.Array,
+                   rad: jax.Array, b: jax.Array | None, r: jax.Array | None) -> jax.Array:
+    """The largest ``t`` in [0, 1] with ``t * d`` in each window's ball and interval.
+
+    From the window statistics of ``d`` (``pp = |dt|^2``, ``ap = <a, dt>``, mean ``m``) and the
+    window constants (``b``, ``r`` None without luminance), all of one shape [...] with one value
+    per window. Closed form: the larger root of the ball quadratic (stable form, using
     ``slack > 0``), a ratio for the interval; radii are shrunk by 2e-6 relative against float32
-    round-off."""
+    round-off. Returns ``t`` [...].
+    """
     slack = slack - (2 * _MARGIN) * rad ** 2      # slack' = (R(1-margin))^2 - |a|^2
     disc = ap * ap + pp * slack
     t = slack / jnp.maximum(jnp.sqrt(jnp.maximum(disc, 0.0)) - ap, 1e-30)
@@ -186,7 +208,7 @@ class QualityBall:
 
   # -- exact feasibility by scaling ----------------------------------------------------------
 
-  def feasible_scale(self, x: jax.Array, d: jax.Array, geo: WindowGeometry | None = None
+  def feasible_scale(self, x: jax.Array, d: jax.Array, *, geo: WindowGeometry | None = None
                      ) -> jax.Array:
     """The largest ``t`` in [0, 1] with ``t * d`` in the ball, per image.
 
@@ -213,13 +235,21 @@ class QualityBall:
       t = jnp.minimum(t, jnp.min(tw, axis=red))
     return t
 
-  def make_feasible(self, x: jax.Array, d: jax.Array, geo: WindowGeometry | None = None,
+  def make_feasible(self, x: jax.Array, d: jax.Array, *, geo: WindowGeometry | None = None,
                     mask: jax.Array | None = None) -> jax.Array:
     """Clips ``d`` to the box (and to 0 where ``mask == 0``) and scales it by
-    :meth:`feasible_scale`: the result is exactly feasible."""
-    lo, hi = box(x, mask)
+    :meth:`feasible_scale`: the result is exactly feasible.
+
+    Args:
+      x, d: [..., H, W, C]; geo: precomputed :meth:`geometry` of ``x``; mask: broadcastable to
+        ``x.shape``, in {0, 1}.
+
+    Returns:
+      The feasible ``d`` [..., H, W, C].
+    """
+    lo, hi = box(x, mask=mask)
     d = jnp.clip(d, lo, hi)
-    t = self.feasible_scale(x, d, geo)
+    t = self.feasible_scale(x, d, geo=geo)
     return d * t.reshape(t.shape + (1, 1, 1))
 
   # -- measurements --------------------------------------------------------------------------
@@ -282,28 +312,10 @@ class QualityBall:
       s2 = s2.at[sl].set(num2 / den2)
     return s1, s2
 
-  # -- projection ----------------------------------------------------------------------------
-
-  def project(self, x: jax.Array, d: jax.Array, *, return_info: bool = False):
-    """Euclidean projection of ``d`` onto the ball around ``x`` (box included).
-
-    Consensus ADMM over the window groups and the box, each block projected in closed form,
-    with over-relaxation and an adaptive penalty (see ``admm.py``); the result is made exactly
-    feasible by :meth:`make_feasible` (a scaling by ``1 - O(residual)``).
-
-    Args:
-      x: [N,H,W,C] float in [0,1]; d: [N,H,W,C] float.
-      return_info: also return a :class:`ProjectionInfo` (iterations, relative residuals).
-
-    Returns:
-      d' [N,H,W,C] float32 with ``violation(x, d') <= 1e-5`` and ``0 <= x + d' <= 1``; with
-      ``return_info`` the pair ``(d', info)``.
-    """
-    from percadv_jax.perceptual import admm
-    if not isinstance(x, jax.core.Tracer):
-      self.check(x, d)
-    out, info = admm.project(jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32), self)
-    return (out, info) if return_info else out
+def check_ball(ball: Any) -> None:
+  """Raises ValueError unless ``ball`` is a :class:`QualityBall`."""
+  if not isinstance(ball, QualityBall):
+    raise ValueError(f"ball must be a perceptual.QualityBall, got {ball!r}")
 
 
 _violation = jax.jit(QualityBall._violation, static_argnums=0)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from percadv_jax.perceptual import windows as W
-from percadv_jax.perceptual.ball import C1, C2, QualityBall
+from percadv_jax.perceptual.ball import C1, C2, QualityBall, check_ball
 
 _SOLVERS = ("CLARABEL", "ECOS", "SCS")
 
@@ -65,12 +65,22 @@ def _constraints(cp, d, x64: np.ndarray, ball: QualityBall):
   return cons
 
 
-def _solve(cp, prob, solver):
-  order = [solver] if solver else list(_SOLVERS)
+def _solver_order(cp, solver):
+  """The solvers to try, in order; ValueError listing the installed ones if none is usable."""
+  installed = cp.installed_solvers()
+  if solver is not None and solver not in installed:
+    raise ValueError(f"CVXPY solver {solver!r} is not installed; installed solvers: "
+                     f"{', '.join(installed)}")
+  order = [solver] if solver else [s for s in _SOLVERS if s in installed]
+  if not order:
+    raise ValueError(f"none of the CVXPY solvers {', '.join(_SOLVERS)} is installed; installed "
+                     f"solvers: {', '.join(installed)}")
+  return order
+
+
+def _solve(cp, prob, order):
   last = None
   for name in order:
-    if name not in cp.installed_solvers():
-      continue
     try:
       prob.solve(solver=name)
     except cp.error.SolverError as e:  # fall back to the next solver
@@ -82,12 +92,13 @@ def _solve(cp, prob, solver):
   raise RuntimeError(f"no CVXPY solver succeeded ({', '.join(order)}): {last}")
 
 
-def _prepare(x, ball):
+def _prepare(x, other, name, ball):
+  check_ball(ball)
   x64 = np.asarray(x, np.float64)
   if x64.ndim != 4:
     raise ValueError(f"x must be [N,H,W,C], got shape {x64.shape}")
-  ball.check(np.asarray(x, np.float32))
-  return x64
+  ball.check(np.asarray(x, np.float32), np.asarray(other, np.float32), name=name)
+  return x64, np.asarray(other, np.float64)
 
 
 def solve_linear_cvxpy(x, g, ball: QualityBall, *, solver: str | None = None,
@@ -95,7 +106,8 @@ def solve_linear_cvxpy(x, g, ball: QualityBall, *, solver: str | None = None,
   """Reference solution of ``max <g, d> s.t. d in ball(x)``, one CVXPY problem per image.
 
   Args:
-    x: [N,H,W,C] images in [0,1]; g: [N,H,W,C] linear objective (e.g. a loss gradient).
+    x: [N,H,W,C] images in [0,1].
+    g: [N,H,W,C] linear objective (e.g. a loss gradient).
     ball: the :class:`QualityBall`.
     solver: "CLARABEL", "ECOS" or "SCS"; default: Clarabel, falling back to ECOS then SCS.
     return_info: also return a list of dicts (solver, status, objective, solve_time) per image.
@@ -104,17 +116,13 @@ def solve_linear_cvxpy(x, g, ball: QualityBall, *, solver: str | None = None,
     d [N,H,W,C] float32 (float64 solution cast), and the info list with ``return_info``.
   """
   import cvxpy as cp
-  x64 = _prepare(x, ball)
-  g64 = np.asarray(g, np.float64)
-  if g64.shape != x64.shape:
-    raise ValueError(f"g must have the images' shape {x64.shape}, got {g64.shape}")
-  if not np.all(np.isfinite(g64)):
-    raise ValueError("g contains NaN or inf values")
+  x64, g64 = _prepare(x, g, "g", ball)
+  order = _solver_order(cp, solver)
   out, infos = [], []
   for xi, gi in zip(x64, g64):
     d = cp.Variable(xi.size)
     prob = cp.Problem(cp.Maximize(gi.reshape(-1) @ d), _constraints(cp, d, xi, ball))
-    name = _solve(cp, prob, solver)
+    name = _solve(cp, prob, order)
     out.append(np.asarray(d.value).reshape(xi.shape))
     infos.append({"solver": name, "status": prob.status, "objective": float(prob.value),
                   "solve_time": float(prob.solver_stats.solve_time or 0.0)})
@@ -125,16 +133,23 @@ def solve_linear_cvxpy(x, g, ball: QualityBall, *, solver: str | None = None,
 def project_cvxpy(x, d0, ball: QualityBall, *, solver: str | None = None) -> np.ndarray:
   """Reference Euclidean projection ``argmin |d - d0|^2 s.t. d in ball(x)`` per image.
 
-  Args: x [N,H,W,C] in [0,1]; d0 [N,H,W,C]. Returns: d [N,H,W,C] float64.
+  Args:
+    x: [N,H,W,C] images in [0,1].
+    d0: [N,H,W,C] the point to project.
+    ball: the :class:`QualityBall`.
+    solver: "CLARABEL", "ECOS" or "SCS"; default: Clarabel, falling back to ECOS then SCS.
+
+  Returns:
+    d [N,H,W,C] float64.
   """
   import cvxpy as cp
-  x64 = _prepare(x, ball)
-  d064 = np.asarray(d0, np.float64)
+  x64, d064 = _prepare(x, d0, "d0", ball)
+  order = _solver_order(cp, solver)
   out = []
   for xi, di in zip(x64, d064):
     d = cp.Variable(xi.size)
     prob = cp.Problem(cp.Minimize(cp.sum_squares(d - di.reshape(-1))),
                       _constraints(cp, d, xi, ball))
-    _solve(cp, prob, solver)
+    _solve(cp, prob, order)
     out.append(np.asarray(d.value).reshape(xi.shape))
   return np.stack(out)

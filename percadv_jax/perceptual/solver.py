@@ -1,75 +1,185 @@
-"""The fast JAX solver of the quality-ball linear program ``max <g, d> s.t. d in ball(x)``.
+"""The fast JAX solvers over the quality ball: the linear program and the Euclidean projection.
 
-Algorithm (details in ``admm.py``): consensus ADMM between the box (which carries the linear
-objective) and the ``ceil(w/s)**2`` groups of non-overlapping windows (each projected in closed
-form), in a cell layout of the image, over-relaxed (alpha = 1.9) with an adaptive penalty. Every
-``check_every`` iterations a weak-duality bound from the ADMM multipliers is computed; once the
-iterate's objective is within ``tol`` of it, the iterate is *repaired* (a few cyclic projections
-onto the groups and the box, then a local per-window scaling) and made exactly feasible by a
-closed-form global scaling; the solver stops when the certified relative gap is <= ``tol``. The
-returned ``d`` is the best exactly feasible iterate: ``violation <= 1e-5`` always, optimal within
-``tol`` when ``converged``. Images are solved one after another (``lax.map``), each stopping on
-its own.
+``solve_linear``: ``max <g, d> s.t. d in ball(x)``. ``project``: ``min |d - d0|^2 s.t. d in
+ball(x)``. Algorithm (details in ``admm.py`` and ``docs/perceptual.md``): consensus ADMM between
+the box (which carries the objective) and the ``ceil(w/s)**2`` groups of non-overlapping windows
+(each projected in closed form), in a cell layout of the image, over-relaxed with an adaptive
+penalty. For the LP, every ``check_every`` iterations a weak-duality bound from the ADMM
+multipliers is computed; once the iterate's objective is within ``tol`` of it, the iterate is
+*repaired* (a few cyclic projections onto the groups and the box, then a local per-window scaling)
+and made exactly feasible by a closed-form global scaling; the solver stops when the certified
+relative gap is <= ``tol``. The projection stops on relative primal and dual residuals <= ``tol``.
+The returned ``d`` is always exactly feasible (``violation <= 1e-5``). Images are solved one
+after another (``lax.map``), each stopping on its own.
+
+The solvers own their settings: the defaults below are the only place where they are defined
+(the attack passes its own budget explicitly).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.perceptual import admm
-from percadv_jax.perceptual.admm import AdmmState
-from percadv_jax.perceptual.ball import QualityBall
+from percadv_jax.perceptual.admm import AdmmState, ProjectionInfo
+from percadv_jax.perceptual.ball import QualityBall, check_ball
+
+# Iterations between checks (residuals, penalty update, certified gap), both solvers.
+CHECK_EVERY = 10
+# The linear program: certified relative gap, budget, initial penalty for the RMS-normalised g,
+# over-relaxation, repair sweeps, and the most checks' worth of iterations between two checks.
+LP_TOL = 1e-3
+LP_MAX_ITERS = 3000
+LP_RHO = 3.0
+LP_ALPHA = 1.9
+LP_REPAIR = 2
+LP_MAX_BLOCKS = 4
+# The projection: relative residual tolerance, budget, penalty, over-relaxation, repair sweeps.
+PROJ_TOL = 1e-6
+PROJ_MAX_ITERS = 3000
+PROJ_RHO = 1.0
+PROJ_ALPHA = 1.6
+PROJ_REPAIR = 3
+
+
+def check_int(value: Any, name: str, minimum: int) -> int:
+  """``value`` as an int; ValueError unless it is an integer (Python or NumPy) >= ``minimum``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+  return int(value)
+
+
+def check_real(value: Any, name: str, lo: float, hi: float = math.inf) -> float:
+  """``value`` as a float; ValueError unless it is a real number (Python or NumPy) in (lo, hi)."""
+  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
+      not lo < float(value) < hi):
+    where = f"({lo:g}, {hi:g})" if math.isfinite(hi) else f"> {lo:g}"
+    raise ValueError(f"{name} must be a number {'in ' if math.isfinite(hi) else ''}{where}, "
+                     f"got {value!r}")
+  return float(value)
+
+
+def _settings(tol, max_iters, check_every, rho, alpha, repair):
+  return dict(tol=check_real(tol, "tol", 0.0, 1.0),
+              max_iters=check_int(max_iters, "max_iters", 1),
+              check_every=check_int(check_every, "check_every", 1),
+              rho=check_real(rho, "rho", 0.0), alpha=check_real(alpha, "alpha", 0.0, 2.0),
+              repair=check_int(repair, "repair", 0))
+
+
+def _mask(x, mask):
+  if mask is None:
+    return jnp.ones_like(x)
+  if checks.is_concrete(mask):
+    checks.check_mask(mask, x.shape)
+  return jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
+
+
+def init_state(x: jax.Array, ball: QualityBall, *, rho: float = LP_RHO) -> AdmmState:
+  """The cold-start :class:`AdmmState` of ``solve_linear`` for images ``x`` [N,H,W,C].
+
+  Passing it as ``init`` equals a cold start with the same ``rho``; an attack carries it through
+  its loop and warm-starts every LP from the previous one.
+
+  Returns:
+    ``AdmmState(d [N,H,W,C] zeros, v [N,G,C,Hc,Wc,c*c] zeros, rho [N])``.
+  """
+  check_ball(ball)
+  rho = check_real(rho, "rho", 0.0)
+  return admm.init_state(x, ball, jnp.full((x.shape[0],), rho, jnp.float32))
 
 
 def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Array | None = None,
-                 tol: float = 1e-3, max_iters: int = 3000, rho: float = 3.0, alpha: float = 1.9,
-                 check_every: int = 10, repair: int = 2, init: AdmmState | None = None,
+                 tol: float = LP_TOL, max_iters: int = LP_MAX_ITERS, rho: float = LP_RHO,
+                 alpha: float = LP_ALPHA, check_every: int = CHECK_EVERY,
+                 repair: int = LP_REPAIR, init: AdmmState | None = None,
                  return_info: bool = False, return_state: bool = False):
-  """Maximises ``<g, d>`` over the quality ball around ``x`` (batched; jit/vmap friendly).
+  """Maximises ``<g, d>`` over the quality ball around ``x`` (batched; jit friendly).
 
   Args:
     x: [N,H,W,C] float images in [0, 1].
     g: [N,H,W,C] float objective (e.g. a loss gradient); the solution is invariant to scaling g.
     ball: the :class:`QualityBall`.
     mask: optional [N,H,W,1] (or broadcastable) in {0,1}: ``d`` is 0 where the mask is 0.
-    tol: certified relative duality gap at which an image stops.
+    tol: certified relative duality gap in (0, 1) at which an image stops.
     max_iters: ADMM iteration budget per image (rounded up to a multiple of ``check_every``).
     rho: initial ADMM penalty for the RMS-normalised ``g`` (adapted on the fly).
     alpha: over-relaxation in (0, 2).
     check_every: iterations between gap checks / penalty updates near the target; further away
       the next check is scheduled from the gap's rate of decrease, up to 4x that.
     repair: cyclic-projection sweeps applied to the iterate before the local and exact scaling.
-    init: an :class:`AdmmState` from a previous call (warm start, e.g. from the previous step of
-      an attack).
-    return_info: also return a ``ProjectionInfo`` (iterations, relative residuals, certified
-      ``gap``, ``converged``, final ``rho``; each [N]).
+    init: an :class:`AdmmState` from a previous call or :func:`init_state` (warm start, e.g. from
+      the previous step of an attack); its ``rho`` replaces ``rho``.
+    return_info: also return a :class:`ProjectionInfo` (iterations, relative residuals,
+      certified ``gap``, ``converged``, final ``rho``; each [N]).
     return_state: also return the final :class:`AdmmState` (for warm starts).
 
   Returns:
     d [N,H,W,C] float32, exactly feasible (``ball.violation(x, d) <= 1e-5``, ``0 <= x+d <= 1``);
     plus ``info`` and/or ``state`` when asked, in that order.
   """
-  if not isinstance(x, jax.core.Tracer):
-    ball.check(x, g)
-    checks.check_positive(tol, "tol")
-    if mask is not None:
-      checks.check_mask(mask, x.shape)
-    if not 0.0 < alpha < 2.0:
-      raise ValueError(f"alpha must lie in (0, 2), got {alpha}")
-    checks.check_positive(rho, "rho")
+  check_ball(ball)
+  knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
+  if checks.is_concrete(x):
+    ball.check(x, g, name="g")
   x = jnp.asarray(x, jnp.float32)
   g = jnp.asarray(g, jnp.float32)
-  m = jnp.ones_like(x) if mask is None else jnp.broadcast_to(
-      jnp.asarray(mask, jnp.float32), x.shape)
-  rho0 = jnp.full((x.shape[0],), rho, jnp.float32)
-  d, info, state = admm.solve(x, g, m, init, rho0, ball=ball, mode="lp", max_iters=int(max_iters),
-                              tol=float(tol), check_every=int(check_every), alpha=float(alpha),
-                              repair=int(repair), max_blocks=4)
+  if g.shape != x.shape:
+    raise ValueError(f"g must have the images' shape {tuple(x.shape)}, got {tuple(g.shape)}")
+  rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
+  d, info, state = admm.solve(x, g, _mask(x, mask), init, rho0, ball=ball, mode="lp",
+                              max_blocks=LP_MAX_BLOCKS, **knobs)
   out = (d,)
   if return_info:
     out += (info,)
   if return_state:
     out += (state,)
   return out if len(out) > 1 else d
+
+
+def project(x: jax.Array, d: jax.Array, ball: QualityBall, *, mask: jax.Array | None = None,
+            tol: float = PROJ_TOL, max_iters: int = PROJ_MAX_ITERS, rho: float = PROJ_RHO,
+            alpha: float = PROJ_ALPHA, check_every: int = CHECK_EVERY, repair: int = PROJ_REPAIR,
+            return_info: bool = False):
+  """Euclidean projection of ``d`` onto the quality ball around ``x`` (box included; batched).
+
+  Consensus ADMM over the window groups and the box, each block projected in closed form, with
+  over-relaxation and an adaptive penalty; the result is made exactly feasible by a repair and a
+  closed-form scaling by ``1 - O(residual)``.
+
+  Args:
+    x: [N,H,W,C] float images in [0, 1].
+    d: [N,H,W,C] float perturbation to project.
+    ball: the :class:`QualityBall`.
+    mask: optional [N,H,W,1] (or broadcastable) in {0,1}: the result is 0 where the mask is 0.
+    tol: relative primal and dual residual in (0, 1) at which an image stops.
+    max_iters: ADMM iteration budget per image (rounded up to a multiple of ``check_every``).
+    rho: initial ADMM penalty (adapted on the fly).
+    alpha: over-relaxation in (0, 2).
+    check_every: iterations between residual checks / penalty updates.
+    repair: cyclic-projection sweeps applied before the exact scaling.
+    return_info: also return a :class:`ProjectionInfo` (each field [N]).
+
+  Returns:
+    d' [N,H,W,C] float32 with ``ball.violation(x, d') <= 1e-5`` and ``0 <= x + d' <= 1``; with
+    ``return_info`` the pair ``(d', info)``.
+  """
+  check_ball(ball)
+  knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
+  if checks.is_concrete(x):
+    ball.check(x, d)
+  x = jnp.asarray(x, jnp.float32)
+  d = jnp.asarray(d, jnp.float32)
+  if d.shape != x.shape:
+    raise ValueError(f"d must have the images' shape {tuple(x.shape)}, got {tuple(d.shape)}")
+  rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
+  out, info, _ = admm.solve(x, d, _mask(x, mask), None, rho0, ball=ball, mode="proj",
+                            max_blocks=1, **knobs)
+  return (out, info) if return_info else out
+

@@ -8,8 +8,8 @@ import skimage.data
 import skimage.metrics
 from skimage.transform import resize
 
-from percadv_jax.perceptual import (QualityBall, project_cvxpy, solve_linear, solve_linear_cvxpy,
-                                    ssim, ssim_attack)
+from percadv_jax.perceptual import (QualityBall, project, project_cvxpy, solve_linear,
+                                    solve_linear_cvxpy, ssim, ssim_attack)
 from percadv_jax.perceptual import windows as W
 
 
@@ -68,13 +68,13 @@ def test_projection_matches_cvxpy_and_is_idempotent(images16):
   ball = QualityBall()
   rng = np.random.default_rng(2)
   d0 = rng.normal(0, 0.3, images16.shape).astype(np.float32)
-  p, info = ball.project(images16, d0, return_info=True)
+  p, info = project(images16, d0, ball, return_info=True)
   assert bool(np.all(np.asarray(info.converged)))
   ref = project_cvxpy(images16, d0, ball)
   err = np.linalg.norm((np.asarray(p) - ref).reshape(3, -1), axis=1)
   assert np.all(err <= 1e-4 * np.linalg.norm(ref.reshape(3, -1), axis=1))
   assert float(np.max(ball.violation(images16, p))) <= 1e-5
-  p2 = ball.project(images16, p)
+  p2 = project(images16, p, ball)
   np.testing.assert_allclose(np.asarray(p2), np.asarray(p), atol=1e-6)
   # Every window of the projection keeps S1 and S2 >= 1 - e (up to float32).
   s1, s2 = ball.window_ssim(images16, p)
@@ -170,8 +170,10 @@ def test_ssim_attack_feasible(images16, method):
   mask = np.zeros((3, 16, 16, 1), np.float32)
   mask[:, 2:14, 2:14] = 1
   ball = QualityBall()
-  x_adv = np.asarray(ssim_attack(logits_fn, images16, y, ball=ball, steps=4, method=method,
-                                 mask=mask, loss="margin"))
+  # NumPy scalars are accepted for the integer and real options.
+  x_adv = np.asarray(ssim_attack(logits_fn, images16, y, ball=ball, steps=np.int64(4),
+                                 method=method, mask=mask, loss="margin",
+                                 solver_iters=np.int64(1000), solver_tol=np.float32(1e-3)))
   assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
   assert float(np.max(ball.violation(images16, x_adv - images16))) <= 1e-5
   np.testing.assert_array_equal(x_adv * (1 - mask), images16 * (1 - mask))
@@ -199,8 +201,75 @@ def test_bad_inputs_raise(images16):
   d = np.zeros_like(images16)
   d[0, 0, 0, 0] = np.nan
   with pytest.raises(ValueError, match="NaN"):
-    QualityBall().project(images16, d)
+    project(images16, d, QualityBall())
   with pytest.raises(ValueError):
     ssim(images16, images16[:, :8])
   assert QualityBall(eps_luminance=None).luminance is False
   assert QualityBall(eps_luminance=0).luminance is False
+
+
+def test_bad_numbers_and_arguments_raise(images16):
+  """One ValueError naming the problem for every bad number or argument (none reaches XLA)."""
+  x = images16
+  g = np.ones_like(x)
+  ball = QualityBall()
+  for sigma in (0, 0.0, -1.0, float("nan"), float("inf"), None):
+    with pytest.raises(ValueError, match="sigma"):
+      ssim(x, x, sigma=sigma)
+  for kw, name in [(dict(check_every=0), "check_every"), (dict(max_iters=0), "max_iters"),
+                   (dict(max_iters=-5), "max_iters"), (dict(tol=0.0), "tol"),
+                   (dict(tol=float("nan")), "tol"), (dict(alpha=2.0), "alpha"),
+                   (dict(repair=-1), "repair"), (dict(max_iters=2.5), "max_iters")]:
+    with pytest.raises(ValueError, match=name):
+      solve_linear(x, g, ball, **kw)
+    with pytest.raises(ValueError, match=name):
+      project(x, g, ball, **kw)
+  for fn in (solve_linear, project, solve_linear_cvxpy, project_cvxpy):
+    with pytest.raises(ValueError, match="ball must be a perceptual.QualityBall, got None"):
+      fn(x, g, None)
+  bad = g.copy()
+  bad[1, 2, 3, 0] = np.nan
+  with pytest.raises(ValueError, match="^g contains NaN"):
+    solve_linear(x, bad, ball)
+  with pytest.raises(ValueError, match="^g must have the images' shape"):
+    solve_linear(x, g[:, :8], ball)
+  with pytest.raises(ValueError, match="^g must have the images' shape"):
+    solve_linear_cvxpy(x, g[:2], ball)
+  with pytest.raises(ValueError, match="^d0 contains NaN"):
+    project_cvxpy(x, bad, ball)
+  import cvxpy as cp
+  with pytest.raises(ValueError, match="'NOPE' is not installed; installed solvers: .*CLARABEL"):
+    solve_linear_cvxpy(x[:1], g[:1], ball, solver="NOPE")
+  assert "CLARABEL" in cp.installed_solvers()
+
+  w = jnp.full((16 * 16 * 3, 5), 0.01)
+  logits_fn = lambda v: v.reshape(v.shape[0], -1) @ w
+  y2 = np.array([8, -1])
+  with pytest.raises(ValueError, match=r"y must lie in \[0, 5\)"):
+    ssim_attack(logits_fn, x[:2], y2, ball=ball, steps=2)
+  with pytest.raises(ValueError, match=r"y must lie in \[0, 5\)"):
+    ssim_attack(logits_fn, x[:2], [0, 5], ball=ball, steps=2, targeted=True)
+  y = np.array([0, 1, 2])
+  with pytest.raises(ValueError, match="ball must be a perceptual.QualityBall, got None"):
+    ssim_attack(logits_fn, x, y, ball=None, steps=2)
+  for kw, name in [(dict(steps=0), "steps"), (dict(steps=2.0), "steps"),
+                   (dict(solver_iters=0), "solver_iters"), (dict(solver_tol=0), "solver_tol"),
+                   (dict(step_size=-1.0), "step_size"), (dict(loss="cw"), "loss")]:
+    kw = {"steps": 2, **kw}
+    with pytest.raises(ValueError, match=name):
+      ssim_attack(logits_fn, x, y, ball=ball, **kw)
+  with pytest.raises(ValueError, match=r"shape \[N, num_classes\]"):
+    ssim_attack(lambda v: v[:, 0, 0, 0], x, y, ball=ball, steps=2)
+
+
+def test_numpy_scalars_accepted(images16):
+  """NumPy integers work wherever Python ones do, with the same results (NumPy floats, e.g. a
+  float32 tolerance, are exercised in test_ssim_attack_feasible: a float32 value is another static
+  argument, hence another compile)."""
+  rng = np.random.default_rng(8)
+  g = rng.normal(size=images16.shape).astype(np.float32)
+  ball = QualityBall(window=np.int64(8), stride=np.int32(4))
+  assert ball == QualityBall() and hash(ball) == hash(QualityBall())
+  d1 = solve_linear(images16, g, ball, max_iters=np.int64(3000), check_every=np.int64(10))
+  d2 = solve_linear(images16, g, QualityBall())
+  np.testing.assert_array_equal(np.asarray(d1), np.asarray(d2))
