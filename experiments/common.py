@@ -13,13 +13,14 @@ DATASETS = ("synthetic_signs", "gtsrb_ic", "coco_ic")
 
 
 def load_split(dataset: str, split: str, *, data_dir: str | None, image_size: int | None,
-               num_examples: int | None = None, seed: int = 0, num_classes: int | None = None):
-  """A data source; ``num_examples``/``seed``/``num_classes`` reach only synthetic_signs.
+               num_examples: int | None = None, seed: int = 0, num_classes: int | None = None,
+               **options: Any):
+  """A data source; ``num_examples``/``seed``/``num_classes`` reach only synthetic_signs,
+  ``options`` (``configs.data.options``) the prepared datasets.
 
-  For the other datasets ``num_examples`` keeps the first examples of the split (see
-  ``subset``).
+  For the other datasets ``num_examples`` is applied by ``subset_arrays``.
   """
-  kw: dict[str, Any] = {}
+  kw: dict[str, Any] = dict(options)
   if dataset == "synthetic_signs":
     if num_examples:
       kw["num_examples"] = int(num_examples)

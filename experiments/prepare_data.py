@@ -1,89 +1,72 @@
-r"""Prepares GTSRB-IC / COCO-IC once into the on-disk cache (resumable, with a progress bar).
+r"""Prepares GTSRB-IC / MS-COCO-IC once into the on-disk cache and writes the datasets' artefacts.
 
-    python -m experiments.prepare_data --dataset=gtsrb_ic --raw_dir=/data/GTSRB_raw \
-        --data_dir=/data/percadv --image_size=32
-    python -m experiments.prepare_data --dataset=coco_ic --raw_dir=/data/coco \
-        --data_dir=/data/percadv --image_size=64 --splits=train,val
+  python -m experiments.prepare_data --config=experiments/configs/prepare_data.py:gtsrb_paper \
+      --config.raw_dir=RAW --config.data.data_dir=DATA --config.workers=2
+  python -m experiments.prepare_data --config=experiments/configs/prepare_data.py:coco_paper \
+      --config.raw_dir=RAW --config.data.data_dir=DATA
 
-A run killed half-way and started again with the same flags keeps the finished shards and
-produces the same cache as an uninterrupted run (see percadv_jax/data/cache.py). Afterwards
-``percadv_jax.data.load(name, split=..., data_dir=...)`` reads the cache without raw files.
+A run killed half-way and started again with the same command keeps the finished shards and
+produces the same cache as an uninterrupted run. Afterwards the studies read the cache with the
+same ``data`` fields. Besides the cache it writes ``table1.md/.csv`` (per-class counts per split),
+``foreground_share.md/.csv`` and ``examples_<dataset>.png`` into ``--workdir`` (default: the
+cache root).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import os
 import sys
+from typing import Any
 
-from absl import app, flags
-
-from percadv_jax.data import cache, coco, gtsrb
-
-FLAGS = flags.FLAGS
-flags.DEFINE_enum("dataset", None, ["gtsrb_ic", "coco_ic"], "dataset to prepare")
-flags.DEFINE_string("raw_dir", None, "folder holding the unzipped official archives")
-flags.DEFINE_string("data_dir", None, "cache root (default $PERCADV_DATA_DIR or "
-                    "~/.cache/percadv_jax)")
-flags.DEFINE_integer("image_size", None, "output side in pixels (default 32 GTSRB, 64 COCO)")
-flags.DEFINE_list("splits", None, "splits (default train,test for GTSRB; train,val for COCO)")
-flags.DEFINE_integer("shard_size", None, "raw inputs per cache shard (default 1000 GTSRB, "
-                     "500 COCO images)")
-flags.DEFINE_integer("workers", 1, "GTSRB-IC: processes running GrabCut in parallel")
-flags.DEFINE_integer("num_classes", 10, "COCO-IC: most frequent categories kept")
-flags.DEFINE_float("min_area", 1024.0, "COCO-IC: minimum object area in original pixels")
-flags.DEFINE_float("margin", 0.1, "COCO-IC: crop margin around the box (fraction per side)")
+from experiments import cli
+from experiments.configs import data as data_config
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  dataset: str
-  raw_dir: str
-  data_dir: str
-  image_size: int
-  splits: tuple[str, ...]
-  shard_size: int
-  num_classes: int = 10
-  min_area: float = 1024.0
-  margin: float = 0.1
-  workers: int = 1
+def validate(config: Any) -> None:
+  from percadv_jax import checks
+  d = config.data
+  checks.check_choice(d.dataset, "data.dataset", ("gtsrb_ic", "coco_ic"))
+  if not config.raw_dir:
+    raise ValueError("raw_dir is required: the folder holding the unzipped official archives")
+  if not os.path.isdir(config.raw_dir):
+    raise ValueError(f"raw_dir {config.raw_dir} does not exist or is not a directory")
+  if not d.data_dir:
+    raise ValueError("data.data_dir is required: the cache root to write")
+  for f in ("shard_size", "image_size"):
+    checks.check_positive(config[f] if f in config else d[f], f, allow_zero=True)
+  checks.check_positive(config.workers, "workers")
 
 
-def run(config: Config) -> dict[str, str]:
-  """Prepares every split of ``config``; returns split -> cache directory."""
-  out = {}
-  for split in config.splits:
-    if config.dataset == "gtsrb_ic":
-      out[split] = gtsrb.prepare(raw_dir=config.raw_dir, data_dir=config.data_dir, split=split,
-                                 image_size=config.image_size, shard_size=config.shard_size,
-                                 workers=config.workers)
-    else:
-      out[split] = coco.prepare(raw_dir=config.raw_dir, data_dir=config.data_dir, split=split,
-                                image_size=config.image_size, shard_size=config.shard_size,
-                                num_classes=config.num_classes, min_area=config.min_area,
-                                margin=config.margin)
-    src = cache.load_cached(out[split])
-    print(f"{config.dataset}/{split}: {len(src)} examples, {src.info.num_classes} classes, "
-          f"skipped {dict(src.info.skipped)} -> {out[split]}", file=sys.stderr)
-  return out
+def run(config: Any, workdir: str | None) -> dict:
+  """Prepares every split; writes the artefacts; returns ``{"caches", "artefacts"}``."""
+  from percadv_jax.data import cache, coco, gtsrb, report
+  validate(config)
+  d = config.data
+  is_gtsrb = d.dataset == "gtsrb_ic"
+  splits = tuple(config.splits) or (("train", "test") if is_gtsrb else ("train", "val"))
+  kw = dict(raw_dir=config.raw_dir, data_dir=d.data_dir,
+            image_size=d.image_size or (gtsrb.DEFAULT_IMAGE_SIZE if is_gtsrb
+                                        else coco.DEFAULT_IMAGE_SIZE),
+            shard_size=config.shard_size or (1000 if is_gtsrb else 500),
+            **data_config.options(d))
+  if is_gtsrb:
+    kw["workers"] = config.workers
+  caches, sources = {}, {}
+  for split in splits:
+    caches[split] = (gtsrb if is_gtsrb else coco).prepare(split=split, **kw)
+    sources[split] = src = cache.load_cached(caches[split])
+    print(f"{d.dataset}/{split}: {len(src)} examples, {src.info.num_classes} classes, "
+          f"skipped {dict(src.info.skipped)} -> {caches[split]}", file=sys.stderr)
+  out_dir = workdir or os.path.join(d.data_dir, "reports", os.path.basename(caches[splits[0]]))
+  artefacts = report.write_dataset_artefacts(sources, out_dir)
+  return {"caches": caches, "artefacts": artefacts["files"]}
 
 
-def main(argv):
-  del argv
-  from percadv_jax.data import raw
-  if FLAGS.dataset is None or FLAGS.raw_dir is None:
-    raise app.UsageError("--dataset and --raw_dir are required")
-  is_gtsrb = FLAGS.dataset == "gtsrb_ic"
-  config = Config(
-      dataset=FLAGS.dataset, raw_dir=FLAGS.raw_dir,
-      data_dir=FLAGS.data_dir or raw.default_data_dir(),
-      image_size=FLAGS.image_size or (gtsrb.DEFAULT_IMAGE_SIZE if is_gtsrb
-                                      else coco.DEFAULT_IMAGE_SIZE),
-      splits=tuple(FLAGS.splits or (("train", "test") if is_gtsrb else ("train", "val"))),
-      shard_size=FLAGS.shard_size or (1000 if is_gtsrb else 500),
-      num_classes=FLAGS.num_classes, min_area=FLAGS.min_area, margin=FLAGS.margin,
-      workers=FLAGS.workers)
-  run(config)
+def _report(out: dict, workdir: str | None) -> None:
+  for name, path in out["artefacts"].items():
+    print(f"{name}: {path}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.define_flags("prepare_data", default_preset="gtsrb")
+  cli.main(run, validate=validate, report=_report, needs_workdir=False)

@@ -17,9 +17,8 @@ Fields (override any with ``--config.<field>=<value>``):
 
 - ``seed``: data (synthetic), initialisation, attacks, data order.
 - ``models``: which of the four Table 4 models to train (a tuple of ``MODEL_NAMES``).
-- ``data``: ``dataset`` ("synthetic_signs", "gtsrb_ic", "coco_ic"), ``data_dir`` (prepared data;
-  "" = the synthetic data in memory), ``image_size`` (0 = the dataset's), ``num_train`` /
-  ``num_test`` (0 = the whole split; synthetic: generated sizes).
+- ``data``: see ``experiments/configs/data.py`` (dataset, data_dir, image_size, num_train,
+  num_test and the GTSRB-IC / MS-COCO-IC preparation options that select the cache).
 - ``model``: ``name`` ("vgg19", "mobilenet_v2"), ``variant`` (VGG-19: "small" for 32-64 px
   inputs, "imagenet" = Keras' VGG19 with its fully connected head), ``width``, ``batch_norm``.
 - ``train``: ``batch_size``, ``epochs``, ``optimizer``, ``learning_rate``, ``schedule``,
@@ -36,6 +35,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments.configs import data
+
 MODEL_NAMES = ("full_natural", "full_adversarial", "masked_natural", "masked_adversarial")
 MODEL_LABELS = {
     "full_natural": "Full image, natural training",
@@ -49,8 +50,7 @@ def default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.models = MODEL_NAMES
-  c.data = ml_collections.ConfigDict(dict(
-      dataset="synthetic_signs", data_dir="", image_size=0, num_train=0, num_test=0))
+  c.data = data.get("synthetic_signs")
   c.model = ml_collections.ConfigDict(dict(
       name="vgg19", variant="small", width=0.25, batch_norm=False))
   c.train = ml_collections.ConfigDict(dict(

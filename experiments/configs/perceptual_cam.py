@@ -1,95 +1,91 @@
-"""Configuration of the perceptual paper's study (``experiments/perceptual_cam.py``).
+r"""Configurations of the perceptual paper's study (``python -m experiments.perceptual_cam``).
 
 Question: do perturbations found inside the SSIM quality ball change the regions a class
 activation map marks as important (are they "semantically explainable"), more than Linf / L2 PGD
-perturbations do? Defaults: a MobileNetV2 trained here on the synthetic signs, the quality ball
-with window 8, stride 4, e1 = e2 = 0.05 (DESIGN.md), Grad-CAM++ and Grad-CAM on the clean image.
+perturbations of the same size do?
+
+``--config=experiments/configs/perceptual_cam.py:<preset>`` with presets
+
+- ``default``: a MobileNetV2 (width 0.5) trained here on the synthetic signs, 200 correctly
+  classified test images, the quality ball w = 8, s = 4, e1 = e2 = 0.05, Grad-CAM++ and Grad-CAM;
+- ``demo``: the demo's sizes (about 5 minutes on 2 CPU cores);
+- ``quick``: a smoke run (the numbers mean nothing).
+
+Fields (override any with ``--config.<field>=<value>``):
+
+- ``seeds``: the study runs once per seed (model, image choice, attacks, bootstrap) and reports
+  per-seed and pooled estimates.
+- ``data``: the fields of ``experiments/configs/data.py`` (``image_size`` 0 = the dataset's;
+  224 for image folders and TFDS) plus ``labels_file`` (image_folder: ``<file> <label>`` lines),
+  ``split``, ``num_images`` (correctly classified images studied), ``candidates`` (images
+  scanned for them; 0 = all).
+- ``model``: ``keras_weights`` (a Keras MobileNetV2 ``.h5``; "" = train one here), ``width``.
+- ``train`` (the model trained here): ``num_train``, ``batch_size``, ``epochs``,
+  ``learning_rate``, ``warmup_steps``.
+- ``ball``: ``window``, ``stride``, ``eps_structure`` (e2), ``eps_luminance`` (e1; 0 = off).
+- ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
+  median norm of the SSIM attack's perturbations), ``batch_size``.
+- ``cam``: ``layer`` ("" = the model's, or the deepest tap of at least 4x4 where the model's is
+  smaller), ``top_k`` (fraction of pixels of the top-k IoU).
+- ``report``: ``bootstrap`` (resamples of the 95% CIs), ``figure_images``.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import ml_collections
+
+from experiments.configs import data
 
 ATTACKS = ("ssim", "linf", "l2")
-MAP_KINDS = ("abs_d", "one_minus_ssim")
+MAP_KINDS = ("one_minus_ssim", "abs_d")  # the paper compares SSIM maps first
 CAM_METHODS = ("grad_cam_pp", "grad_cam")
 
 
-@dataclasses.dataclass(frozen=True)
-class PerceptualConfig:
-  """Every setting of a run (written to ``config.json``).
-
-  Attributes:
-    dataset: "synthetic_signs" (masks available), "gtsrb_ic", "coco_ic" or "image_folder".
-    data_dir: data directory (the image folder's root for "image_folder").
-    labels_file: image_folder only: a file of ``<file> <label>`` lines (e.g. ImageNet indices).
-    image_size: square side; None = the dataset's own (224 for image folders).
-    split: the split the studied images come from.
-    keras_weights: a Keras MobileNetV2 ``.h5`` / ``.weights.h5``; empty = train a model here.
-    width: MobileNetV2 alpha of the model trained here (and of the Keras weights).
-    num_train, batch_size, epochs, learning_rate, warmup_steps: training of the model trained
-      here (natural training on full images).
-    seed: data, initialisation, attacks, bootstrap.
-    num_images: correctly classified images studied.
-    candidates: images scanned to find them (0 = the whole split).
-    ball_window, ball_stride, eps_structure, eps_luminance: the quality ball (e1 = 0: off).
-    ssim_steps: iterations of the SSIM-constrained attack.
-    linf_eps, l2_eps: PGD radii; 0 = matched to the median norm of the SSIM attack's
-      perturbations (same size, different shape).
-    pgd_steps: PGD iterations (step 2.5 eps / steps).
-    cam_layer: tap for the CAMs; empty = the model's default.
-    top_k: fraction of pixels of the top-k IoU.
-    bootstrap: bootstrap resamples of the confidence intervals (95%, percentile).
-    batch_size_attack: images per attack batch.
-    figure_images: rows in the figure grids.
-  """
-  dataset: str = "synthetic_signs"
-  data_dir: str | None = None
-  labels_file: str | None = None
-  image_size: int | None = None
-  split: str = "test"
-  keras_weights: str = ""
-  width: float = 0.5
-  num_train: int = 0
-  batch_size: int = 128
-  epochs: int = 10
-  learning_rate: float = 2e-3
-  warmup_steps: int = 100
-  seed: int = 0
-  num_images: int = 200
-  candidates: int = 1000
-  ball_window: int = 8
-  ball_stride: int = 4
-  eps_structure: float = 0.05
-  eps_luminance: float = 0.05
-  ssim_steps: int = 20
-  linf_eps: float = 0.0
-  l2_eps: float = 0.0
-  pgd_steps: int = 20
-  cam_layer: str = ""
-  top_k: float = 0.1
-  bootstrap: int = 1000
-  batch_size_attack: int = 50
-  figure_images: int = 6
+def default() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seeds = (0,)
+  c.data = data.get("synthetic_signs")
+  c.data.update(dict(labels_file="", split="test", num_images=200, candidates=1000))
+  c.model = ml_collections.ConfigDict(dict(keras_weights="", width=0.5))
+  c.train = ml_collections.ConfigDict(dict(
+      num_train=0, batch_size=128, epochs=10, learning_rate=2e-3, warmup_steps=100))
+  c.ball = ml_collections.ConfigDict(dict(
+      window=8, stride=4, eps_structure=0.05, eps_luminance=0.05))
+  c.attack = ml_collections.ConfigDict(dict(
+      ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50))
+  c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1))
+  c.report = ml_collections.ConfigDict(dict(bootstrap=1000, figure_images=6))
+  return c
 
 
-def default() -> PerceptualConfig:
-  return PerceptualConfig()
+def demo() -> ml_collections.ConfigDict:
+  """The demo (about 5 minutes on 2 CPU cores)."""
+  c = default()
+  c.data.update(num_images=64, candidates=300)
+  c.model.width = 0.35
+  c.train.update(num_train=4000, batch_size=64, epochs=10, learning_rate=3e-3, warmup_steps=50)
+  c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32)
+  c.report.bootstrap = 500
+  return c
 
 
-def demo() -> PerceptualConfig:
-  """Sized for the demo (about 5 minutes on 2 CPU cores)."""
-  return dataclasses.replace(PerceptualConfig(), num_train=4000, width=0.35, batch_size=64,
-                             epochs=10, num_images=64, candidates=300, ssim_steps=10,
-                             pgd_steps=10, bootstrap=500, batch_size_attack=32,
-                             learning_rate=3e-3, warmup_steps=50)
-
-
-def quick() -> PerceptualConfig:
+def quick() -> ml_collections.ConfigDict:
   """A smoke run (well under a minute after compiling): the numbers mean nothing."""
-  return dataclasses.replace(PerceptualConfig(), num_train=256, width=0.35, batch_size=32,
-                             epochs=1, num_images=8, candidates=32, ssim_steps=2, pgd_steps=2,
-                             bootstrap=50, batch_size_attack=8, warmup_steps=0, figure_images=3)
+  c = default()
+  c.data.update(num_images=8, candidates=32)
+  c.model.width = 0.35
+  c.train.update(num_train=256, batch_size=32, epochs=1, warmup_steps=0)
+  c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8)
+  c.report.update(bootstrap=50, figure_images=3)
+  return c
 
 
 PRESETS = {"default": default, "demo": demo, "quick": quick}
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The preset named after the ``:`` of ``--config`` (default: ``default``)."""
+  name = preset or "default"
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+  return PRESETS[name]()

@@ -21,6 +21,7 @@ import os
 from typing import Any
 
 from experiments import common, workdir as wd
+from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import report
 from experiments.masks_study.evaluate import evaluate_model
@@ -70,11 +71,12 @@ def validate(config: Any) -> None:
 
 def _load(config: Any):
   d = config.data
-  size = d.image_size or None
+  size, opts = d.image_size or None, data_config.options(d)
   train_src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
-                                image_size=size, num_examples=d.num_train, seed=config.seed)
+                                image_size=size, num_examples=d.num_train, seed=config.seed,
+                                **opts)
   test_src = common.load_split(d.dataset, "test", data_dir=d.data_dir or None, image_size=size,
-                               num_examples=d.num_test, seed=config.seed)
+                               num_examples=d.num_test, seed=config.seed, **opts)
   if d.dataset != "synthetic_signs" and d.num_train:
     train_data = train.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
   else:

@@ -1,0 +1,454 @@
+r"""Benchmark: JAX convolution variants against PyTorch (oneDNN) and Foolbox on CPU, interleaved.
+
+    python -m experiments.benchmark_conv --workdir=/tmp/bench_conv
+    python -m experiments.benchmark_conv --workdir=/tmp/b --models=vgg32 --rounds=7 --cpus=0,1
+    python -m experiments.benchmark_conv --workdir=/tmp/b --contenders=jax_xla,jax_patches,torch_1
+
+Every contender runs in its own long-lived worker process started with ``taskset -c CPUS`` (all
+pinned the same way), with its own ``XLA_FLAGS``; each compiles once, then the parent asks the
+workers in turn for one measurement each, in ``--rounds`` alternating rounds (the order rotates
+by one contender each round), so a burst of load from other jobs hits every contender alike.
+A measurement is ``fwdbwd``: the fastest of ``--reps`` calls of one forward + backward pass w.r.t.
+the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``--steps`` call (eps
+8/255, step eps/4, random start). Reported: min and median over rounds per contender, and the
+per-round ratios (same round) of the best PyTorch and of Foolbox to each JAX variant.
+
+Contenders (``--contenders``):
+- ``jax_xla``: the models as shipped before ``conv_impl`` (XLA's convolutions, no flags);
+- ``jax_patches``: ``conv_impl="patches"`` (im2col + matmul with a custom VJP; depthwise as
+  shifted multiply-adds);
+- ``jax_ynn`` / ``jax_onednn`` / ``jax_xnn``: XLA's convolutions with
+  ``--xla_cpu_experimental_{ynn,onednn,xnn}_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION``;
+- ``jax_patches_ynn``: patches with YNNPACK dots (``..._ynn_fusion_type=..._INDIVIDUAL_DOT``);
+- ``jax_st``: XLA's convolutions with ``--xla_cpu_multi_thread_eigen=false``;
+- ``torch_1`` / ``torch_all``: eager PyTorch CPU with 1 thread / one thread per pinned CPU;
+- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_xla`` model through ``foolbox.JAXModel``.
+
+Models (``--models``): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
+(MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2 alpha 1.0, 224 px, batch 16:
+the perceptual paper's size; a smaller batch keeps one PGD call under a minute on one core).
+The JAX variants' logits and input gradients are checked against ``jax_xla`` (max abs
+difference, reported), PyTorch's VGG logits against Flax's (same weights).
+
+GPU (not run on the CPU-only machine; under 5 minutes on one accelerator): the workers do not
+pin to CPUs there and PyTorch runs on CUDA when ``--device=cuda`` is given:
+
+    python -m experiments.benchmark_conv --workdir=/tmp/bench_gpu --device=gpu --cpus= \
+        --models=vgg32,mnv2_224 --contenders=jax_xla,torch_1 --rounds=5 --reps=10
+
+It reports PGD-10 images/s, the ratio to PyTorch on the same card and the fraction of the card's
+forward + backward rate (``pgd`` time / (``--steps`` x ``fwdbwd`` time)).
+
+Writes ``--workdir``/``results.json`` and ``benchmark_conv.md`` and the section
+``benchmark_conv`` of docs/benchmarks.md (``experiments.benchmark_results``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Sequence
+
+from absl import app, flags
+import numpy as np
+
+FUSION = "--xla_cpu_experimental_{}_fusion_type=LIBRARY_FUSION_TYPE_{}"
+CONTENDERS: dict[str, dict[str, Any]] = {
+    "jax_xla": {"kind": "jax", "conv_impl": "xla", "xla_flags": ""},
+    "jax_patches": {"kind": "jax", "conv_impl": "patches", "xla_flags": ""},
+    "jax_ynn": {"kind": "jax", "conv_impl": "xla",
+                "xla_flags": FUSION.format("ynn", "INDIVIDUAL_CONVOLUTION")},
+    "jax_onednn": {"kind": "jax", "conv_impl": "xla",
+                   "xla_flags": FUSION.format("onednn", "INDIVIDUAL_CONVOLUTION")},
+    "jax_xnn": {"kind": "jax", "conv_impl": "xla",
+                "xla_flags": FUSION.format("xnn", "INDIVIDUAL_CONVOLUTION")},
+    "jax_patches_ynn": {"kind": "jax", "conv_impl": "patches",
+                        "xla_flags": FUSION.format("ynn", "INDIVIDUAL_DOT")},
+    "jax_st": {"kind": "jax", "conv_impl": "xla",
+               "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
+    "torch_1": {"kind": "torch", "threads": 1},
+    "torch_all": {"kind": "torch", "threads": 0},
+    "foolbox": {"kind": "foolbox", "conv_impl": "xla", "xla_flags": ""},
+}
+MODELS: dict[str, dict[str, Any]] = {
+    "vgg32": {"name": "vgg19", "kwargs": {"variant": "small", "width": 0.25}, "size": 32,
+              "batch": 128},
+    "mnv2_64": {"name": "mobilenet_v2", "kwargs": {"width": 0.5}, "size": 64, "batch": 64},
+    "mnv2_224": {"name": "mobilenet_v2", "kwargs": {"width": 1.0}, "size": 224, "batch": 16},
+}
+EPS = 8 / 255
+
+
+# ------------------------------------------------------------------------------------------
+# PyTorch ports (timing only needs the architecture; VGG also gets the Flax weights).
+# ------------------------------------------------------------------------------------------
+
+def torch_mobilenet_v2(*, width: float, num_classes: int, size: int):
+  """MobileNetV2 in PyTorch (NCHW, eval-mode BatchNorm, Keras' padding), random weights."""
+  import torch
+  from torch import nn
+  from percadv_jax.models import layers, mobilenet_v2 as mnv2
+
+  def pad_for(stride, s):
+    if stride == 1:
+      return (1, 1, 1, 1), s
+    a, b = layers.stride2_pad(s)
+    return (a, b, a, b), (s + a + b - 3) // 2 + 1
+
+  class Block(nn.Module):
+    def __init__(self, c_in, expanded, c_out, stride, s, first):
+      super().__init__()
+      self.expand = None if first else nn.Sequential(
+          nn.Conv2d(c_in, expanded, 1, bias=False), nn.BatchNorm2d(expanded, eps=1e-3),
+          nn.ReLU6())
+      self.pad, self.out_size = pad_for(stride, s)
+      self.dw = nn.Sequential(
+          nn.Conv2d(expanded, expanded, 3, stride=stride, groups=expanded, bias=False),
+          nn.BatchNorm2d(expanded, eps=1e-3), nn.ReLU6())
+      self.project = nn.Sequential(nn.Conv2d(expanded, c_out, 1, bias=False),
+                                   nn.BatchNorm2d(c_out, eps=1e-3))
+      self.residual = c_in == c_out and stride == 1
+
+    def forward(self, x):
+      h = x if self.expand is None else self.expand(x)
+      h = self.project(self.dw(nn.functional.pad(h, self.pad)))
+      return x + h if self.residual else h
+
+  class Net(nn.Module):
+    def __init__(self):
+      super().__init__()
+      plan = mnv2.channel_plan(width)
+      self.pad, s = pad_for(2, size)
+      self.stem = nn.Sequential(nn.Conv2d(3, plan["first"], 3, stride=2, bias=False),
+                                nn.BatchNorm2d(plan["first"], eps=1e-3), nn.ReLU6())
+      blocks = []
+      for i, (c_in, expanded, c_out, stride) in enumerate(plan["blocks"]):
+        blocks.append(Block(c_in, expanded, c_out, stride, s, i == 0))
+        s = blocks[-1].out_size
+      self.blocks = nn.Sequential(*blocks)
+      c = plan["blocks"][-1][2]
+      self.head = nn.Sequential(nn.Conv2d(c, plan["last"], 1, bias=False),
+                                nn.BatchNorm2d(plan["last"], eps=1e-3), nn.ReLU6())
+      self.fc = nn.Linear(plan["last"], num_classes)
+
+    def forward(self, x):
+      x = self.stem(nn.functional.pad(x * 2 - 1, self.pad))
+      x = self.head(self.blocks(x))
+      return self.fc(x.mean(dim=(2, 3)))
+
+  torch.manual_seed(0)
+  return Net().eval()
+
+
+# ------------------------------------------------------------------------------------------
+# Worker: one contender in one process.
+# ------------------------------------------------------------------------------------------
+
+def _worker(spec: dict) -> None:
+  """Compiles, prints ``READY {json}``, then answers each ``run`` line with one JSON line."""
+  m = MODELS[spec["model"]]
+  rng = np.random.default_rng(0)
+  x_np = rng.uniform(0, 1, (m["batch"], m["size"], m["size"], 3)).astype(np.float32)
+  steps, reps, device = spec["steps"], spec["reps"], spec["device"]
+  step_size = EPS / 4
+  info: dict[str, Any] = {}
+  t0 = time.perf_counter()
+  if spec["kind"] == "torch":
+    import torch
+    from experiments.benchmark_attacks import torch_pgd, torch_vgg
+    threads = spec["threads"] or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    info["threads"] = threads
+    dev = "cuda" if device == "gpu" else "cpu"
+    if m["name"] == "vgg19":
+      import jax.numpy as jnp
+      from percadv_jax.models import get_model, random_variables
+      module = get_model("vgg19", num_classes=10, **m["kwargs"])
+      variables = random_variables(module, jnp.asarray(x_np[:1]))
+      model = torch_vgg(variables["params"], width=m["kwargs"]["width"], num_classes=10)
+      ref = np.asarray(module.apply(variables, jnp.asarray(x_np[:8])))
+    else:
+      model = torch_mobilenet_v2(width=m["kwargs"]["width"], num_classes=10, size=m["size"])
+      ref = None
+    model = model.to(dev)
+    xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(dev)
+    with torch.no_grad():
+      logits = model(xt)
+      yt = logits.argmax(1)
+      if ref is not None:
+        info["max_logit_diff_vs_flax"] = float(np.abs(logits[:8].cpu().numpy() - ref).max())
+    gen = torch.Generator(device=dev).manual_seed(0)
+
+    def sync():
+      if dev == "cuda":
+        torch.cuda.synchronize()
+
+    def fwdbwd():
+      xg = xt.clone().requires_grad_(True)
+      loss = torch.nn.functional.cross_entropy(model(xg), yt)
+      g, = torch.autograd.grad(loss, xg)
+      sync()
+      return g
+
+    def pgd():
+      out = torch_pgd(model, xt, yt, eps=EPS, step=step_size, steps=steps, generator=gen)
+      sync()
+      return out
+  else:
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from percadv_jax import attacks
+    from percadv_jax.models import get_model, random_variables
+    module = get_model(m["name"], num_classes=10, conv_impl=spec["conv_impl"], **m["kwargs"])
+    x = jnp.asarray(x_np)
+    variables = random_variables(module, x[:1])
+    logits_fn = jax.jit(lambda v: module.apply(variables, v))
+    y = jnp.argmax(logits_fn(x), -1).astype(jnp.int32)
+    grad = jax.jit(jax.grad(
+        lambda v: optax.softmax_cross_entropy_with_integer_labels(logits_fn(v), y).mean()))
+    g = np.asarray(grad(x))
+    info["check"] = {"logits": np.asarray(logits_fn(x[:8])).tolist(),
+                     "grad": g[:2].reshape(-1)[:4096].tolist()}
+    key = jax.random.key(0)
+
+    def fwdbwd():
+      return jax.block_until_ready(grad(x))
+
+    if spec["kind"] == "foolbox":
+      import foolbox
+      fmodel = foolbox.JAXModel(logits_fn, bounds=(0, 1))
+      fb = foolbox.attacks.LinfPGD(abs_stepsize=step_size, steps=steps, random_start=True)
+
+      def pgd():
+        return jax.block_until_ready(fb(fmodel, x, y, epsilons=EPS)[1])
+    else:
+      def pgd():
+        return jax.block_until_ready(attacks.pgd(logits_fn, x, y, key=key, eps=EPS,
+                                                 step_size=step_size, steps=steps))
+  fwdbwd()
+  pgd()
+  info["warmup_s"] = time.perf_counter() - t0
+  print("READY " + json.dumps(info), flush=True)
+  for line in sys.stdin:
+    if line.strip() != "run":
+      break
+    times = []
+    for _ in range(reps):
+      t = time.perf_counter()
+      fwdbwd()
+      times.append(time.perf_counter() - t)
+    t = time.perf_counter()
+    pgd()
+    print(json.dumps({"fwdbwd": min(times), "pgd": time.perf_counter() - t}), flush=True)
+
+
+# ------------------------------------------------------------------------------------------
+# Parent: start the workers, interleave the rounds, report.
+# ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  models: tuple[str, ...] = ("vgg32", "mnv2_64", "mnv2_224")
+  contenders: tuple[str, ...] = ("jax_xla", "jax_patches", "jax_ynn", "jax_onednn",
+                                 "jax_patches_ynn", "torch_1", "torch_all", "foolbox")
+  rounds: int = 5
+  reps: int = 3
+  steps: int = 10
+  cpus: str = "0"
+  device: str = "cpu"
+
+
+def _start(name: str, model: str, c: Config) -> subprocess.Popen:
+  spec = {**CONTENDERS[name], "model": model, "steps": c.steps, "reps": c.reps,
+          "device": c.device}
+  env = dict(os.environ)
+  if spec.get("xla_flags") is not None and c.device == "cpu":
+    env["XLA_FLAGS"] = spec["xla_flags"]
+  if c.device == "cpu":
+    env["JAX_PLATFORMS"] = "cpu"
+  cmd = [sys.executable, "-m", "experiments.benchmark_conv", "--worker=" + json.dumps(spec)]
+  if c.cpus:
+    cmd = ["taskset", "-c", c.cpus] + cmd
+  return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _read_json(proc: subprocess.Popen, prefix: str = "") -> dict:
+  while True:
+    line = proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"worker exited (rc {proc.wait()})")
+    if line.startswith(prefix) and line[len(prefix):].lstrip().startswith("{"):
+      return json.loads(line[len(prefix):])
+
+
+def run_model(model: str, c: Config) -> dict:
+  """Starts one worker per contender for ``model``, runs the rounds, returns the raw figures."""
+  procs, infos = {}, {}
+  for name in c.contenders:  # started one after the other: compiles do not share the CPUs
+    procs[name] = _start(name, model, c)
+    try:
+      infos[name] = _read_json(procs[name], "READY ")
+    except RuntimeError as e:
+      print(f"{model} {name}: {e}", flush=True)
+      procs.pop(name)
+      continue
+    print(f"{model} {name}: ready after {infos[name]['warmup_s']:.1f} s", flush=True)
+  names = list(procs)
+  rounds: list[dict[str, dict]] = []
+  for r in range(c.rounds):
+    order = names[r % len(names):] + names[:r % len(names)]
+    res = {}
+    for name in order:
+      procs[name].stdin.write("run\n")
+      procs[name].stdin.flush()
+      res[name] = _read_json(procs[name])
+    rounds.append(res)
+    print(f"{model} round {r}: " + ", ".join(
+        f"{n} {res[n]['fwdbwd']:.3f}/{res[n]['pgd']:.2f}" for n in names), flush=True)
+  for p in procs.values():
+    p.stdin.close()
+    p.wait(timeout=60)
+  return {"infos": infos, "rounds": rounds}
+
+
+def _checks(infos: dict) -> dict:
+  """Max abs logit / input-gradient differences of each JAX variant to ``jax_xla``."""
+  ref = infos.get("jax_xla", {}).get("check")
+  out = {}
+  for name, info in infos.items():
+    if "check" in info and ref is not None:
+      out[name] = {k: float(np.abs(np.asarray(info["check"][k]) - np.asarray(ref[k])).max())
+                   for k in ("logits", "grad")}
+    elif "max_logit_diff_vs_flax" in info:
+      out[name] = {"logits": info["max_logit_diff_vs_flax"]}
+  return out
+
+
+def summarise(model: str, raw: dict, c: Config) -> tuple[str, dict]:
+  rounds = raw["rounds"]
+  names = list(rounds[0])
+  m = MODELS[model]
+  rows = []
+  for n in names:
+    f = [r[n]["fwdbwd"] for r in rounds]
+    p = [r[n]["pgd"] for r in rounds]
+    rows.append({"contender": n, "fwdbwd_min_s": min(f), "fwdbwd_median_s": statistics.median(f),
+                 "pgd_min_s": min(p), "pgd_median_s": statistics.median(p),
+                 "pgd_images_per_s": m["batch"] / statistics.median(p)})
+  torch_names = [n for n in names if n.startswith("torch")]
+  ratios = {}
+  for n in names:
+    if not n.startswith("jax"):
+      continue
+    d = {}
+    if torch_names:
+      best = [min(r[t]["pgd"] for t in torch_names) / r[n]["pgd"] for r in rounds]
+      bestf = [min(r[t]["fwdbwd"] for t in torch_names) / r[n]["fwdbwd"] for r in rounds]
+      d["torch_best_over_ours_pgd"] = (statistics.median(best), min(best), max(best))
+      d["torch_best_over_ours_fwdbwd"] = (statistics.median(bestf), min(bestf), max(bestf))
+    if "foolbox" in names:
+      fb = [r["foolbox"]["pgd"] / r[n]["pgd"] for r in rounds]
+      d["foolbox_over_ours_pgd"] = (statistics.median(fb), min(fb), max(fb))
+    if "jax_xla" in names:
+      sp = [r["jax_xla"]["fwdbwd"] / r[n]["fwdbwd"] for r in rounds]
+      d["speedup_vs_jax_xla_fwdbwd"] = (statistics.median(sp), min(sp), max(sp))
+    d["pgd_over_floor"] = statistics.median(
+        [r[n]["pgd"] / (c.steps * r[n]["fwdbwd"]) for r in rounds])
+    ratios[n] = d
+  checks = _checks(raw["infos"])
+  lines = [f"### {model}: {m['name']} {m['kwargs']}, {m['size']} px, batch {m['batch']}, "
+           f"PGD-{c.steps}, {c.rounds} interleaved rounds, taskset -c {c.cpus or '(none)'}", "",
+           "| contender | fwd+bwd min | median | PGD min | median | PGD images/s | "
+           "max abs diff to jax_xla (logits / grad) |", "|---|---|---|---|---|---|---|"]
+  for row in rows:
+    ch = checks.get(row["contender"], {})
+    diff = " / ".join(f"{v:.1e}" for v in ch.values()) if ch else ""
+    lines.append(f"| {row['contender']} | {row['fwdbwd_min_s']:.3f} s | "
+                 f"{row['fwdbwd_median_s']:.3f} s | {row['pgd_min_s']:.2f} s | "
+                 f"{row['pgd_median_s']:.2f} s | {row['pgd_images_per_s']:.1f} | {diff} |")
+  lines += ["", "Same-round ratios, median [min, max] over rounds:", "",
+            "| JAX variant | best torch / ours, PGD | best torch / ours, fwd+bwd | "
+            "Foolbox / ours, PGD | jax_xla / ours, fwd+bwd | ours PGD / (steps x fwd+bwd) |",
+            "|---|---|---|---|---|---|"]
+
+  def f(t):
+    return f"{t[0]:.2f} [{t[1]:.2f}, {t[2]:.2f}]" if t else ""
+  for n, d in ratios.items():
+    lines.append(f"| {n} | {f(d.get('torch_best_over_ours_pgd'))} | "
+                 f"{f(d.get('torch_best_over_ours_fwdbwd'))} | "
+                 f"{f(d.get('foolbox_over_ours_pgd'))} | "
+                 f"{f(d.get('speedup_vs_jax_xla_fwdbwd'))} | {d['pgd_over_floor']:.2f} |")
+  threads = {n: i["threads"] for n, i in raw["infos"].items() if "threads" in i}
+  if threads:
+    lines += ["", "PyTorch threads: " + ", ".join(f"{k} {v}" for k, v in threads.items())]
+  return "\n".join(lines), {"rows": rows, "ratios": ratios, "checks": checks}
+
+
+def run(c: Config, workdir: str) -> str:
+  from experiments import benchmark_results
+  from percadv_jax import io
+  os.makedirs(workdir, exist_ok=True)
+  io.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(c))
+  sections, results = [], {}
+  for model in c.models:
+    raw = run_model(model, c)
+    md, res = summarise(model, raw, c)
+    results[model] = {**res, "raw": raw}
+    sections.append(md)
+    print(md, flush=True)
+    io.write_json(os.path.join(workdir, "results.json"), results)
+  text = "\n\n".join(sections)
+  with io.atomic_open(os.path.join(workdir, "benchmark_conv.md")) as fh:
+    fh.write(text + "\n")
+  if c.device == "cpu":
+    text += "\n\nNo GPU was available: no GPU figures (see the binary's docstring for the script)."
+  benchmark_results.update("benchmark_conv", text)
+  return text
+
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  flags.DEFINE_string("workdir", None, "Output directory.")
+  flags.DEFINE_list("models", list(Config.models), f"Models: {sorted(MODELS)}.")
+  flags.DEFINE_list("contenders", list(Config.contenders), f"Contenders: {sorted(CONTENDERS)}.")
+  flags.DEFINE_integer("rounds", Config.rounds, "Interleaved rounds (>= 5 for the record).")
+  flags.DEFINE_integer("reps", Config.reps, "fwd+bwd calls per round (the fastest counts).")
+  flags.DEFINE_integer("steps", Config.steps, "PGD steps.")
+  flags.DEFINE_string("cpus", Config.cpus, "taskset CPU list for every worker ('' = no pinning).")
+  flags.DEFINE_enum("device", Config.device, ["cpu", "gpu"], "Where the contenders run.")
+  flags.DEFINE_string("worker", None, "Internal: run one contender (JSON spec).")
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if FLAGS.worker:
+    _worker(json.loads(FLAGS.worker))
+    return
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir is required")
+  for m in FLAGS.models:
+    if m not in MODELS:
+      raise app.UsageError(f"unknown model {m!r}; choose from {sorted(MODELS)}")
+  for n in FLAGS.contenders:
+    if n not in CONTENDERS:
+      raise app.UsageError(f"unknown contender {n!r}; choose from {sorted(CONTENDERS)}")
+  if FLAGS.rounds < 1:
+    raise app.UsageError("--rounds must be >= 1")
+  run(Config(models=tuple(FLAGS.models), contenders=tuple(FLAGS.contenders), rounds=FLAGS.rounds,
+             reps=FLAGS.reps, steps=FLAGS.steps, cpus=FLAGS.cpus, device=FLAGS.device),
+      FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,26 @@
+r"""Configuration of the demo (``python -m experiments.demo``): both studies on synthetic signs.
+
+``--config=experiments/configs/demo.py:<preset>``: ``demo`` (the default; about 7 minutes on 2
+CPU cores, at most 15) or ``quick`` (about a minute; the numbers mean nothing). The fields are the
+two studies' configurations, ``masks`` (``configs/attention_masks.py``) and ``perceptual``
+(``configs/perceptual_cam.py``), overridable as ``--config.masks.train.epochs=3``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments.configs import attention_masks, perceptual_cam
+
+PRESETS = ("demo", "quick")
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  name = preset or "demo"
+  if name not in PRESETS:
+    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+  c = ml_collections.ConfigDict()
+  c.preset = name
+  c.masks = attention_masks.get_config(name)
+  c.perceptual = perceptual_cam.get_config(name)
+  return c

@@ -1,0 +1,191 @@
+"""The perceptual study's tables, figures and answer (pooled over seeds, with replication)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from experiments import common
+from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS, MAP_KINDS
+from percadv_jax import io
+
+ATTACK_LABELS = {"ssim": "SSIM quality ball", "linf": "Linf PGD", "l2": "L2 PGD"}
+MAP_LABELS = {"abs_d": "abs(d)", "one_minus_ssim": "1 - SSIM map"}
+PRIMARY = "grad_cam_pp_pearson"
+
+
+def stats(values: Mapping[str, np.ndarray], *, resamples: int, seed: int) -> dict[str, dict]:
+  """``{name: bootstrap_mean(values[name])}`` (NaNs, i.e. failed attacks, left out)."""
+  return {k: common.bootstrap_mean(v, resamples=resamples, seed=seed)
+          for k, v in values.items()}
+
+
+def above(a: Mapping[str, float], b: Mapping[str, float]) -> str:
+  """"higher" / "lower" / "indistinguishable" / "undefined" comparing two bootstrap CIs."""
+  if not (np.isfinite(a["mean"]) and np.isfinite(b["mean"])):
+    return "undefined"
+  if a["lo"] > b["hi"]:
+    return "higher"
+  if a["hi"] < b["lo"]:
+    return "lower"
+  return "indistinguishable"
+
+
+_VS = {"higher": "higher than", "lower": "lower than", "indistinguishable": "indistinguishable from",
+       "undefined": "not comparable with"}
+
+
+def verdict(agreement: Mapping[str, Mapping[str, dict]], kind: str) -> str:
+  """"yes" / "no" / "mixed" / "nothing to compare" for map ``kind`` of the SSIM attack against
+  Grad-CAM++, compared with the Lp baselines (95% CIs)."""
+  s = agreement["ssim"][f"{kind}/{PRIMARY}"]
+  if s["n"] == 0 or not np.isfinite(s["mean"]):
+    return "nothing to compare"
+  cmp = [above(s, agreement[o][f"{kind}/{PRIMARY}"]) for o in ("linf", "l2")]
+  if s["lo"] > 0 and all(c == "higher" for c in cmp):
+    return "yes"
+  if s["hi"] <= 0 or not any(c == "higher" for c in cmp):
+    return "no"
+  return "mixed"
+
+
+_MEANING = {
+    "yes": "the SSIM-constrained perturbations follow the CAM more closely than Lp PGD "
+           "perturbations of the same size",
+    "no": "the SSIM-constrained perturbations do not follow the CAM more closely than Lp PGD "
+          "perturbations of the same size",
+    "mixed": "the SSIM-constrained perturbations follow the CAM more closely than one Lp "
+             "baseline but not the other",
+    "nothing to compare": "the SSIM attack fooled the model on none of the images, so there is "
+                          "no perturbation to compare with the CAM",
+}
+
+
+def answer_lines(pooled: Mapping[str, Mapping[str, dict]], per_seed: Sequence[Mapping],
+                 seeds: Sequence[int], attack_stats: Mapping[str, dict], cam_mask: Mapping,
+                 *, has_masks: bool) -> list[str]:
+  """The answer to the paper's question: first from the SSIM map (as the paper compares), then
+  from |d|; each with whether it replicates across seeds; then the evidence."""
+  out = []
+  for kind in MAP_KINDS:
+    v = verdict(pooled, kind)
+    seed_v = [verdict(p, kind) for p in per_seed]
+    if len(seeds) > 1:
+      rep = ("the same in each of the seeds " + ", ".join(map(str, seeds)) if len(set(seed_v)) == 1
+             else "does not replicate across seeds: " + ", ".join(
+                 f"seed {s} {x}" for s, x in zip(seeds, seed_v)))
+    else:
+      rep = f"one seed ({seeds[0]}): replication not tested"
+    head = "Answer" if kind == MAP_KINDS[0] else "From abs(d)"
+    source = ("from the 1 - SSIM map, as the paper compares" if kind == "one_minus_ssim"
+              else "the perturbation's magnitude")
+    out.append(f"{head} ({source}): {v} — on this model and data {_MEANING[v]} ({rep}).")
+  for kind in MAP_KINDS:
+    s = pooled["ssim"][f"{kind}/{PRIMARY}"]
+    sign = ("undefined for" if not np.isfinite(s["mean"]) else
+            "positively" if s["lo"] > 0 else "negatively" if s["hi"] < 0 else "not measurably")
+    comps = [f"{_VS[above(s, pooled[o][f'{kind}/{PRIMARY}'])]} {ATTACK_LABELS[o]} "
+             f"({common.fmt_ci(pooled[o][f'{kind}/{PRIMARY}'])}, n = "
+             f"{pooled[o][f'{kind}/{PRIMARY}']['n']})" for o in ("linf", "l2")]
+    out.append(f"The {MAP_LABELS[kind]} of the SSIM-constrained perturbations is {sign} "
+               f"correlated with Grad-CAM++ (Pearson {common.fmt_ci(s)}, n = {s['n']} fooled "
+               "images); " + ", ".join(comps) + ".")
+  if has_masks:
+    for kind in MAP_KINDS:
+      s = pooled["ssim"][f"{kind}/mask_energy_ratio"]
+      where = ("is undefined" if not np.isfinite(s["mean"]) else
+               "concentrates on the object" if s["lo"] > 1 else
+               "avoids the object (lands on the background)" if s["hi"] < 1 else
+               "is spread like chance over object and background")
+      comps = [f"{ATTACK_LABELS[o]} {common.fmt_ci(pooled[o][f'{kind}/mask_energy_ratio'])}"
+               for o in ("linf", "l2")]
+      out.append(f"Measured against the foreground mask, the SSIM attack's {MAP_LABELS[kind]} "
+                 f"{where}: energy in the mask / chance {common.fmt_ci(s)} (1 = chance; "
+                 + ", ".join(comps) + ").")
+    g = cam_mask.get("grad_cam_pp_energy_ratio")
+    if g:
+      out.append(f"Grad-CAM++ itself puts {common.fmt_ci(g)} times chance of its mass on the "
+                 "object (the CAM is a sensible reference only if this is > 1).")
+  st = {k: attack_stats[k] for k in ATTACKS}
+  out.append(
+      f"The SSIM attack fooled the model on {st['ssim']['successes']} of {st['ssim']['n']} "
+      f"images ({100 * st['ssim']['success_rate']:.1f}%) at mean standard SSIM "
+      f"{st['ssim']['ssim_mean']:.3f} (Linf PGD {st['linf']['successes']}/{st['linf']['n']} at "
+      f"SSIM {st['linf']['ssim_mean']:.3f}, L2 PGD {st['l2']['successes']}/{st['l2']['n']} at "
+      f"SSIM {st['l2']['ssim_mean']:.3f}, radii matched as configured); the agreement measures "
+      "use only the fooled images.")
+  return out
+
+
+def attack_row(name: str, st: Mapping[str, Any], config: Any) -> dict:
+  b = config.ball
+  return {
+      "attack": ATTACK_LABELS[name],
+      "radius": (f"ball w={b.window} s={b.stride} e1={b.eps_luminance:g} e2={b.eps_structure:g}"
+                 if name == "ssim" else f"eps={st['facts']['eps']:.4g} ({name})"),
+      "success (%)": common.pct(st["success_rate"]), "fooled": st["successes"],
+      "Linf mean": round(st["linf_mean"], 4), "L2 mean": round(st["l2_mean"], 4),
+      "SSIM mean": round(st["ssim_mean"], 4), "seconds": round(st["seconds"], 1)}
+
+
+def agreement_rows(pooled: Mapping[str, Mapping[str, dict]], *, top_k: float,
+                   has_masks: bool) -> list[dict]:
+  rows = []
+  for name in ATTACKS:
+    for kind in MAP_KINDS:
+      e = pooled[name]
+      row = {"attack": ATTACK_LABELS[name], "map": MAP_LABELS[kind],
+             "n": e[f"{kind}/{PRIMARY}"]["n"],
+             "Pearson vs Grad-CAM++": common.fmt_ci(e[f"{kind}/grad_cam_pp_pearson"]),
+             "Spearman vs Grad-CAM++": common.fmt_ci(e[f"{kind}/grad_cam_pp_spearman"]),
+             f"top-{int(top_k * 100)}% IoU vs Grad-CAM++":
+                 common.fmt_ci(e[f"{kind}/grad_cam_pp_top_k_iou"]),
+             "Pearson vs Grad-CAM": common.fmt_ci(e[f"{kind}/grad_cam_pearson"])}
+      if has_masks:
+        row["energy in mask / chance"] = common.fmt_ci(e[f"{kind}/mask_energy_ratio"])
+        row["AUC vs mask"] = common.fmt_ci(e[f"{kind}/mask_auc"])
+      rows.append(row)
+  return rows
+
+
+def replication_rows(per_seed: Sequence[Mapping], seeds: Sequence[int]) -> list[dict]:
+  """Pearson vs Grad-CAM++ per seed: one row per attack and map."""
+  rows = []
+  for name in ATTACKS:
+    for kind in MAP_KINDS:
+      row = {"attack": ATTACK_LABELS[name], "map": MAP_LABELS[kind]}
+      for s, p in zip(seeds, per_seed):
+        row[f"seed {s}"] = common.fmt_ci(p[name][f"{kind}/{PRIMARY}"])
+      rows.append(row)
+  return rows
+
+
+def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
+  """The study's Markdown section (figure links relative to ``prefix``)."""
+  d, m = results["data"], results["model"]
+  attack_md = io.markdown_table(results["tables"]["attacks"]["rows"],
+                                results["tables"]["attacks"]["columns"])
+  agree_md = io.markdown_table(results["tables"]["agreement"]["rows"],
+                               results["tables"]["agreement"]["columns"])
+  rep = results["tables"]["replication"]
+  b, a = config.ball, config.attack
+  lines = [
+      "## Perceptual perturbations vs class activation maps", "",
+      f"Model: {m['source']} (CAM layer `{m['cam_layer']}`). Seeds {results['seeds']}: per "
+      f"seed {d['num_images']} correctly classified {d['dataset']} {d['split']} images "
+      f"({d['image_size']} px; labels from {d['label_source']}; "
+      f"{100 * d['candidate_accuracy']:.1f}% of the candidates correct). Quality ball: window "
+      f"{b.window}, stride {b.stride}, e1 = {b.eps_luminance}, e2 = {b.eps_structure}; SSIM "
+      f"attack {a.ssim_steps} steps; PGD {a.pgd_steps} steps (step 2.5 eps / steps). SSIM is the "
+      "standard (Gaussian 11x11) SSIM.", "", attack_md,
+      "Agreement with the clean image's CAM (target = true class) and the foreground mask, over "
+      "the images each attack fooled (n), pooled over seeds: mean [95% bootstrap CI].", "",
+      agree_md]
+  if len(results["seeds"]) > 1:
+    lines += ["Pearson vs Grad-CAM++ per seed:", "",
+              io.markdown_table(rep["rows"], rep["columns"])]
+  for name, path in results["figures"].items():
+    lines += [f"![{ATTACK_LABELS[name]}]({prefix}{path})", ""]
+  lines += ["What the numbers say:", ""] + [f"- {s}" for s in results["answer"]]
+  return "\n".join(lines) + "\n"
