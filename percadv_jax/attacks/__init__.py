@@ -12,13 +12,19 @@ internally with the hyper-parameters static.
 - ``robust_accuracy(logits_fn, x, y, attacks, *, key=None, mask=None, batch_size=None)``
 - losses ``"ce"``, ``"margin"`` (CW), ``"dlr"`` in ``percadv_jax.attacks.losses``;
   ``masked_logits_fn(logits_fn, mask)`` for a model that sees only the foreground.
+- ``checked(attack)``: the same attack with ``jax.experimental.checkify`` checks of its inputs
+  and guarantees, for use inside ``jit``.
+- ``diagnostics``: checks that say when a robustness evaluation cannot be trusted (zero or
+  non-finite gradients, a random model, a stronger attack finding more, no collapse at a large
+  eps); ``diagnostics.run_all`` runs them all.
 """
 
 from percadv_jax.attacks import losses
-from percadv_jax.attacks._common import CPU_UNROLL_MAX_STEPS, default_unroll
+from percadv_jax.attacks import diagnostics
+from percadv_jax.attacks._common import CPU_UNROLL_MAX_STEPS, checked, default_unroll
 from percadv_jax.attacks.apgd import apgd
-from percadv_jax.attacks.evaluation import robust_accuracy
+from percadv_jax.attacks.evaluation import Attack, robust_accuracy, step_size
 from percadv_jax.attacks.pgd import fgsm, masked_logits_fn, pgd
 
-__all__ = ["pgd", "fgsm", "apgd", "robust_accuracy", "masked_logits_fn", "losses",
-           "CPU_UNROLL_MAX_STEPS", "default_unroll"]
+__all__ = ["pgd", "fgsm", "apgd", "robust_accuracy", "Attack", "step_size", "masked_logits_fn", "losses", "checked",
+           "diagnostics", "CPU_UNROLL_MAX_STEPS", "default_unroll"]

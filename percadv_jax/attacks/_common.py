@@ -73,13 +73,26 @@ def resolve_unroll(unroll: Any, total_steps: int) -> int | bool:
 
 
 def check_int(value: Any, name: str, minimum: int = 1) -> int:
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
+  """``value`` (an int or NumPy integer, not a bool) as a Python int >= ``minimum``."""
+  return checks.check_int(value, name, minimum=minimum)
 
 
 def check_per_example(value: Any, name: str, n: int, *, allow_zero: bool) -> None:
-  """``value`` must be a scalar or shape [n] (and, when concrete, >= 0 / > 0 and finite)."""
+  """``value`` must be a real scalar or float [n] (and, when concrete, >= 0 / > 0 and finite).
+
+  Under ``jit`` (a traced value) only the shape and dtype are checked; the attack cores then
+  clamp the value (``per_example_nonneg``) so that the guarantees still hold.
+  """
+  if isinstance(value, (list, tuple)):
+    raise ValueError(f"{name} must be a number or an array of shape ({n},), got a "
+                     f"{type(value).__name__}; pass np.asarray({name})")
+  if isinstance(value, (bool, np.bool_)) or not hasattr(value, "dtype") and not isinstance(
+      value, (int, float)):
+    raise ValueError(f"{name} must be a number or an array of shape ({n},), got {value!r}")
+  dtype = np.dtype(getattr(value, "dtype", np.float64))
+  if dtype == np.bool_ or not (np.issubdtype(dtype, np.floating)
+                               or np.issubdtype(dtype, np.integer)):
+    raise ValueError(f"{name} must be real-valued, got dtype {dtype}")
   shape = tuple(getattr(value, "shape", ()))
   if shape not in ((), (n,)):
     raise ValueError(f"{name} must be a scalar or have shape ({n},) (one per example), "
@@ -92,13 +105,40 @@ def per_example(value: Any, n: int) -> jax.Array:
   return jnp.broadcast_to(jnp.asarray(value, jnp.float32), (n,)).reshape(n, 1, 1, 1)
 
 
+def per_example_nonneg(value: Any, n: int) -> jax.Array:
+  """``per_example`` with negative and NaN entries replaced by 0 (the traced-path clamp).
+
+  Public entry points reject such values when they are concrete; under ``jit`` they cannot be
+  inspected, so a radius or step below 0 (or NaN) acts as 0: no perturbation, never ``|value|``.
+  """
+  v = per_example(value, n)
+  return jnp.where(v >= 0, v, 0.0)
+
+
+def binary_mask(mask: jax.Array | None) -> jax.Array | None:
+  """The attacks' reading of a mask: float32 1 where ``mask > 0.5`` (free), 0 elsewhere (fixed).
+
+  Concrete masks are checked to hold only 0 and 1; a traced one cannot be, so a value such as
+  0.5 (or NaN) counts as 0: ambiguous pixels are left unchanged, never perturbed.
+  """
+  if mask is None:
+    return None
+  return (jnp.asarray(mask) > 0.5).astype(jnp.float32)
+
+
+def finite_or_zero(g: jax.Array) -> jax.Array:
+  """``g`` with NaN and +-inf entries replaced by 0 (a non-finite gradient gives no step)."""
+  return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
+
+
 def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool) -> None:
   """Shared argument checks of the attacks; raises ValueError with a clear message."""
   if not callable(logits_fn):
     raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
-  checks.check_images(x, "x", channels=None)
+  checks.check_images(x, "x", channels=None, allow_empty=False)
   n = x.shape[0]
   checks.check_labels(y, n, None, "targets" if targeted else "y")
+  checks.check_bool(targeted, "targeted")
   checks.check_choice(norm, "norm", NORMS)
   checks.check_choice(loss, "loss", losses.LOSSES)
   if mask is not None:
@@ -167,7 +207,11 @@ def apply_mask(x_adv: jax.Array, x: jax.Array, mask: jax.Array | None) -> jax.Ar
 
 
 def direction(g: jax.Array, norm: str, mask: jax.Array | None) -> jax.Array:
-  """The steepest-ascent direction of the masked gradient: sign (linf) or g/||g||_2 (l2)."""
+  """The steepest-ascent direction of the masked gradient: sign (linf) or g/||g||_2 (l2).
+
+  Non-finite gradient entries (a model returning NaN or inf) count as 0, so they move nothing.
+  """
+  g = finite_or_zero(g)
   if mask is not None:
     g = jnp.where(mask > 0, g, 0.0)
   if norm == "linf":
@@ -180,8 +224,10 @@ def project(x_adv: jax.Array, x: jax.Array, eps: jax.Array, norm: str,
   """Projects onto the eps-ball around ``x`` (eps [N,1,1,1]), then the box [0,1], then the mask.
 
   The order keeps all three guarantees: clipping to [0,1] and zeroing masked coordinates only
-  move each coordinate towards ``x``, which never increases the Linf or L2 distance.
+  move each coordinate towards ``x``, which never increases the Linf or L2 distance. A non-finite
+  coordinate of ``x_adv`` (from a NaN or inf step under ``jit``) is reset to ``x``.
   """
+  x_adv = jnp.where(jnp.isfinite(x_adv), x_adv, x)
   if norm == "linf":
     x_adv = x + jnp.clip(x_adv - x, -eps, eps)
   else:
@@ -245,3 +291,59 @@ def worst_over_restarts(run: Callable, keys: jax.Array | None, restarts: int,
 
   best, _ = lax.scan(restart_body, best, jnp.arange(1, restarts), unroll=unroll)
   return best[0]
+
+
+def checked(attack: Callable) -> Callable:
+  """``attack`` (``pgd``, ``fgsm``, ``apgd`` or one with their signature) with traced checks.
+
+  The public attacks validate concrete arguments before tracing; inside ``jit`` the values are
+  abstract, and the cores only clamp (see ``percadv_jax.attacks.pgd``). This wrapper adds
+  ``jax.experimental.checkify`` checks of the inputs (``x`` finite and in [0, 1], ``eps >= 0``,
+  ``step_size > 0``, ``mask`` in {0, 1}, ``0 <= y < K``) and of the output's guarantees
+  (finite, in [0, 1], within ``eps`` in ``norm`` up to 1e-6, equal to ``x`` where ``mask`` is
+  0). Run it under ``checkify.checkify`` and raise with ``err.throw()``::
+
+    f = checkify.checkify(jax.jit(lambda x, y, e: checked(pgd)(logits_fn, x, y, eps=e, ...)))
+    err, x_adv = f(x, y, eps)
+    err.throw()   # ValueError-like JaxRuntimeError naming the failed check
+
+  Called with concrete values outside ``checkify``, a failed check raises at once.
+
+  Returns:
+    the wrapped attack: ``(logits_fn, x, y, *, eps, norm="linf", mask=None, **kw) -> x_adv``.
+  """
+  from jax.experimental import checkify  # pylint: disable=g-import-not-at-top
+
+  @functools.wraps(attack)
+  def wrapped(logits_fn, x, y, *, eps, norm: str = "linf", mask=None, **kw):
+    xf = jnp.asarray(x, jnp.float32)
+    yi = jnp.asarray(y)
+    n = xf.shape[0]
+    e = jnp.broadcast_to(jnp.asarray(eps, jnp.float32), (n,))
+    checkify.check(jnp.all(jnp.isfinite(xf)), "x contains NaN or inf values")
+    checkify.check(jnp.all((xf >= 0) & (xf <= 1)), "x must lie in [0, 1], got values in "
+                   "[{lo}, {hi}]", lo=jnp.min(xf), hi=jnp.max(xf))
+    checkify.check(jnp.all(e >= 0), "eps must be >= 0, got minimum {m}", m=jnp.min(e))
+    if kw.get("step_size") is not None:
+      s = jnp.asarray(kw["step_size"], jnp.float32)
+      checkify.check(jnp.all(s > 0) & jnp.all(jnp.isfinite(s)),
+                     "step_size must be finite and > 0, got minimum {m}", m=jnp.min(s))
+    if mask is not None:
+      m = jnp.asarray(mask)
+      checkify.check(jnp.all((m == 0) | (m == 1)), "mask must contain only 0 and 1")
+    k = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(xf.shape, jnp.float32)).shape[-1]
+    checkify.check(jnp.all((yi >= 0) & (yi < k)), "y must lie in [0, {k}), got values in "
+                   "[{lo}, {hi}]", k=jnp.asarray(k), lo=jnp.min(yi), hi=jnp.max(yi))
+    x_adv = attack(logits_fn, x, y, eps=eps, norm=norm, mask=mask, **kw)
+    d = (x_adv - xf).reshape(n, -1)
+    dist = jnp.max(jnp.abs(d), axis=1) if norm == "linf" else jnp.sqrt(jnp.sum(d * d, axis=1))
+    checkify.check(jnp.all(jnp.isfinite(x_adv)), "x_adv contains NaN or inf values")
+    checkify.check(jnp.all((x_adv >= 0) & (x_adv <= 1)), "x_adv leaves the box [0, 1]")
+    checkify.check(jnp.all(dist <= e + 1e-6), "x_adv is farther than eps from x: distance "
+                   "{dist} > eps {eps}", dist=jnp.max(dist - e) + jnp.min(e), eps=jnp.min(e))
+    if mask is not None:
+      fixed = jnp.broadcast_to(jnp.asarray(mask) == 0, xf.shape)
+      checkify.check(jnp.all(jnp.where(fixed, x_adv == xf, True)),
+                     "x_adv differs from x where mask is 0")
+    return x_adv
+  return wrapped

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from percadv_jax import checks
 from percadv_jax.attacks import _common as C
 from percadv_jax.attacks import losses
 from percadv_jax.attacks.pgd import LogitsFn, _objective, _prepare
@@ -53,7 +54,8 @@ def checkpoints(steps: int) -> tuple[np.ndarray, np.ndarray]:
 def _apgd(logits_fn, x, y, keys, eps, mask, *, steps, norm, random_start, restarts, targeted,
           loss, rho, momentum, early_stop, unroll):
   n = x.shape[0]
-  eps = C.per_example(eps, n)
+  eps = C.per_example_nonneg(eps, n)
+  mask = C.binary_mask(mask)
   value_and_grad = jax.value_and_grad(_objective(logits_fn, loss, targeted, y), has_aux=True)
   is_ckpt, window = checkpoints(steps)
   xs = (jnp.arange(steps), jnp.asarray(is_ckpt), jnp.asarray(window, jnp.float32))
@@ -131,10 +133,10 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | No
   x, y, keys, mask, steps, restarts = _prepare(
       logits_fn, x, y, key=key, eps=eps, step_size=None, steps=steps, norm=norm, mask=mask,
       random_start=random_start, restarts=restarts, targeted=targeted, loss=loss)
-  if not 0.0 < rho <= 1.0:
-    raise ValueError(f"rho must lie in (0, 1], got {rho}")
-  if not 0.0 < momentum <= 1.0:
-    raise ValueError(f"momentum must lie in (0, 1], got {momentum}")
+  rho = checks.check_float(rho, "rho", minimum=0.0, maximum=1.0, min_inclusive=False)
+  momentum = checks.check_float(momentum, "momentum", minimum=0.0, maximum=1.0,
+                                min_inclusive=False)
+  early_stop = checks.check_bool(early_stop, "early_stop")
   unroll = C.resolve_unroll(unroll, steps * restarts)
   return _apgd(logits_fn, x, y, keys, eps, mask, steps=steps, norm=norm,
                random_start=bool(random_start), restarts=restarts, targeted=bool(targeted),

@@ -11,7 +11,18 @@ setting where the *model* sees only the foreground, wrap the model with
 ``masked_logits_fn(logits_fn, mask)`` and pass the same ``mask`` to the attack.
 
 Guarantees on every output: ``|x_adv - x| <= eps`` in the chosen norm (up to float rounding,
-< 1e-6), ``0 <= x_adv <= 1``, ``x_adv == x`` exactly where ``mask == 0``.
+< 1e-6), ``0 <= x_adv <= 1``, ``x_adv == x`` exactly where ``mask == 0``. They hold whatever
+the model returns and under ``jit`` too, where values cannot be checked:
+
+- a NaN or inf entry of the input gradient counts as 0 (no step along it), and a non-finite
+  iterate coordinate is reset to ``x``: a ``logits_fn`` returning NaN never gives a NaN ``x_adv``;
+- a traced ``eps`` or ``step_size`` below 0 (or NaN) acts as 0 (no perturbation), never as its
+  absolute value;
+- a traced mask is read as ``mask > 0.5``: pixels with 0.5 (or NaN) are left unchanged.
+
+Concrete arguments are validated before tracing (a ValueError names the problem); to have the
+same checks raised from inside ``jit``, wrap an attack with ``percadv_jax.attacks.checked`` and
+run it under ``jax.experimental.checkify.checkify``.
 """
 
 from __future__ import annotations
@@ -50,8 +61,9 @@ def _objective(logits_fn, loss, targeted, y):
 def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_start, restarts,
          targeted, loss, early_stop, unroll):
   n = x.shape[0]
-  eps = C.per_example(eps, n)
-  step = C.per_example(step_size, n)
+  eps = C.per_example_nonneg(eps, n)
+  step = C.per_example_nonneg(step_size, n)
+  mask = C.binary_mask(mask)
   objective = _objective(logits_fn, loss, targeted, y)
   value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
@@ -97,6 +109,7 @@ def _prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_
   """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core."""
   steps = C.check_int(steps, "steps")
   restarts = C.check_int(restarts, "restarts")
+  random_start = checks.check_bool(random_start, "random_start")
   if restarts > 1 and not random_start:
     raise ValueError("restarts > 1 needs random_start=True (restarts from x would repeat the "
                      "same deterministic attack)")
@@ -154,6 +167,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
   x, y, keys, mask, steps, restarts = _prepare(
       logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm, mask=mask,
       random_start=random_start, restarts=restarts, targeted=targeted, loss=loss)
+  early_stop = checks.check_bool(early_stop, "early_stop")
   unroll = C.resolve_unroll(unroll, steps * restarts)
   return _pgd(logits_fn, x, y, keys, eps, step_size, mask, steps=steps, norm=norm,
               random_start=bool(random_start), restarts=restarts, targeted=bool(targeted),
@@ -163,8 +177,9 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
 @C.jit_logits_fn(static_argnames=("norm", "random_start", "targeted", "loss"))
 def _fgsm(logits_fn, x, y, keys, eps, step_size, mask, *, norm, random_start, targeted, loss):
   n = x.shape[0]
-  eps = C.per_example(eps, n)
-  step = C.per_example(step_size, n)
+  eps = C.per_example_nonneg(eps, n)
+  step = C.per_example_nonneg(step_size, n)
+  mask = C.binary_mask(mask)
   xa = C.random_start(keys, x, eps, norm, mask) if random_start else x
   g = jax.grad(lambda v: _objective(logits_fn, loss, targeted, y)(v)[0])(xa)
   return C.project(xa + step * C.direction(g, norm, mask), x, eps, norm, mask)
