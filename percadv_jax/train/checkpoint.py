@@ -7,6 +7,7 @@ into a freshly created state of the same model and optimiser continues the run b
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -30,19 +31,82 @@ def save(mngr: ocp.CheckpointManager, state: TrainState) -> None:
   mngr.wait_until_finished()
 
 
+def _summary(e: BaseException) -> str:
+  """The first line of an exception's message (orbax/TensorStore errors run to many lines)."""
+  text = str(e).strip().splitlines()
+  first = text[0] if text else ""
+  if len(first) > 200:
+    first = first[:200] + "..."
+  return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> str:
+  return os.path.join(os.fspath(mngr.directory), str(step))
+
+
+def _move_aside(path: str) -> str | None:
+  """Renames an unreadable step directory to ``<path>.corrupt[-k]`` (ignored by orbax).
+
+  A corrupt step left in place would shadow the run: its step number is taken, so the resumed
+  run could never save that step again. Nothing is deleted. Returns the new path, or None if the
+  directory could not be renamed (e.g. a read-only workdir).
+  """
+  target, k = path + ".corrupt", 1
+  while os.path.exists(target):
+    target, k = f"{path}.corrupt-{k}", k + 1
+  try:
+    os.replace(path, target)
+  except OSError:
+    return None
+  return target
+
+
 def restore(mngr: ocp.CheckpointManager, state: TrainState, step: int | None = None
             ) -> TrainState:
-  """``state`` with its arrays replaced by checkpoint ``step`` (default: the latest).
+  """``state`` with its arrays replaced by checkpoint ``step`` (default: the latest intact one).
 
   ``state`` supplies the structure, shapes and dtypes (and the static ``apply_fn``, ``tx``); it
-  is returned unchanged when there is no checkpoint.
+  is returned unchanged when there is no checkpoint. Without ``step``, an unreadable latest step
+  (truncated or zeroed files, e.g. a disk that filled up) is reported with a warning naming its
+  directory, renamed to ``<step>.corrupt`` (so the resumed run can save that step again) and the
+  newest older intact step is restored; the returned ``state.step`` says which.
+
+  Raises:
+    ValueError: ``step`` is given and unreadable, or no step is intact; one line naming the
+      directory and the reason (no TensorStore traceback).
   """
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    return state
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_arrays(state))
-  arrays = mngr.restore(step, args=ocp.args.StandardRestore(target))
-  return with_arrays(state, arrays)
+
+  def load(s: int):
+    return mngr.restore(s, args=ocp.args.StandardRestore(target))
+
+  if step is not None:
+    try:
+      return with_arrays(state, load(step))
+    except Exception as e:  # pylint: disable=broad-except
+      raise ValueError(f"checkpoint step {step} at {_step_dir(mngr, step)} cannot be restored "
+                       f"({_summary(e)})") from None
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
+    return state
+  failed = []
+  for s in steps:
+    try:
+      arrays = load(s)
+    except Exception as e:  # pylint: disable=broad-except
+      failed.append((s, _summary(e)))
+      continue
+    if failed:
+      moved = [(f, _move_aside(_step_dir(mngr, f))) for f, _ in failed]
+      mngr.reload()
+      for (f, why), (_, new) in zip(failed, moved):
+        where = f"; moved to {new}" if new else ""
+        warnings.warn(f"checkpoint step directory {_step_dir(mngr, f)} is unreadable ({why})"
+                      f"{where}; restored the older step {s} instead", stacklevel=2)
+    return with_arrays(state, arrays)
+  raise ValueError(f"no intact checkpoint in {os.fspath(mngr.directory)}: step(s) "
+                   f"{', '.join(str(f) for f, _ in failed)} cannot be restored (step "
+                   f"{failed[0][0]}: {failed[0][1]})") from None
 
 
 def latest_step(directory: str) -> int | None:
