@@ -32,10 +32,16 @@ def define_flags(study: str, *, workdir: bool = True, default_preset: str = "def
   """Defines ``--config`` (default ``configs/<study>.py:<default_preset>``), ``--workdir``,
   ``--traceback``."""
   from ml_collections import config_flags
-  config_flags.DEFINE_config_file(
-      "config", os.path.join(CONFIGS, f"{study}.py") + f":{default_preset}",
-      f"Config file and preset, e.g. experiments/configs/{study}.py:quick; override fields with "
-      "--config.<field>=<value>.", lock_config=True)
+  try:  # ml_collections reads the --config.<field> overrides of sys.argv here
+    config_flags.DEFINE_config_file(
+        "config", os.path.join(CONFIGS, f"{study}.py") + f":{default_preset}",
+        f"Config file and preset, e.g. experiments/configs/{study}.py:quick; override fields "
+        "with --config.<field>=<value>.", lock_config=True)
+  except (AttributeError, KeyError) as e:
+    field = str(e).strip("\"'")
+    given = [a for a in sys.argv[1:] if a.startswith("--config.") and field in a]
+    _fail(f"no config field {field!r} (in {' '.join(given) or 'an override'}); --helpfull "
+          "lists the fields", 2)
   if workdir:
     flags.DEFINE_string("workdir", None, "Output directory (created; resumable).")
   flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
@@ -52,7 +58,11 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   try:
     rest = FLAGS(argv)
   except flags.Error as e:
-    _fail(str(e), 2)
+    text = str(e)
+    if "Traceback (most recent call last)" in text:  # ml_collections embeds the config's error
+      head = text.split("Traceback (most recent call last)")[0].strip().rstrip(":")
+      text = f"{head}: {text.strip().splitlines()[-1]}"
+    _fail(text, 2)
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # ml_collections overrides
     text = str(e).strip("\"'")
     _fail(f"bad --config override: {text}", 2)

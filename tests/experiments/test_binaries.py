@@ -1,4 +1,4 @@
-"""End-to-end: the demo's --quick mode (both studies), tables == results.json, resume, flags."""
+"""End-to-end: the demo's quick preset (both studies), tables == results.json, resume, configs."""
 
 import csv
 import os
@@ -8,11 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import attention_masks, common, demo
+from experiments import common, demo, masks_study
 from experiments.configs import attention_masks as masks_cfgs
+from experiments.configs import demo as demo_cfgs
+from experiments.masks_study import report as masks_report
 from percadv_jax import io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+QUICK = "--config=experiments/configs/demo.py:quick"
 
 
 def _env():
@@ -22,12 +25,15 @@ def _env():
   return env
 
 
+def run_binary(*args, timeout=900):
+  return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=_env(),
+                        capture_output=True, text=True, timeout=timeout)
+
+
 @pytest.fixture(scope="module")
 def quick_demo(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp("demo"))
-  proc = subprocess.run([sys.executable, "-m", "experiments.demo", "--quick",
-                         f"--workdir={workdir}"], cwd=ROOT, env=_env(), capture_output=True,
-                        text=True, timeout=900)
+  proc = run_binary("experiments.demo", QUICK, f"--workdir={workdir}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert os.path.join(workdir, "report.md") in proc.stdout.replace(os.path.abspath(workdir),
                                                                    workdir)
@@ -48,6 +54,7 @@ def test_demo_writes_every_file(quick_demo):
               "attention_masks/summary.md", "perceptual_cam/results.json",
               "perceptual_cam/attacks.md", "perceptual_cam/attacks.csv",
               "perceptual_cam/agreement.md", "perceptual_cam/agreement.csv",
+              "perceptual_cam/replication.csv",
               "perceptual_cam/figures/ssim.png", "perceptual_cam/figures/linf.png",
               "perceptual_cam/figures/l2.png", "perceptual_cam/summary.md"]:
     assert os.path.getsize(os.path.join(w, rel)) > 0, rel
@@ -67,11 +74,10 @@ def test_masks_table_equals_results_json(quick_demo):
   ds = res["dataset"]["name"]
   for row, name in zip(rows, masks_cfgs.MODEL_NAMES):
     m = res["models"][name]
-    for label, key in attention_masks.TABLE_METRICS:
+    for label, key in masks_report.TABLE_METRICS:
       assert float(row[f"{ds} {label} (%)"]) == common.pct(m[key]), (name, label)
     assert m["robust_accuracy"] <= min(m["pgd_accuracy"], m["apgd_accuracy"])
     assert max(m["pgd_accuracy"], m["apgd_accuracy"]) <= m["natural_accuracy"]
-    # Curves: eps 0 is the natural accuracy of the curve's subset, accuracy falls with eps.
     acc = [c["pgd_accuracy"] for c in m["curve"]]
     assert acc[0] >= acc[-1]
   md = open(os.path.join(d, "table.md")).read()
@@ -89,58 +95,48 @@ def test_perceptual_tables_equal_results_json(quick_demo):
   for row, name in zip(rows, ("ssim", "linf", "l2")):
     st = res["attacks"][name]
     assert float(row["success (%)"]) == common.pct(st["success_rate"])
+    assert int(row["fooled"]) == st["successes"] <= st["n"]
     assert float(row["SSIM mean"]) == round(st["ssim_mean"], 4)
     assert float(row["Linf mean"]) == round(st["linf_mean"], 4)
     assert 0 <= st["success_rate"] <= 1 and st["ssim_mean"] <= 1
-  # The SSIM attack stays inside its quality ball.
-  assert res["attacks"]["ssim"]["ball_violation_max"] <= 1e-4
-  # PGD radii were matched to the SSIM attack's median norms.
-  assert res["attacks"]["linf"]["facts"]["eps"] == pytest.approx(
+  assert res["attacks"]["ssim"]["ball_violation_max"] <= 1e-4  # inside the quality ball
+  assert res["attacks"]["linf"]["facts"]["eps"] == pytest.approx(  # matched radii
       res["attacks"]["ssim"]["linf_median"], rel=1e-5)
   agree = _csv(os.path.join(d, "agreement.csv"))
   assert len(agree) == 6
   for row in agree:
     name = {"SSIM quality ball": "ssim", "Linf PGD": "linf", "L2 PGD": "l2"}[row["attack"]]
     kind = {"abs(d)": "abs_d", "1 - SSIM map": "one_minus_ssim"}[row["map"]]
-    entry = res["agreement"][f"{name}/{kind}"]
-    assert row["Pearson vs Grad-CAM++"] == common.fmt_ci(entry["grad_cam_pp_pearson"])
-    assert row["energy in mask / chance"] == common.fmt_ci(entry["mask_energy_ratio"])
-    e = entry["mask_energy_ratio"]
+    entry = res["agreement"][name]
+    assert row["Pearson vs Grad-CAM++"] == common.fmt_ci(entry[f"{kind}/grad_cam_pp_pearson"])
+    assert int(row["n"]) == entry[f"{kind}/grad_cam_pp_pearson"]["n"] <= \
+        res["attacks"][name]["successes"]
+    e = entry[f"{kind}/mask_energy_ratio"]
     if np.isfinite(e["mean"]):
       assert e["lo"] <= e["mean"] <= e["hi"]
-  assert res["answer"][0].startswith("Answer:")
+  assert res["answer"][0].startswith("Answer (from the 1 - SSIM map")
+  assert res["answer"][1].startswith("From abs(d)")
 
 
 def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):
   w = quick_demo
   masks_dir = os.path.join(w, "attention_masks")
-  stage = os.path.join(w, "perceptual_cam", "stages", "adv_ssim.npz")
-  before = (os.path.getmtime(stage), io.read_json(os.path.join(masks_dir, "results.json")))
-  out = demo.run(demo.make_config(quick=True), w)
+  stages = os.path.join(w, "perceptual_cam", "seed_0", "evaluations")
+  before = ({f: os.path.getmtime(os.path.join(stages, f)) for f in os.listdir(stages)},
+            io.read_json(os.path.join(masks_dir, "results.json")))
+  out = demo.run(demo_cfgs.get_config("quick"), w)
   events = io.read_jsonl(os.path.join(masks_dir, "metrics.jsonl"))
   skipped = {e["model"] for e in events if e["event"] == "skip"}
   assert skipped == set(masks_cfgs.MODEL_NAMES)
-  assert os.path.getmtime(stage) == before[0]
+  assert {f: os.path.getmtime(os.path.join(stages, f)) for f in os.listdir(stages)} == before[0]
   assert out["attention_masks"]["table"] == before[1]["table"]
   for name in masks_cfgs.MODEL_NAMES:  # no training step ran again
     steps = [r["step"] for r in io.read_jsonl(
         os.path.join(masks_dir, "models", name, "metrics.jsonl"))]
     assert len(steps) == len(set(steps))
-  other = demo.make_config(quick=True, seed=1)
-  with pytest.raises(ValueError, match="different configuration"):
-    attention_masks.run(other.masks, masks_dir)
-
-
-def test_bad_flags_give_clear_errors():
-  proc = subprocess.run([sys.executable, "-m", "experiments.attention_masks", "--eps=abc",
-                         "--workdir=/nonexistent/never"], cwd=ROOT, env=_env(),
-                        capture_output=True, text=True, timeout=300)
-  assert proc.returncode != 0
-  assert "--eps must be" in proc.stderr
-  with pytest.raises(ValueError, match="dataset"):
-    attention_masks.validate(masks_cfgs.MasksConfig(dataset="mnist"))
-  with pytest.raises(ValueError, match="model name"):
-    attention_masks.validate(masks_cfgs.MasksConfig(models=("full_natural", "half")))
-  assert common.parse_fraction("8/255") == pytest.approx(8 / 255)
-  with pytest.raises(ValueError):
-    common.parse_fraction("eight")
+  other = demo_cfgs.get_config("quick")
+  other.masks.seed = 1
+  config_before = open(os.path.join(masks_dir, "config.json")).read()
+  with pytest.raises(ValueError, match=r"different configuration \(seed: 0 -> 1\)"):
+    masks_study.run(other.masks, masks_dir)
+  assert open(os.path.join(masks_dir, "config.json")).read() == config_before

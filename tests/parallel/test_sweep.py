@@ -1,38 +1,62 @@
-"""experiments/sweep.py: a sweep interrupted half-way and restarted == an uninterrupted one."""
+"""experiments.sweep_grid: resume == uninterrupted, nothing deleted, cells keyed by step."""
 
-import dataclasses
-import json
 import os
+import shutil
 
-import numpy as np
 import pytest
-from absl import flags
 
-from experiments import sweep
+from experiments import evaluation, sweep_grid
+from experiments.configs import sweep as sweep_cfgs
+from percadv_jax import io, train
 
 TINY = "tests.parallel._tiny:TinyCNN"  # a user's own Flax module (init:SEED checkpoints)
 
 
-def _config() -> sweep.SweepConfig:
-  return sweep.SweepConfig(checkpoints=("init:0", "init:1"), attacks=("fgsm", "pgd"),
-                           eps=(0.0, 4 / 255, 16 / 255), steps=(2,), num_examples=12,
-                           image_size=16, dataset_kwargs={"num_classes": 3}, model=TINY,
-                           model_kwargs={}, batch_size=8, seed=3)
+def _config(**over):
+  c = sweep_cfgs.get_config("default")
+  c.checkpoints = ("init:0", "init:1")
+  c.attacks = ("fgsm", "pgd")
+  c.eps = (0.0, 4 / 255, 16 / 255)
+  c.steps = (2,)
+  c.data.update(num_examples=12, image_size=16, num_classes=3)
+  c.model.name = TINY
+  with c.unlocked():
+    c.model.kwargs = {}
+  c.batch_size = 8
+  c.seed = 3
+  for k, v in over.items():
+    c[k] = v
+  return c
+
+
+class Crash(RuntimeError):
+  pass
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   config = _config()
   full = str(tmp_path_factory.mktemp("full"))
-  rows = sweep.run(config, full)
+  rows = sweep_grid.run(config, full)
   broken = str(tmp_path_factory.mktemp("broken"))
-  with pytest.raises(sweep.SweepInterrupted):
-    sweep.run(config, broken, fail_after=4)
-  partial = json.load(open(os.path.join(broken, sweep.RESULTS)))
-  resumed_rows = sweep.run(config, broken)
-  lines = [json.loads(l) for l in open(os.path.join(broken, "metrics.jsonl"))]
+  real, calls = evaluation.evaluate, []
+
+  def crashing(*a, **k):  # a kill after 4 finished cells
+    if len(calls) == 4:
+      raise Crash()
+    calls.append(1)
+    return real(*a, **k)
+  sweep_grid.evaluation.evaluate = crashing
+  try:
+    with pytest.raises(Crash):
+      sweep_grid.run(config, broken)
+  finally:
+    sweep_grid.evaluation.evaluate = real
+  done_before = sorted(f for f in os.listdir(os.path.join(broken, "evaluations"))
+                       if f.endswith(".npz"))
+  resumed_rows = sweep_grid.run(config, broken)
   return {"config": config, "full": full, "broken": broken, "rows": rows,
-          "resumed_rows": resumed_rows, "partial": partial, "timed": lines}
+          "resumed_rows": resumed_rows, "done_before": done_before}
 
 
 def _read(path):
@@ -41,9 +65,8 @@ def _read(path):
 
 
 def test_resumed_sweep_writes_the_same_files(runs):
-  assert len(runs["partial"]["cells"]) == 4  # the crash left 4 finished cells on disk
-  assert len(runs["timed"]) == 10  # 4 before the crash + only the 6 missing ones after it
-  for name in (sweep.RESULTS, "cells.csv", "cells.md"):
+  assert len(runs["done_before"]) == 4  # the crash left 4 finished cells on disk
+  for name in (sweep_grid.RESULTS, "cells.csv", "cells.md"):
     assert _read(os.path.join(runs["full"], name)) == _read(os.path.join(runs["broken"], name))
   assert runs["rows"] == runs["resumed_rows"]
   png = _read(os.path.join(runs["broken"], "accuracy_vs_eps.png"))
@@ -54,11 +77,11 @@ def test_cells_cover_the_grid_and_make_sense(runs):
   rows = runs["rows"]
   ids = [r["id"] for r in rows]
   assert len(ids) == len(set(ids)) == 10  # 2 checkpoints x (clean + 2 fgsm + 2 pgd)
-  assert [c.id for c in sweep.grid(runs["config"])] == ids
+  assert [c.id for c in sweep_grid.grid(runs["config"])] == ids
   for r in rows:
     assert r["count"] == 12
     assert r["distance"] <= r["eps"] + 1e-6
-    assert 0.0 <= r["robust"] <= min(r["clean"], r["adversarial"]) + 1e-9
+    assert 0.0 <= r["robust"] <= r["clean"] + 1e-9
   by = {(r["checkpoint"], r["attack"], round(r["eps"] * 255)): r for r in rows}
   for ck in runs["config"].checkpoints:
     assert by[(ck, "none", 0)]["distance"] == 0.0
@@ -67,25 +90,50 @@ def test_cells_cover_the_grid_and_make_sense(runs):
     assert by[(ck, "pgd", 16)]["robust"] <= by[(ck, "none", 0)]["clean"]
 
 
-def test_resume_refuses_another_setup(runs):
-  other = dataclasses.replace(runs["config"], seed=4)
-  with pytest.raises(ValueError, match="another setup"):
-    sweep.run(other, runs["full"])
+def test_a_changed_grid_keeps_finished_cells(runs, tmp_path):
+  w = str(tmp_path / "w")
+  shutil.copytree(runs["full"], w)
+  kept = set(os.listdir(os.path.join(w, "evaluations")))
+  rows = sweep_grid.run(_config(eps=(0.0, 8 / 255)), w)  # 4/255 and 16/255 leave the grid
+  assert {round(r["eps"] * 255) for r in rows} == {0, 8}
+  assert kept < set(os.listdir(os.path.join(w, "evaluations")))  # nothing deleted
+  back = sweep_grid.run(runs["config"], w)  # the old grid again: reused, same numbers
+  assert back == runs["rows"]
 
 
-def test_flags_and_json_config(tmp_path):
-  path = tmp_path / "c.json"
-  path.write_text(json.dumps({"attacks": ["apgd"], "eps": ["8/255"], "steps": [5],
-                              "batch_size": 16}))
-  fv = flags.FlagValues()
-  sweep.define_flags(fv)
-  fv(["sweep", "--workdir=/tmp/x", f"--config={path}", "--batch_size=32", "--steps=3,7"])
-  cfg = sweep.config_from_flags(fv)
-  assert cfg.attacks == ("apgd",) and cfg.eps == (8 / 255,)
-  assert cfg.batch_size == 32 and cfg.steps == (3, 7)  # command line beats the file
-  assert cfg.num_examples == 512  # dataclass default, not overridden by the flag default
-  with pytest.raises(ValueError, match="unknown attack"):
-    sweep.SweepConfig(attacks=("cw",)).validate()
-  with pytest.raises(ValueError, match="neither init:SEED"):
-    sweep.SweepConfig(checkpoints=(str(tmp_path),)).validate()
-  assert sweep.parse_number("8/255") == pytest.approx(8 / 255)
+def test_another_setup_is_refused_without_touching_config(runs):
+  before = _read(os.path.join(runs["full"], "config.json"))
+  with pytest.raises(ValueError, match=r"different configuration \(seed: 3 -> 4\)"):
+    sweep_grid.run(_config(seed=4), runs["full"])
+  assert _read(os.path.join(runs["full"], "config.json")) == before
+
+
+def test_cells_are_keyed_by_checkpoint_step(tmp_path):
+  """A training workdir swept at step 2, then again after training reached step 4: the table
+  shows step-4 numbers only, and the step-2 cells stay on disk."""
+  from percadv_jax import data as data_lib
+
+  class Stop(RuntimeError):
+    pass
+
+  src = data_lib.load("synthetic_signs", split="train", num_examples=32, image_size=32,
+                      num_classes=3, seed=0)
+  tc = train.TrainConfig(model="vgg19", model_kwargs={"variant": "small", "width": 0.0625},
+                         batch_size=8, steps=4, checkpoint_every=2, log_every=2)
+  ck = str(tmp_path / "train")
+
+  def stop_at_2(step, state, metrics):
+    if step == 2:
+      raise Stop()
+  with pytest.raises(Stop):
+    train.fit(tc, ck, src, on_step=stop_at_2)
+  c = _config(checkpoints=(ck,), attacks=("fgsm",), eps=(0.0, 8 / 255))
+  c.data.update(image_size=32)
+  w = str(tmp_path / "sweep")
+  first = sweep_grid.run(c, w)
+  assert {r["checkpoint_step"] for r in first} == {2}
+  train.fit(tc, ck, src)  # training goes on to step 4
+  second = sweep_grid.run(c, w)
+  assert {r["checkpoint_step"] for r in second} == {4}
+  assert len(os.listdir(os.path.join(w, "evaluations"))) == 2 * 2 * len(first)  # npz + json
+  assert io.read_json(os.path.join(w, sweep_grid.RESULTS))["cells"] == second

@@ -1,0 +1,88 @@
+"""The command line: config files, overrides, validation before any work, one-line errors."""
+
+import pytest
+
+from experiments import masks_study, perceptual_study, workdir as wd
+from experiments.configs import attention_masks, perceptual_cam
+from tests.experiments.test_binaries import run_binary
+
+MASKS = "experiments.attention_masks"
+
+
+def _one_line_error(proc, *needles):
+  assert proc.returncode != 0
+  err = proc.stderr.strip()
+  assert "Traceback" not in err, err[-2000:]
+  lines = [l for l in err.splitlines() if l.startswith(("error:", "FATAL"))]
+  assert len(lines) == 1, err[-2000:]
+  for n in needles:
+    assert n in lines[0], lines[0]
+  return lines[0]
+
+
+@pytest.mark.parametrize("args,needles", [
+    (["--config.data.dataset=mnist"], ["data.dataset", "mnist"]),
+    (["--config.train.epochs=abc"], ["epochs"]),
+    (["--config.nope=1"], ["nope"]),
+    (["--config=experiments/configs/attention_masks.py:paperz"], ["paperz"]),
+    (["--config=experiments/configs/nothere.py"], ["nothere.py"]),
+    (["--config.models=full_natural,half"], ["half"]),
+    (["--config.eval.eps=-0.1"], ["eval.eps"]),
+    (["--config.data.dataset=gtsrb_ic"], ["data.data_dir"]),
+    (["stray"], ["unexpected arguments: stray"]),
+])
+def test_bad_input_is_one_line_before_any_work(tmp_path, args, needles):
+  workdir = tmp_path / "w"
+  proc = run_binary(MASKS, f"--workdir={workdir}", *args, timeout=300)
+  _one_line_error(proc, *needles)
+  assert not workdir.exists()  # nothing written: validated before any work
+
+
+def test_workdir_problems_are_one_line(tmp_path):
+  f = tmp_path / "a_file"
+  f.write_text("x")
+  _one_line_error(run_binary(MASKS, f"--workdir={f}", timeout=300), str(f))
+  _one_line_error(run_binary(MASKS, f"--workdir={f / 'sub'}", timeout=300), str(f))
+
+
+def test_perceptual_validation_needs_no_training():
+  c = perceptual_cam.get_config("quick")
+  c.cam.layer = "nope"
+  with pytest.raises(ValueError, match="unknown layer 'nope'"):
+    perceptual_study.validate(c)
+  c = perceptual_cam.get_config("quick")
+  c.ball.window = 64
+  with pytest.raises(ValueError, match="ball.window"):
+    perceptual_study.validate(c)
+  c = perceptual_cam.get_config("quick")
+  c.data.split = "val2"
+  with pytest.raises(ValueError, match="data.split"):
+    perceptual_study.validate(c)
+
+
+def test_workdir_lock_names_fields_and_writes_nothing_when_refused(tmp_path):
+  c = attention_masks.get_config("quick")
+  wd.prepare(str(tmp_path), c)
+  before = (tmp_path / "config.json").read_text()
+  c2 = attention_masks.get_config("quick")
+  c2.train.epochs, c2.eval.curve_eps = 3, (0.0,)
+  with pytest.raises(ValueError) as e:
+    wd.prepare(str(tmp_path), c2)
+  assert "train.epochs: 1 -> 3" in str(e.value) and "eval.curve_eps" in str(e.value)
+  assert (tmp_path / "config.json").read_text() == before
+  assert wd.prepare(str(tmp_path), attention_masks.get_config("quick"))  # same config: accepted
+
+
+def test_models_override_accepts_a_comma_list():
+  c = attention_masks.get_config("quick")
+  c.models = ("full_natural,masked_natural",)
+  masks_study.validate(c)
+  assert tuple(c.models) == ("full_natural", "masked_natural")
+
+
+def test_presets_and_help():
+  for mod in (attention_masks, perceptual_cam):
+    for name in mod.PRESETS:
+      assert mod.get_config(name).to_dict()
+  proc = run_binary(MASKS, "--helpfull", timeout=300)
+  assert "--config" in proc.stdout and "--workdir" in proc.stdout
