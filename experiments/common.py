@@ -61,25 +61,6 @@ class Timer:
     return False
 
 
-def parse_fraction(s: Any) -> float:
-  """``"8/255"`` -> 0.0313..., ``"0.03"`` -> 0.03 (numbers pass through).
-
-  Raises:
-    ValueError: not a number or a fraction of numbers.
-  """
-  if isinstance(s, (int, float)):
-    return float(s)
-  text = str(s).strip()
-  if "/" in text:
-    num, den = text.split("/", 1)
-    value = float(num) / float(den)
-  else:
-    value = float(text)
-  if not np.isfinite(value):
-    raise ValueError(f"not a finite number: {s!r}")
-  return value
-
-
 def bootstrap_mean(values: Any, *, resamples: int, seed: int, level: float = 0.95) -> dict:
   """Mean of ``values`` [N] with a percentile bootstrap confidence interval (NaNs dropped).
 
