@@ -128,7 +128,7 @@ class QualityBall:
     return (W.num_windows(height, self.window, self.stride),
             W.num_windows(width, self.window, self.stride))
 
-  def check(self, x: jax.Array, d: jax.Array | None = None, *, name: str = "d") -> None:
+  def check(self, x: jax.Array, *, d: jax.Array | None = None, name: str = "d") -> None:
     """Validates images and, if given, a perturbation or objective of their shape.
 
     Args:
@@ -261,7 +261,7 @@ class QualityBall:
     Args: x [N,H,W,C] in [0,1], d [N,H,W,C]. Returns: float32 [N] >= 0.
     """
     if not isinstance(x, jax.core.Tracer):
-      self.check(x, d)
+      self.check(x, d=d)
     return _violation(self, jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32))
 
   def _violation(self, x, d):
@@ -286,7 +286,7 @@ class QualityBall:
     positions (``Ky = (H - w) // s + 1``); in the ball every ``S1 >= 1 - e1``, ``S2 >= 1 - e2``.
     """
     if not isinstance(x, jax.core.Tracer):
-      self.check(x, d)
+      self.check(x, d=d)
     return _window_ssim(self, jnp.asarray(x, jnp.float32), jnp.asarray(d, jnp.float32))
 
   def _window_ssim(self, x, d):

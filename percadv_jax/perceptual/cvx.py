@@ -97,7 +97,7 @@ def _prepare(x, other, name, ball):
   x64 = np.asarray(x, np.float64)
   if x64.ndim != 4:
     raise ValueError(f"x must be [N,H,W,C], got shape {x64.shape}")
-  ball.check(np.asarray(x, np.float32), np.asarray(other, np.float32), name=name)
+  ball.check(np.asarray(x, np.float32), d=np.asarray(other, np.float32), name=name)
   return x64, np.asarray(other, np.float64)
 
 

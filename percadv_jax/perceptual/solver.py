@@ -48,14 +48,14 @@ PROJ_ALPHA = 1.6
 PROJ_REPAIR = 3
 
 
-def check_int(value: Any, name: str, minimum: int) -> int:
+def check_int(value: Any, name: str, *, minimum: int) -> int:
   """``value`` as an int; ValueError unless it is an integer (Python or NumPy) >= ``minimum``."""
   if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
     raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
   return int(value)
 
 
-def check_real(value: Any, name: str, lo: float, hi: float = math.inf) -> float:
+def check_real(value: Any, name: str, *, lo: float, hi: float = math.inf) -> float:
   """``value`` as a float; ValueError unless it is a real number (Python or NumPy) in (lo, hi)."""
   if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
       not lo < float(value) < hi):
@@ -66,11 +66,11 @@ def check_real(value: Any, name: str, lo: float, hi: float = math.inf) -> float:
 
 
 def _settings(tol, max_iters, check_every, rho, alpha, repair):
-  return dict(tol=check_real(tol, "tol", 0.0, 1.0),
-              max_iters=check_int(max_iters, "max_iters", 1),
-              check_every=check_int(check_every, "check_every", 1),
-              rho=check_real(rho, "rho", 0.0), alpha=check_real(alpha, "alpha", 0.0, 2.0),
-              repair=check_int(repair, "repair", 0))
+  return dict(tol=check_real(tol, "tol", lo=0.0, hi=1.0),
+              max_iters=check_int(max_iters, "max_iters", minimum=1),
+              check_every=check_int(check_every, "check_every", minimum=1),
+              rho=check_real(rho, "rho", lo=0.0), alpha=check_real(alpha, "alpha", lo=0.0, hi=2.0),
+              repair=check_int(repair, "repair", minimum=0))
 
 
 def _mask(x, mask):
@@ -91,7 +91,7 @@ def init_state(x: jax.Array, ball: QualityBall, *, rho: float = LP_RHO) -> AdmmS
     ``AdmmState(d [N,H,W,C] zeros, v [N,G,C,Hc,Wc,c*c] zeros, rho [N])``.
   """
   check_ball(ball)
-  rho = check_real(rho, "rho", 0.0)
+  rho = check_real(rho, "rho", lo=0.0)
   return admm.init_state(x, ball, jnp.full((x.shape[0],), rho, jnp.float32))
 
 
@@ -127,7 +127,7 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
   check_ball(ball)
   knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
   if checks.is_concrete(x):
-    ball.check(x, g, name="g")
+    ball.check(x, d=g, name="g")
   x = jnp.asarray(x, jnp.float32)
   g = jnp.asarray(g, jnp.float32)
   if g.shape != x.shape:
@@ -173,7 +173,7 @@ def project(x: jax.Array, d: jax.Array, ball: QualityBall, *, mask: jax.Array | 
   check_ball(ball)
   knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
   if checks.is_concrete(x):
-    ball.check(x, d)
+    ball.check(x, d=d)
   x = jnp.asarray(x, jnp.float32)
   d = jnp.asarray(d, jnp.float32)
   if d.shape != x.shape:

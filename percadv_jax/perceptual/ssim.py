@@ -6,6 +6,15 @@ use_sample_covariance=False, data_range=max_val, channel_axis=-1)``: an 11x11 ga
 averaged over the *valid* window positions (skimage computes the map on a reflect-padded image and
 then crops ``(win_size - 1) // 2`` pixels from every border before averaging, which is exactly the
 valid map computed here) and over channels.
+
+The moments are filtered on images centred on their per-channel mean (variances and covariances are
+shift invariant), which keeps the float32 cancellation in ``E[x^2] - E[x]^2`` small.
+
+Why not ``dm_pix.ssim`` (0.4.5; same window, constants and valid map): it forms the moments of the
+uncentred float32 images. Measured on the golden test's instances (four skimage photographs at
+96x96, Gaussian noise 0.05): the mean SSIM is within 3.3e-6 of skimage (here 1.2e-7), but the map
+is off by up to 1.9e-4 from skimage's float64 map (here 4.9e-5), outside the test's 1e-4; at
+32-224 px with noise 0.01-0.2 its map error reaches 4.0e-4 (here 1.5e-4).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ class Group:
 
 
 def num_windows(length: int, window: int, stride: int) -> int:
+  """Number of valid positions of a ``window``-pixel window at ``stride`` along ``length``."""
   return (length - window) // stride + 1
 
 
@@ -111,6 +112,8 @@ class CellGrid:
 
 
 def cell_grid(height: int, width: int, window: int, stride: int) -> CellGrid:
+  """The cell layout ``[C, Hc, Wc, c*c]`` (``c = gcd(window, stride)``) of an image of shape
+  [height, width, C]."""
   c = math.gcd(window, stride)
   kh, kw = num_windows(height, window, stride), num_windows(width, window, stride)
   hc, wc = ((kh - 1) * stride + window) // c, ((kw - 1) * stride + window) // c

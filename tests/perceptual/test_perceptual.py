@@ -1,5 +1,6 @@
 """Golden tests of percadv_jax.perceptual against skimage and CVXPY, plus invariants."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -40,13 +41,14 @@ def test_ssim_matches_skimage(name):
             channel_axis=-1)
   ref = skimage.metrics.structural_similarity(a, b, **kw)
   got = ssim(a[None], b[None])
-  assert got.shape == (1,)
+  chex.assert_shape(got, (1,))
   assert abs(float(got[0]) - ref) < 1e-5
   # The map, where skimage defines it (its border crop), against a float64 reference.
   _, full = skimage.metrics.structural_similarity(a.astype(np.float64), b.astype(np.float64),
                                                   full=True, **kw)
-  m = np.asarray(ssim(a, b, return_map=True))
-  assert m.shape == (86, 86, 3)
+  m = ssim(a, b, return_map=True)
+  chex.assert_shape(m, (86, 86, 3))
+  m = np.asarray(m)
   np.testing.assert_allclose(m, full[5:-5, 5:-5], atol=1e-4)
 
 
@@ -58,7 +60,8 @@ def test_ssim_uniform_batch_and_gradients():
   np.testing.assert_allclose(np.asarray(ssim(a, b, window="uniform")), ref, atol=1e-5)
   flat = jnp.full((1, 16, 16, 3), 0.3)
   gr = jax.grad(lambda v: jnp.sum(ssim(flat, v)))(flat)
-  assert np.all(np.isfinite(np.asarray(gr)))
+  chex.assert_tree_all_finite(gr)
+  chex.assert_shape(ssim(a, b, window="uniform", return_map=True), (2, 26, 26, 3))
   assert float(ssim(flat, flat)[0]) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -78,7 +81,8 @@ def test_projection_matches_cvxpy_and_is_idempotent(images16):
   np.testing.assert_allclose(np.asarray(p2), np.asarray(p), atol=1e-6)
   # Every window of the projection keeps S1 and S2 >= 1 - e (up to float32).
   s1, s2 = ball.window_ssim(images16, p)
-  assert s1.shape == s2.shape == (3, 3, 3, 3)
+  chex.assert_shape([s1, s2], (3, 3, 3, 3))
+  chex.assert_shape([info.iterations, info.converged, info.rho], (3,))
   assert float(np.min(s1)) >= 0.95 - 1e-6 and float(np.min(s2)) >= 0.95 - 1e-6
   # d far outside: some window sits on the boundary.
   assert float(np.min(s2)) <= 0.95 + 1e-4
@@ -270,6 +274,7 @@ def test_numpy_scalars_accepted(images16):
   g = rng.normal(size=images16.shape).astype(np.float32)
   ball = QualityBall(window=np.int64(8), stride=np.int32(4))
   assert ball == QualityBall() and hash(ball) == hash(QualityBall())
-  d1 = solve_linear(images16, g, ball, max_iters=np.int64(3000), check_every=np.int64(10))
-  d2 = solve_linear(images16, g, QualityBall())
-  np.testing.assert_array_equal(np.asarray(d1), np.asarray(d2))
+  d1 = solve_linear(images16, g, ball, max_iters=np.int64(3000), check_every=np.int64(10),
+                    return_info=True)
+  d2 = solve_linear(images16, g, QualityBall(), return_info=True)
+  chex.assert_trees_all_equal(d1, d2)
