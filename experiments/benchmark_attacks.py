@@ -25,7 +25,7 @@ faster on CPU, with the same values to 1e-6; set them before the run:
 (recorded in results.json as ``xla_flags``).
 
 Writes into ``--workdir``: ``config.json``, ``benchmark_attacks.md`` / ``.csv`` and
-``results.json``.
+``results.json``, and the ``benchmark_attacks`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -206,6 +206,14 @@ def run(config: Config, workdir: str) -> list[dict]:
   print(md)
   for k, v in ratios.items():
     print(f"{k}: {v:.2f}")
+  from experiments import benchmark_results
+  benchmark_results.update("benchmark_attacks", "\n".join([
+      f"Small VGG-19 width {c.width}, batch {c.batch_size}, {c.image_size} px, Linf PGD-{c.steps},"
+      f" medians of {c.repeats} calls in one process (not interleaved: see benchmark_conv for "
+      "the interleaved comparison).", "", md.strip(), "",
+      "| ratio | value | target |", "|---|---|---|",
+      *[f"| {k} | {v:.2f} | {dict(a='<= 1.0', b='>= 1.5', c='>= 1.0').get(k[0], '')} |"
+        for k, v in ratios.items()]]))
   return rows
 
 

@@ -15,7 +15,7 @@ random (timing does not depend on their values): shapes from ``jax.eval_shape(mo
 values from NumPy, so no time goes into compiling initialisers.
 
 Writes into ``--workdir``: ``config.json``, ``metrics.jsonl``, ``benchmark_cam.md`` / ``.csv``
-and ``results.json``.
+and ``results.json``, and the ``benchmark_cam`` section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -123,6 +123,9 @@ def run(config: Config, workdir: str) -> list[dict]:
       "rows": rows, "machine": f"{os.cpu_count()} CPU cores, jax {jax.__version__}",
       "device": str(jax.devices()[0]), "platform": platform.platform()})
   print(md)
+  from experiments import benchmark_results
+  benchmark_results.update("benchmark_cam", f"One CAM call / one jitted forward + backward "
+                           f"pass (ratio), medians of {config.repeats} calls.\n\n{md}")
   return rows
 
 

@@ -21,7 +21,8 @@ Stages (medians of ``--repeats`` timed calls after one warm-up call; every call 
   the fraction of it used (XLA's cost-analysis FLOPs / time / peak).
 
 Writes into ``--workdir`` (process 0): ``config.json``, ``results.json`` and
-``benchmark_pipeline.md`` / ``.csv``. Multi-host: ``--coordinator_address``, ``--num_processes``,
+``benchmark_pipeline.md`` / ``.csv``, and the ``benchmark_pipeline`` section of
+docs/benchmarks.md. Multi-host: ``--coordinator_address``, ``--num_processes``,
 ``--process_id`` as in ``experiments.sweep``; ``--batch_size`` is global.
 """
 
@@ -239,7 +240,11 @@ def run(config: Config, workdir: str) -> list[dict]:
     cols = ["stage", "images_per_sec", "seconds", "compile_and_first_s", "gflops_per_sec",
             "fraction_of_peak", "pgd_over_floor", "torch_over_ours", "speedup_vs_cvxpy",
             "objective_gap"]
-    io.write_table(f"{workdir}/benchmark_pipeline", rows, cols)
+    md = io.write_table(f"{workdir}/benchmark_pipeline", rows, cols)
+    from experiments import benchmark_results
+    benchmark_results.update("benchmark_pipeline", f"Backend {meta['backend']} "
+                             f"({meta['device_kind']}), {nd} device(s), measured peak "
+                             f"{peak}.\n\n{md}")
   return rows
 
 

@@ -1,6 +1,10 @@
-"""Small building blocks shared by the models: fast max pooling and Keras-style padding."""
+"""Small building blocks shared by the models: fast max pooling, Keras-style padding and
+convolution implementations (``conv_impl``)."""
 
 from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -33,3 +37,147 @@ def stride2_pad(size: int, kernel: int = 3) -> tuple[int, int]:
   """
   adjust = 1 - size % 2
   return (kernel // 2 - adjust, kernel // 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Convolution implementations (``conv_impl`` of the models).
+# --------------------------------------------------------------------------------------------
+
+CONV_IMPLS = ("xla", "patches")
+
+
+def _pad_nhwc(x: jax.Array, padding: Sequence[tuple[int, int]]) -> jax.Array:
+  (t, b), (l, r) = padding
+  if t == b == l == r == 0:
+    return x
+  return jnp.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+
+
+def _windows(x: jax.Array, kh: int, kw: int, strides: tuple[int, int],
+             out_hw: tuple[int, int]) -> list[jax.Array]:
+  """The ``kh * kw`` strided views ``x[:, i::sh, j::sw]`` of a padded input, each [N,Ho,Wo,C]."""
+  sh, sw = strides
+  ho, wo = out_hw
+  return [x[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw, :]
+          for i in range(kh) for j in range(kw)]
+
+
+def _out_hw(shape: Sequence[int], kh: int, kw: int, strides: tuple[int, int],
+            padding: Sequence[tuple[int, int]]) -> tuple[int, int]:
+  (t, b), (l, r) = padding
+  return ((shape[1] + t + b - kh) // strides[0] + 1, (shape[2] + l + r - kw) // strides[1] + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_matmul(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                 padding: tuple[tuple[int, int], tuple[int, int]]) -> jax.Array:
+  y, _ = _conv_matmul_fwd(x, kernel, strides, padding)
+  return y
+
+
+def _conv_matmul_fwd(x, kernel, strides, padding):
+  kh, kw, cin, cout = kernel.shape
+  out_hw = _out_hw(x.shape, kh, kw, strides, padding)
+  if kh == kw == 1 and strides == (1, 1) and padding == ((0, 0), (0, 0)):
+    patches = x
+  else:
+    patches = jnp.concatenate(_windows(_pad_nhwc(x, padding), kh, kw, strides, out_hw), axis=-1)
+  y = jnp.dot(patches, kernel.reshape(kh * kw * cin, cout),
+              preferred_element_type=jnp.float32).astype(x.dtype)
+  # An empty array carries the input's shape statically through the residuals.
+  return y, (patches, kernel, jnp.zeros(x.shape[:3] + (0,), x.dtype))
+
+
+def _conv_matmul_bwd(strides, padding, res, dy):
+  patches, kernel, x_like = res
+  x_shape = x_like.shape[:3] + (kernel.shape[2],)
+  kh, kw, cin, cout = kernel.shape
+  k2 = kernel.reshape(kh * kw * cin, cout)
+  dk = jnp.einsum("nhwp,nhwc->pc", patches, dy).reshape(kernel.shape).astype(kernel.dtype)
+  dpatches = jnp.dot(dy, k2.T)
+  if patches.shape == x_shape and kh == kw == 1:
+    return dpatches.astype(patches.dtype), dk
+  (t, b), (l, r) = padding
+  sh, sw = strides
+  ho, wo = dy.shape[1:3]
+  hp, wp = x_shape[1] + t + b, x_shape[2] + l + r
+  # Each window's gradient goes back where its strided slice came from: a pad with interior
+  # padding (the transpose of the strided slice); XLA fuses the kh * kw pads and adds.
+  dxp = None
+  for idx in range(kh * kw):
+    i, j = divmod(idx, kw)
+    part = jax.lax.pad(dpatches[..., idx * cin:(idx + 1) * cin], jnp.zeros((), dpatches.dtype),
+                       ((0, 0, 0), (i, hp - i - sh * (ho - 1) - 1, sh - 1),
+                        (j, wp - j - sw * (wo - 1) - 1, sw - 1), (0, 0, 0)))
+    dxp = part if dxp is None else dxp + part
+  dx = dxp[:, t:t + x_shape[1], l:l + x_shape[2], :]
+  return dx.astype(patches.dtype), dk
+
+
+_conv_matmul.defvjp(_conv_matmul_fwd, _conv_matmul_bwd)
+
+
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
+                       padding: Sequence[tuple[int, int]]) -> jax.Array:
+  """Depthwise convolution as ``kh * kw`` shifted multiply-adds (kernel [kh,kw,1,C])."""
+  kh, kw, _, c = kernel.shape
+  out_hw = _out_hw(x.shape, kh, kw, strides, padding)
+  views = _windows(_pad_nhwc(x, padding), kh, kw, strides, out_hw)
+  k = kernel.reshape(kh * kw, c)
+  y = views[0] * k[0]
+  for idx in range(1, kh * kw):
+    y = y + views[idx] * k[idx]
+  return y
+
+
+def conv_patches(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                 padding: Any, lhs_dilation: Any = None, rhs_dilation: Any = None,
+                 dimension_numbers: Any = None, feature_group_count: int = 1,
+                 precision: Any = None, **unused: Any) -> jax.Array:
+  """A drop-in for ``lax.conv_general_dilated`` (NHWC input, HWIO kernel) without XLA's conv.
+
+  Dense convolutions are im2col patches (``kh * kw`` strided slices concatenated along the
+  channels, [N,Ho,Wo,kh*kw*Cin]) times the kernel as a [kh*kw*Cin, Cout] matrix, with a custom
+  VJP: the input gradient is one matmul with the kernel's transpose followed by ``kh * kw``
+  padded adds (fused by XLA), the kernel gradient one matmul with the saved patches. Depthwise
+  convolutions (``feature_group_count == Cin``, kernel [kh,kw,1,C]) are ``kh * kw`` shifted
+  multiply-adds (plain autodiff). Same values as XLA's convolution up to float32 summation order.
+
+  Args:
+    lhs: float [N,H,W,Cin].
+    rhs: float [kh,kw,Cin/groups,Cout].
+    window_strides: (sh, sw).
+    padding: ((top, bottom), (left, right)) explicit zero padding, "VALID" or "SAME".
+    lhs_dilation, rhs_dilation: must be None or all ones.
+    dimension_numbers: ignored beyond the NHWC / HWIO layout the models use.
+    feature_group_count: 1 (dense) or Cin (depthwise).
+    precision: ignored (float32 matmuls).
+  Returns:
+    [N,Ho,Wo,Cout].
+  """
+  del dimension_numbers, precision, unused
+  for d in (lhs_dilation, rhs_dilation):
+    if d is not None and any(v != 1 for v in d):
+      raise ValueError("conv_patches supports no dilation")
+  kh, kw, cin_g, cout = rhs.shape
+  strides = tuple(int(s) for s in window_strides)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
+  padding = tuple((int(a), int(b)) for a, b in padding)
+  cin = lhs.shape[-1]
+  if feature_group_count == 1:
+    return _conv_matmul(lhs, rhs, strides, padding)
+  if feature_group_count == cin and cin_g == 1 and cout == cin:
+    return _depthwise_shifted(lhs, rhs, strides, padding)
+  raise ValueError(f"conv_patches supports dense and depthwise convolutions, got "
+                   f"feature_group_count={feature_group_count} for {cin} input channels")
+
+
+def conv_fn(impl: str) -> Callable | None:
+  """The ``conv_general_dilated`` argument of ``flax.linen.Conv`` for ``conv_impl``.
+
+  ``"xla"``: None (XLA's convolution); ``"patches"``: ``conv_patches``.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(f"unknown conv_impl {impl!r}; choose one of {list(CONV_IMPLS)}")
+  return None if impl == "xla" else conv_patches

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from percadv_jax import checks
 from percadv_jax.models.common import tap
-from percadv_jax.models.layers import stride2_pad
+from percadv_jax.models.layers import conv_fn, stride2_pad
 
 # (filters, stride, expansion) of Keras' 17 inverted-residual blocks, block_id 0..16.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -75,10 +75,14 @@ class MobileNetV2(nn.Module):
   Attributes:
     num_classes: number of logits of the Dense head ("predictions").
     width: Keras' ``alpha`` (0.35 ... 1.4 for ImageNet weights; any value > 0 works).
+    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "xla" (XLA's
+      convolution) or "patches" (dense convolutions as im2col patches times a matrix with a
+      custom VJP, depthwise ones as shifted multiply-adds); same parameters and values.
   Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
   """
   num_classes: int
   width: float = 1.0
+  conv_impl: str = "xla"
   cam_layer: ClassVar[str] = "out_relu"
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:
@@ -91,31 +95,36 @@ class MobileNetV2(nn.Module):
       raise ValueError(f"MobileNetV2 needs inputs of at least 32x32 pixels, got shape "
                        f"{tuple(x.shape)}")
     plan = channel_plan(self.width)
+    conv = conv_fn(self.conv_impl)
     x = jnp.asarray(x, jnp.float32) * 2.0 - 1.0
     pad = (stride2_pad(x.shape[1]), stride2_pad(x.shape[2]))
     x = nn.Conv(plan["first"], (3, 3), strides=(2, 2), padding=pad, use_bias=False,
-                name="Conv1")(x)
+                conv_general_dilated=conv, name="Conv1")(x)
     x = _relu6(self._bn("bn_Conv1", train)(x))
     x = tap(self, "Conv1_relu", x)
     for i, (c_in, expanded, c_out, stride) in enumerate(plan["blocks"]):
       inputs = x
       prefix = f"block_{i}_" if i else "expanded_conv_"
       if i:
-        x = nn.Conv(expanded, (1, 1), use_bias=False, name=f"{prefix}expand")(x)
+        x = nn.Conv(expanded, (1, 1), use_bias=False, conv_general_dilated=conv,
+                    name=f"{prefix}expand")(x)
         x = _relu6(self._bn(f"{prefix}expand_BN", train)(x))
       if stride == 2:
         pad = (stride2_pad(x.shape[1]), stride2_pad(x.shape[2]))
       else:
         pad = ((1, 1), (1, 1))
       x = nn.Conv(expanded, (3, 3), strides=(stride, stride), padding=pad,
-                  feature_group_count=expanded, use_bias=False, name=f"{prefix}depthwise")(x)
+                  feature_group_count=expanded, use_bias=False, conv_general_dilated=conv,
+                  name=f"{prefix}depthwise")(x)
       x = _relu6(self._bn(f"{prefix}depthwise_BN", train)(x))
-      x = nn.Conv(c_out, (1, 1), use_bias=False, name=f"{prefix}project")(x)
+      x = nn.Conv(c_out, (1, 1), use_bias=False, conv_general_dilated=conv,
+                  name=f"{prefix}project")(x)
       x = self._bn(f"{prefix}project_BN", train)(x)
       if c_in == c_out and stride == 1:
         x = inputs + x
       x = tap(self, f"block_{i}", x)
-    x = nn.Conv(plan["last"], (1, 1), use_bias=False, name="Conv_1")(x)
+    x = nn.Conv(plan["last"], (1, 1), use_bias=False, conv_general_dilated=conv,
+                name="Conv_1")(x)
     x = _relu6(self._bn("Conv_1_bn", train)(x))
     x = tap(self, "out_relu", x)
     x = jnp.mean(x, axis=(1, 2))

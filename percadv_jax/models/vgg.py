@@ -36,7 +36,7 @@ import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.models.common import tap
-from percadv_jax.models.layers import max_pool_2x2
+from percadv_jax.models.layers import conv_fn, max_pool_2x2
 
 # Channels and number of convolutions of VGG-19's five blocks.
 BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -68,6 +68,9 @@ class VGG19(nn.Module):
       "small" (global-average-pool + Dense head, mean/std preprocessing; for 32-64 px).
     batch_norm: BatchNorm after every convolution (only for ``variant="small"``).
     fc_features: width of fc1 and fc2 (only for ``variant="imagenet"``).
+    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "xla" (XLA's
+      convolution) or "patches" (im2col patches times a matrix, custom VJP); same parameters
+      and the same values up to float32 rounding.
   Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
   """
   num_classes: int
@@ -75,6 +78,7 @@ class VGG19(nn.Module):
   variant: str = "imagenet"
   batch_norm: bool = False
   fc_features: int = 4096
+  conv_impl: str = "xla"
   cam_layer: ClassVar[str] = "block5_conv4"
 
   @nn.compact
@@ -87,12 +91,14 @@ class VGG19(nn.Module):
     if x.shape[1] < 32 or x.shape[2] < 32:
       raise ValueError(f"VGG19 needs inputs of at least 32x32 pixels (five 2x2 poolings), got "
                        f"shape {tuple(x.shape)}")
+    conv = conv_fn(self.conv_impl)
     x = preprocess(jnp.asarray(x, jnp.float32), self.variant)
     for b, (channels, n_convs) in enumerate(BLOCKS, start=1):
       for k in range(1, n_convs + 1):
         name = f"block{b}_conv{k}"
         x = nn.Conv(scaled(channels, self.width), (3, 3), padding=((1, 1), (1, 1)),
-                    use_bias=not self.batch_norm, name=f"{name}_conv")(x)
+                    use_bias=not self.batch_norm, conv_general_dilated=conv,
+                    name=f"{name}_conv")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
                            name=f"{name}_bn")(x)

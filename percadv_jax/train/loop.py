@@ -7,14 +7,29 @@ of the training set, sliced at ``s % steps_per_epoch``. A run killed after a che
 restarted therefore replays exactly the batches and keys it would have seen, and reaches the same
 final parameters as an uninterrupted run.
 
-Workdir layout: ``config.json`` (the TrainConfig), ``metrics.jsonl`` (one line per ``log_every``
-steps: step, loss, accuracy, learning rate, steps/s), ``checkpoints/<step>/`` (orbax).
+Workdir layout: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``checkpoints/<step>/``
+(orbax).
+
+``metrics.jsonl`` holds one record every ``log_every`` steps and at every checkpoint (step, mean
+loss and accuracy over the steps since the previous record, learning rate, steps/s), plus the
+overfitting guard's records (``"event"``). Since a record never spans a checkpoint, a resumed
+run writes the same records as an uninterrupted one: on (re)start, records after the restored
+checkpoint's step and a torn last line (a kill during a write) are dropped first.
+
+Catastrophic-overfitting guard (``TrainConfig.guard``; Wong et al. 2020 for FGSM-RS training):
+``guard_examples`` training examples are held out of training; after every epoch the model's
+PGD-``guard_steps`` accuracy on them is recorded (``{"event": "guard", "guard_pgd_accuracy"}``).
+When it falls by more than ``guard_drop`` below the previous epoch's, a
+``{"event": "catastrophic_overfitting", ...}`` record is written and the run ends: with
+``guard="rollback"`` with the previous epoch's parameters, with ``guard="stop"`` with the current
+ones. The final state is saved with ``step = total`` so the workdir counts as finished.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -28,7 +43,11 @@ from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
 from percadv_jax.train import batchnorm
-from percadv_jax.train.steps import AttackConfig, jit_train_step, model_input
+from percadv_jax.train.steps import (AttackConfig, adversarial_examples, jit_train_step,
+                                     make_logits_fn, model_input)
+
+
+GUARDS = ("off", "stop", "rollback")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +75,14 @@ class TrainConfig:
     init_from: fine-tuning: the workdir of a finished run of the same model and optimiser whose
       final params and batch_stats initialise this run (optimiser state, step and key start
       fresh); "" = initialise from ``seed``.
+    guard: catastrophic-overfitting guard (see the module docstring): "off", "stop" (end the
+      run when the held-out PGD accuracy collapses) or "rollback" (end it with the previous
+      epoch's parameters).
+    guard_examples: training examples held out for the guard (used when ``guard != "off"``).
+    guard_steps: PGD steps of the guard's attack (``attack.eps``, ``attack.step_size``,
+      ``attack.norm``).
+    guard_drop: a collapse is a fall of the guard's PGD accuracy (a fraction) by more than this
+      below the previous epoch's.
   """
   model: str = "vgg19"
   model_kwargs: Mapping[str, Any] = dataclasses.field(
@@ -73,6 +100,10 @@ class TrainConfig:
   keep_checkpoints: int = 2
   bn_recalibration_batches: int = 0
   init_from: str = ""
+  guard: str = "off"
+  guard_examples: int = 256
+  guard_steps: int = 10
+  guard_drop: float = 0.2
 
   def validate(self) -> None:
     checks.check_positive(self.batch_size, "batch_size")
@@ -83,6 +114,10 @@ class TrainConfig:
     checks.check_positive(self.keep_checkpoints, "keep_checkpoints")
     checks.check_positive(self.bn_recalibration_batches, "bn_recalibration_batches",
                           allow_zero=True)
+    checks.check_choice(self.guard, "guard", set(GUARDS))
+    checks.check_positive(self.guard_examples, "guard_examples")
+    checks.check_positive(self.guard_steps, "guard_steps")
+    checks.check_positive(self.guard_drop, "guard_drop")
     self.attack.validate()
     self.optimizer.validate()
 
@@ -194,6 +229,10 @@ def _check_config(workdir: str, config: TrainConfig) -> None:
   path = os.path.join(workdir, "config.json")
   if os.path.exists(path):
     old = io.read_json(path)
+    try:  # a config.json written before a field existed holds that field's default
+      old = _json_roundtrip(TrainConfig.from_dict(old).to_dict())
+    except TypeError:
+      pass
     fresh = _json_roundtrip(config.to_dict())
     if old != fresh:
       raise ValueError(f"{workdir} holds a run with a different configuration "
@@ -247,8 +286,10 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   num_classes = num_classes or info_get(data.source, "num_classes")
   if num_classes is None:
     raise ValueError("num_classes is needed when the source has no info.num_classes")
-  n = len(data)
+  train_idx, guard_idx = split_guard(config, len(data))
+  n = len(train_idx)
   total = total_steps(config, n)
+  steps_per_epoch = n // config.batch_size
   image_shape = data.batch(np.arange(1))["image"].shape[1:]
   mngr = checkpoint.manager(os.path.join(workdir, "checkpoints"),
                             max_to_keep=config.keep_checkpoints)
@@ -259,7 +300,10 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   if not resume and config.init_from:
     state = _init_from(state, config.init_from)
   start = int(jax.device_get(state.step))
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  truncate_metrics(metrics_path, start)
   if start >= total:
+    mngr.close()
     return state
   # Fresh, restored and fine-tuning states mix committed and uncommitted arrays; the step's
   # outputs are all committed. One placement for all keeps the step at one compile.
@@ -267,27 +311,38 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   step_fn = jit_train_step(adversarial=config.adversarial, masked=config.masked,
                            attack=config.attack)
   schedule = make_schedule(config.optimizer, total)
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  guard = _Guard(config, data.batch(guard_idx)) if guard_idx is not None else None
+  if guard is not None:
+    guard.resume(metrics_path, state, mngr)
   pending: list[dict] = []
   t0 = time.perf_counter()
   bar = io.progress(total=total, initial=start, desc=desc, unit="step")
   try:
     for step in range(start, total):
-      batch = data.batch(batch_indices(n, config.batch_size, config.seed, step))
+      batch = data.batch(train_idx[batch_indices(n, config.batch_size, config.seed, step)])
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       done = step + 1
       bar.update(1)
-      if done % config.log_every == 0 or done == total:
-        means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
-        rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
-        io.append_jsonl(metrics_path, {"step": done, **means, "lr": float(schedule(step)),
-                                       "steps_per_sec": rate})
+      if guard is not None and done % steps_per_epoch == 0:
+        state, stopped = guard.check(state, done, metrics_path)
+        if stopped:
+          _flush(metrics_path, pending, done, schedule(step), t0)
+          if config.bn_recalibration_batches and state.batch_stats:
+            state = state.replace(batch_stats=_recalibrated(config, state, data, train_idx,
+                                                            total))
+          state = state.replace(step=jnp.asarray(total, jnp.int32))
+          checkpoint.save(mngr, state)
+          break
+      is_ckpt = (done % config.checkpoint_every == 0 or done == total
+                 or (guard is not None and done % steps_per_epoch == 0))
+      if done % config.log_every == 0 or is_ckpt:
+        means = _flush(metrics_path, pending, done, schedule(step), t0)
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
         pending, t0 = [], time.perf_counter()
       if done == total and config.bn_recalibration_batches and state.batch_stats:
-        state = state.replace(batch_stats=_recalibrated(config, state, data, n, total))
-      if done % config.checkpoint_every == 0 or done == total:
+        state = state.replace(batch_stats=_recalibrated(config, state, data, train_idx, total))
+      if is_ckpt:
         checkpoint.save(mngr, state)
       if on_step is not None:
         on_step(done, state, metrics)
@@ -295,6 +350,122 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     bar.close()
     mngr.close()
   return state
+
+
+def _flush(path: str, pending: list[dict], done: int, lr: Any, t0: float) -> dict:
+  """Appends the record of the steps in ``pending`` (means) ending at step ``done``."""
+  means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
+  rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
+  append_record(path, {"step": done, **means, "lr": float(lr), "steps_per_sec": rate})
+  return means
+
+
+def split_guard(config: TrainConfig, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+  """(training indices, guard indices or None) of a data set of ``n`` examples.
+
+  Without a guard all ``n`` examples train (``arange(n)``). With one, the guard's
+  ``guard_examples`` are the last ones of the permutation ``default_rng([seed, 2**31 - 1])``
+  and the training indices the others, in increasing order.
+  """
+  if config.guard == "off":
+    return np.arange(n), None
+  if n - config.guard_examples < config.batch_size:
+    raise ValueError(f"guard_examples={config.guard_examples} leaves {n - config.guard_examples}"
+                     f" of {n} training examples, fewer than batch_size={config.batch_size}")
+  perm = np.random.default_rng([config.seed, 2**31 - 1]).permutation(n)
+  return np.sort(perm[:n - config.guard_examples]), np.sort(perm[n - config.guard_examples:])
+
+
+class _Guard:
+  """PGD accuracy on the held-out guard batch after each epoch; detects a collapse."""
+
+  def __init__(self, config: TrainConfig, batch: dict):
+    self.config = config
+    self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    self.attack = dataclasses.replace(config.attack, kind="pgd", steps=config.guard_steps,
+                                      restarts=1)
+    self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x6A617264)
+    self.previous: tuple[float, TrainState | None] | None = None
+
+  def resume(self, path: str, state: TrainState, mngr: Any) -> None:
+    """Recovers the last epoch's guard accuracy (and its checkpoint, if kept) on a restart."""
+    records = [r for r in io.read_jsonl(path) if r.get("event") == "guard"]
+    if not records:
+      return
+    step = records[-1]["step"]
+    if step == int(jax.device_get(state.step)):
+      prev = state
+    elif step in mngr.all_steps():
+      prev = checkpoint.restore(mngr, state, step)
+    else:
+      prev = None  # rotated out (keep_checkpoints): a collapse then stops without rollback
+    self.previous = (records[-1]["guard_pgd_accuracy"], prev)
+
+  def accuracy(self, state: TrainState) -> float:
+    b, masked = self.batch, self.config.masked
+    mask = b["mask"] if masked else None
+    x_adv = adversarial_examples(state.apply_fn, state.variables(), b["image"], b["label"], mask,
+                                 key=self.key, attack=self.attack, masked=masked)
+    logits = make_logits_fn(state.apply_fn, state.variables(), mask=mask,
+                            masked=masked)(x_adv)
+    return float(jnp.mean((jnp.argmax(logits, -1) == b["label"]).astype(jnp.float32)))
+
+  def check(self, state: TrainState, done: int, path: str) -> tuple[TrainState, bool]:
+    """Records the epoch's guard accuracy; returns (state to keep, whether the run stops)."""
+    acc = self.accuracy(state)
+    append_record(path, {"step": done, "event": "guard", "guard_pgd_accuracy": acc})
+    prev = self.previous
+    if prev is not None and acc < prev[0] - self.config.guard_drop:
+      rollback = self.config.guard == "rollback" and prev[1] is not None
+      append_record(path, {
+          "step": done, "event": "catastrophic_overfitting", "guard_pgd_accuracy": acc,
+          "previous_guard_pgd_accuracy": prev[0], "action": "rollback" if rollback else "stop",
+          "restored_step": int(jax.device_get(prev[1].step)) if rollback else done})
+      return (prev[1] if rollback else state), True
+    self.previous = (acc, state)
+    return state, False
+
+
+def append_record(path: str, record: dict) -> None:
+  """Appends one JSON line to ``path``, starting a fresh line if the file ends in a torn one."""
+  if os.path.exists(path) and os.path.getsize(path) > 0:
+    with open(path, "rb") as f:
+      f.seek(-1, os.SEEK_END)
+      torn = f.read(1) != b"\n"
+    if torn:
+      with open(path, "a") as f:
+        f.write("\n")
+  io.append_jsonl(path, record)
+
+
+def truncate_metrics(path: str, step: int) -> None:
+  """Drops the records of ``path`` after ``step`` and any torn (unparsable) line.
+
+  Called when a run (re)starts from a checkpoint at ``step``: the steps after it will run
+  again and write their records again. Records without a ``step`` are kept. The file is
+  rewritten atomically, and only when something is dropped.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.read().split("\n")
+  keep, dropped = [], False
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      dropped = True
+      continue
+    if isinstance(record, dict) and isinstance(record.get("step"), int) and (
+        record["step"] > step):
+      dropped = True
+      continue
+    keep.append(line)
+  if dropped:
+    with io.atomic_open(path) as f:
+      f.write("".join(line + "\n" for line in keep))
 
 
 def _init_from(state: TrainState, workdir: str) -> TrainState:
@@ -310,27 +481,13 @@ def _init_from(state: TrainState, workdir: str) -> TrainState:
   return state.replace(params=src.params, batch_stats=src.batch_stats)
 
 
-def _recalibrated(config: TrainConfig, state: TrainState, data: ArrayData, n: int,
-                  total: int) -> Any:
+def _recalibrated(config: TrainConfig, state: TrainState, data: ArrayData,
+                  train_idx: np.ndarray, total: int) -> Any:
   """Precise BatchNorm statistics over the batches that steps total, total+1, ... would use."""
+  n = len(train_idx)
+
   def inputs():
     for j in range(config.bn_recalibration_batches):
-      b = data.batch(batch_indices(n, config.batch_size, config.seed, total + j))
+      b = data.batch(train_idx[batch_indices(n, config.batch_size, config.seed, total + j)])
       yield jnp.asarray(model_input(b["image"], b["mask"], config.masked))
   return batchnorm.recalibrate(state.apply_fn, state.params, state.batch_stats, inputs())
-
-
-def restore_final(config: TrainConfig, workdir: str, *, num_classes: int,
-                  image_shape: Sequence[int], n: int) -> TrainState | None:
-  """The finished state of a run in ``workdir`` or None when it has not finished."""
-  total = total_steps(config, n)
-  directory = os.path.join(workdir, "checkpoints")
-  if checkpoint.latest_step(directory) != total:
-    return None
-  state = build(config, num_classes=num_classes, image_shape=image_shape, total=total,
-                abstract=True)
-  mngr = checkpoint.manager(directory)
-  try:
-    return checkpoint.restore(mngr, state, total)
-  finally:
-    mngr.close()

@@ -6,8 +6,9 @@ One code path covers the masks paper's four models {full, masked} x {natural, ad
 - ``masked=True``: the model sees ``x * mask`` (the background is removed before
   classification); the adversary attacks ``x * mask`` with ``pgd(..., mask=mask)``, so it may
   change only foreground pixels, and the model again sees its input times the mask.
-- ``adversarial=True``: each batch is replaced by its PGD-k adversarial version (Madry et al.),
-  found with BatchNorm in eval mode (``train=False``: running statistics, no updates); the
+- ``adversarial=True``: each batch is replaced by its PGD-k adversarial version (Madry et al.)
+  or, with ``AttackConfig(kind="fgsm_rs")``, its FGSM-RS version (Wong et al. 2020), found with
+  BatchNorm in eval mode (``train=False``: running statistics, no updates); the
   parameter update then runs in train mode on the adversarial batch.
 
 Batches are dicts ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
@@ -29,9 +30,12 @@ from percadv_jax import attacks, checks
 from percadv_jax.train.state import TrainState, make_variables
 
 
+ATTACK_KINDS = ("pgd", "fgsm_rs")
+
+
 @dataclasses.dataclass(frozen=True)
 class AttackConfig:
-  """A PGD threat model (pixel space, [0,1] images).
+  """A training threat model (pixel space, [0,1] images) and the attack that trains against it.
 
   Attributes:
     eps: radius of the ball (Linf: per pixel, e.g. 8/255; L2: whole image).
@@ -39,12 +43,19 @@ class AttackConfig:
     steps: PGD iterations.
     norm: "linf" or "l2".
     restarts: random restarts (the per-example worst case is kept).
+    kind: "pgd" (Madry: PGD-``steps`` from a random start) or "fgsm_rs" (Wong, Rice and Kolter
+      2020, "fast is better than free": a uniform random start in the eps-ball, one signed
+      gradient step of ``fgsm_step * eps``, projection onto the ball and [0, 1]; ``steps``,
+      ``step_size`` and ``restarts`` are then not used by training).
+    fgsm_step: the FGSM-RS step as a multiple of ``eps`` (1.25 in the paper).
   """
   eps: float = 8 / 255
   step_size: float = 2 / 255
   steps: int = 7
   norm: str = "linf"
   restarts: int = 1
+  kind: str = "pgd"
+  fgsm_step: float = 1.25
 
   def validate(self) -> None:
     checks.check_positive(self.eps, "eps", allow_zero=True)
@@ -52,6 +63,8 @@ class AttackConfig:
     checks.check_positive(self.steps, "steps")
     checks.check_positive(self.restarts, "restarts")
     checks.check_choice(self.norm, "norm", {"linf", "l2"})
+    checks.check_choice(self.kind, "kind", set(ATTACK_KINDS))
+    checks.check_positive(self.fgsm_step, "fgsm_step")
 
 
 def model_input(x: jax.Array, mask: jax.Array | None, masked: bool) -> jax.Array:
@@ -81,7 +94,7 @@ def make_logits_fn(apply_fn: Callable, variables: Any, *, mask: jax.Array | None
 def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: jax.Array,
                          mask: jax.Array | None, *, key: jax.Array, attack: AttackConfig,
                          masked: bool) -> jax.Array:
-  """PGD adversarial versions of the model inputs (eval-mode model).
+  """Adversarial versions of the model inputs (eval-mode model): PGD or FGSM-RS (``attack.kind``).
 
   Args:
     apply_fn, variables: the model (``apply_fn(variables, x, train=False) -> logits``).
@@ -98,9 +111,14 @@ def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: ja
   """
   x0 = model_input(x, mask, masked)
   logits_fn = make_logits_fn(apply_fn, variables, mask=mask, masked=masked)
-  x_adv = attacks.pgd(logits_fn, x0, y, key=key, eps=attack.eps, step_size=attack.step_size,
-                      steps=attack.steps, norm=attack.norm, mask=mask if masked else None,
-                      restarts=attack.restarts)
+  if attack.kind == "fgsm_rs":
+    x_adv = attacks.fgsm(logits_fn, x0, y, key=key, eps=attack.eps,
+                         step_size=attack.fgsm_step * attack.eps, norm=attack.norm,
+                         mask=mask if masked else None, random_start=True)
+  else:
+    x_adv = attacks.pgd(logits_fn, x0, y, key=key, eps=attack.eps, step_size=attack.step_size,
+                        steps=attack.steps, norm=attack.norm, mask=mask if masked else None,
+                        restarts=attack.restarts)
   return jax.lax.stop_gradient(x_adv)
 
 
@@ -117,7 +135,8 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
   Args:
     state: the train state; its ``key`` is split for the attack's random start and dropout.
     batch: ``{"image": [B,H,W,3], "mask": [B,H,W,1], "label": [B]}`` (see module docstring).
-    adversarial: Madry adversarial training with PGD-``attack.steps``.
+    adversarial: adversarial training with ``attack`` (Madry's PGD-``attack.steps`` or
+      FGSM-RS, ``attack.kind``).
     masked: the masked setting (model sees ``x * mask``; attack only on the foreground).
     attack: the training threat model (ignored unless ``adversarial``).
 

@@ -1,5 +1,7 @@
 """percadv_jax.train: exact resume after a kill, adversarial training, masked semantics."""
 
+import dataclasses
+import json
 import os
 
 import jax
@@ -74,9 +76,24 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_parameters(toy, tmp_pat
       raise _Killed()
 
   wd = str(tmp_path / "b")
+  metrics = os.path.join(wd, "metrics.jsonl")
   with pytest.raises(_Killed):
     train.fit(cfg, wd, data, num_classes=2, on_step=kill)
   assert train.checkpoint.latest_step(os.path.join(wd, "checkpoints")) == 3
+  # The kill landed inside a logging window (record 4 written, checkpoint 3), and a kill during
+  # a write leaves a torn last line.
+  assert [r["step"] for r in io.read_jsonl(metrics)] == [2, 3, 4]
+  with open(metrics, "a") as f:
+    f.write('{"step": 5, "loss": 0.')
+
+  def kill7(step, state, metrics):
+    if step == 7:  # checkpoint 6 exists; step 7 is lost
+      raise _Killed()
+
+  with pytest.raises(_Killed):
+    train.fit(cfg, wd, data, num_classes=2, on_step=kill7)
+  with open(metrics, "a") as f:
+    f.write('{"step": 8, "lo')
   resumed = train.fit(cfg, wd, data, num_classes=2)
   assert int(resumed.step) == 8
   for a, b in zip(jax.tree.leaves((full.params, full.batch_stats, full.opt_state, full.key)),
@@ -86,13 +103,22 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_parameters(toy, tmp_pat
   # The run changed the parameters, and a different seed gives different ones.
   init = train.build(cfg, num_classes=2, image_shape=(32, 32, 3), total=8)
   assert not np.allclose(jax.tree.leaves(init.params)[0], jax.tree.leaves(full.params)[0])
-  # A finished run is restored, not retrained; metrics.jsonl logged every 2 steps.
+  # The resumed run wrote the uninterrupted run's records, one per line, nothing torn.
+  def records(path):
+    with open(path) as f:
+      lines = f.read().split("\n")
+    assert lines[-1] == ""
+    return [{k: v for k, v in json.loads(line).items() if k not in ("time", "steps_per_sec")}
+            for line in lines[:-1]]
+  assert records(metrics) == records(os.path.join(tmp_path / "a", "metrics.jsonl"))
+  # A finished run is restored, not retrained; metrics.jsonl logged every 2 steps and at the
+  # checkpoints (every 3 steps).
   again = train.fit(cfg, wd, data, num_classes=2,
                     on_step=lambda *a: pytest.fail("a finished run was retrained"))
   np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
                                 jax.tree.leaves(full.params)[0])
   steps = [r["step"] for r in io.read_jsonl(os.path.join(wd, "metrics.jsonl"))]
-  assert set(steps) == {2, 4, 6, 8} and all(np.isfinite(
+  assert steps == [2, 3, 4, 6, 8] and all(np.isfinite(
       [r["loss"] for r in io.read_jsonl(os.path.join(wd, "metrics.jsonl"))]))
   with pytest.raises(ValueError, match="different configuration"):
     train.fit(_config(seed=4), wd, data, num_classes=2)
@@ -174,3 +200,86 @@ def test_schedules_and_optimizers():
   p = {"w": jnp.ones(3)}
   upd, _ = tx.update({"w": jnp.full(3, 2.0)}, tx.init(p), p)
   np.testing.assert_allclose(upd["w"], -1.0)
+
+
+def _linear_apply(variables, x, train=False):
+  """Two logits (0, sum(w * x)): the CE input gradient's sign is sign(w) for label 0, and
+  -sign(w) for label 1, wherever the start point lies."""
+  del train
+  z = jnp.sum(x * variables["params"]["w"], axis=(1, 2, 3))
+  return jnp.stack([jnp.zeros_like(z), z], axis=-1)
+
+
+def test_fgsm_rs_step_equals_the_hand_computed_one():
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, (6, 8, 8, 3)).astype(np.float32)
+  x[:, :2] = 0.0  # pixels on the box's edges
+  x[:, -2:] = 1.0
+  y = np.array([0, 1, 0, 1, 0, 1], np.int32)
+  eps = 8 / 255
+  attack = train.AttackConfig(kind="fgsm_rs", eps=eps)
+  assert attack.fgsm_step == 1.25 and attack.steps == 7  # defaults of the other fields kept
+  key = jax.random.PRNGKey(5)
+
+  def adv(w):
+    return np.asarray(train.adversarial_examples(
+        _linear_apply, {"params": {"w": jnp.asarray(w)}}, x, y, None, key=key, attack=attack,
+        masked=False))
+  # A zero gradient moves nothing: the result is the random start, uniform in the ball
+  # intersected with [0, 1].
+  start = adv(np.zeros((8, 8, 3), np.float32))
+  d = start - x
+  assert np.all(np.abs(d) <= eps + 1e-7) and start.min() >= 0 and start.max() <= 1
+  free = (x > eps) & (x < 1 - eps)
+  assert abs(d[free].mean()) < 0.05 * eps and np.abs(d[free]).max() > 0.95 * eps
+  assert abs(np.mean(np.abs(d[free])) - eps / 2) < 0.05 * eps  # uniform: E|d| = eps / 2
+  w = rng.normal(size=(8, 8, 3)).astype(np.float32)
+  sign = np.sign(w)[None] * np.where(y == 0, 1.0, -1.0)[:, None, None, None]
+  expected = np.clip(x + np.clip(start + 1.25 * eps * sign - x, -eps, eps), 0, 1)
+  np.testing.assert_allclose(adv(w), expected, atol=1e-7)
+  with pytest.raises(ValueError, match="kind"):
+    train.AttackConfig(kind="bim").validate()
+
+
+def test_overfitting_guard_rolls_back_or_stops_on_a_collapse(toy, tmp_path, monkeypatch):
+  data, _ = toy  # 128 examples: 32 held out, 96 train = 3 steps of 32 per epoch
+  cfg = _config(adversarial=False, steps=9, checkpoint_every=100, log_every=100,
+                guard="rollback", guard_examples=32, guard_steps=1)
+  train_idx, guard_idx = train.split_guard(cfg, 128)
+  assert len(guard_idx) == 32 and sorted(set(train_idx) | set(guard_idx)) == list(range(128))
+  # The guard's figure is the PGD accuracy on the held-out batch: with eps = 0 the natural one.
+  from percadv_jax.train import loop
+  state = train.build(cfg, num_classes=2, image_shape=(32, 32, 3), total=9)
+  batch = {k: v[guard_idx] for k, v in data.items()}
+  zero = loop._Guard(dataclasses.replace(cfg, attack=train.AttackConfig(eps=0.0)), batch)
+  logits = state.apply_fn(state.variables(), batch["image"] * batch["mask"], train=False)
+  natural = float(np.mean(np.argmax(np.asarray(logits), -1) == batch["label"]))
+  assert zero.accuracy(state) == pytest.approx(natural)
+  # A constructed collapse: 0.5, 0.6, then 0.2 (< 0.6 - guard_drop) after the third epoch.
+  scripted = iter([0.5, 0.6, 0.2])
+  monkeypatch.setattr(loop._Guard, "accuracy", lambda self, state: next(scripted))
+  seen = {}
+  final = train.fit(cfg, str(tmp_path / "rb"), data, num_classes=2,
+                    on_step=lambda step, s, m: seen.setdefault(step, s))
+  assert 9 not in seen and int(final.step) == 9  # stopped at the collapse, marked finished
+  for a, b in zip(jax.tree.leaves(final.params), jax.tree.leaves(seen[6].params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # epoch 2's parameters
+  events = [r for r in io.read_jsonl(str(tmp_path / "rb" / "metrics.jsonl")) if "event" in r]
+  assert [(r["step"], r["event"]) for r in events] == [
+      (3, "guard"), (6, "guard"), (9, "guard"), (9, "catastrophic_overfitting")]
+  assert events[-1]["action"] == "rollback" and events[-1]["restored_step"] == 6
+  assert events[-1]["previous_guard_pgd_accuracy"] == 0.6
+  again = train.fit(cfg, str(tmp_path / "rb"), data, num_classes=2,
+                    on_step=lambda *a: pytest.fail("a stopped run was retrained"))
+  np.testing.assert_array_equal(jax.tree.leaves(again.params)[0],
+                                jax.tree.leaves(final.params)[0])
+  # guard="stop" keeps the collapsed epoch's parameters.
+  scripted = iter([0.5, 0.6, 0.2])
+  stop = dataclasses.replace(cfg, guard="stop")
+  seen.clear()
+  final = train.fit(stop, str(tmp_path / "st"), data, num_classes=2,
+                    on_step=lambda step, s, m: seen.setdefault(step, s))
+  events = [r for r in io.read_jsonl(str(tmp_path / "st" / "metrics.jsonl")) if "event" in r]
+  assert events[-1]["action"] == "stop" and events[-1]["restored_step"] == 9
+  assert not np.array_equal(jax.tree.leaves(final.params)[0],
+                            jax.tree.leaves(seen[6].params)[0])
