@@ -88,3 +88,79 @@ def test_no_intact_step_is_one_clear_error(two_steps):
   with pytest.raises(ValueError, match=rf"^checkpoint step 0 at {d}/0 cannot be restored"):
     checkpoint.restore(m, st, 0)
   m.close()
+
+
+def test_check_labels_range_and_types():
+  y = np.array([0, 3, 4, 1])
+  checks.check_labels(y, 4, 5)
+  checks.check_labels(y, np.int64(4), np.int64(5))  # NumPy integers wherever ints are
+  checks.check_labels([0, 3, 4, 1], 4, 5)  # a list of ints
+  checks.check_labels(jnp.asarray(y), 4, 5)
+  with pytest.raises(ValueError, match=r"y must lie in \[0, 4\) \(the model has 4 classes\), "
+                     r"got 4 at index 2 \(1 label\(s\) out of range\)"):
+    checks.check_labels(y, 4, 4)
+  with pytest.raises(ValueError, match=r"target must lie in \[0, 5\) .*got -1 at index 1"):
+    checks.check_labels([8 % 5, -1], 2, 5, "target")
+  with pytest.raises(ValueError, match=r"y must have shape \(3,\)"):
+    checks.check_labels(y, 3, 5)
+  with pytest.raises(ValueError, match="integer class labels, got dtype float"):
+    checks.check_labels(y.astype(np.float32), 4, 5)
+  with pytest.raises(ValueError, match="integer class labels, got dtype bool"):
+    checks.check_labels(y > 1, 4, 5)
+  with pytest.raises(ValueError, match="num_classes must be an integer"):
+    checks.check_labels(y, 4, True)
+  with pytest.raises(ValueError, match="num_classes must be an integer >= 1"):
+    checks.check_labels(y, 4, 0)
+  # Under jit only shapes and dtypes can be checked.
+  jax.jit(lambda y: checks.check_labels(y, 4, 2) or y)(jnp.asarray(y))
+
+
+def test_scalar_checks_are_uniform():
+  assert checks.check_int(np.int64(3), "steps", minimum=1) == 3
+  assert type(checks.check_int(np.int32(3), "steps")) is int
+  assert checks.check_int(np.array(3), "steps") == 3
+  for bad in (True, np.bool_(True), 3.0, "3", None, np.float32(3)):
+    with pytest.raises(ValueError, match="steps must be an integer"):
+      checks.check_int(bad, "steps")
+  assert checks.check_float(np.float32(0.5), "tol") == 0.5
+  assert checks.check_float(np.int64(2), "tol") == 2.0 and checks.check_float(1, "tol") == 1.0
+  for bad, msg in ((True, "a number"), ("0.1", "a number"), (np.nan, "a finite"),
+                   (np.float32(np.inf), "a finite"), (-1.0, ">= 0")):
+    with pytest.raises(ValueError, match=f"tol must be {msg}"):
+      checks.check_float(bad, "tol", minimum=0.0)
+  assert checks.check_float(np.inf, "eps", allow_inf=True) == np.inf
+  with pytest.raises(ValueError, match=r"rho must be > 0 and <= 1, got 0"):
+    checks.check_float(0.0, "rho", minimum=0.0, maximum=1.0, min_inclusive=False)
+  assert checks.check_bool(np.bool_(False), "flag") is False
+  for bad in (1, 0, "yes", None):
+    with pytest.raises(ValueError, match="flag must be True or False"):
+      checks.check_bool(bad, "flag")
+  checks.check_positive(np.float32(0.1), "tol")
+  checks.check_positive(np.int64(2), "n")
+  for bad in (True, "1", np.nan, np.inf, 0, -1):
+    with pytest.raises(ValueError, match="n must be"):
+      checks.check_positive(bad, "n")
+  with pytest.raises(ValueError, match=r"x is an empty batch \(shape \(0, 4, 4, 3\)\)"):
+    checks.check_images(np.zeros((0, 4, 4, 3), np.float32), allow_empty=False)
+
+
+def test_get_model_number_types():
+  m = get_model("mobilenet_v2", num_classes=np.int64(7), width=np.float32(0.5))
+  assert m.num_classes == 7 and type(m.num_classes) is int
+  assert m.width == 0.5 and type(m.width) is float
+  v = get_model("vgg19", num_classes=3, width=np.int64(1), variant="small",
+                batch_norm=np.bool_(True), fc_features=np.int32(16))
+  assert type(v.fc_features) is int and v.batch_norm is True
+  for kw, msg in [(dict(width=float("inf")), "width must be a finite number"),
+                  (dict(width=float("nan")), "width must be a finite number"),
+                  (dict(width=True), "width must be a number"),
+                  (dict(width=0), "width must be > 0"),
+                  (dict(num_classes=True), "num_classes must be an integer"),
+                  (dict(num_classes=10.0), "num_classes must be an integer"),
+                  (dict(num_classes=0), "num_classes must be an integer >= 1")]:
+    with pytest.raises(ValueError, match=msg):
+      get_model("mobilenet_v2", **{"num_classes": 10, **kw})
+  with pytest.raises(ValueError, match="fc_features must be an integer >= 1"):
+    get_model("vgg19", num_classes=3, fc_features=0)
+  with pytest.raises(ValueError, match="batch_norm must be True or False"):
+    get_model("vgg19", num_classes=3, variant="small", batch_norm=1)

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from percadv_jax import io
+from percadv_jax import checks, io
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
@@ -17,6 +17,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
   [0, 1] (clipped).
   """
   import matplotlib
+  alpha = checks.check_float(alpha, "alpha", minimum=0.0, maximum=1.0)
   image = np.asarray(image, np.float32)
   if image.ndim == 3 and image.shape[-1] == 1:
     image = image[..., 0]

@@ -127,7 +127,9 @@ def top_k_mask(m: jax.Array, k: int) -> jax.Array:
 
 
 def top_k_iou(a: jax.Array, b: jax.Array, *, fraction: float = 0.1) -> jax.Array:
-  """IoU of the top ``fraction`` of pixels of each map, per image ``[N]``."""
+  """IoU of the top ``fraction`` (in (0, 1]) of pixels of each map, per image ``[N]``."""
+  fraction = checks.check_float(fraction, "fraction", minimum=0.0, maximum=1.0,
+                                min_inclusive=False)
   k = max(1, int(round(fraction * a.shape[1] * a.shape[2])))
   ma, mb = top_k_mask(a, k), top_k_mask(b, k)
   inter = jnp.sum(ma * mb, axis=1)
@@ -223,8 +225,8 @@ def agreement(perturbation_map: jax.Array, saliency_map: jax.Array | None, *,
       _check_nonneg(s, "saliency_map")
   if s is None and r is None:
     raise ValueError("agreement needs a saliency_map, a region, or both")
-  if not 0.0 < float(top_k) <= 1.0:
-    raise ValueError(f"top_k must be a fraction in (0, 1], got {top_k}")
+  top_k = checks.check_float(top_k, "top_k (a fraction of the pixels)", minimum=0.0,
+                             maximum=1.0, min_inclusive=False)
   out = _agreement(p, s if s is not None else p, r if r is not None else p,
                    fraction=float(top_k), has_saliency=s is not None, has_region=r is not None)
   out = dict(out)

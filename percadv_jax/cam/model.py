@@ -213,6 +213,8 @@ def compute_cam(method: str, module, variables: PyTree, x: jax.Array, *,
     raise ValueError(f"the model must return logits [N, classes], got shape {logits_shape}")
   n, num_classes = logits_shape
   if target is not None:
+    if isinstance(target, (bool, np.bool_)):
+      raise ValueError(f"target must be a class index (int) or int [N], got {target!r}")
     if isinstance(target, (int, np.integer)):
       target = jnp.full((n,), int(target), jnp.int32)
     target = jnp.asarray(target) if checks.is_concrete(target) else target
@@ -220,8 +222,9 @@ def compute_cam(method: str, module, variables: PyTree, x: jax.Array, *,
       target = jnp.broadcast_to(target, (n,))
     checks.check_labels(target, n, num_classes, name="target")
     target = target.astype(jnp.int32)
-  if not isinstance(score_chunk, int) or score_chunk < 1:
-    raise ValueError(f"score_chunk must be a positive int, got {score_chunk!r}")
+  score_chunk = checks.check_int(score_chunk, "score_chunk", minimum=1)
+  upsample = checks.check_bool(upsample, "upsample")
+  return_aux = checks.check_bool(return_aux, "return_aux")
   maps, logits, tgt = _cam_jit(variables, x, target, module=module, method=method, layer=path,
                                kwargs_items=tuple(sorted(kwargs.items())),
                                upsample=bool(upsample), chunk=int(score_chunk))

@@ -22,10 +22,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import subprocess
+import sys
 from typing import Any, Callable
 
 import numpy as np
 
+from percadv_jax import checks
 from percadv_jax.models import mobilenet_v2 as mnv2
 from percadv_jax.models import vgg
 from percadv_jax.models.registry import get_model
@@ -165,23 +168,124 @@ def _read_keras3(root) -> dict[str, list[_FileLayer]]:
   return {k: [fl for _, fl in sorted(v, key=lambda t: t[0])] for k, v in by_kind.items()}
 
 
-def _read(path: str) -> tuple[Any, str, Any]:
-  """Opens ``path``: (h5py file, "legacy", [layers]) or (file, "keras3", {kind: [layers]})."""
+_HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+# Walks every object and attribute of an HDF5 file and reads one element of each dataset: the
+# metadata the loader touches. Run in a child process with a time limit (see ``_probe``).
+_PROBE = r"""
+import sys
+import h5py
+def visit(name, obj):
+  for k in obj.attrs:
+    obj.attrs[k]
+  if isinstance(obj, h5py.Dataset) and obj.size:
+    obj[(0,) * obj.ndim] if obj.ndim else obj[()]
+with h5py.File(sys.argv[1], "r") as f:
+  for k in f.attrs:
+    f.attrs[k]
+  f.visititems(visit)
+print("ok")
+"""
+
+
+def _check_superblock(path: str) -> None:
+  """Checks the HDF5 signature and superblock of ``path`` without parsing the file with h5py.
+
+  Raises:
+    ValueError: no HDF5 signature, an unknown superblock version or field sizes, or a file
+      shorter than the end-of-file address its superblock records (truncated).
+  """
+  size = os.path.getsize(path)
+  with open(path, "rb") as f:
+    base = None
+    for offset in (0, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536):
+      if offset + 8 > size:
+        break
+      f.seek(offset)
+      if f.read(8) == _HDF5_SIGNATURE:
+        base = offset
+        break
+    if base is None:
+      raise ValueError(f"{path!r} is not an HDF5 file (Keras .h5 / .weights.h5): no HDF5 "
+                       "signature")
+    f.seek(base)
+    head = f.read(64)
+  version = head[8] if len(head) > 8 else -1
+  if version in (0, 1):
+    sizes, eof_at = (head[13], head[14]), 40 + (4 if version == 1 else 0)
+  elif version in (2, 3):
+    sizes, eof_at = (head[9], head[10]), 28
+  else:
+    raise ValueError(f"{path!r} is a corrupt HDF5 file: unknown superblock version {version}")
+  if sizes[0] not in (2, 4, 8, 16) or sizes[1] not in (2, 4, 8, 16):
+    raise ValueError(f"{path!r} is a corrupt HDF5 file: bad superblock (offset/length sizes "
+                     f"{sizes[0]}/{sizes[1]})")
+  w = sizes[0]
+  if len(head) < eof_at + w:
+    raise ValueError(f"{path!r} is a truncated HDF5 file ({size} bytes; no complete superblock)")
+  eof = int.from_bytes(head[eof_at:eof_at + w], "little")
+  if eof != (1 << (8 * w)) - 1 and base + eof > size:
+    raise ValueError(f"{path!r} is a truncated HDF5 file: {size} bytes, its superblock says "
+                     f"{base + eof}")
+
+
+def _probe(path: str, timeout: float) -> None:
+  """Reads the structure of ``path`` in a child process killed after ``timeout`` seconds.
+
+  Damaged HDF5 metadata can make the HDF5 library loop for many minutes (or crash): the child
+  takes that risk, the caller gets a ValueError.
+  """
+  cmd = [sys.executable, "-c", _PROBE, path]
+  try:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+  except subprocess.TimeoutExpired:
+    raise ValueError(f"{path!r} is a corrupt HDF5 file: reading its structure did not finish "
+                     f"within {timeout:g} s (damaged metadata)") from None
+  if r.returncode == 0 and r.stdout.strip().endswith("ok"):
+    return
+  if r.returncode < 0:
+    raise ValueError(f"{path!r} is a corrupt HDF5 file: reading it crashed the HDF5 library "
+                     f"(signal {-r.returncode})")
+  lines = [l for l in r.stderr.strip().splitlines() if l.strip()]
+  reason = lines[-1].strip() if lines else f"exit status {r.returncode}"
+  if len(reason) > 200:
+    reason = reason[:200] + "..."
+  raise ValueError(f"{path!r} is a corrupt HDF5 file: {reason}")
+
+
+def _read(path: str, timeout: float | None = 30.0) -> tuple[Any, str, Any]:
+  """Opens ``path``: (h5py file, "legacy", [layers]) or (file, "keras3", {kind: [layers]}).
+
+  The file's superblock is checked first and, unless ``timeout`` is None, its whole structure is
+  read once in a child process with that time limit (see ``_probe``).
+  """
   import h5py  # pylint: disable=g-import-not-at-top
   if not os.path.exists(path):
     raise ValueError(f"Keras weight file {path!r} does not exist")
+  if not os.path.isfile(path):
+    raise ValueError(f"Keras weight file {path!r} is not a file")
+  _check_superblock(path)
+  if timeout is not None:
+    _probe(path, timeout)
   try:
     f = h5py.File(path, "r")
   except OSError as e:
-    raise ValueError(f"{path!r} is not an HDF5 file (Keras .h5 / .weights.h5): {e}") from e
-  if "layers" in f and isinstance(f["layers"], h5py.Group):
-    return f, "keras3", _read_keras3(f)
-  root = f["model_weights"] if "model_weights" in f else f
-  if "layer_names" not in root.attrs:
+    raise ValueError(f"{path!r} is not an HDF5 file (Keras .h5 / .weights.h5): {e}") from None
+  try:
+    if "layers" in f and isinstance(f["layers"], h5py.Group):
+      return f, "keras3", _read_keras3(f)
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+      raise ValueError(f"{path!r} is an HDF5 file but not a Keras weight file (neither a "
+                       "'layers' group nor a 'layer_names' attribute)")
+    return f, "legacy", _read_legacy(root)
+  except ValueError:
     f.close()
-    raise ValueError(f"{path!r} is an HDF5 file but not a Keras weight file (neither a "
-                     "'layers' group nor a 'layer_names' attribute)")
-  return f, "legacy", _read_legacy(root)
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    f.close()
+    raise ValueError(f"{path!r} is a corrupt Keras weight file ({type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +351,8 @@ def _mobilenet_candidates(fmt, content, width) -> tuple[list[float], int | None]
   return alphas, num_classes
 
 
-def load_keras_weights(name: str, path: str | os.PathLike, **kw) -> tuple[Any, dict]:
+def load_keras_weights(name: str, path: str | os.PathLike, *, timeout: float | None = 30.0,
+                       **kw) -> tuple[Any, dict]:
   """Loads a Keras MobileNetV2 / VGG19 weight file into the matching Flax module.
 
   Args:
@@ -255,6 +360,9 @@ def load_keras_weights(name: str, path: str | os.PathLike, **kw) -> tuple[Any, d
       (``keras.applications.VGG19``, include_top=True; gives ``variant="imagenet"``).
     path: a ``.h5`` file written by ``model.save`` (or a Keras 2 weight file such as Keras'
       ImageNet downloads) or a ``.weights.h5`` file written by Keras 3 ``model.save_weights``.
+    timeout: seconds allowed to read the file's structure once in a child process before it is
+      trusted in this one (damaged HDF5 metadata can make the HDF5 library loop for many
+      minutes); None skips that check (the HDF5 signature and superblock are still checked).
     **kw: optional ``width`` to fix the width multiplier instead of inferring it.
   Returns:
     ``(module, variables)``: ``module.apply(variables, x)`` on RGB inputs in [0, 1] gives the
@@ -262,8 +370,9 @@ def load_keras_weights(name: str, path: str | os.PathLike, **kw) -> tuple[Any, d
     number of classes and (VGG) the fc size are read off the array shapes; VGG's fc1 fixes the
     input size (224 px for ImageNet weights).
   Raises:
-    ValueError: unknown name or keyword, unreadable file, a file that holds no classifier head
-      or another architecture (the first mismatching layer and its shapes are named).
+    ValueError: unknown name or keyword, a missing, truncated or corrupt file (named, within
+      about ``timeout`` seconds), a file that holds no classifier head or another architecture
+      (the first mismatching layer and its shapes are named).
   """
   if name not in ("mobilenet_v2", "vgg19"):
     raise ValueError(f"unknown model {name!r}; load_keras_weights knows ['mobilenet_v2', "
@@ -272,7 +381,11 @@ def load_keras_weights(name: str, path: str | os.PathLike, **kw) -> tuple[Any, d
   if unknown:
     raise ValueError(f"unknown keyword(s) {unknown}; load_keras_weights accepts only 'width'")
   width = kw.get("width")
-  f, fmt, content = _read(os.fspath(path))
+  if width is not None:
+    width = checks.check_float(width, "width", minimum=0.0, min_inclusive=False)
+  if timeout is not None:
+    timeout = checks.check_float(timeout, "timeout", minimum=0.0, min_inclusive=False)
+  f, fmt, content = _read(os.fspath(path), timeout)
   try:
     if name == "mobilenet_v2":
       alphas, num_classes = _mobilenet_candidates(fmt, content, width)
@@ -308,7 +421,13 @@ def load_keras_weights(name: str, path: str | os.PathLike, **kw) -> tuple[Any, d
                           if num_classes is None else ""))
     variables: dict = {}
     for layer, fl in pairs:
-      layer.place(variables, [np.asarray(a[()], dtype=np.float32) for a in fl.arrays])
+      try:
+        arrays = [np.asarray(a[()], dtype=np.float32) for a in fl.arrays]
+      except (OSError, RuntimeError, KeyError) as e:
+        raise ValueError(f"{os.fspath(path)!r} is a corrupt Keras weight file: cannot read "
+                         f"{fl.where!r} ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+      layer.place(variables, arrays)
   finally:
     f.close()
   if name == "mobilenet_v2":

@@ -6,6 +6,7 @@ import dataclasses
 
 import flax.linen as nn
 
+from percadv_jax import checks
 from percadv_jax.models.mobilenet_v2 import MobileNetV2
 from percadv_jax.models.vgg import VARIANTS, VGG19
 
@@ -26,7 +27,9 @@ def get_model(name: str, *, num_classes: int, **kw) -> nn.Module:
     and ``module.apply(variables, x, train=False)`` the logits [N, num_classes] for float32 RGB
     inputs [N, H, W, 3] in [0, 1].
   Raises:
-    ValueError: unknown name (the known ones are listed), unknown keyword, bad value.
+    ValueError: unknown name (the known ones are listed), unknown keyword, bad value
+      (``num_classes`` / ``fc_features`` not a positive integer, ``width`` not a finite number
+      > 0, ``batch_norm`` not a bool). NumPy scalars are accepted and stored as Python numbers.
   """
   if name not in MODELS:
     raise ValueError(f"unknown model {name!r}; known models: {sorted(MODELS)}")
@@ -36,11 +39,13 @@ def get_model(name: str, *, num_classes: int, **kw) -> nn.Module:
   if unknown:
     raise ValueError(f"unknown keyword(s) {unknown} for model {name!r}; accepted: "
                      f"{sorted(fields)}")
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")
-  width = kw.get("width", 1.0)
-  if isinstance(width, bool) or not isinstance(width, (int, float)) or not width > 0:
-    raise ValueError(f"width must be a number > 0, got {width!r}")
+  num_classes = checks.check_int(num_classes, "num_classes", minimum=1)
+  if "width" in kw:
+    kw["width"] = checks.check_float(kw["width"], "width", minimum=0.0, min_inclusive=False)
+  if "fc_features" in kw:
+    kw["fc_features"] = checks.check_int(kw["fc_features"], "fc_features", minimum=1)
+  if "batch_norm" in kw:
+    kw["batch_norm"] = checks.check_bool(kw["batch_norm"], "batch_norm")
   if name == "vgg19":
     variant = kw.get("variant", "imagenet")
     if variant not in VARIANTS:

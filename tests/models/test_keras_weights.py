@@ -187,3 +187,63 @@ def test_bad_files_and_names(tmp_path, files):
     load_keras_weights("resnet50", files[("vgg19", 1.0, (70, 33))][0])
   with pytest.raises(ValueError, match="unknown keyword"):
     load_keras_weights("vgg19", files[("vgg19", 1.0, (70, 33))][0], depth=19)
+
+
+def _tiny_keras_h5(tmp_path) -> str:
+  """A small legacy .h5 written by Keras (conv, BatchNorm, pooling, dense; 22 kB)."""
+  with pytest.MonkeyPatch.context() as mp:
+    for fn in ("uniform", "normal", "truncated_normal"):
+      mp.setattr(keras_jax_random, fn, _numpy_draws)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.BatchNormalization(),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+  path = str(tmp_path / "tiny.h5")
+  model.save(path)
+  return path
+
+
+def test_zeroed_metadata_gives_a_named_error_not_a_hang(tmp_path):
+  """Zeroing 256 bytes of this file's metadata makes h5py loop for minutes reading an attribute.
+
+  The load runs in a child process with a generous limit, so a regression cannot hang the suite.
+  """
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  path = _tiny_keras_h5(tmp_path)
+  data = bytearray(open(path, "rb").read())
+  assert len(data) == 22568  # the layout the zeroed range below was found in
+  data[5120:5376] = b"\0" * 256
+  bad = str(tmp_path / "zeroed_metadata.h5")
+  with open(bad, "wb") as f:
+    f.write(data)
+  code = ("from percadv_jax.models import load_keras_weights\n"
+          "try:\n"
+          f"  load_keras_weights('mobilenet_v2', {bad!r}, timeout=5)\n"
+          "except ValueError as e:\n"
+          "  print('ValueError:', e)\n")
+  r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                     env={**os.environ, "JAX_PLATFORMS": "cpu"}, check=False)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip() == (f"ValueError: {bad!r} is a corrupt HDF5 file: reading its "
+                              "structure did not finish within 5 s (damaged metadata)")
+
+
+def test_truncated_and_zeroed_files_are_named(tmp_path, files):
+  full, weights = files[("mobilenet_v2", 0.35, (96, 96))][:2]
+  for src in (full, weights):
+    data = open(src, "rb").read()
+    cases = {"truncated": data[:len(data) // 2], "head_zeroed": b"\0" * 64 + data[64:],
+             "all_zeroed": b"\0" * len(data), "empty": b""}
+    for name, content in cases.items():
+      path = tmp_path / f"{name}{os.path.basename(src)}"
+      path.write_bytes(content)
+      expected = ("is a truncated HDF5 file" if name == "truncated" else
+                  r"is not an HDF5 file \(Keras .h5 / .weights.h5\): no HDF5 signature")
+      with pytest.raises(ValueError, match=rf"^'{path}' {expected}"):
+        load_keras_weights("mobilenet_v2", path)
+  with pytest.raises(ValueError, match="not a file"):
+    load_keras_weights("mobilenet_v2", tmp_path)
+  with pytest.raises(ValueError, match="width must be a finite number"):
+    load_keras_weights("mobilenet_v2", full, width=float("inf"))
+  with pytest.raises(ValueError, match="timeout must be > 0"):
+    load_keras_weights("mobilenet_v2", full, timeout=0)
