@@ -43,7 +43,14 @@ def compute_dtype(name: Any) -> Any:
     if name not in _NAMES:
       raise ValueError(f"unknown precision {name!r}; choose one of {sorted(_NAMES)}")
     return _NAMES[name]
-  return jnp.dtype(name).type
+  try:
+    dt = jnp.dtype(name)
+  except TypeError:
+    dt = None
+  if name is None or dt is None or not jnp.issubdtype(dt, jnp.floating):
+    raise ValueError(f"precision must be a floating-point dtype or one of {sorted(_NAMES)}, "
+                     f"got {name!r}")
+  return dt.type
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:

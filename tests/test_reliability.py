@@ -164,3 +164,13 @@ def test_get_model_number_types():
     get_model("vgg19", num_classes=3, fc_features=0)
   with pytest.raises(ValueError, match="batch_norm must be True or False"):
     get_model("vgg19", num_classes=3, variant="small", batch_norm=1)
+
+
+def test_precision_names_and_dtypes():
+  from percadv_jax import precision  # pylint: disable=g-import-not-at-top
+  assert precision.compute_dtype("bf16") == jnp.bfloat16
+  assert precision.compute_dtype(np.float32) == jnp.float32
+  assert precision.compute_dtype(jnp.dtype("float16")) == jnp.float16
+  for bad in (np.int32, "int8", True, None, object()):
+    with pytest.raises(ValueError, match="precision"):
+      precision.compute_dtype(bad)
