@@ -26,7 +26,8 @@ from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import report
 from experiments.masks_study.evaluate import evaluate_model
 from experiments.masks_study.train import train_config, train_model
-from percadv_jax import checks, io, models as models_lib, train
+from percadv_jax import checks, io, models as models_lib
+from percadv_jax import train as train_lib
 
 __all__ = ["run", "validate", "train_config", "train_model", "evaluate_model", "report"]
 
@@ -78,9 +79,9 @@ def _load(config: Any):
   test_src = common.load_split(d.dataset, "test", data_dir=d.data_dir or None, image_size=size,
                                num_examples=d.num_test, seed=config.seed, **opts)
   if d.dataset != "synthetic_signs" and d.num_train:
-    train_data = train.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
+    train_data = train_lib.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
   else:
-    train_data = train.ArrayData(train_src)
+    train_data = train_lib.ArrayData(train_src)
   n_eval = min(config.eval.examples or len(test_src), d.num_test or len(test_src))
   eval_arrays = common.subset_arrays(test_src, n_eval, seed=config.seed + 1)
   return train_src, train_data, eval_arrays

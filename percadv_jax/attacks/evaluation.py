@@ -125,37 +125,43 @@ class _Same:
 
 
 @functools.lru_cache(maxsize=64)
-def _per_example(logits_static: Any, attacks: tuple[tuple[str, _Same], ...], with_mask: bool,
-                 with_eps: bool, return_adversarial: bool) -> Callable:
-  """``f(args, batch, key) -> per-example results`` of ``robust_accuracy`` (cached)."""
+def _clean_fn(logits_static: Any) -> Callable:
+  """``f(args, batch, key) -> {"clean": bool [B]}`` (cached per logits function)."""
+  def f(args, batch, key):
+    del key
+    logits_fn = args["logits_fn"] if logits_static is None else logits_static
+    return {"clean": jnp.argmax(logits_fn(batch["image"]), -1) == batch["label"]}
+  return f
+
+
+@functools.lru_cache(maxsize=64)
+def _attack_fn(logits_static: Any, attack: _Same, with_mask: bool, with_eps: bool,
+               return_adversarial: bool) -> Callable:
+  """``f(args, batch, key) -> per-example results`` of one attack (cached: each attack compiles
+  once per architecture, whatever other attacks it is evaluated with)."""
 
   def f(args, batch, key):
     logits_fn = args["logits_fn"] if logits_static is None else logits_static
     x, y = batch["image"], batch["label"]
     mask = batch["mask"] if with_mask else None
-    clean = jnp.argmax(logits_fn(x), -1) == y
-    out = {"clean": clean}
-    for i, (name, att) in enumerate(attacks):
-      kw: dict[str, Any] = {}
-      if key is not None:
-        kw["key"] = jax.random.fold_in(key, i)
-      if with_mask:
-        kw["mask"] = mask
-      if with_eps:
-        kw["eps"] = args["eps"][name]
-      x_adv = att.fn(logits_fn, x, y, **kw)
-      d = (x_adv - x).reshape(x.shape[0], -1)
-      inside = jnp.all(jnp.isfinite(x_adv) & (x_adv >= 0) & (x_adv <= 1),
-                       axis=tuple(range(1, x.ndim)))
-      if with_mask:
-        outside = jnp.broadcast_to(mask, x.shape) == 0
-        inside &= ~jnp.any(outside & (x_adv != x), axis=tuple(range(1, x.ndim)))
-      out[f"correct/{name}"] = jnp.argmax(logits_fn(x_adv), -1) == y
-      out[f"valid/{name}"] = inside
-      out[f"linf/{name}"] = jnp.max(jnp.abs(d), -1)
-      out[f"l2/{name}"] = jnp.linalg.norm(d, axis=-1)
-      if return_adversarial:
-        out[f"x_adv/{name}"] = x_adv
+    kw: dict[str, Any] = {}
+    if key is not None:
+      kw["key"] = key
+    if with_mask:
+      kw["mask"] = mask
+    if with_eps:
+      kw["eps"] = args["eps"]
+    x_adv = attack.fn(logits_fn, x, y, **kw)
+    d = (x_adv - x).reshape(x.shape[0], -1)
+    inside = jnp.all(jnp.isfinite(x_adv) & (x_adv >= 0) & (x_adv <= 1),
+                     axis=tuple(range(1, x.ndim)))
+    if with_mask:
+      outside = jnp.broadcast_to(mask, x.shape) == 0
+      inside &= ~jnp.any(outside & (x_adv != x), axis=tuple(range(1, x.ndim)))
+    out = {"correct": jnp.argmax(logits_fn(x_adv), -1) == y, "valid": inside,
+           "linf": jnp.max(jnp.abs(d), -1), "l2": jnp.linalg.norm(d, axis=-1)}
+    if return_adversarial:
+      out["x_adv"] = x_adv
     return out
   return f
 
@@ -240,14 +246,22 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   bs = min(bs, n)
   nd = parallel.num_devices(mesh)
   bs = -(-bs // nd) * nd  # round up to the device count: padded rows are dropped
-  fn = _per_example(static, tuple((k, _Same(a)) for k, a in named.items()), mask is not None,
-                    eps is not None, bool(return_adversarial))
-  r = parallel.map_examples(fn, args, data, batch_size=bs, mesh=mesh, key=key, desc=desc)
-  for name in named:
-    if not r[f"valid/{name}"].all():
+  base = {k: v for k, v in args.items() if k != "eps"}
+  clean = parallel.map_examples(_clean_fn(static), base, data, batch_size=bs,
+                                mesh=mesh)["clean"].astype(bool)
+  r: dict[str, np.ndarray] = {}
+  for i, (name, attack) in enumerate(named.items()):
+    fn = _attack_fn(static, _Same(attack), mask is not None, eps is not None,
+                    bool(return_adversarial))
+    a_args = dict(base, **({"eps": args["eps"][name]} if eps is not None else {}))
+    k = None if key is None else jax.random.fold_in(key, i)  # per batch: fold_in(k, batch)
+    out = parallel.map_examples(fn, a_args, data, batch_size=bs, mesh=mesh, key=k,
+                                desc=None if desc is None else f"{desc}: {name}")
+    if not out["valid"].all():
       raise ValueError(f"attack {name!r} returned values outside [0, 1] (or NaN)"
                        + (" or changed pixels outside the mask" if mask is not None else ""))
-  clean = r["clean"].astype(bool)
+    for field, v in out.items():
+      r[f"{field}/{name}"] = v
   flags = {name: clean & r[f"correct/{name}"].astype(bool) for name in named}
   robust = clean.copy()
   for f in flags.values():

@@ -177,13 +177,14 @@ def test_robust_accuracy_pointwise_worst_case(rand):
   f, x, y = rand["f"], rand["x"], rand["y"]
   # Attack a inverts the images of even labels, attack b mirrors those of labels < 2: each
   # example's output depends only on the example, whatever the batching.
-  sel_a = lambda y: (np.asarray(y) % 2 == 0)[:, None, None, None]
-  sel_b = lambda y: (np.asarray(y) < 2)[:, None, None, None]
-  a = lambda fn, x, y, key=None: np.where(sel_a(y), 1.0 - np.asarray(x), x)
-  b = lambda fn, x, y, key=None: np.where(sel_b(y), np.asarray(x)[:, ::-1, ::-1], x)
+  # Attacks are traced (robust_accuracy runs each in a jitted, sharded function).
+  sel_a = lambda y: (y % 2 == 0)[:, None, None, None]
+  sel_b = lambda y: (y < 2)[:, None, None, None]
+  a = lambda fn, x, y, key=None: jnp.where(sel_a(y), 1.0 - x, x)
+  b = lambda fn, x, y, key=None: jnp.where(sel_b(y), x[:, ::-1, ::-1], x)
   res = A.robust_accuracy(f, x, y, {"a": a, "b": b}, batch_size=5)
-  flag_a = np.asarray(jnp.argmax(f(a(f, x, y)), 1)) == y
-  flag_b = np.asarray(jnp.argmax(f(b(f, x, y)), 1)) == y
+  flag_a = np.asarray(jnp.argmax(f(a(f, x, jnp.asarray(y))), 1)) == y
+  flag_b = np.asarray(jnp.argmax(f(b(f, x, jnp.asarray(y))), 1)) == y
   ok_other = flag_a & flag_b
   assert res["clean"] == 1.0
   np.testing.assert_array_equal(res["flags"]["a"], flag_a)
