@@ -142,11 +142,13 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
     y: int [N] true labels (untargeted) or target classes (``targeted=True``).
     key: jax.random key (one for the batch, or one per example: typed [N] or raw [N,2]; per-example
       keys make each example's result independent of the batch). Needed if ``random_start``.
-    eps: radius of the ball, >= 0, a scalar or float [N] (per example).
+    eps: radius of the ball, >= 0, a scalar or float [N] (per example); a traced value below 0
+      or NaN acts as 0.
     step_size: absolute step, > 0, scalar or [N] (e.g. ``2.5 * eps / steps``).
     steps: number of gradient steps, >= 1.
     norm: "linf" or "l2".
-    mask: optional {0,1} array broadcastable to x's shape ([N,H,W,1]): masked PGD.
+    mask: optional {0,1} array broadcastable to x's shape ([N,H,W,1]): masked PGD (a traced
+      mask is read as ``mask > 0.5``).
     random_start: start from a uniform sample of the (masked) ball instead of ``x``.
     restarts: runs from independent random starts; per example the worst case is returned
       (an adversarial one if any run found one, else the one with the highest loss).
