@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common
+from experiments import workdir as wd
 from percadv_jax import cam, io
 from percadv_jax.cam import core
 from percadv_jax.models import get_model
@@ -80,7 +80,7 @@ def run(config: Config, workdir: str) -> list[dict]:
   for field in ("batch_size", "image_size", "num_classes", "repeats"):
     if getattr(config, field) < 1:
       raise ValueError(f"{field} must be >= 1, got {getattr(config, field)}")
-  common.prepare_workdir(workdir, config)
+  wd.prepare(workdir, config)
   rng = np.random.default_rng(config.seed)
   x = jnp.asarray(rng.random((config.batch_size, config.image_size, config.image_size, 3)),
                   jnp.float32)
@@ -115,7 +115,7 @@ def run(config: Config, workdir: str) -> list[dict]:
              "width": config.width, "cam_s": cam_s, "fwd_bwd_s": fb_s, "fwd_s": fwd_s,
              "ratio": cam_s / fb_s}
       rows.append(row)
-      common.log(workdir, "timing", **row)
+      wd.log(workdir, "timing", **row)
   columns = ["model", "method", "layer", "layer_shape", "batch", "image_size", "width", "cam_s",
              "fwd_bwd_s", "fwd_s", "ratio"]
   md = io.write_table(os.path.join(workdir, "benchmark_cam"), rows, columns, digits=4)

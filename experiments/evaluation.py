@@ -65,7 +65,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
              data: Mapping[str, np.ndarray], attacks: Mapping[str, Callable],
              eps: float | Mapping[str, float] | None = None, key: jax.Array | None = None,
              masked: bool = False, batch_size: int = 128, return_adversarial: bool = False,
-             mesh: Any = None, desc: str | None = None) -> dict[str, Any]:
+             mesh: Any = None, desc: str | None = None,
+             diagnostics: bool | Mapping[str, Any] = False) -> dict[str, Any]:
   """Robust accuracy of one model under ``attacks``, cached in ``store`` under ``spec``.
 
   Args:
@@ -81,25 +82,33 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
     attacks: ``{name: attack}`` (e.g. ``attacks.Attack("pgd", steps=10)``).
     eps: passed to every attack (traced), or None.
     key: PRNG key of the random starts.
-    masked, batch_size, return_adversarial, mesh, desc: see ``attacks.robust_accuracy``.
+    masked, batch_size, return_adversarial, mesh, desc, diagnostics: see
+      ``attacks.robust_accuracy``.
 
   Returns:
     ``{"summary": {...}, "clean_correct", "robust_flags": bool [N], "flags", "linf", "l2":
-    {name: [N]}, ["adversarial": {name: [N,H,W,C]}]}``.
+    {name: [N]}, ["adversarial": {name: [N,H,W,C]}], ["diagnostics", "diagnostics_summary"]}``.
   """
   names = list(attacks)
   full_spec = {**spec, "attacks": {n: describe(a) for n, a in attacks.items()}, "eps": eps,
                "masked": masked, "n": int(len(data["label"])), "batch_size": batch_size,
-               "return_adversarial": bool(return_adversarial)}
+               "return_adversarial": bool(return_adversarial),
+               "diagnostics": diagnostics if isinstance(diagnostics, bool) else dict(diagnostics)}
   eid = evaluation_id(full_spec)
   npz = None if store is None else os.path.join(store, f"{eid}.npz")
-  if npz is not None and os.path.exists(npz):
+  diag_path = None if store is None else os.path.join(store, f"{eid}.diagnostics.json")
+  diag = None
+  if npz is not None and os.path.exists(npz) and (not diagnostics or os.path.exists(diag_path)):
     flat = _read(npz)
+    diag = io.read_json(diag_path) if diagnostics else None
   else:
     mask = data["mask"] if masked else np.ones_like(data["mask"])
     r = attacks_lib.robust_accuracy(logits_fn, data["image"], data["label"], attacks, key=key,
                                     mask=mask, eps=eps, batch_size=batch_size, mesh=mesh,
-                                    return_adversarial=return_adversarial, desc=desc)
+                                    return_adversarial=return_adversarial, desc=desc,
+                                    diagnostics=diagnostics)
+    if diagnostics:
+      diag = {"checks": r["diagnostics"], "summary": r["diagnostics_summary"]}
     flat = {"clean_correct": r["clean_correct"], "robust_flags": r["robust_flags"]}
     for n in names:
       flat[f"flags/{n}"] = r["flags"][n]
@@ -110,10 +119,14 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
     if npz is not None and parallel.is_main_process():
       with io.atomic_open(npz, "wb") as f:
         np.savez(f, **flat)
+      if diag is not None:
+        io.write_json(diag_path, diag)
       io.write_json(os.path.join(store, f"{eid}.json"), full_spec)
   out: dict[str, Any] = {"summary": _summary(flat, names),
                          "clean_correct": flat["clean_correct"].astype(bool),
                          "robust_flags": flat["robust_flags"].astype(bool)}
+  if diag is not None:
+    out["diagnostics"], out["diagnostics_summary"] = diag["checks"], diag["summary"]
   for group in ("flags", "linf", "l2") + (("adversarial",) if return_adversarial else ()):
     out[group] = {n: flat[f"{group}/{n}"] for n in names}
   return out

@@ -30,7 +30,10 @@ Fields (override any with ``--config.<field>=<value>``):
   ``attack``: ``eps``, ``step_size``, ``steps`` of the training PGD.
 - ``eval``: ``eps``, ``steps`` (PGD), ``apgd_steps``, ``restarts``, ``examples`` (test images
   attacked; 0 = all), ``batch_size``, ``curve_eps`` (radii of the accuracy-vs-eps curves),
-  ``curve_examples``.
+  ``curve_examples``; ``diagnostics`` (the trust checks of ``percadv_jax.attacks.diagnostics``
+  on the first ``diagnostic_examples`` images: zero / non-finite gradients, randomness, APGD-CE
+  and APGD-DLR with ``stronger_steps`` steps finding markedly more adversarial examples, accuracy
+  not falling at a very large eps; shown in the table's notes).
 """
 
 from __future__ import annotations
@@ -63,7 +66,8 @@ def default() -> ml_collections.ConfigDict:
       attack=ml_collections.ConfigDict(dict(eps=8 / 255, step_size=2 / 255, steps=7))))
   c.eval = ml_collections.ConfigDict(dict(
       eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
-      curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500))
+      curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500,
+      diagnostics=True, diagnostic_examples=100, stronger_steps=20))
   return c
 
 
@@ -90,7 +94,7 @@ def quick() -> ml_collections.ConfigDict:
                  warmup_steps=0, checkpoint_every=4)
   c.train.attack.steps = 1
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
-                curve_examples=32, batch_size=32)
+                curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
   return c
 
 

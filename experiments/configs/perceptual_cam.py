@@ -26,7 +26,9 @@ Fields (override any with ``--config.<field>=<value>``):
   ``learning_rate``, ``warmup_steps``.
 - ``ball``: ``window``, ``stride``, ``eps_structure`` (e2), ``eps_luminance`` (e1; 0 = off).
 - ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
-  median norm of the SSIM attack's perturbations), ``batch_size``.
+  median norm of the SSIM attack's perturbations), ``batch_size``, ``diagnostics`` (the trust
+  checks of ``percadv_jax.attacks.diagnostics`` on the Linf PGD evaluation, APGD with
+  ``stronger_steps`` steps as the stronger attack).
 - ``cam``: ``layer`` ("" = the model's, or the deepest tap of at least 4x4 where the model's is
   smaller), ``top_k`` (fraction of pixels of the top-k IoU).
 - ``report``: ``bootstrap`` (resamples of the 95% CIs), ``figure_images``.
@@ -54,7 +56,8 @@ def default() -> ml_collections.ConfigDict:
   c.ball = ml_collections.ConfigDict(dict(
       window=8, stride=4, eps_structure=0.05, eps_luminance=0.05))
   c.attack = ml_collections.ConfigDict(dict(
-      ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50))
+      ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50, diagnostics=True,
+      stronger_steps=20))
   c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1))
   c.report = ml_collections.ConfigDict(dict(bootstrap=1000, figure_images=6))
   return c
@@ -77,7 +80,7 @@ def quick() -> ml_collections.ConfigDict:
   c.data.update(num_images=8, candidates=32)
   c.model.width = 0.35
   c.train.update(num_train=256, batch_size=32, epochs=1, warmup_steps=0)
-  c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8)
+  c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8, stronger_steps=2)
   c.report.update(bootstrap=50, figure_images=3)
   return c
 

@@ -44,11 +44,17 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
   with common.Timer() as t:
     r = evaluation.evaluate(store, {**spec, "data": "eval"}, logits_fn=logits_fn, data=data,
                             attacks={"pgd": pgd, "apgd": apgd}, eps=e.eps, key=key,
-                            masked=masked, batch_size=bs, desc=f"{name} PGD+APGD")
+                            masked=masked, batch_size=bs, desc=f"{name} PGD+APGD",
+                            diagnostics=({"max_examples": e.diagnostic_examples,
+                                          "stronger_steps": e.stronger_steps}
+                                         if e.diagnostics else False))
   s = r["summary"]
   out = {"n": s["n"], "natural_accuracy": s["clean"], "pgd_accuracy": s["per_attack"]["pgd"],
          "apgd_accuracy": s["per_attack"]["apgd"], "robust_accuracy": s["robust"],
          "seconds": t.seconds}
+  if e.diagnostics:
+    out["diagnostics"] = r["diagnostics"]
+    out["diagnostics_summary"] = r["diagnostics_summary"]
   subset = {k: v[:m] for k, v in data.items()}
   curve = []
   with common.Timer() as t:

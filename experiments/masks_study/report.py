@@ -106,6 +106,12 @@ def findings(models: Mapping[str, dict], dataset: str = "") -> list[str]:
   return out
 
 
+def reliability_notes(models: Mapping[str, dict]) -> list[str]:
+  """One line per model: the trust checks that tripped, with their evidence, or that none did."""
+  return [f"{MODEL_LABELS[n]}: {m['diagnostics_summary']}" for n, m in models.items()
+          if "diagnostics_summary" in m]
+
+
 def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
   """The study's Markdown section (figure links relative to ``prefix``)."""
   d, tm = results["dataset"], results["threat_model"]
@@ -122,7 +128,13 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
       "'worst case' counts an image only if it survives both. Accuracies in %.", "", table_md,
       "Accuracy under PGD vs eps (first "
       f"{results['curves']['examples']} evaluation images):", "", curves_md,
-      f"![accuracy vs eps]({prefix}curves.png)", "", "What the numbers say:", ""]
+      f"![accuracy vs eps]({prefix}curves.png)", ""]
+  notes = reliability_notes(results["models"])
+  if notes:
+    lines += ["Reliability of the evaluation (checks on the first "
+              f"{config.eval.diagnostic_examples} evaluation images):", ""]
+    lines += [f"- {n}" for n in notes] + [""]
+  lines += ["What the numbers say:", ""]
   lines += [f"- {s}" for s in results["findings"]]
   return "\n".join(lines) + "\n"
 

@@ -166,6 +166,11 @@ def run(config: Any, workdir: str) -> dict:
           "seconds": float(sum(r["adv"][name]["facts"]["seconds"] for r in runs)),
           "facts": runs[0]["adv"][name]["facts"],
           "per_seed_success": [float(r["adv"][name]["success"].mean()) for r in runs]}
+    diag = [r["adv"][name]["diagnostics"] for r in runs if "diagnostics" in r["adv"][name]]
+    if diag:
+      st["diagnostics"] = {str(r["seed"]): d for r, d in zip(runs, diag)}
+      st["diagnostics_summary"] = "; ".join(
+          f"seed {r['seed']}: {d['summary']}" for r, d in zip(runs, diag))
     if name == "ssim":
       st["ball_violation_max"] = float(max(np.max(r["violation"]) for r in runs))
     attack_stats[name] = st

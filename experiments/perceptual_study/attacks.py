@@ -113,11 +113,16 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
                                                             norm=norm)},
                               eps=eps, key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
                               batch_size=a.batch_size, return_adversarial=True,
-                              desc=f"{norm} PGD")
+                              desc=f"{norm} PGD",
+                              diagnostics=({"stronger_steps": a.stronger_steps}
+                                           if a.diagnostics and norm == "linf" else False))
     set_by_user = a.linf_eps if norm == "linf" else a.l2_eps
     out[norm] = _result(r, norm, {
         "seconds": t.seconds, "eps": eps, "steps": a.pgd_steps,
         "eps_source": "config" if set_by_user else "median norm of the SSIM attack"})
+    if "diagnostics" in r:
+      out[norm]["diagnostics"] = {"checks": r["diagnostics"],
+                                  "summary": r["diagnostics_summary"]}
   for name, res in out.items():
     wd.log(workdir, "attack", attack=name, seconds=res["facts"]["seconds"],
            success=float(res["success"].mean()))

@@ -19,7 +19,8 @@ def get_model(config: Any, workdir: str, seed: int) -> tuple[Any, Any, dict]:
   the study's dataset (``train`` fields), seeded by ``seed``.
   """
   if config.model.keras_weights:
-    module, variables = models.load_keras_weights("mobilenet_v2", config.model.keras_weights)
+    module, variables = models.load_keras_weights("mobilenet_v2", config.model.keras_weights,
+                                                  width=config.model.width)
     return module, variables, {"source": f"keras weights {config.model.keras_weights}"}
   d, t = config.data, config.train
   src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,

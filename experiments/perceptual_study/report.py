@@ -115,6 +115,8 @@ def answer_lines(pooled: Mapping[str, Mapping[str, dict]], per_seed: Sequence[Ma
       f"SSIM {st['linf']['ssim_mean']:.3f}, L2 PGD {st['l2']['successes']}/{st['l2']['n']} at "
       f"SSIM {st['l2']['ssim_mean']:.3f}, radii matched as configured); the agreement measures "
       "use only the fooled images.")
+  if "diagnostics_summary" in st["linf"]:
+    out.append(f"Reliability of the Linf PGD evaluation: {st['linf']['diagnostics_summary']}.")
   return out
 
 

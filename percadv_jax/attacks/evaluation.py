@@ -23,6 +23,7 @@ import numpy as np
 
 from percadv_jax import checks, parallel
 from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import diagnostics as D
 from percadv_jax.attacks.apgd import apgd
 from percadv_jax.attacks.pgd import fgsm, pgd
 
@@ -171,8 +172,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
                     key: jax.Array | None = None, mask: jax.Array | None = None,
                     eps: float | Mapping[str, float] | None = None,
                     batch_size: int | None = None, mesh: Any = None,
-                    return_adversarial: bool = False, desc: str | None = None
-                    ) -> dict[str, Any]:
+                    return_adversarial: bool = False, desc: str | None = None,
+                    diagnostics: bool | Mapping[str, Any] = False) -> dict[str, Any]:
   """Accuracy under a set of untargeted attacks, worst case per example.
 
   An example counts as robust only if it is classified correctly clean *and* after every attack
@@ -199,6 +200,11 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     mesh: the device mesh (default: every device).
     return_adversarial: also return the adversarial images.
     desc: label of a progress bar (None: none).
+    diagnostics: also run the trust checks of ``attacks.diagnostics.run_all`` (zero or
+      non-finite gradients, randomness, a stronger attack finding markedly more adversarial
+      examples than these, accuracy not falling at a very large eps) against this evaluation's
+      worst case; a dict passes options to ``run_all`` (e.g. ``{"stronger_steps": 20,
+      "max_examples": 100}``). Needs ``key`` and ``eps``.
 
   Returns:
     dict with ``"clean"`` (float accuracy on x), ``"robust"`` (float, worst case over attacks),
@@ -206,7 +212,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     (bool [N]), ``"robust_flags"`` (bool [N], True = survived every attack), ``"flags"``
     ({name: bool [N], True = correct clean and after that attack}), ``"linf"`` / ``"l2"``
     ({name: float [N] perturbation norms}) and, with ``return_adversarial``, ``"adversarial"``
-    ({name: float32 [N,H,W,C]}). NumPy arrays.
+    ({name: float32 [N,H,W,C]}). NumPy arrays. With ``diagnostics``: ``"diagnostics"`` ({check
+    name: {"name", "tripped", "evidence", ...}}) and ``"diagnostics_summary"`` (one line).
 
   Raises:
     ValueError: on bad input (labels outside [0, K), shapes, NaN, ...) or an attack output
@@ -273,4 +280,15 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
          "l2": {name: r[f"l2/{name}"] for name in named}}
   if return_adversarial:
     out["adversarial"] = {name: r[f"x_adv/{name}"] for name in named}
+  if diagnostics:
+    if key is None or eps is None:
+      raise ValueError("diagnostics need key= and eps= (the checks run their own attacks)")
+    options = dict(diagnostics) if isinstance(diagnostics, Mapping) else {}
+    first_name = next(iter(named))
+    first = per[first_name]
+    options.setdefault("norm", getattr(named[first_name], "norm", "linf"))
+    out["diagnostics"] = D.run_all(logits_fn, data["image"], data["label"],
+                                   key=jax.random.fold_in(key, len(named)), eps=first,
+                                   mask=data.get("mask"), reported=robust, **options)
+    out["diagnostics_summary"] = D.summary(out["diagnostics"])
   return out
