@@ -220,6 +220,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       outside [0, 1] / changed outside the mask.
   """
   named = _named(attacks)
+  if diagnostics and (key is None or eps is None):
+    raise ValueError("diagnostics need key= and eps= (the checks run their own attacks)")
   checks.check_images(x, "x", channels=None)
   n = x.shape[0]
   if n == 0:
@@ -281,8 +283,6 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   if return_adversarial:
     out["adversarial"] = {name: r[f"x_adv/{name}"] for name in named}
   if diagnostics:
-    if key is None or eps is None:
-      raise ValueError("diagnostics need key= and eps= (the checks run their own attacks)")
     options = dict(diagnostics) if isinstance(diagnostics, Mapping) else {}
     first_name = next(iter(named))
     first = per[first_name]
