@@ -85,6 +85,11 @@ def test_masks_table_equals_results_json(quick_demo):
     for v in list(row.values())[1:]:
       assert f"{float(v):.2f}" in md
   assert res["dataset"]["num_classes"] == 10 and res["dataset"]["image_size"] == 32
+  summary = open(os.path.join(d, "summary.md")).read()  # the trust checks, in the notes
+  for name in masks_cfgs.MODEL_NAMES:
+    checks = res["models"][name]["diagnostics"]
+    assert set(checks) == {"gradients", "randomness", "stronger_attack", "large_eps"}
+    assert res["models"][name]["diagnostics_summary"] in summary
 
 
 def test_perceptual_tables_equal_results_json(quick_demo):
@@ -116,6 +121,7 @@ def test_perceptual_tables_equal_results_json(quick_demo):
       assert e["lo"] <= e["mean"] <= e["hi"]
   assert res["answer"][0].startswith("Answer (from the 1 - SSIM map")
   assert res["answer"][1].startswith("From abs(d)")
+  assert res["answer"][-1].startswith("Reliability of the Linf PGD evaluation")
 
 
 def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):
