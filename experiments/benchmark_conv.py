@@ -14,15 +14,20 @@ the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``--steps``
 per-round ratios (same round) of the best PyTorch and of Foolbox to each JAX variant.
 
 Contenders (``--contenders``):
-- ``jax_xla``: the models as shipped before ``conv_impl`` (XLA's convolutions, no flags);
-- ``jax_patches``: ``conv_impl="patches"`` (im2col + matmul with a custom VJP; depthwise as
-  shifted multiply-adds);
+- ``jax_xla``: ``conv_impl="xla"``, the models as they were before ``conv_impl`` (XLA's
+  convolutions everywhere, no flags);
+- ``jax_auto``: ``conv_impl="auto"``, the default (``percadv_jax.models.layers.conv_auto``: XLA's
+  convolution for dense 3x3 convolutions on maps of >= 5 output pixels, ``conv_patches`` for
+  the rest);
+- ``jax_patches``: ``conv_impl="patches"`` everywhere (im2col + matmul with a custom VJP;
+  depthwise as shifted multiply-adds);
 - ``jax_ynn`` / ``jax_onednn`` / ``jax_xnn``: XLA's convolutions with
   ``--xla_cpu_experimental_{ynn,onednn,xnn}_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION``;
 - ``jax_patches_ynn``: patches with YNNPACK dots (``..._ynn_fusion_type=..._INDIVIDUAL_DOT``);
 - ``jax_st``: XLA's convolutions with ``--xla_cpu_multi_thread_eigen=false``;
 - ``torch_1`` / ``torch_all``: eager PyTorch CPU with 1 thread / one thread per pinned CPU;
-- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_xla`` model through ``foolbox.JAXModel``.
+- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model (the shipped default) through
+  ``foolbox.JAXModel``.
 
 Models (``--models``): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
 (MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2 alpha 1.0, 224 px, batch 16:
@@ -39,8 +44,10 @@ pin to CPUs there and PyTorch runs on CUDA when ``--device=cuda`` is given:
 It reports PGD-10 images/s, the ratio to PyTorch on the same card and the fraction of the card's
 forward + backward rate (``pgd`` time / (``--steps`` x ``fwdbwd`` time)).
 
-Writes ``--workdir``/``results.json`` and ``benchmark_conv.md`` and the section
-``benchmark_conv`` of docs/benchmarks.md (``experiments.benchmark_results``).
+Writes ``--workdir``/``results.json`` and ``benchmark_conv.md``, and in docs/benchmarks.md
+(``experiments.benchmark_results``) one section ``benchmark_conv_<model><--tag>`` per model and the
+section ``benchmark_conv`` (what was tried, the limit). ``--summarise_only`` re-reports a
+workdir's figures without measuring.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ import numpy as np
 FUSION = "--xla_cpu_experimental_{}_fusion_type=LIBRARY_FUSION_TYPE_{}"
 CONTENDERS: dict[str, dict[str, Any]] = {
     "jax_xla": {"kind": "jax", "conv_impl": "xla", "xla_flags": ""},
+    "jax_auto": {"kind": "jax", "conv_impl": "auto", "xla_flags": ""},
     "jax_patches": {"kind": "jax", "conv_impl": "patches", "xla_flags": ""},
     "jax_ynn": {"kind": "jax", "conv_impl": "xla",
                 "xla_flags": FUSION.format("ynn", "INDIVIDUAL_CONVOLUTION")},
@@ -73,7 +81,7 @@ CONTENDERS: dict[str, dict[str, Any]] = {
                "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
     "torch_1": {"kind": "torch", "threads": 1},
     "torch_all": {"kind": "torch", "threads": 0},
-    "foolbox": {"kind": "foolbox", "conv_impl": "xla", "xla_flags": ""},
+    "foolbox": {"kind": "foolbox", "conv_impl": "auto", "xla_flags": ""},
 }
 MODELS: dict[str, dict[str, Any]] = {
     "vgg32": {"name": "vgg19", "kwargs": {"variant": "small", "width": 0.25}, "size": 32,
@@ -82,6 +90,43 @@ MODELS: dict[str, dict[str, Any]] = {
     "mnv2_224": {"name": "mobilenet_v2", "kwargs": {"width": 1.0}, "size": 224, "batch": 16},
 }
 EPS = 8 / 255
+NOTES = """\
+What was tried on XLA:CPU, and what limits it (the sections `benchmark_conv_<model>` hold every
+contender's figures; `_variants` the losers of the first round of attempts):
+
+- Where the time goes (one convolution, forward + input gradient, batch 128 / 64, one core,
+  minima of 8-10 calls, 2026-11-29, load average ~11): XLA's depthwise 3x3 convolutions take
+  0.85 s (32x32x48), 0.19 s (8x8x192), 0.09 s (4x4x384), 0.18 s (2x2x960) against 0.048, 0.0026,
+  0.0011, 0.0009 s as shifted multiply-adds (17-200x); XLA's 1x1 convolutions up to 10x a
+  matmul (0.056 vs 0.005 s at 16x16x32->96); XLA's dense 3x3 convolutions on 2x2 maps 0.14-0.17 s
+  (128 channels) against 0.003-0.012 s as patches + matmul and 0.003 s in PyTorch; on 32x32,
+  16x16 and 8x8 maps XLA's dense 3x3 is 1.5-5x *faster* than patches + matmul (0.15-0.18 vs
+  0.61-0.96 s at 32x32x16) but still 1.2-2.3x slower than PyTorch (0.066-0.09 s).
+- Hence the shipped default `conv_impl="auto"` (`percadv_jax.models.layers.conv_auto`, CPU
+  backend only): depthwise convolutions as shifted multiply-adds, 1x1 convolutions and dense
+  convolutions with < 5 output pixels as patches + matmul (custom VJP), the other dense
+  convolutions XLA's. Same values as XLA's convolutions (logits and gradients within 1e-5
+  relative; tested). Whole model, forward + input gradient, one core, single process: small
+  VGG-19 (32 px, batch 128) 1.10-1.16 s vs 1.73-2.23 s with `conv_impl="xla"`; MobileNetV2
+  alpha 0.5 (64 px, batch 64) 2.06 s vs 4.72 s.
+- `conv_impl="patches"` everywhere (`jax_patches`): loses on VGG-19 (its large-map layers).
+- XLA flags `--xla_cpu_experimental_{ynn,onednn,xnn}_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`,
+  `--xla_cpu_use_onednn=true`, `--xla_cpu_use_xnnpack=true`: on a 3x3 convolution
+  (128x16x16x32) every one of them gave bit-identical values and gradients to the default,
+  i.e. the convolutions stayed XLA's own; in the interleaved VGG rounds (`_variants`) no
+  consistent same-round gain. No flag is set by default (no `backend` module).
+- Tried before (single process, earlier runs): NCHW layout (0.29 s vs 0.265 s, worse), a custom
+  VJP computing the input gradient as a forward convolution of the flipped kernel (no gain),
+  bfloat16 convolutions (0.25 s; changes values), `--xla_cpu_multi_thread_eigen=false` and core
+  pinning (no gain).
+- The limit: what remains is XLA:CPU's dense 3x3 convolution on the larger maps (Eigen's spatial
+  convolution), 1.2-2.3x slower than oneDNN's JIT kernels per layer; PGD itself adds nothing
+  over its gradients (`ours PGD / (steps x fwd+bwd)` about 1), and Foolbox's LinfPGD runs the
+  same model at the same floor, so Foolbox / ours stays about 1 (the model is the model). A
+  faster dense convolution kernel in XLA:CPU (or an accelerator) is what is left.
+- The machine was shared with other jobs (load average 10-14 on 2 cores during these runs), so
+  single figures swing by 2-5x between rounds; the minima are the least disturbed figures.
+"""
 
 
 # ------------------------------------------------------------------------------------------
@@ -255,13 +300,13 @@ def _worker(spec: dict) -> None:
 @dataclasses.dataclass(frozen=True)
 class Config:
   models: tuple[str, ...] = ("vgg32", "mnv2_64", "mnv2_224")
-  contenders: tuple[str, ...] = ("jax_xla", "jax_patches", "jax_ynn", "jax_onednn",
-                                 "jax_patches_ynn", "torch_1", "torch_all", "foolbox")
+  contenders: tuple[str, ...] = ("jax_xla", "jax_auto", "torch_1", "torch_all", "foolbox")
   rounds: int = 5
   reps: int = 3
   steps: int = 10
   cpus: str = "0"
   device: str = "cpu"
+  tag: str = ""
 
 
 def _start(name: str, model: str, c: Config) -> subprocess.Popen:
@@ -391,25 +436,37 @@ def summarise(model: str, raw: dict, c: Config) -> tuple[str, dict]:
   return "\n".join(lines), {"rows": rows, "ratios": ratios, "checks": checks}
 
 
-def run(c: Config, workdir: str) -> str:
+def _record(model: str, md: str, c: Config) -> None:
+  """Writes the section ``benchmark_conv_<model>`` and the notes section of the results file."""
   from experiments import benchmark_results
+  benchmark_results.update(f"benchmark_conv_{model}{c.tag}", md)
+  if c.device == "cpu":
+    benchmark_results.update("benchmark_conv", NOTES + "\nNo GPU was available: no GPU figures "
+                             "(the prepared GPU command is in the binary's docstring).")
+
+
+def run(c: Config, workdir: str, *, summarise_only: bool = False) -> str:
+  """Runs (or, with ``summarise_only``, re-reports from ``workdir``) every model of ``c``."""
   from percadv_jax import io
   os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(c))
-  sections, results = [], {}
-  for model in c.models:
-    raw = run_model(model, c)
+  path = os.path.join(workdir, "results.json")
+  if summarise_only:
+    results = io.read_json(path)
+  else:
+    io.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(c))
+    results = {}
+  sections = []
+  for model in (list(results) if summarise_only else c.models):
+    raw = results[model]["raw"] if summarise_only else run_model(model, c)
     md, res = summarise(model, raw, c)
     results[model] = {**res, "raw": raw}
     sections.append(md)
     print(md, flush=True)
-    io.write_json(os.path.join(workdir, "results.json"), results)
+    io.write_json(path, results)
+    _record(model, md, c)
   text = "\n\n".join(sections)
   with io.atomic_open(os.path.join(workdir, "benchmark_conv.md")) as fh:
     fh.write(text + "\n")
-  if c.device == "cpu":
-    text += "\n\nNo GPU was available: no GPU figures (see the binary's docstring for the script)."
-  benchmark_results.update("benchmark_conv", text)
   return text
 
 
@@ -425,6 +482,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("steps", Config.steps, "PGD steps.")
   flags.DEFINE_string("cpus", Config.cpus, "taskset CPU list for every worker ('' = no pinning).")
   flags.DEFINE_enum("device", Config.device, ["cpu", "gpu"], "Where the contenders run.")
+  flags.DEFINE_string("tag", "", "Suffix of the results-file sections of this run "
+                      "(benchmark_conv_<model><tag>), so runs of other contenders are kept.")
+  flags.DEFINE_bool("summarise_only", False, "Re-report the figures in --workdir/results.json "
+                    "(with the other flags of that run) without measuring.")
   flags.DEFINE_string("worker", None, "Internal: run one contender (JSON spec).")
 
 
@@ -445,8 +506,8 @@ def main(argv: Sequence[str]) -> None:
   if FLAGS.rounds < 1:
     raise app.UsageError("--rounds must be >= 1")
   run(Config(models=tuple(FLAGS.models), contenders=tuple(FLAGS.contenders), rounds=FLAGS.rounds,
-             reps=FLAGS.reps, steps=FLAGS.steps, cpus=FLAGS.cpus, device=FLAGS.device),
-      FLAGS.workdir)
+             reps=FLAGS.reps, steps=FLAGS.steps, cpus=FLAGS.cpus, device=FLAGS.device, tag=FLAGS.tag),
+      FLAGS.workdir, summarise_only=FLAGS.summarise_only)
 
 
 if __name__ == "__main__":

@@ -75,14 +75,16 @@ class MobileNetV2(nn.Module):
   Attributes:
     num_classes: number of logits of the Dense head ("predictions").
     width: Keras' ``alpha`` (0.35 ... 1.4 for ImageNet weights; any value > 0 works).
-    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "xla" (XLA's
-      convolution) or "patches" (dense convolutions as im2col patches times a matrix with a
-      custom VJP, depthwise ones as shifted multiply-adds); same parameters and values.
+    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "auto" (default: on CPU
+      depthwise and 1x1 convolutions as ``layers.conv_patches``, the others XLA's; XLA's
+      elsewhere), "xla" (XLA's convolution) or "patches" (dense convolutions as im2col patches
+      times a matrix with a custom VJP, depthwise ones as shifted multiply-adds); same
+      parameters and the same values up to float32 rounding.
   Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
   """
   num_classes: int
   width: float = 1.0
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   cam_layer: ClassVar[str] = "out_relu"
 
   def _bn(self, name: str, train: bool) -> nn.BatchNorm:

@@ -68,9 +68,10 @@ class VGG19(nn.Module):
       "small" (global-average-pool + Dense head, mean/std preprocessing; for 32-64 px).
     batch_norm: BatchNorm after every convolution (only for ``variant="small"``).
     fc_features: width of fc1 and fc2 (only for ``variant="imagenet"``).
-    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "xla" (XLA's
-      convolution) or "patches" (im2col patches times a matrix, custom VJP); same parameters
-      and the same values up to float32 rounding.
+    conv_impl: how convolutions are computed (``layers.CONV_IMPLS``): "auto" (default: on CPU
+      the faster per convolution of XLA's and patches, ``layers.conv_auto``; XLA's elsewhere),
+      "xla" (XLA's convolution) or "patches" (im2col patches times a matrix, custom VJP); same
+      parameters and the same values up to float32 rounding.
   Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
   """
   num_classes: int
@@ -78,7 +79,7 @@ class VGG19(nn.Module):
   variant: str = "imagenet"
   batch_norm: bool = False
   fc_features: int = 4096
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
   cam_layer: ClassVar[str] = "block5_conv4"
 
   @nn.compact

@@ -228,12 +228,15 @@ def test_conv_patches_matches_xla_convolution_and_its_gradients(kh, stride, pad,
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
   with pytest.raises(ValueError, match="conv_impl"):
     layers.conv_fn("cudnn")
+  # conv_auto picks per convolution and gives the same values.
+  y2 = jax.jit(lambda x, k: f(layers.conv_auto, x, k)[1])(x, k)
+  np.testing.assert_allclose(y2, y0, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("name,kw,size", [
     ("vgg19", {"variant": "small", "width": 0.125, "batch_norm": True}, 32),
     ("mobilenet_v2", {"width": 0.35}, 35)])
-def test_patches_models_equal_xla_models(name, kw, size):
+def test_patches_and_auto_models_equal_xla_models(name, kw, size):
   # Same parameters and, in eval mode, the same logits and gradients w.r.t. the input and the
   # parameters within 1e-5 (relative to each array's largest entry). (Train-mode BatchNorm
   # gradients of a random network at batch 3 are ill-conditioned: there a 1e-6 change of the
@@ -242,18 +245,21 @@ def test_patches_models_equal_xla_models(name, kw, size):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.uniform(size=(3, size, size, 3)), jnp.float32)
   y = jnp.asarray([0, 1, 2])
-  ref, new = (get_model(name, num_classes=4, conv_impl=c, **kw) for c in ("xla", "patches"))
-  assert jax.tree.structure(jax.eval_shape(ref.init, jax.random.key(0), x[:1])) == \
-      jax.tree.structure(jax.eval_shape(new.init, jax.random.key(0), x[:1]))
+  ref, patches, auto = (get_model(name, num_classes=4, conv_impl=c, **kw)
+                        for c in ("xla", "patches", "auto"))
+  for new in (patches, auto, get_model(name, num_classes=4, **kw)):
+    assert jax.tree.structure(jax.eval_shape(ref.init, jax.random.key(0), x[:1])) == \
+        jax.tree.structure(jax.eval_shape(new.init, jax.random.key(0), x[:1]))
+  assert get_model(name, num_classes=4, **kw).conv_impl == "auto"  # the default
   variables = random_variables(ref, x[:1])
 
   def loss(module, v, x):
     logits = module.apply(v, x)
     return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(3), y]), logits
   outs = [jax.jit(jax.value_and_grad(lambda v, x: loss(m, v, x), argnums=(0, 1),
-                                     has_aux=True))(variables, x) for m in (ref, new)]
+                                     has_aux=True))(variables, x) for m in (ref, patches, auto)]
   (_, l0), g0 = outs[0]
-  (_, l1), g1 = outs[1]
-  np.testing.assert_allclose(l1, l0, atol=1e-5 * float(jnp.max(jnp.abs(l0))))
-  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
-    np.testing.assert_allclose(b, a, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-12)
+  for (_, l1), g1 in outs[1:]:
+    np.testing.assert_allclose(l1, l0, atol=1e-5 * float(jnp.max(jnp.abs(l0))))
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+      np.testing.assert_allclose(b, a, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-12)
