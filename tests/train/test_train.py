@@ -283,3 +283,18 @@ def test_overfitting_guard_rolls_back_or_stops_on_a_collapse(toy, tmp_path, monk
   assert events[-1]["action"] == "stop" and events[-1]["restored_step"] == 9
   assert not np.array_equal(jax.tree.leaves(final.params)[0],
                             jax.tree.leaves(seen[6].params)[0])
+
+
+def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
+  from percadv_jax.train import loop
+  cfg = train.TrainConfig()
+  old = cfg.to_dict()
+  for k in ("guard", "guard_examples", "guard_steps", "guard_drop"):
+    del old[k]
+  del old["attack"]["kind"], old["attack"]["fgsm_step"]
+  io.write_json(str(tmp_path / "config.json"), old)
+  loop._check_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
+  with pytest.raises(ValueError, match="guard"):
+    loop._check_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
+  with pytest.raises(ValueError, match="guard"):
+    dataclasses.replace(cfg, guard="sometimes").validate()
