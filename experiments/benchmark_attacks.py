@@ -25,7 +25,8 @@ faster on CPU, with the same values to 1e-6; set them before the run:
 (recorded in results.json as ``xla_flags``).
 
 Writes into ``--workdir``: ``config.json``, ``benchmark_attacks.md`` / ``.csv`` and
-``results.json``, and the ``benchmark_attacks`` section of docs/benchmarks.md.
+``results.json``; the binary also writes the ``benchmark_attacks`` section of
+docs/benchmarks.md (``run(..., record=True)``).
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ def torch_pgd(model, x, y, *, eps, step, steps, generator):
   return x_adv.detach()
 
 
-def run(config: Config, workdir: str) -> list[dict]:
+def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
   os.makedirs(workdir, exist_ok=True)
   io.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(config))
   c = config
@@ -206,14 +207,15 @@ def run(config: Config, workdir: str) -> list[dict]:
   print(md)
   for k, v in ratios.items():
     print(f"{k}: {v:.2f}")
-  from experiments import benchmark_results
-  benchmark_results.update("benchmark_attacks", "\n".join([
-      f"Small VGG-19 width {c.width}, batch {c.batch_size}, {c.image_size} px, Linf PGD-{c.steps},"
-      f" medians of {c.repeats} calls in one process (not interleaved: see benchmark_conv for "
-      "the interleaved comparison).", "", md.strip(), "",
-      "| ratio | value | target |", "|---|---|---|",
-      *[f"| {k} | {v:.2f} | {dict(a='<= 1.0', b='>= 1.5', c='>= 1.0').get(k[0], '')} |"
-        for k, v in ratios.items()]]))
+  if record:  # the binary (not tests) writes the results file
+    from experiments import benchmark_results
+    benchmark_results.update("benchmark_attacks", "\n".join([
+        f"Small VGG-19 width {c.width}, batch {c.batch_size}, {c.image_size} px, Linf "
+        f"PGD-{c.steps}, medians of {c.repeats} calls in one process (not interleaved: see "
+        "benchmark_conv for the interleaved comparison).", "", md.strip(), "",
+        "| ratio | value | target |", "|---|---|---|",
+        *[f"| {k} | {v:.2f} | {dict(a='<= 1.0', b='>= 1.5', c='>= 1.0').get(k[0], '')} |"
+          for k, v in ratios.items()]]))
   return rows
 
 
@@ -246,7 +248,7 @@ def main(argv: Sequence[str]) -> None:
   run(Config(batch_size=FLAGS.batch_size, image_size=FLAGS.image_size, width=FLAGS.width,
              num_classes=FLAGS.num_classes, steps=FLAGS.steps, eps=FLAGS.eps,
              rel_step=FLAGS.rel_step, repeats=FLAGS.repeats, seed=FLAGS.seed,
-             skip=tuple(FLAGS.skip)), FLAGS.workdir)
+             skip=tuple(FLAGS.skip)), FLAGS.workdir, record=True)
 
 
 if __name__ == "__main__":
