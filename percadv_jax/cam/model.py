@@ -45,12 +45,16 @@ def _model_info(module, var_treedef, var_leaves, x_spec, kwargs_items):
   variables = jax.tree.unflatten(var_treedef, var_leaves)
   kwargs = dict(kwargs_items)
 
-  def f(v, x):
-    return module.apply(v, x, mutable=["perturbations"], **kwargs)
+  order: list[str] = []
 
-  logits, state = jax.eval_shape(f, variables, x_spec)
+  def f(v, x):
+    logits, state = module.apply(v, x, mutable=["perturbations"], **kwargs)
+    order.extend(_flatten_names(state.get("perturbations", {})))  # the model's call order
+    return logits, state
+
+  logits, state = jax.eval_shape(f, variables, x_spec)  # (eval_shape's outputs sort dict keys)
   perts = _flatten_names(state.get("perturbations", {}))
-  return perts, logits.shape
+  return {k: perts[k] for k in order}, logits.shape
 
 
 def model_info(module, variables: PyTree, x: jax.Array,

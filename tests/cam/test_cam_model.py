@@ -157,3 +157,15 @@ def test_project_models_default_layer(name, kw, size):
   assert float(maps.min()) >= 0 and float(maps.max()) <= 1
   np.testing.assert_array_equal(np.asarray(aux["target"]), np.argmax(np.asarray(aux["logits"]), -1))
   assert aux["logits"].shape == (2, 4)
+
+
+def test_taps_come_in_the_models_order():
+  """``tap_names`` lists the layers as the model calls them (block_2 before block_10), so "the
+  deepest tap of at least 4x4" is really the deepest."""
+  m = get_model("mobilenet_v2", num_classes=3, width=0.35)
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), np.float32)
+  v = jax.eval_shape(lambda k, z: m.init(k, z, train=False), jax.random.key(0), x)
+  names = cam.tap_names(m, v, x)
+  blocks = [int(n.split("_")[1]) for n in names if n.startswith("block_")]
+  assert names[0] == "Conv1_relu" and names[-1] == "out_relu"
+  assert blocks == sorted(blocks) == list(range(17))
