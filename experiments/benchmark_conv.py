@@ -119,11 +119,28 @@ contender's figures; `_variants` the losers of the first round of attempts):
   VJP computing the input gradient as a forward convolution of the flipped kernel (no gain),
   bfloat16 convolutions (0.25 s; changes values), `--xla_cpu_multi_thread_eigen=false` and core
   pinning (no gain).
-- The limit: what remains is XLA:CPU's dense 3x3 convolution on the larger maps (Eigen's spatial
-  convolution), 1.2-2.3x slower than oneDNN's JIT kernels per layer; PGD itself adds nothing
-  over its gradients (`ours PGD / (steps x fwd+bwd)` about 1), and Foolbox's LinfPGD runs the
-  same model at the same floor, so Foolbox / ours stays about 1 (the model is the model). A
-  faster dense convolution kernel in XLA:CPU (or an accelerator) is what is left.
+- MobileNetV2 has a second, larger loss: one jitted forward + backward program is about 4x
+  slower than the same model's jitted forward followed by its separately compiled transpose
+  (`jax.grad` of a jitted model outside `jit`; alpha 0.5, 64 px, batch 64, `conv_impl="auto"`,
+  one core: 0.56-0.65 s vs 0.12-0.15 s; PyTorch 0.54 s). Foolbox's LinfPGD computes its
+  gradients that way, which is why it runs PGD-10 on MobileNetV2 3-5x faster than our fully
+  fused, unrolled PGD (`Foolbox / ours` < 1 in `benchmark_conv_mnv2_64`). On the small VGG-19
+  the two agree (0.26-0.29 s), and so they do for MobileNetV2 with `conv_impl="xla"` (2.87 vs
+  2.92 s) or with only its depthwise convolutions back on XLA (3.08 vs 2.96 s); with only the
+  1x1 convolutions back on XLA the gap stays (1.28 vs 0.21 s). So XLA:CPU compiles the shifted
+  multiply-add depthwise convolutions badly inside one fused forward + backward program. Tried
+  without effect: an optimization barrier after each depthwise convolution (0.61 s), a custom
+  VJP for it (input gradient as padded multiply-adds of the output gradient; 0.62 vs 0.18 s).
+  Next step: an attack gradient computed as a separately compiled forward and transpose (in
+  `percadv_jax.attacks`) for such models, or the cause inside XLA's fusion passes.
+- The limit on the small VGG-19: what remains is XLA:CPU's dense 3x3 convolution on the larger
+  maps (Eigen's spatial convolution), 1.2-2.3x slower than oneDNN's JIT kernels per layer; PGD
+  itself adds nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 1), and
+  Foolbox's LinfPGD runs the same model at about the same floor there, so Foolbox / ours stays
+  about 1 (the model is the model).
+- MobileNetV2 at 224 px (`mnv2_224`) was not run in this revision for lack of time on the
+  shared machine: `python -m experiments.benchmark_conv --workdir=/tmp/bc224 --models=mnv2_224
+  --contenders=jax_xla,jax_auto,torch_1,foolbox`.
 - The machine was shared with other jobs (load average 10-14 on 2 cores during these runs), so
   single figures swing by 2-5x between rounds; the minima are the least disturbed figures.
 """
