@@ -22,8 +22,9 @@ Fields (override any with ``--config.<field>=<value>``):
   ``split``, ``num_images`` (correctly classified images studied), ``candidates`` (images
   scanned for them; 0 = all).
 - ``model``: ``keras_weights`` (a Keras MobileNetV2 ``.h5``; "" = train one here), ``width``.
-- ``train`` (the model trained here): ``num_train``, ``batch_size``, ``epochs``,
-  ``learning_rate``, ``warmup_steps``.
+- ``train`` (the model trained here): ``num_train``, ``batch_size``, ``epochs``, ``steps`` (if
+  > 0, the number of optimiser steps instead of ``epochs``), ``learning_rate``,
+  ``warmup_steps``.
 - ``ball``: ``window``, ``stride``, ``eps_structure`` (e2), ``eps_luminance`` (e1; 0 = off).
 - ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
   median norm of the SSIM attack's perturbations), ``batch_size``, ``diagnostics`` (the trust
@@ -52,7 +53,7 @@ def default() -> ml_collections.ConfigDict:
   c.data.update(dict(labels_file="", split="test", num_images=200, candidates=1000))
   c.model = ml_collections.ConfigDict(dict(keras_weights="", width=0.5))
   c.train = ml_collections.ConfigDict(dict(
-      num_train=0, batch_size=128, epochs=10, learning_rate=2e-3, warmup_steps=100))
+      num_train=0, batch_size=128, epochs=10, steps=0, learning_rate=2e-3, warmup_steps=100))
   c.ball = ml_collections.ConfigDict(dict(
       window=8, stride=4, eps_structure=0.05, eps_luminance=0.05))
   c.attack = ml_collections.ConfigDict(dict(
@@ -64,11 +65,15 @@ def default() -> ml_collections.ConfigDict:
 
 
 def demo() -> ml_collections.ConfigDict:
-  """The demo (about 5 minutes on 2 CPU cores)."""
+  """The demo: two seeds; per seed a MobileNetV2 (width 0.35, 32 px) trained for 1,560 steps on
+  16,000 synthetic signs (93-96% test accuracy; 4,000 images and 620 steps gave 68.7%), 64
+  correctly classified test images. About 8 minutes on 2 CPU cores."""
   c = default()
+  c.seeds = (0, 1)
   c.data.update(num_images=64, candidates=300)
   c.model.width = 0.35
-  c.train.update(num_train=4000, batch_size=64, epochs=10, learning_rate=3e-3, warmup_steps=50)
+  c.train.update(num_train=16000, batch_size=64, steps=1560, learning_rate=3e-3,
+                 warmup_steps=50)
   c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32)
   c.report.bootstrap = 500
   return c

@@ -64,7 +64,7 @@ def validate(config: Any) -> None:
   for f in ("candidates", "image_size"):
     checks.check_positive(d[f], f"data.{f}", allow_zero=True)
   checks.check_positive(d.num_images, "data.num_images")
-  for f in ("num_train", "warmup_steps"):
+  for f in ("num_train", "warmup_steps", "steps"):
     checks.check_positive(config.train[f], f"train.{f}", allow_zero=True)
   for f in ("batch_size", "epochs", "learning_rate"):
     checks.check_positive(config.train[f], f"train.{f}")

@@ -45,7 +45,7 @@ def train_config(config: Any, seed: int) -> train.TrainConfig:
   t = config.train
   return train.TrainConfig(
       model="mobilenet_v2", model_kwargs={"width": config.model.width},
-      batch_size=t.batch_size, epochs=t.epochs, seed=seed,
+      batch_size=t.batch_size, epochs=t.epochs, steps=t.steps, seed=seed,
       optimizer=train.OptimizerConfig(name="adam", learning_rate=t.learning_rate,
                                       schedule="cosine", warmup_steps=t.warmup_steps),
       checkpoint_every=200, log_every=20, bn_recalibration_batches=20)

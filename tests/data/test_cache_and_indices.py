@@ -1,6 +1,7 @@
 """Damaged caches name the file and are repaired by re-preparing; index and argument checks."""
 
 import json
+import re
 import os
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_corrupt_meta_json_names_file(tmp_path):
   text = open(meta).read()
   with open(meta, "w") as f:
     f.write(text[:len(text) // 2])
-  with pytest.raises(ValueError, match=f"cache index {meta} is corrupt"):
+  with pytest.raises(ValueError, match=re.escape(meta) + ".*corrupt"):
     cache.load_cached(out)
   with open(meta, "w") as f:
     json.dump({"format_version": 1}, f)

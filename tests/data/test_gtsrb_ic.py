@@ -131,9 +131,11 @@ def test_killed_subprocess_then_resume(raw_dir, tmp_path):
   root, _ = raw_dir
   data_dir = str(tmp_path / "c")
   out = cache.split_dir(data_dir, "gtsrb_ic", "train", 16)
-  cmd = [sys.executable, "-m", "experiments.prepare_data", "--dataset=gtsrb_ic",
-         f"--raw_dir={root}", f"--data_dir={data_dir}", "--image_size=16", "--splits=train",
-         "--shard_size=1"]
+  cmd = [sys.executable, "-m", "experiments.prepare_data",
+         "--config=experiments/configs/prepare_data.py:gtsrb", f"--config.raw_dir={root}",
+         f"--config.data.data_dir={data_dir}", "--config.data.image_size=16",
+         "--config.splits=('train',)", "--config.shard_size=1",
+         f"--workdir={tmp_path / 'artefacts'}"]
   env = dict(os.environ, PERCADV_QUIET="1")
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   proc = subprocess.Popen(cmd, cwd=repo, env=env, stderr=subprocess.DEVNULL)
