@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import configs
 from experiments.configs import attention_masks, perceptual_cam
 
-PRESETS = ("demo", "quick")
+def _preset(name: str):
+  def make() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.preset = name
+    c.masks = attention_masks.get_config(name)
+    c.perceptual = perceptual_cam.get_config(name)
+    return c
+  return make
+
+
+PRESETS = {name: _preset(name) for name in ("demo", "quick")}
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  name = preset or "demo"
-  if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-  c = ml_collections.ConfigDict()
-  c.preset = name
-  c.masks = attention_masks.get_config(name)
-  c.perceptual = perceptual_cam.get_config(name)
-  return c
+  """The preset named after the ``:`` of ``--config`` (default: ``demo``)."""
+  return configs.select(PRESETS, preset, "demo")

@@ -39,6 +39,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import configs
+
 from experiments.configs import data
 
 ATTACKS = ("ssim", "linf", "l2")
@@ -124,7 +126,4 @@ PRESETS = {"default": default, "demo": demo, "quick": quick, "imagenet_paper": i
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
   """The preset named after the ``:`` of ``--config`` (default: ``default``)."""
-  name = preset or "default"
-  if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-  return PRESETS[name]()
+  return configs.select(PRESETS, preset, "default")

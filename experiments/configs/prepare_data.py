@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import configs
+
 from experiments.configs import data
 from percadv_jax.data.coco import PAPER_CLASSES
 
@@ -61,7 +63,5 @@ PRESETS = {"gtsrb": gtsrb, "coco": coco, "gtsrb_paper": gtsrb_paper, "coco_paper
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  name = preset or "gtsrb"
-  if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-  return PRESETS[name]()
+  """The preset named after the ``:`` of ``--config`` (default: ``gtsrb``)."""
+  return configs.select(PRESETS, preset, "gtsrb")

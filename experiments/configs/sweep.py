@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from experiments import configs
+
 
 def default() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -60,7 +62,5 @@ PRESETS = {"default": default, "quick": quick}
 
 
 def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
-  name = preset or "default"
-  if name not in PRESETS:
-    raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-  return PRESETS[name]()
+  """The preset named after the ``:`` of ``--config`` (default: ``default``)."""
+  return configs.select(PRESETS, preset, "default")
