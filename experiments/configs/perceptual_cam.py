@@ -87,7 +87,7 @@ def quick() -> ml_collections.ConfigDict:
   c.data.update(num_images=8, candidates=32)
   c.model.width = 0.35
   c.train.update(num_train=256, batch_size=32, epochs=1, warmup_steps=0)
-  c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8, stronger_steps=2)
+  c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8, diagnostics=False)
   c.report.update(bootstrap=50, figure_images=3)
   return c
 

@@ -121,7 +121,7 @@ def test_perceptual_tables_equal_results_json(quick_demo):
       assert e["lo"] <= e["mean"] <= e["hi"]
   assert res["answer"][0].startswith("Answer (from the 1 - SSIM map")
   assert res["answer"][1].startswith("From abs(d)")
-  assert res["answer"][-1].startswith("Reliability of the Linf PGD evaluation")
+  assert not any(a.startswith("Reliability") for a in res["answer"])  # off in the quick preset
 
 
 def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):
