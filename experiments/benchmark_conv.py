@@ -138,9 +138,6 @@ contender's figures; `_variants` the losers of the first round of attempts):
   itself adds nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 1), and
   Foolbox's LinfPGD runs the same model at about the same floor there, so Foolbox / ours stays
   about 1 (the model is the model).
-- MobileNetV2 at 224 px (`mnv2_224`) was not run in this revision for lack of time on the
-  shared machine: `python -m experiments.benchmark_conv --workdir=/tmp/bc224 --models=mnv2_224
-  --contenders=jax_xla,jax_auto,torch_1,foolbox`.
 - The machine was shared with other jobs (load average 10-14 on 2 cores during these runs), so
   single figures swing by 2-5x between rounds; the minima are the least disturbed figures.
 """
