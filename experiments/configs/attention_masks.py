@@ -83,7 +83,7 @@ def demo() -> ml_collections.ConfigDict:
                  warmup_steps=50)
   c.train.attack.steps = 3
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
-                batch_size=100)
+                batch_size=100, diagnostic_examples=50, stronger_steps=10)
   return c
 
 

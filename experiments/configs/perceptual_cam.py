@@ -76,7 +76,7 @@ def demo() -> ml_collections.ConfigDict:
   c.model.width = 0.35
   c.train.update(num_train=16000, batch_size=64, steps=1560, learning_rate=3e-3,
                  warmup_steps=50)
-  c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32)
+  c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32, stronger_steps=10)
   c.report.bootstrap = 500
   return c
 

@@ -46,7 +46,8 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
                             attacks={"pgd": pgd, "apgd": apgd}, eps=e.eps, key=key,
                             masked=masked, batch_size=bs, desc=f"{name} PGD+APGD",
                             diagnostics=({"max_examples": e.diagnostic_examples,
-                                          "stronger_steps": e.stronger_steps}
+                                          "stronger_steps": e.stronger_steps,
+                                          "large_eps_steps": e.stronger_steps}
                                          if e.diagnostics else False))
   s = r["summary"]
   out = {"n": s["n"], "natural_accuracy": s["clean"], "pgd_accuracy": s["per_attack"]["pgd"],

@@ -72,7 +72,7 @@ def select(config: Any, workdir: str, logits_fn: Any, src: Any, num_classes: int
 
 
 def gather(src: Any, indices: Any) -> dict:
-  return pdata.to_arrays(src, np.asarray(indices, np.int64))
+  return pdata.to_arrays(src, indices=np.asarray(indices, np.int64))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +114,8 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
                               eps=eps, key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
                               batch_size=a.batch_size, return_adversarial=True,
                               desc=f"{norm} PGD",
-                              diagnostics=({"stronger_steps": a.stronger_steps}
+                              diagnostics=({"stronger_steps": a.stronger_steps,
+                                            "large_eps_steps": a.stronger_steps}
                                            if a.diagnostics and norm == "linf" else False))
     set_by_user = a.linf_eps if norm == "linf" else a.l2_eps
     out[norm] = _result(r, norm, {

@@ -362,6 +362,7 @@ def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array | Non
 def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, mask: Any = None,
             norm: str = "linf", reported: Any = None, steps: int = 10,
             stronger_steps: int = 50, stronger_restarts: int = 1, large_eps: Any = None,
+            large_eps_steps: int = 20,
             gradient_threshold: float = 0.1, attack_tolerance: float = 0.02,
             large_eps_threshold: float = 0.1, max_examples: int = 256,
             unroll: int | bool | None = None) -> dict[str, dict[str, Any]]:
@@ -376,7 +377,8 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
       reported attack.
     steps: steps of that PGD.
     stronger_steps, stronger_restarts: APGD iterations and restarts (``stronger_attack_check``).
-    large_eps: radius of ``large_eps_check`` (its default when None).
+    large_eps, large_eps_steps: radius (its default when None) and PGD steps of
+      ``large_eps_check``.
     gradient_threshold, attack_tolerance, large_eps_threshold: the checks' thresholds.
     max_examples: each check uses at most this many examples (the first ones).
     unroll: the attacks' loop unrolling (see ``percadv_jax.attacks.pgd``).
@@ -406,6 +408,7 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
           norm=norm, mask=mask_c, steps=stronger_steps, restarts=stronger_restarts,
           tolerance=attack_tolerance, max_examples=n, unroll=unroll),
       "large_eps": large_eps_check(logits_fn, x_c, y_c, eps=large_eps, norm=norm, mask=mask_c,
+                                   steps=large_eps_steps,
                                    threshold=large_eps_threshold, max_examples=n,
                                    unroll=unroll),
   }
