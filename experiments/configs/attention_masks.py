@@ -27,7 +27,10 @@ Fields (override any with ``--config.<field>=<value>``):
   ``warmup_steps``, ``weight_decay``, ``checkpoint_every``; ``adversarial_init`` ("natural" =
   each adversarial model fine-tunes the natural model of its setting, "scratch" = Madry's
   training from a random initialisation), ``adversarial_epochs`` (0 = ``epochs``);
-  ``attack``: ``eps``, ``step_size``, ``steps`` of the training PGD.
+  ``attack``: ``kind`` ("pgd": Madry's PGD-``steps`` with ``step_size``; "fgsm_rs": Wong et
+  al.'s fast FGSM with a random start, step 1.25 eps, about 3x the images/s of PGD-7), ``eps``,
+  ``step_size``, ``steps``; ``guard`` ("off", "stop", "rollback": the catastrophic-overfitting
+  guard of ``percadv_jax.train``, PGD accuracy on held-out training images after each epoch).
 - ``eval``: ``eps``, ``steps`` (PGD), ``apgd_steps``, ``restarts``, ``examples`` (test images
   attacked; 0 = all), ``batch_size``, ``curve_eps`` (radii of the accuracy-vs-eps curves),
   ``curve_examples``; ``diagnostics`` (the trust checks of ``percadv_jax.attacks.diagnostics``
@@ -64,8 +67,9 @@ def default() -> ml_collections.ConfigDict:
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128, epochs=15, optimizer="adam", learning_rate=2e-3, schedule="cosine",
       warmup_steps=100, weight_decay=0.0, checkpoint_every=200, adversarial_init="natural",
-      adversarial_epochs=5,
-      attack=ml_collections.ConfigDict(dict(eps=8 / 255, step_size=2 / 255, steps=7))))
+      adversarial_epochs=5, guard="off",
+      attack=ml_collections.ConfigDict(dict(kind="pgd", eps=8 / 255, step_size=2 / 255,
+                                            steps=7))))
   c.eval = ml_collections.ConfigDict(dict(
       eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
       curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500,

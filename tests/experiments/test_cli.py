@@ -86,3 +86,16 @@ def test_presets_and_help():
       assert mod.get_config(name).to_dict()
   proc = run_binary(MASKS, "--helpfull", timeout=300)
   assert "--config" in proc.stdout and "--workdir" in proc.stdout
+
+
+def test_fast_adversarial_training_is_a_config_choice():
+  c = attention_masks.get_config("quick")
+  c.train.attack.kind, c.train.guard = "fgsm_rs", "rollback"
+  masks_study.validate(c)
+  adv = masks_study.train_config(c, "masked_adversarial")
+  nat = masks_study.train_config(c, "masked_natural")
+  assert adv.attack.kind == "fgsm_rs" and adv.guard == "rollback" and adv.masked
+  assert nat.guard == "off" and not nat.adversarial  # the guard watches adversarial runs only
+  c.train.attack.kind = "cw"
+  with pytest.raises(ValueError, match="kind"):
+    masks_study.validate(c)
