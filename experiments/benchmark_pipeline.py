@@ -97,10 +97,10 @@ def measured_peak(repeats: int) -> dict:
   n = 8192 if gpu else 1024
   out = {}
   mesh = parallel.make_mesh()
-  nd = parallel.num_devices(mesh)
+  nd = parallel.num_devices(mesh=mesh)
   for name, dt in [("float32", jnp.float32)] + ([("bfloat16", jnp.bfloat16)] if gpu else []):
-    a = parallel.shard_batch(np.ones((nd * n, n), np.float32).astype(dt), mesh)
-    b = parallel.replicate(np.ones((n, n), np.float32).astype(dt), mesh)
+    a = parallel.shard_batch(np.ones((nd * n, n), np.float32).astype(dt), mesh=mesh)
+    b = parallel.replicate(np.ones((n, n), np.float32).astype(dt), mesh=mesh)
     f = jax.jit(lambda a, b: a @ b)
     _, t = median_time(lambda: f(a, b), repeats)
     out[name] = 2.0 * nd * n ** 3 / t
@@ -115,19 +115,19 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
   if main:
     io.write_json(f"{workdir}/config.json", dataclasses.asdict(c))
   mesh = parallel.make_mesh()
-  nd = parallel.num_devices(mesh)
+  nd = parallel.num_devices(mesh=mesh)
   if c.batch_size % nd:
     raise ValueError(f"batch_size {c.batch_size} must be a multiple of the {nd} devices")
   src = data.load("synthetic_signs", split="test", num_examples=max(c.batch_size, c.ssim_batch),
                   image_size=c.image_size, num_classes=c.num_classes, seed=c.seed)
   sl = parallel.local_slice(c.batch_size)
-  local = data.to_arrays(src, np.arange(c.batch_size)[sl])
-  batch = parallel.shard_batch(local, mesh)
+  local = data.to_arrays(src, indices=np.arange(c.batch_size)[sl])
+  batch = parallel.shard_batch(local, mesh=mesh)
   module = models.get_model("vgg19", num_classes=c.num_classes, variant="small", width=c.width)
   variables = parallel.replicate(
-      random_variables(module, jnp.asarray(local["image"][:1]), seed=c.seed), mesh)
+      random_variables(module, jnp.asarray(local["image"][:1]), seed=c.seed), mesh=mesh)
   apply = precision.mixed_precision(module.apply, dtype=c.precision)
-  key = parallel.replicate(jax.random.PRNGKey(c.seed), mesh)
+  key = parallel.replicate(jax.random.PRNGKey(c.seed), mesh=mesh)
   step = c.eps / 4
   rows: list[dict] = []
   peak = measured_peak(c.repeats) if "peak" in c.stages else {}
@@ -149,7 +149,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
       logits_fn = lambda z: apply(v, z, train=False)  # noqa: E731
       return attacks.pgd(logits_fn, b["image"], b["label"], key=k, eps=c.eps, step_size=step,
                          steps=c.pgd_steps)
-    pgd_j = jax.jit(pgd_fn, out_shardings=parallel.data_sharding(mesh))
+    pgd_j = jax.jit(pgd_fn, out_shardings=parallel.data_sharding(mesh=mesh))
     first, ours = median_time(lambda: pgd_j(variables, batch, key), c.repeats)
     add(f"pgd{c.pgd_steps}", ours, c.batch_size, first, flops_of(pgd_j, variables, batch, key))
 
@@ -158,7 +158,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
         logits = apply(v, x, train=False)
         return -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(b["label"], c.num_classes))
       return jax.grad(loss)(b["image"])
-    fb = jax.jit(fwd_bwd, out_shardings=parallel.data_sharding(mesh))
+    fb = jax.jit(fwd_bwd, out_shardings=parallel.data_sharding(mesh=mesh))
     first, t = median_time(lambda: fb(variables, batch), c.repeats)
     add(f"floor({c.pgd_steps}x fwd+bwd)", c.pgd_steps * t, c.batch_size, first,
         None if flops_of(fb, variables, batch) is None
@@ -175,17 +175,17 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
                      ("train_adversarial", {"adversarial": True, "attack": train.AttackConfig(
                          eps=c.eps, step_size=step, steps=c.train_pgd_steps)})]:
       fn = functools.partial(train.train_step, **kw)
-      step_fn = jax.jit(fn, in_shardings=(parallel.replicated_sharding(mesh),
-                                          parallel.data_sharding(mesh)),
-                        out_shardings=parallel.replicated_sharding(mesh))
-      st = parallel.replicate(state, mesh)
+      step_fn = jax.jit(fn, in_shardings=(parallel.replicated_sharding(mesh=mesh),
+                                          parallel.data_sharding(mesh=mesh)),
+                        out_shardings=parallel.replicated_sharding(mesh=mesh))
+      st = parallel.replicate(state, mesh=mesh)
       first, t = median_time(lambda: step_fn(st, batch), c.repeats)
       label = name if not kw else f"{name}(pgd{c.train_pgd_steps})"
       add(label, t, c.batch_size, first, flops_of(step_fn, st, batch))
 
   if "cam" in c.stages:
     cam_j = jax.jit(lambda v, x: cam.grad_cam(module, v, x),
-                    out_shardings=parallel.data_sharding(mesh))
+                    out_shardings=parallel.data_sharding(mesh=mesh))
     first, t = median_time(lambda: cam_j(variables, batch["image"]), c.repeats)
     add("grad_cam", t, c.batch_size, first, flops_of(cam_j, variables, batch["image"]))
 
@@ -253,7 +253,8 @@ def main(argv: Sequence[str]) -> None:
   del argv
   from absl import flags
   f = flags.FLAGS
-  parallel.initialize(f.coordinator_address, f.num_processes, f.process_id)
+  parallel.initialize(coordinator_address=f.coordinator_address,
+                      num_processes=f.num_processes, process_id=f.process_id)
   cfg = Config(batch_size=f.batch_size, image_size=f.image_size, width=f.width,
                num_classes=f.num_classes, pgd_steps=f.pgd_steps,
                train_pgd_steps=f.train_pgd_steps, eps=f.eps, repeats=f.repeats,

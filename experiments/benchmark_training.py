@@ -114,7 +114,7 @@ def run(c: Config, workdir: str) -> dict:
                          num_examples=c.num_train, seed=c.seed)
   test = pdata.to_arrays(pdata.load("synthetic_signs", split="test", image_size=32,
                                     num_examples=c.num_test, seed=c.seed),
-                         np.arange(c.eval_examples))
+                         indices=np.arange(c.eval_examples))
   test = {"image": np.asarray(test["image"], np.float32),
           "mask": np.asarray(test["mask"], np.float32).reshape(-1, 32, 32, 1),
           "label": np.asarray(test["label"], np.int32)}

@@ -40,7 +40,7 @@ def subset_arrays(source: Any, n: int | None, *, seed: int = 0) -> dict:
     idx = np.arange(total)
   else:
     idx = np.sort(np.random.default_rng(seed).choice(total, int(n), replace=False))
-  return pdata.to_arrays(source, idx)
+  return pdata.to_arrays(source, indices=idx)
 
 
 def pct(x: float) -> float:

@@ -25,7 +25,8 @@ def _run(config, workdir):
   from experiments import sweep_grid
   from percadv_jax import parallel
   fv = flags.FLAGS
-  parallel.initialize(fv.coordinator_address, fv.num_processes, fv.process_id)
+  parallel.initialize(coordinator_address=fv.coordinator_address,
+                      num_processes=fv.num_processes, process_id=fv.process_id)
   return sweep_grid.run(config, workdir)
 
 

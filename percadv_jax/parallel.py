@@ -61,8 +61,8 @@ def _from_env(name: str) -> str | None:
   return None
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, *, local_device_ids: Sequence[int] | None = None,
+def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None, local_device_ids: Sequence[int] | None = None,
                cpu_collectives: str = "gloo", timeout_s: int = 300) -> bool:
   """Starts ``jax.distributed`` for a multi-process run; a no-op for a single process.
 
@@ -138,7 +138,7 @@ def broadcast_from_main(tree: Any) -> Any:
 # Mesh and placement.
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+def make_mesh(*, devices: Sequence[jax.Device] | None = None) -> Mesh:
   """A 1-D mesh with axis ``"data"`` over ``devices`` (default: all devices of all processes)."""
   devices = list(jax.devices() if devices is None else devices)
   if not devices:
@@ -155,21 +155,22 @@ def _mesh(mesh: Mesh | None) -> Mesh:
   return _default_mesh() if mesh is None else mesh
 
 
-def data_sharding(mesh: Mesh | None = None) -> NamedSharding:
+def data_sharding(*, mesh: Mesh | None = None) -> NamedSharding:
   """Leading (batch) axis split over ``"data"``; other axes whole."""
   return NamedSharding(_mesh(mesh), P(DATA_AXIS))
 
 
-def replicated_sharding(mesh: Mesh | None = None) -> NamedSharding:
+def replicated_sharding(*, mesh: Mesh | None = None) -> NamedSharding:
   """A full copy on every device of the mesh."""
   return NamedSharding(_mesh(mesh), P())
 
 
-def num_devices(mesh: Mesh | None = None) -> int:
+def num_devices(*, mesh: Mesh | None = None) -> int:
+  """Devices of ``mesh`` in all processes (default mesh: every device of every process)."""
   return _mesh(mesh).devices.size
 
 
-def num_local_devices(mesh: Mesh | None = None) -> int:
+def num_local_devices(*, mesh: Mesh | None = None) -> int:
   """Devices of ``mesh`` that belong to this process."""
   return len(_mesh(mesh).local_devices)
 
@@ -192,14 +193,14 @@ def _replicate_leaf(x: Any, sharding: NamedSharding) -> Any:
   return jax.make_array_from_callback(a.shape, sharding, lambda idx: a[idx])
 
 
-def replicate(tree: Any, mesh: Mesh | None = None) -> Any:
+def replicate(tree: Any, *, mesh: Mesh | None = None) -> Any:
   """Places every array leaf of ``tree`` (params, train state) on every device of ``mesh``.
 
   In a multi-process run every process must pass the same values (as after the same seeded init
   or the same checkpoint). Non-array leaves (Python numbers) are placed as 0-d arrays; static
   fields of flax structs stay as they are.
   """
-  s = replicated_sharding(mesh)
+  s = replicated_sharding(mesh=mesh)
   return jax.tree.map(lambda x: _replicate_leaf(x, s), tree)
 
 
@@ -243,7 +244,7 @@ def pad_batch(batch: Mapping[str, Any], size: int, *,
   return out
 
 
-def shard_batch(batch: Any, mesh: Mesh | None = None, *, pad: bool = False,
+def shard_batch(batch: Any, *, mesh: Mesh | None = None, pad: bool = False,
                 weight_key: str = WEIGHT_KEY) -> Any:
   """This process's rows of a global batch -> global ``jax.Array``s split along ``"data"``.
 
@@ -263,22 +264,22 @@ def shard_batch(batch: Any, mesh: Mesh | None = None, *, pad: bool = False,
     ValueError: ``n`` does not divide over the local devices and ``pad`` is False.
   """
   mesh = _mesh(mesh)
-  s = data_sharding(mesh)
+  s = data_sharding(mesh=mesh)
   leaves = jax.tree.leaves(batch)
   if leaves and all(isinstance(v, jax.Array) and v.sharding == s for v in leaves):
     if pad and not (isinstance(batch, Mapping) and weight_key in batch):
       raise ValueError(f"batch is already sharded but has no '{weight_key}' entry to pad with")
     return batch  # already global and split along "data"
-  local = num_local_devices(mesh)
+  local = num_local_devices(mesh=mesh)
   n = _leading(batch)
   if pad:
     batch = pad_batch(batch, -(-n // local) * local, weight_key=weight_key)
   elif n % local:
     raise ValueError(
         f"batch of {n} rows per process does not split over {local} local devices "
-        f"({num_devices(mesh)} in all): use a batch size that is a multiple of "
-        f"{num_devices(mesh)}, or pad it (shard_batch(..., pad=True) adds a '{weight_key}' entry "
-        "marking the padding)")
+        f"({num_devices(mesh=mesh)} in all): use a batch size that is a multiple of "
+        f"{num_devices(mesh=mesh)}, or pad it (shard_batch(..., pad=True) adds a "
+        f"'{weight_key}' entry marking the padding)")
 
   def put(x):
     if isinstance(x, jax.Array) and x.sharding == s:
@@ -316,7 +317,11 @@ def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarra
   """Example indices this process reads for the global batch ``[start, start + global_size)``.
 
   Rows past ``total`` (the dataset size) are dropped here; ``evaluate`` pads them back with
-  weight 0. Returns ``(indices, local_size)`` with ``local_size = global_size // process_count``.
+  weight 0.
+
+  Returns:
+    ``(indices, local_size)``: int64 indices ``[M]`` with ``M <= local_size`` (fewer only in the
+    last batch), and ``local_size = global_size // process_count``.
   """
   sl = local_slice(global_size)
   lo, hi = start + sl.start, min(start + sl.stop, total)
@@ -328,7 +333,7 @@ def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarra
 
 
 def _sharding_tree(spec: Any, mesh: Mesh) -> Any:
-  table = {"batch": data_sharding(mesh), "replicated": replicated_sharding(mesh)}
+  table = {"batch": data_sharding(mesh=mesh), "replicated": replicated_sharding(mesh=mesh)}
 
   def conv(s):
     if s is None or isinstance(s, (NamedSharding, jax.sharding.Sharding)):
@@ -367,13 +372,13 @@ def sharded(fn: Callable, *, mesh: Mesh | None = None, batch_argnums: Sequence[i
   def wrapped(*args):
     nargs = len(args)
     if nargs not in cache:
-      in_sh = tuple(data_sharding(mesh) if i in batch_argnums else replicated_sharding(mesh)
-                    for i in range(nargs))
+      in_sh = tuple(data_sharding(mesh=mesh) if i in batch_argnums
+                    else replicated_sharding(mesh=mesh) for i in range(nargs))
       outs = (_sharding_tree(out_shardings, mesh) if out_shardings is not None
               else None)
       kw = {} if outs is None else {"out_shardings": outs}
       cache[nargs] = jax.jit(fn, in_shardings=in_sh, donate_argnums=tuple(donate_argnums), **kw)
-    placed = tuple(shard_batch(a, mesh) if i in batch_argnums else replicate(a, mesh)
+    placed = tuple(shard_batch(a, mesh=mesh) if i in batch_argnums else replicate(a, mesh=mesh)
                    for i, a in enumerate(args))
     return cache[nargs](*placed)
 
@@ -398,12 +403,12 @@ def sharded_train_step(step_fn: Callable, *, mesh: Mesh | None = None,
     donate: donate the input state's buffers (saves memory; the old state becomes invalid).
   """
   mesh = _mesh(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(replicated_sharding(mesh), data_sharding(mesh)),
-                   out_shardings=replicated_sharding(mesh),
+  jitted = jax.jit(step_fn, in_shardings=(replicated_sharding(mesh=mesh), data_sharding(mesh=mesh)),
+                   out_shardings=replicated_sharding(mesh=mesh),
                    donate_argnums=(0,) if donate else ())
 
   def step(state, batch):
-    return jitted(replicate(state, mesh), shard_batch(batch, mesh))
+    return jitted(replicate(state, mesh=mesh), shard_batch(batch, mesh=mesh))
   step.__wrapped__ = step_fn
   return step
 
@@ -414,14 +419,14 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
 
   Each process reads only its rows: ``data`` is a dict of arrays indexed by NumPy index arrays
   (e.g. ``data.to_arrays(src)``), or a ``Callable[[np.ndarray], dict]`` that loads the given
-  example indices (e.g. ``lambda idx: data.to_arrays(src, idx)``) together with its size as
+  example indices (e.g. ``lambda idx: data.to_arrays(src, indices=idx)``) together with its size as
   ``(fetch, total)``. The last batch is padded with weight-0 rows to ``batch_size``.
 
   Raises:
     ValueError: ``batch_size`` is not a multiple of the device count.
   """
   mesh = _mesh(mesh)
-  nd = num_devices(mesh)
+  nd = num_devices(mesh=mesh)
   if batch_size <= 0 or batch_size % nd:
     raise ValueError(f"evaluation batch size {batch_size} must be a positive multiple of the "
                      f"device count {nd} (the last, partial batch is padded)")
@@ -438,15 +443,15 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
       local[weight_key] = np.zeros((local_size,), np.float32)
     else:
       local = pad_batch(fetch(idx), local_size, weight_key=weight_key)
-    yield b, shard_batch(local, mesh)
+    yield b, shard_batch(local, mesh=mesh)
 
 
 @functools.lru_cache(maxsize=64)
 def _map_jit(per_example_fn: Callable, mesh: Mesh) -> Callable:
   """The jitted, sharded ``per_example_fn`` of ``map_examples`` (one compile per function)."""
-  rep = replicated_sharding(mesh)
-  return jax.jit(per_example_fn, in_shardings=(rep, data_sharding(mesh), rep),
-                 out_shardings=data_sharding(mesh))
+  rep = replicated_sharding(mesh=mesh)
+  return jax.jit(per_example_fn, in_shardings=(rep, data_sharding(mesh=mesh), rep),
+                 out_shardings=data_sharding(mesh=mesh))
 
 
 def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
@@ -483,7 +488,7 @@ def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: 
   if total == 0:
     raise ValueError("the evaluation got an empty dataset (0 examples)")
   jitted = _map_jit(per_example_fn, mesh)
-  args = replicate(args, mesh)
+  args = replicate(args, mesh=mesh)
   parts: dict[str, list[np.ndarray]] = {}
   bar = None
   if desc is not None:
@@ -492,7 +497,7 @@ def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: 
   try:
     for b, batch in iterate_padded(data, batch_size=batch_size, mesh=mesh,
                                    weight_key=weight_key):
-      k = None if key is None else replicate(jax.random.fold_in(key, b), mesh)
+      k = None if key is None else replicate(jax.random.fold_in(key, b), mesh=mesh)
       out = to_host(jitted(args, batch, k))
       real = to_host(batch[weight_key]) > 0  # each process's real rows are contiguous
       for name, v in out.items():
@@ -530,11 +535,11 @@ def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
   return result
 
 
-def abstract_replicated(tree: Any, mesh: Mesh | None = None) -> Any:
+def abstract_replicated(tree: Any, *, mesh: Mesh | None = None) -> Any:
   """``jax.ShapeDtypeStruct`` leaves with the replicated sharding: an orbax restore target.
 
   ``ocp.args.StandardRestore(abstract_replicated(state_arrays))`` restores a checkpoint onto every
   device of the mesh on every process (each process reads the file; one copy per device).
   """
-  s = replicated_sharding(mesh)
+  s = replicated_sharding(mesh=mesh)
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree)

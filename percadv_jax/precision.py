@@ -97,6 +97,8 @@ def mixed_precision_logits_fn(apply_fn: Callable, variables: Any, *, dtype: Any 
   The attack-side shorthand: ``pgd(mixed_precision_logits_fn(module.apply, variables,
   train=False), x, y, ...)``. ``x`` stays float32 outside. The variables are cast once, here
   (outside any attack loop that later calls the function); gradients flow to ``x`` only.
+  The returned function maps ``[N,H,W,C]`` float32 images to float32 ``[N, num_classes]`` logits
+  (whatever shape ``apply_fn`` returns, cast to float32).
   """
   dt = compute_dtype(dtype)
   cast_vars = cast_floating(variables, dt)

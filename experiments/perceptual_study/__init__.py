@@ -217,7 +217,9 @@ def _figures(config: Any, workdir: str, r: dict) -> dict[str, str]:
     path = os.path.join(workdir, "figures", f"{name}.png")
     pred = attacks.predict(r["logits_fn"], r["adv"][name]["x_adv"][:k], k)
     titles = [f"{report.ATTACK_LABELS[name]}: {int(a)} -> {int(b)}" for a, b in zip(y[:k], pred)]
-    cam.plot_maps(x[:k], r["cams"][CAM_METHODS[0]][:k], r["maps"][name]["abs_d"][:k],
-                  r["maps"][name]["one_minus_ssim"][:k], path=path, titles=titles, max_images=k)
+    cam.plot_maps(x[:k], r["cams"][CAM_METHODS[0]][:k],
+                  perturbation_maps=r["maps"][name]["abs_d"][:k],
+                  dissimilarity_maps=r["maps"][name]["one_minus_ssim"][:k], path=path,
+                  titles=titles, max_images=k)
     figures[name] = os.path.relpath(path, workdir)
   return figures

@@ -253,7 +253,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     args["eps"] = {name: jnp.float32(e) for name, e in per.items()}
   bs = n if batch_size is None else C.check_int(batch_size, "batch_size")
   bs = min(bs, n)
-  nd = parallel.num_devices(mesh)
+  nd = parallel.num_devices(mesh=mesh)
   bs = -(-bs // nd) * nd  # round up to the device count: padded rows are dropped
   base = {k: v for k, v in args.items() if k != "eps"}
   clean = parallel.map_examples(_clean_fn(static), base, data, batch_size=bs,

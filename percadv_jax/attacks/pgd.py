@@ -41,7 +41,11 @@ LogitsFn = Callable[[jax.Array], jax.Array]
 
 
 def masked_logits_fn(logits_fn: LogitsFn, mask: jax.Array) -> LogitsFn:
-  """The masks paper's model: ``x -> logits_fn(x * mask)`` (the background is removed)."""
+  """The masks paper's model: ``x -> logits_fn(x * mask)`` (the background is removed).
+
+  ``mask`` is ``[N,H,W,1]`` (or any shape that broadcasts against the ``[N,H,W,C]`` inputs), 1 on
+  the foreground; the returned function maps ``[N,H,W,C]`` images to ``[N, num_classes]`` logits.
+  """
   return lambda x: logits_fn(x * mask)
 
 

@@ -6,11 +6,12 @@ Model level (one jitted forward + backward per batch; see :mod:`percadv_jax.cam.
   maps = cam.compute_cam("layer_cam", module, variables, x, layer="block_16", target=y)
 
 Array level (:mod:`percadv_jax.cam.core`): ``grad_cam_map(A, G)`` etc. from activations and
-gradients ``[N, h, w, K]``; ``postprocess(raw, (H, W))``.
+gradients ``[N, h, w, K]``; ``postprocess(raw, size=(H, W))``.
 
 Metrics (:mod:`percadv_jax.cam.metrics`): ``agreement(perturbation_map, saliency_map,
 region=mask)`` and the perturbation maps ``perturbation_magnitude(d)``, ``dissimilarity_map``.
-Figures: ``plot_maps(images, cams, perturbation_maps, dissimilarity_maps, path=...)``.
+Figures: ``plot_maps(images, cams, perturbation_maps=..., dissimilarity_maps=...,
+path=...)``.
 """
 
 from percadv_jax.cam.core import (

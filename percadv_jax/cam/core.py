@@ -190,14 +190,14 @@ def resize_bilinear(maps: jax.Array, size: tuple[int, int], *,
   return jnp.einsum("Hh,nhwc,Ww->nHWc", mh, maps, mw, precision=jax.lax.Precision.HIGHEST)
 
 
-def minmax_scale(maps: jax.Array, eps: float = SCALE_EPS) -> jax.Array:
+def minmax_scale(maps: jax.Array, *, eps: float = SCALE_EPS) -> jax.Array:
   """Per-image ``(m - min) / (max - min + eps)`` over the spatial axes of ``[N, H, W]``."""
   lo = jnp.min(maps, axis=(1, 2), keepdims=True)
   m = maps - lo
   return m / (jnp.max(m, axis=(1, 2), keepdims=True) + eps)
 
 
-def postprocess(raw: jax.Array, size: tuple[int, int] | None = None) -> jax.Array:
+def postprocess(raw: jax.Array, *, size: tuple[int, int] | None = None) -> jax.Array:
   """Raw ``[N, h, w]`` map -> ``[N, H, W]`` float32 in [0, 1] (pytorch-grad-cam's pipeline).
 
   ReLU, min-max scaling, bilinear resize with half-pixel centres to ``size`` (skipped when

@@ -30,7 +30,7 @@ def overlay(image: np.ndarray, heat: np.ndarray, *, alpha: float = 0.5,
   return np.clip((1.0 - alpha) * image + alpha * colour, 0.0, 1.0)
 
 
-def plot_maps(images, cam_maps, perturbation_maps=None, dissimilarity_maps=None, *,
+def plot_maps(images, cam_maps, *, perturbation_maps=None, dissimilarity_maps=None,
               path: str | None = None, titles: Sequence[str] | None = None,
               max_images: int = 8, alpha: float = 0.5, dpi: int = 120):
   """Draws one row per image: image, CAM overlay, perturbation magnitude, 1 - SSIM map.

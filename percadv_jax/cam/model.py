@@ -57,19 +57,35 @@ def _model_info(module, var_treedef, var_leaves, x_spec, kwargs_items):
   return {k: perts[k] for k in order}, logits.shape
 
 
-def model_info(module, variables: PyTree, x: jax.Array,
+def model_info(module, variables: PyTree, x: jax.Array, *,
                model_kwargs: Mapping[str, Any] | None = None) -> tuple[dict, tuple]:
-  """Returns ``({tap_name: ShapeDtypeStruct}, logits_shape)`` without running the model."""
+  """The model's taps and output shape for inputs like ``x``, without running the model.
+
+  Args:
+    module: a Flax module whose feature points are marked with ``models.common.tap``.
+    variables: its variables.
+    x: ``[N,H,W,C]`` inputs (only the shape and dtype are used).
+    model_kwargs: keyword arguments of ``module.apply`` (default ``{"train": False}``).
+
+  Returns:
+    ``({tap_name: ShapeDtypeStruct}, logits_shape)``: each tap's shape (``[N,h,w,K]`` for
+    convolutional features) and dtype, in the model's order, and the ``[N, num_classes]``
+    logits shape.
+  """
   kwargs = _kwargs(model_kwargs)
   treedef, leaves = _spec(variables)
   x_spec = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
   return _model_info(module, treedef, leaves, x_spec, tuple(sorted(kwargs.items())))
 
 
-def tap_names(module, variables: PyTree, x: jax.Array,
+def tap_names(module, variables: PyTree, x: jax.Array, *,
               model_kwargs: Mapping[str, Any] | None = None) -> list[str]:
-  """All layer names usable as ``layer=`` (the module's taps), in the model's order."""
-  return list(model_info(module, variables, x, model_kwargs)[0])
+  """All layer names usable as ``layer=`` (the module's taps), in the model's order.
+
+  ``x`` is a ``[N,H,W,C]`` input (only its shape and dtype are used); ``model_kwargs`` as in
+  ``model_info``.
+  """
+  return list(model_info(module, variables, x, model_kwargs=model_kwargs)[0])
 
 
 def _kwargs(model_kwargs):
@@ -168,7 +184,7 @@ def _cam_jit(variables, x, target, *, module, method, layer, kwargs_items, upsam
     acts, grads, logits, target = _forward_backward(module, variables, x, target, layer=layer,
                                                     kwargs=kwargs)
     raw = core.GRADIENT_METHODS[method](acts.astype(jnp.float32), grads.astype(jnp.float32))
-  maps = core.postprocess(raw, x.shape[1:3] if upsample else None)
+  maps = core.postprocess(raw, size=x.shape[1:3] if upsample else None)
   return maps, logits, target
 
 
@@ -199,7 +215,7 @@ def compute_cam(method: str, module, variables: PyTree, x: jax.Array, *,
   checks.check_choice(method, "method", core.METHODS)
   checks.check_images(x, "x", channels=None)
   kwargs = _kwargs(model_kwargs)
-  shapes, logits_shape = model_info(module, variables, x, kwargs)
+  shapes, logits_shape = model_info(module, variables, x, model_kwargs=kwargs)
   names = list(shapes)
   if not names:
     raise ValueError(f"{type(module).__name__} has no taps (percadv_jax.models.common.tap); "

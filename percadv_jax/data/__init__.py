@@ -34,6 +34,7 @@ DATASETS: dict[str, tuple[str, str]] = {
 
 
 def known_datasets() -> list[str]:
+  """The names ``load`` accepts, sorted."""
   return sorted(DATASETS)
 
 

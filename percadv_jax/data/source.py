@@ -56,9 +56,11 @@ class DatasetInfo:
       raise KeyError(key) from None
 
   def get(self, key: str, default: Any = None) -> Any:
+    """``Mapping.get``: the attribute ``key``, or ``default`` when there is none."""
     return getattr(self, key, default)
 
   def to_dict(self) -> dict[str, Any]:
+    """The fields as a JSON-ready dict (tuples and mappings as plain lists and dicts)."""
     d = dataclasses.asdict(self)
     d["class_names"] = list(self.class_names)
     d["skipped"] = dict(self.skipped)
@@ -143,7 +145,7 @@ def _to_float(raw: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
           "label": np.asarray(raw["label"], np.int32)}
 
 
-def to_arrays(src: Any, indices: Sequence[int] | np.ndarray | None = None
+def to_arrays(src: Any, *, indices: Sequence[int] | np.ndarray | None = None
               ) -> dict[str, np.ndarray]:
   """Gathers a whole (small) source, or ``indices`` of it, into batch arrays.
 

@@ -16,7 +16,11 @@ import jax
 
 
 def tap(module: nn.Module, name: str, x: jax.Array) -> jax.Array:
-  """Marks ``x`` as the feature point ``name`` of ``module`` (see module docstring)."""
+  """Marks ``x`` as the feature point ``name`` of ``module`` (see module docstring).
+
+  ``x`` is the layer's output, e.g. ``[N,h,w,K]`` features. Returns an array of the same shape:
+  ``x`` itself, plus the ``"perturbations"`` variable when that collection is passed to ``apply``.
+  """
   if module.is_initializing():
     return x
   x = module.perturb(name, x)

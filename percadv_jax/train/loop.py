@@ -106,6 +106,7 @@ class TrainConfig:
   guard_drop: float = 0.2
 
   def validate(self) -> None:
+    """Raises ``ValueError`` naming the first field out of range (attack and optimiser too)."""
     checks.check_positive(self.batch_size, "batch_size")
     checks.check_positive(self.epochs, "epochs")
     checks.check_positive(self.steps, "steps", allow_zero=True)
@@ -122,11 +123,14 @@ class TrainConfig:
     self.optimizer.validate()
 
   def to_dict(self) -> dict:
+    """The config as nested plain dicts (JSON-ready; ``from_dict`` reads it back)."""
     return dataclasses.asdict(self)
 
   @classmethod
-  def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-    d = dict(d)
+  def from_dict(cls, fields: Mapping[str, Any]) -> "TrainConfig":
+    """The config of a ``to_dict`` dict (missing fields, also of ``attack`` / ``optimizer``, take
+    their defaults)."""
+    d = dict(fields)
     d["attack"] = AttackConfig(**d.get("attack", {}))
     d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
     d["model_kwargs"] = dict(d.get("model_kwargs", {}))
@@ -173,19 +177,26 @@ class ArrayData:
     return _to_arrays(self.source, np.asarray(indices))
 
   def all(self) -> dict:
+    """Every example as one batch dict (images [N,H,W,3], masks [N,H,W,1], labels [N])."""
     return self.batch(np.arange(self.n))
 
 
 def _to_arrays(source: Any, indices: np.ndarray | None) -> dict:
   from percadv_jax import data
-  out = data.to_arrays(source, indices)
+  out = data.to_arrays(source, indices=indices)
   return {"image": np.asarray(out["image"], np.float32),
           "mask": np.asarray(out["mask"], np.float32).reshape(out["image"].shape[:3] + (1,)),
           "label": np.asarray(out["label"], np.int32)}
 
 
 def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-  """Indices of the batch at ``step``: a function of ``(n, batch_size, seed, step)`` only."""
+  """Indices of the batch at ``step``: a function of ``(n, batch_size, seed, step)`` only.
+
+  Returns int64 indices ``[batch_size]`` into the ``n`` training examples: rows
+  ``[i * batch_size, (i + 1) * batch_size)`` of epoch ``e``'s permutation
+  ``numpy.random.default_rng([seed, e]).permutation(n)`` (``e, i = divmod(step, n // batch_size)``).
+  NumPy draws the order (no JAX random numbers), so ``seed`` is an integer, not a key.
+  """
   steps_per_epoch = n // batch_size
   epoch, i = divmod(step, steps_per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(n)

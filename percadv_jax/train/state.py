@@ -70,6 +70,7 @@ class OptimizerConfig:
   grad_clip: float = 0.0
 
   def validate(self) -> None:
+    """Raises ``ValueError`` naming the first field out of range (unknown name or schedule, ...)."""
     checks.check_choice(self.name, "optimizer", {"sgd", "adam", "adamw"})
     checks.check_choice(self.schedule, "schedule", {"constant", "cosine", "piecewise"})
     checks.check_positive(self.learning_rate, "learning_rate")

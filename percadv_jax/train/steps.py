@@ -58,6 +58,7 @@ class AttackConfig:
   fgsm_step: float = 1.25
 
   def validate(self) -> None:
+    """Raises ``ValueError`` naming the first field out of range (eps < 0, unknown norm, ...)."""
     checks.check_positive(self.eps, "eps", allow_zero=True)
     checks.check_positive(self.step_size, "step_size")
     checks.check_positive(self.steps, "steps")

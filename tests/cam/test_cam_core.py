@@ -132,7 +132,7 @@ def test_resize_align_corners_equals_torch_upsampling_bilinear():
 def test_postprocess_equals_pytorch_grad_cam_pipeline(method):
   a, g = random_pair(5)
   raw = ref_raw(method, a, g).astype(np.float32)
-  got = np.asarray(core.postprocess(jnp.asarray(raw), (20, 24)))
+  got = np.asarray(core.postprocess(jnp.asarray(raw), size=(20, 24)))
   np.testing.assert_allclose(got, ref_postprocess(raw, (20, 24)), atol=2e-5)
   assert got.shape == (3, 20, 24) and got.min() >= 0 and got.max() <= 1
 
@@ -140,7 +140,7 @@ def test_postprocess_equals_pytorch_grad_cam_pipeline(method):
 def test_postprocess_all_zero_or_negative_map_gives_zeros():
   raw = -np.abs(np.random.default_rng(0).normal(size=(2, 4, 4))).astype(np.float32)
   raw[1] = 0.0
-  out = np.asarray(core.postprocess(jnp.asarray(raw), (8, 8)))
+  out = np.asarray(core.postprocess(jnp.asarray(raw), size=(8, 8)))
   assert np.all(np.isfinite(out)) and np.all(out == 0)
 
 
@@ -157,7 +157,7 @@ def test_cam_from_head_weights_and_score_cam_softmax():
 
 def test_jit_equals_no_jit():
   a, g = random_pair(7)
-  fn = lambda a, g: core.postprocess(core.grad_cam_pp_map(a, g), (10, 12))
+  fn = lambda a, g: core.postprocess(core.grad_cam_pp_map(a, g), size=(10, 12))
   np.testing.assert_allclose(np.asarray(jax.jit(fn)(nhwc(a), nhwc(g))),
                              np.asarray(fn(nhwc(a), nhwc(g))), atol=1e-6)
 

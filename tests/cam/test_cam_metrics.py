@@ -163,7 +163,8 @@ def test_figure_writes_png(tmp_path):
   x = rng.random((3, 16, 16, 3)).astype(np.float32)
   maps = rng.random((3, 16, 16)).astype(np.float32)
   path = os.path.join(tmp_path, "maps.png")
-  fig = cam.plot_maps(x, maps, maps, maps, path=path, titles=["a", "b", "c"], max_images=2)
+  fig = cam.plot_maps(x, maps, perturbation_maps=maps, dissimilarity_maps=maps, path=path,
+                      titles=["a", "b", "c"], max_images=2)
   assert len(fig.axes) >= 2 * 4  # 2 rows x 4 panels (+ colour bars)
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -56,7 +56,8 @@ def test_grad_cam_equals_cam_from_head_weights(tiny):
   pred = np.argmax(np.asarray(logits), axis=-1)
   _, state = m.apply(v, x, mutable=["intermediates"])
   w = v["params"]["head"]["kernel"][:, pred].T          # [N, K]: the head's class weights
-  c = core.postprocess(core.class_activation_map(state["intermediates"]["features"], w), None)
+  c = core.postprocess(core.class_activation_map(state["intermediates"]["features"], w),
+                      size=None)
   np.testing.assert_allclose(np.asarray(g), np.asarray(c), atol=2e-6)
   np.testing.assert_allclose(np.asarray(cam.cam(m, v, x, upsample=False)), np.asarray(c),
                              atol=2e-6)
@@ -69,7 +70,7 @@ def test_model_maps_equal_array_formulas_on_reference_gradients(tiny, method):
   m, v, x = tiny
   target = jnp.array([0, 1, 4, 2], jnp.int32)
   acts, grads = reference_acts_grads(m, v, x, "features", target)
-  want = core.postprocess(core.GRADIENT_METHODS[method](acts, grads), (16, 16))
+  want = core.postprocess(core.GRADIENT_METHODS[method](acts, grads), size=(16, 16))
   got, aux = cam.compute_cam(method, m, v, x, target=target, return_aux=True)
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
   np.testing.assert_array_equal(np.asarray(aux["target"]), np.asarray(target))
@@ -93,7 +94,7 @@ def test_score_cam_equals_loop_of_forward_passes(tiny):
   e = np.exp(scores - scores.max(1, keepdims=True))
   weights = e / e.sum(1, keepdims=True)
   raw = np.einsum("nhwk,nk->nhw", acts, weights).astype(np.float32)
-  want = core.postprocess(jnp.asarray(raw), (16, 16))
+  want = core.postprocess(jnp.asarray(raw), size=(16, 16))
   np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-4)
 
 

@@ -99,7 +99,7 @@ def test_prepare_rejects_bad_arguments(tmp_path):
 
 def test_to_arrays_indices():
   src = data.load("synthetic_signs", split="test", num_examples=10)
-  np.testing.assert_array_equal(data.to_arrays(src, [9, -1])["label"], src.labels[[9, 9]])
+  np.testing.assert_array_equal(data.to_arrays(src, indices=[9, -1])["label"], src.labels[[9, 9]])
   for bad, match in (([1.0, 2.0], "must be integers, got dtype float64"),
                      (np.array([0.7]), "must be integers"),
                      ([True], "must be integers, got dtype bool"),
@@ -108,10 +108,10 @@ def test_to_arrays_indices():
                      ([-11], "index -11 is out of range"),
                      ([], "at least one index")):
     with pytest.raises(ValueError, match=match):
-      data.to_arrays(src, bad)
+      data.to_arrays(src, indices=bad)
   with pytest.raises(IndexError):  # still an IndexError for code that catches those
-    data.to_arrays(src, [10])
-  np.testing.assert_array_equal(data.to_arrays(src, np.array([3], np.uint8))["label"],
+    data.to_arrays(src, indices=[10])
+  np.testing.assert_array_equal(data.to_arrays(src, indices=np.array([3], np.uint8))["label"],
                                 src.labels[[3]])
 
 

@@ -137,7 +137,7 @@ def test_batches_shapes_shuffle_epochs_remainder():
   assert [len(x["label"]) for x in keep] == [16, 16, 16, 2]
   np.testing.assert_array_equal(np.concatenate([x["label"] for x in keep]), src.labels)
   np.testing.assert_array_equal(keep[0]["image"], full["image"][:16])
-  sub = data.to_arrays(src, [3, 1])
+  sub = data.to_arrays(src, indices=[3, 1])
   np.testing.assert_array_equal(sub["mask"][..., 0], src.masks[[3, 1]].astype(np.float32))
   with pytest.raises(ValueError, match="batch_size"):
     next(data.batches(src, batch_size=64))

@@ -59,7 +59,8 @@ def main() -> None:
   ap.add_argument("--process_id", type=int, default=None)
   a = ap.parse_args()
   from percadv_jax import parallel
-  parallel.initialize(a.coordinator, a.num_processes, a.process_id, timeout_s=60)
+  parallel.initialize(coordinator_address=a.coordinator, num_processes=a.num_processes,
+                      process_id=a.process_id, timeout_s=60)
   result = compute()
   if parallel.is_main_process():
     from percadv_jax import io
