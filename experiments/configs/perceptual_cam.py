@@ -28,8 +28,8 @@ Fields (override any with ``--config.<field>=<value>``):
 - ``ball``: ``window``, ``stride``, ``eps_structure`` (e2), ``eps_luminance`` (e1; 0 = off).
 - ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
   median norm of the SSIM attack's perturbations), ``batch_size``, ``diagnostics`` (the trust
-  checks of ``percadv_jax.attacks.diagnostics`` on the Linf PGD evaluation, APGD with
-  ``stronger_steps`` steps as the stronger attack).
+  checks of ``percadv_jax.attacks.diagnostics`` on the first ``diagnostic_examples`` images of
+  the Linf PGD evaluation, APGD with ``stronger_steps`` steps as the stronger attack).
 - ``cam``: ``layer`` ("" = the model's, or the deepest tap of at least 4x4 where the model's is
   smaller), ``top_k`` (fraction of pixels of the top-k IoU).
 - ``report``: ``bootstrap`` (resamples of the 95% CIs), ``figure_images``.
@@ -60,7 +60,7 @@ def default() -> ml_collections.ConfigDict:
       window=8, stride=4, eps_structure=0.05, eps_luminance=0.05))
   c.attack = ml_collections.ConfigDict(dict(
       ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50, diagnostics=True,
-      stronger_steps=20))
+      stronger_steps=20, diagnostic_examples=256))
   c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1))
   c.report = ml_collections.ConfigDict(dict(bootstrap=1000, figure_images=6))
   return c
@@ -76,7 +76,8 @@ def demo() -> ml_collections.ConfigDict:
   c.model.width = 0.35
   c.train.update(num_train=16000, batch_size=64, steps=1560, learning_rate=3e-3,
                  warmup_steps=50)
-  c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32, stronger_steps=10)
+  c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32, stronger_steps=10,
+                  diagnostic_examples=32)
   c.report.bootstrap = 500
   return c
 

@@ -115,6 +115,7 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
                               batch_size=a.batch_size, return_adversarial=True,
                               desc=f"{norm} PGD",
                               diagnostics=({"stronger_steps": a.stronger_steps,
+                                            "max_examples": a.diagnostic_examples,
                                             "large_eps_steps": a.stronger_steps}
                                            if a.diagnostics and norm == "linf" else False))
     set_by_user = a.linf_eps if norm == "linf" else a.l2_eps
