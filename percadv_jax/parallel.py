@@ -446,6 +446,13 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
     yield b, shard_batch(local, mesh=mesh)
 
 
+def padded_batch_size(n: int, batch_size: int, *, mesh: Mesh | None = None) -> int:
+  """``min(batch_size, n)`` rounded up to a multiple of the device count (``map_examples`` drops
+  the padding rows)."""
+  nd = num_devices(mesh=mesh)
+  return -(-min(batch_size, n) // nd) * nd
+
+
 @functools.lru_cache(maxsize=64)
 def _map_jit(per_example_fn: Callable, mesh: Mesh) -> Callable:
   """The jitted, sharded ``per_example_fn`` of ``map_examples`` (one compile per function)."""

@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-import jax.numpy as jnp
 import numpy as np
 
 from experiments.configs.perceptual_cam import CAM_METHODS, MAP_KINDS
@@ -31,17 +30,12 @@ def _ssim_fn(args, batch, key):
           "map": perceptual.ssim(batch["x"], batch["x_adv"], return_map=True)}
 
 
-def _violation_fn(ball):
-  return _violation_fns.setdefault(ball, lambda args, batch, key: {
-      "violation": ball.violation(batch["x"], batch["x_adv"] - batch["x"])})
-
-
-_violation_fns: dict = {}
-
-
-def _bs(n: int, batch_size: int) -> int:
-  nd = parallel.num_devices()
-  return -(-min(batch_size, n) // nd) * nd
+@functools.lru_cache(maxsize=8)
+def _violation_fn(ball: Any):
+  def f(args, batch, key):
+    del args, key
+    return {"violation": ball.violation(batch["x"], batch["x_adv"] - batch["x"])}
+  return f
 
 
 def cams(module: Any, variables: Any, x: np.ndarray, y: np.ndarray, *, layer: str,
@@ -49,14 +43,14 @@ def cams(module: Any, variables: Any, x: np.ndarray, y: np.ndarray, *, layer: st
   """``{method: [N, H, W] in [0, 1]}``: Grad-CAM++ and Grad-CAM of the clean images for ``y``."""
   return {m: parallel.map_examples(_cam_fn(module, m, layer), variables,
                                    {"image": x, "label": y},
-                                   batch_size=_bs(len(x), batch_size))["cam"]
+                                   batch_size=parallel.padded_batch_size(len(x), batch_size))["cam"]
           for m in CAM_METHODS}
 
 
 def perturbation_maps(x: np.ndarray, x_adv: np.ndarray, *, batch_size: int) -> dict:
   """``{"ssim": [N] standard SSIM, "abs_d": [N,H,W], "one_minus_ssim": [N,H,W]}``."""
   r = parallel.map_examples(_ssim_fn, {}, {"x": x, "x_adv": x_adv},
-                            batch_size=_bs(len(x), batch_size))
+                            batch_size=parallel.padded_batch_size(len(x), batch_size))
   return {"ssim": r["ssim"], "abs_d": np.asarray(cam.perturbation_magnitude(x_adv - x)),
           "one_minus_ssim": np.asarray(cam.dissimilarity_map(r["map"], size=x.shape[1:3]))}
 
@@ -65,7 +59,7 @@ def ball_violation(ball: Any, x: np.ndarray, x_adv: np.ndarray, *, batch_size: i
                    ) -> np.ndarray:
   """float [N]: the quality ball's constraint violation of each adversarial image."""
   return parallel.map_examples(_violation_fn(ball), {}, {"x": x, "x_adv": x_adv},
-                               batch_size=_bs(len(x), batch_size))["violation"]
+                               batch_size=parallel.padded_batch_size(len(x), batch_size))["violation"]
 
 
 def per_image(maps: dict, cam_maps: dict, success: np.ndarray, region: np.ndarray | None, *,

@@ -38,9 +38,9 @@ def predict(logits_fn: Any, images: np.ndarray, batch_size: int) -> np.ndarray:
     fn, args = _predict_fn(None), logits_fn
   else:
     fn, args = _predict_fn(logits_fn), {}
-  nd = parallel.num_devices()
-  bs = -(-min(batch_size, len(images)) // nd) * nd
-  return parallel.map_examples(fn, args, {"image": images}, batch_size=bs)["pred"]
+  return parallel.map_examples(fn, args, {"image": images},
+                               batch_size=parallel.padded_batch_size(len(images),
+                                                                     batch_size))["pred"]
 
 
 def select(config: Any, workdir: str, logits_fn: Any, src: Any, num_classes: int,

@@ -251,10 +251,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     for name, e in per.items():
       checks.check_positive(e, f"eps of {name!r}", allow_zero=True)
     args["eps"] = {name: jnp.float32(e) for name, e in per.items()}
-  bs = n if batch_size is None else C.check_int(batch_size, "batch_size")
-  bs = min(bs, n)
-  nd = parallel.num_devices(mesh=mesh)
-  bs = -(-bs // nd) * nd  # round up to the device count: padded rows are dropped
+  bs = parallel.padded_batch_size(
+      n, n if batch_size is None else C.check_int(batch_size, "batch_size"), mesh=mesh)
   base = {k: v for k, v in args.items() if k != "eps"}
   clean = parallel.map_examples(_clean_fn(static), base, data, batch_size=bs,
                                 mesh=mesh)["clean"].astype(bool)
