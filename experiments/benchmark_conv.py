@@ -14,11 +14,13 @@ the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``--steps``
 per-round ratios (same round) of the best PyTorch and of Foolbox to each JAX variant.
 
 Contenders (``--contenders``):
-- ``jax_xla``: ``conv_impl="xla"``, the models as they were before ``conv_impl`` (XLA's
-  convolutions everywhere, no flags);
-- ``jax_auto``: ``conv_impl="auto"``, the default (``percadv_jax.models.layers.conv_auto``: XLA's
-  convolution for dense 3x3 convolutions on maps of >= 5 output pixels, ``conv_patches`` for
-  the rest);
+- ``jax_xla``: ``conv_impl="xla"`` and XLA's default fusion emitters, the models and programs
+  as they were before ``conv_impl`` and ``percadv_jax.compiler`` (XLA's convolutions everywhere);
+- ``jax_auto``: the shipped default: ``conv_impl="auto"`` (``percadv_jax.models.layers.conv_auto``:
+  XLA's convolution for dense 3x3 convolutions on maps of >= 5 output pixels, ``conv_patches``
+  for the rest), programs compiled with ``percadv_jax.compiler.OPTIONS``;
+- ``jax_auto_emitters``: ``conv_impl="auto"`` with XLA's default fusion emitters (the previous
+  release's default: ``compiler.OPTIONS`` overridden through ``XLA_FLAGS``);
 - ``jax_patches``: ``conv_impl="patches"`` everywhere (im2col + matmul with a custom VJP;
   depthwise as shifted multiply-adds);
 - ``jax_ynn`` / ``jax_onednn`` / ``jax_xnn``: XLA's convolutions with
@@ -65,9 +67,12 @@ from absl import app, flags
 import numpy as np
 
 FUSION = "--xla_cpu_experimental_{}_fusion_type=LIBRARY_FUSION_TYPE_{}"
+# XLA:CPU's own default, which ``percadv_jax.compiler.OPTIONS`` turns off (see its docstring).
+EMITTERS = "--xla_cpu_use_fusion_emitters=true"
 CONTENDERS: dict[str, dict[str, Any]] = {
-    "jax_xla": {"kind": "jax", "conv_impl": "xla", "xla_flags": ""},
+    "jax_xla": {"kind": "jax", "conv_impl": "xla", "xla_flags": EMITTERS},
     "jax_auto": {"kind": "jax", "conv_impl": "auto", "xla_flags": ""},
+    "jax_auto_emitters": {"kind": "jax", "conv_impl": "auto", "xla_flags": EMITTERS},
     "jax_patches": {"kind": "jax", "conv_impl": "patches", "xla_flags": ""},
     "jax_ynn": {"kind": "jax", "conv_impl": "xla",
                 "xla_flags": FUSION.format("ynn", "INDIVIDUAL_CONVOLUTION")},
@@ -262,14 +267,14 @@ def _worker(spec: dict) -> None:
     import jax
     import jax.numpy as jnp
     import optax
-    from percadv_jax import attacks
+    from percadv_jax import attacks, compiler
     from percadv_jax.models import get_model, random_variables
     module = get_model(m["name"], num_classes=10, conv_impl=spec["conv_impl"], **m["kwargs"])
     x = jnp.asarray(x_np)
     variables = random_variables(module, x[:1])
-    logits_fn = jax.jit(lambda v: module.apply(variables, v))
+    logits_fn = compiler.jit(lambda v: module.apply(variables, v))
     y = jnp.argmax(logits_fn(x), -1).astype(jnp.int32)
-    grad = jax.jit(jax.grad(
+    grad = compiler.jit(jax.grad(
         lambda v: optax.softmax_cross_entropy_with_integer_labels(logits_fn(v), y).mean()))
     g = np.asarray(grad(x))
     info["check"] = {"logits": np.asarray(logits_fn(x[:8])).tolist(),
@@ -314,7 +319,8 @@ def _worker(spec: dict) -> None:
 @dataclasses.dataclass(frozen=True)
 class Config:
   models: tuple[str, ...] = ("vgg32", "mnv2_64", "mnv2_224")
-  contenders: tuple[str, ...] = ("jax_xla", "jax_auto", "torch_1", "torch_all", "foolbox")
+  contenders: tuple[str, ...] = ("jax_xla", "jax_auto_emitters", "jax_auto", "torch_1",
+                                 "torch_all", "foolbox")
   rounds: int = 5
   reps: int = 3
   steps: int = 10

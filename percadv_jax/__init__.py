@@ -1,7 +1,9 @@
 """percadv_jax: perceptual adversarial examples, CAMs and foreground attention masks in JAX.
 
-Subpackages: ``models``, ``attacks``, ``perceptual``, ``cam``, ``data``, ``train`` and the module
-``parallel``. Images everywhere are float32 NHWC RGB in [0, 1]; preprocessing lives inside models.
+Subpackages: ``models``, ``attacks``, ``perceptual``, ``cam``, ``data``, ``train``; modules
+``parallel`` (sharded evaluation and training) and ``compiler`` (``compiler.jit``: ``jax.jit`` with
+the XLA options measured best on CPU). Images everywhere are float32 NHWC RGB in [0, 1];
+preprocessing lives inside models.
 """
 
 __version__ = "0.1.0"

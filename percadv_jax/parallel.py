@@ -39,6 +39,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from percadv_jax import compiler
+
 DATA_AXIS = "data"
 WEIGHT_KEY = "weight"
 
@@ -346,7 +348,7 @@ def _sharding_tree(spec: Any, mesh: Mesh) -> Any:
 
 def sharded(fn: Callable, *, mesh: Mesh | None = None, batch_argnums: Sequence[int] = (1,),
             out_shardings: Any = None, donate_argnums: Sequence[int] = ()) -> Callable:
-  """``jax.jit(fn)`` with batch arguments split along ``"data"`` and the rest replicated.
+  """``compiler.jit(fn)`` with batch arguments split along ``"data"`` and the rest replicated.
 
   Positional arguments whose index is in ``batch_argnums`` are batches: host-local arrays go
   through ``shard_batch`` (so their size per process must divide over the local devices);
@@ -377,7 +379,8 @@ def sharded(fn: Callable, *, mesh: Mesh | None = None, batch_argnums: Sequence[i
       outs = (_sharding_tree(out_shardings, mesh) if out_shardings is not None
               else None)
       kw = {} if outs is None else {"out_shardings": outs}
-      cache[nargs] = jax.jit(fn, in_shardings=in_sh, donate_argnums=tuple(donate_argnums), **kw)
+      cache[nargs] = compiler.jit(fn, in_shardings=in_sh, donate_argnums=tuple(donate_argnums),
+                                  **kw)
     placed = tuple(shard_batch(a, mesh=mesh) if i in batch_argnums else replicate(a, mesh=mesh)
                    for i, a in enumerate(args))
     return cache[nargs](*placed)
@@ -403,9 +406,10 @@ def sharded_train_step(step_fn: Callable, *, mesh: Mesh | None = None,
     donate: donate the input state's buffers (saves memory; the old state becomes invalid).
   """
   mesh = _mesh(mesh)
-  jitted = jax.jit(step_fn, in_shardings=(replicated_sharding(mesh=mesh), data_sharding(mesh=mesh)),
-                   out_shardings=replicated_sharding(mesh=mesh),
-                   donate_argnums=(0,) if donate else ())
+  jitted = compiler.jit(step_fn,
+                        in_shardings=(replicated_sharding(mesh=mesh), data_sharding(mesh=mesh)),
+                        out_shardings=replicated_sharding(mesh=mesh),
+                        donate_argnums=(0,) if donate else ())
 
   def step(state, batch):
     return jitted(replicate(state, mesh=mesh), shard_batch(batch, mesh=mesh))
@@ -457,8 +461,8 @@ def padded_batch_size(n: int, batch_size: int, *, mesh: Mesh | None = None) -> i
 def _map_jit(per_example_fn: Callable, mesh: Mesh) -> Callable:
   """The jitted, sharded ``per_example_fn`` of ``map_examples`` (one compile per function)."""
   rep = replicated_sharding(mesh=mesh)
-  return jax.jit(per_example_fn, in_shardings=(rep, data_sharding(mesh=mesh), rep),
-                 out_shardings=data_sharding(mesh=mesh))
+  return compiler.jit(per_example_fn, in_shardings=(rep, data_sharding(mesh=mesh), rep),
+                      out_shardings=data_sharding(mesh=mesh))
 
 
 def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-from percadv_jax import checks
+from percadv_jax import checks, compiler
 from percadv_jax.attacks import losses
 
 NORMS = ("linf", "l2")
@@ -24,7 +24,7 @@ CPU_UNROLL_MAX_STEPS = 64
 
 
 def jit_logits_fn(static_argnames: Sequence[str] = ()) -> Callable:
-  """``jax.jit`` for an attack core whose first argument is ``logits_fn``.
+  """``compiler.jit`` for an attack core whose first argument is ``logits_fn``.
 
   A plain callable ``logits_fn`` is a static argument: compiled once per function object, with
   whatever it closes over baked in as constants. A ``jax.tree_util.Partial`` (e.g.
@@ -33,7 +33,7 @@ def jit_logits_fn(static_argnames: Sequence[str] = ()) -> Callable:
   and the weights are inputs of the executable rather than constants compiled into it.
   """
   def decorate(core: Callable) -> Callable:
-    @functools.partial(jax.jit, static_argnames=("fn_static",) + tuple(static_argnames))
+    @functools.partial(compiler.jit, static_argnames=("fn_static",) + tuple(static_argnames))
     def jitted(fn_static, fn_args, *args, **kwargs):
       fn = fn_static if fn_args is None else jax.tree_util.tree_unflatten(fn_static, fn_args)
       return core(fn, *args, **kwargs)

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from percadv_jax import checks
+from percadv_jax import checks, compiler
 from percadv_jax.cam import core
 
 PyTree = Any
@@ -173,7 +173,7 @@ def _score_cam_raw(module, variables, x, target, *, layer, kwargs, chunk):
   return core.weighted_sum(acts, weights), logits, target
 
 
-@functools.partial(jax.jit, static_argnames=("module", "method", "layer", "kwargs_items",
+@functools.partial(compiler.jit, static_argnames=("module", "method", "layer", "kwargs_items",
                                              "upsample", "chunk"))
 def _cam_jit(variables, x, target, *, module, method, layer, kwargs_items, upsample, chunk):
   kwargs = dict(kwargs_items)

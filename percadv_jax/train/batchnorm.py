@@ -17,6 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from percadv_jax import compiler
+
 
 def _batch_statistics(apply_fn: Callable, params: Any, batch_stats: Any, x: jax.Array) -> Any:
   zeros = jax.tree.map(jnp.zeros_like, batch_stats)
@@ -29,7 +31,7 @@ def _batch_statistics(apply_fn: Callable, params: Any, batch_stats: Any, x: jax.
   return jax.tree.map(lambda a, b: a / (1.0 - (b - a)), u0, u1)
 
 
-_batch_statistics_jit = jax.jit(_batch_statistics, static_argnums=0)
+_batch_statistics_jit = compiler.jit(_batch_statistics, static_argnums=0)
 
 
 def _combine(means: list, squares: list, tree: Any, path: tuple = ()) -> Any:

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from percadv_jax import attacks, checks
+from percadv_jax import attacks, checks, compiler
 from percadv_jax.train.state import TrainState, make_variables
 
 
@@ -195,4 +195,4 @@ def _ones(shape: tuple[int, ...]) -> jax.Array:
 def _jit_masked_step(adversarial: bool, attack: AttackConfig) -> Callable:
   def step(state, batch):
     return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack)
-  return jax.jit(step)
+  return compiler.jit(step)

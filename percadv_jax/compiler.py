@@ -1,0 +1,69 @@
+"""How the library compiles the programs that run a model: ``jax.jit`` plus measured XLA options.
+
+``jit(fun, **kwargs)`` is ``jax.jit(fun, compiler_options=OPTIONS, **kwargs)``. Every jitted
+program of the library that evaluates a model (the attack cores, the evaluation engine's
+``parallel.map_examples`` and ``parallel.sharded``, the training steps, the CAMs) is compiled
+through it; compile your own model programs with it to get the same speed.
+
+``OPTIONS`` holds the XLA debug options chosen by measurement (``experiments/benchmark_conv``,
+figures in ``docs/benchmarks.md``):
+
+- ``xla_cpu_use_fusion_emitters=False``: XLA:CPU's newer fusion emitters compile the backward
+  pass of the shifted multiply-add depthwise convolutions (``models.layers.conv_auto``) into
+  loop fusions that recompute the forward convolution once per tap of the transposed one. With
+  the older emitters the input gradient of MobileNetV2 (forward + backward in one program, as
+  in every attack step) takes 0.13 s instead of 0.40 s (alpha 0.5, 64 px, batch 64, one core)
+  and 0.77 s instead of 2.45 s (alpha 1.0, 224 px, batch 16), bit for bit the same values. The
+  small VGG-19 and the training steps are unchanged (within 3%). The quality-ball ADMM alone is
+  about 15% slower with it (0.117 vs 0.101 s, 8 images of 64 px), so ``perceptual.solve_linear``
+  and ``perceptual.project`` keep plain ``jax.jit``; inside an attack step the model's gradient
+  dominates.
+
+The options are fields of XLA's ``DebugOptions``: other backends accept and ignore the CPU ones.
+An ``XLA_FLAGS`` environment variable that names an option leaves that option to it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+
+OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+
+
+def options() -> dict[str, Any]:
+  """``OPTIONS`` less those the user set in ``XLA_FLAGS`` (read at each call)."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {k: v for k, v in OPTIONS.items() if f"--{k}" not in flags}
+
+
+def jit(fun: Callable, **kwargs: Any) -> Callable:
+  """``jax.jit(fun, **kwargs)`` compiled with ``options()``; same arguments as ``jax.jit``.
+
+  The options are read at each call (one compile per set of options). JAX accepts compiler
+  options only on a top-level ``jit``: called with traced arguments (inside an outer ``jit``,
+  ``vmap`` or ``grad``) the function is traced as a plain ``jax.jit``, and its ops are compiled
+  with the outer program and that program's options.
+  """
+  extra = kwargs.pop("compiler_options", None) or {}
+  plain = jax.jit(fun, **kwargs)
+  tuned: dict[tuple, Callable] = {}
+
+  def pick(args, kw) -> Callable:
+    opts = {**options(), **extra}
+    leaves = jax.tree_util.tree_leaves((args, kw))
+    if not opts or any(isinstance(leaf, jax.core.Tracer) for leaf in leaves):
+      return plain
+    key = tuple(sorted(opts.items()))
+    if key not in tuned:
+      tuned[key] = jax.jit(fun, compiler_options=opts, **kwargs)
+    return tuned[key]
+
+  @functools.wraps(fun)
+  def call(*args, **kw):
+    return pick(args, kw)(*args, **kw)
+  call.lower = lambda *args, **kw: pick(args, kw).lower(*args, **kw)
+  return call
