@@ -124,25 +124,32 @@ contender's figures; `_variants` the losers of the first round of attempts):
   VJP computing the input gradient as a forward convolution of the flipped kernel (no gain),
   bfloat16 convolutions (0.25 s; changes values), `--xla_cpu_multi_thread_eigen=false` and core
   pinning (no gain).
-- MobileNetV2 has a second, larger loss: one jitted forward + backward program is about 4x
-  slower than the same model's jitted forward followed by its separately compiled transpose
-  (`jax.grad` of a jitted model outside `jit`; alpha 0.5, 64 px, batch 64, `conv_impl="auto"`,
-  one core: 0.56-0.65 s vs 0.12-0.15 s; PyTorch 0.54 s). Foolbox's LinfPGD computes its
-  gradients that way, which is why it runs PGD-10 on MobileNetV2 3-5x faster than our fully
-  fused, unrolled PGD (`Foolbox / ours` < 1 in `benchmark_conv_mnv2_64`). On the small VGG-19
-  the two agree (0.26-0.29 s), and so they do for MobileNetV2 with `conv_impl="xla"` (2.87 vs
-  2.92 s) or with only its depthwise convolutions back on XLA (3.08 vs 2.96 s); with only the
-  1x1 convolutions back on XLA the gap stays (1.28 vs 0.21 s). So XLA:CPU compiles the shifted
-  multiply-add depthwise convolutions badly inside one fused forward + backward program. Tried
-  without effect: an optimization barrier after each depthwise convolution (0.61 s), a custom
-  VJP for it (input gradient as padded multiply-adds of the output gradient; 0.62 vs 0.18 s).
-  Next step: an attack gradient computed as a separately compiled forward and transpose (in
-  `percadv_jax.attacks`) for such models, or the cause inside XLA's fusion passes.
-- The limit on the small VGG-19: what remains is XLA:CPU's dense 3x3 convolution on the larger
-  maps (Eigen's spatial convolution), 1.2-2.3x slower than oneDNN's JIT kernels per layer; PGD
-  itself adds nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 1), and
-  Foolbox's LinfPGD runs the same model at about the same floor there, so Foolbox / ours stays
-  about 1 (the model is the model).
+- MobileNetV2 had a second, larger loss, now fixed: one jitted forward + backward program was
+  3-5x slower than the same model's jitted forward followed by its separately compiled
+  transpose (alpha 0.5, 64 px, batch 64, one core: 0.40 s vs 0.084 s), which is how Foolbox
+  computes gradients. The optimised HLO showed why: XLA:CPU's (new) fusion emitters fuse the
+  forward shifted multiply-add depthwise convolution (and its ReLU6 mask) into the loop fusion
+  of the transposed one, so it is recomputed once per tap (9x); an optimization barrier does
+  not help because XLA:CPU removes barriers before fusion. Compiling with
+  `xla_cpu_use_fusion_emitters=False` (the older emitters) gives 0.125 s at 64 px and 0.77 s
+  instead of 2.45 s at 224 px (alpha 1.0, batch 16), bit for bit the same gradients; VGG-19
+  and the training steps are unchanged. JAX accepts it per program (`jax.jit(...,
+  compiler_options=...)`), so the library compiles every model program through
+  `percadv_jax.compiler.jit` with it (`jax_auto`; `jax_auto_emitters` is the same model with
+  XLA's default emitters, the previous release). The quality-ball ADMM alone is 15% slower with
+  it and keeps plain `jax.jit`. Foolbox here runs the same compiled model (its `JAXModel` is
+  given the library's jitted forward), so `Foolbox / ours` measures only the attack loops.
+- The limit on the small VGG-19 (one core, quiet machine): forward + input gradient 0.193 s
+  against PyTorch's 0.141-0.147 s, PGD-10 0.85-0.89x PyTorch's speed. A profile of the program
+  (`--xla_cpu_enable_xprof_traceme`, `jax.profiler`) puts 176 of its 196 ms in convolutions:
+  XLA:CPU already runs those with >= 32 channels as YNNPACK fusions (`ynn_fusion`; which is why
+  the `..._ynn_fusion_type` flags changed no value), 5.6-6.8 ms each at 8x8x64 against
+  PyTorch's 5.0-5.2 ms, while the four 32x32 convolutions of block 1 (3 -> 16 and 16 -> 16
+  channels, forward and transposed) stay on Eigen's spatial convolution: 53 ms. Patches +
+  matmul loses there in the forward pass (0.019 vs 0.008 s at 32x32x3->16; 0.096 vs 0.012 s at
+  32x32x16->16) and wins only in the transposed 3-channel one (0.003 vs 0.012 s). PGD adds
+  nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 0.9), and Foolbox runs the
+  same compiled model, so `Foolbox / ours` stays about 1 (the model is the model).
 - The machine was shared with other jobs (load average 10-14 on 2 cores during these runs), so
   single figures swing by 2-5x between rounds; the minima are the least disturbed figures.
 """
