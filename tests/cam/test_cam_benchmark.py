@@ -1,19 +1,21 @@
-"""Tiny end-to-end run of experiments/benchmark_cam.py."""
+"""Tiny end-to-end run of the CAM benchmark (``experiments/benchmarks/cam.py``, preset
+``cam_quick`` of ``experiments/configs/benchmark.py``)."""
 
 import os
 
 import pytest
 
-from experiments import benchmark_cam
+from experiments import benchmarks
+from experiments.configs import benchmark as presets
 from percadv_jax import io
 
 
 def test_benchmark_cam_writes_tables(tmp_path):
   workdir = str(tmp_path / "bench")
-  config = benchmark_cam.Config(models=("vgg19_small",), methods=("grad_cam",), batch_size=2,
-                                image_size=32, width=0.0625, num_classes=4, repeats=1)
+  config = presets.get_config("cam_quick")  # vgg19_small, grad_cam, batch 2, 32 px, width 1/16
+  config.results_file = str(tmp_path / "benchmarks.md")
   # (same model and shapes as test_cam_model's vgg19 case: the CAM compile is shared)
-  rows = benchmark_cam.run(config, workdir)
+  rows = benchmarks.run(config, workdir)
   assert len(rows) == 1 and rows[0]["layer"] == "block5_conv4"
   assert rows[0]["cam_s"] > 0 and rows[0]["fwd_bwd_s"] > 0
   assert abs(rows[0]["ratio"] - rows[0]["cam_s"] / rows[0]["fwd_bwd_s"]) < 1e-12
@@ -21,7 +23,14 @@ def test_benchmark_cam_writes_tables(tmp_path):
             "results.json"):
     assert os.path.exists(os.path.join(workdir, f)), f
   assert io.read_json(os.path.join(workdir, "results.json"))["rows"][0]["method"] == "grad_cam"
-  with pytest.raises(ValueError, match="different configuration"):
-    benchmark_cam.run(benchmark_cam.Config(models=("vgg19_small",), batch_size=3), workdir)
-  with pytest.raises(ValueError, match="unknown model"):
-    benchmark_cam.run(benchmark_cam.Config(models=("resnet",)), str(tmp_path / "b2"))
+  text = open(config.results_file).read()
+  assert text.count("<!-- begin benchmark_cam -->") == 1 and "| vgg19_small | grad_cam |" in text
+  other = presets.get_config("cam_quick")
+  other.batch_size = 3
+  with pytest.raises(ValueError, match="different configuration.*batch_size: 2 -> 3"):
+    benchmarks.run(other, workdir)
+  other = presets.get_config("cam_quick")
+  other.models = ("resnet",)
+  with pytest.raises(ValueError, match="unknown models entry 'resnet'"):
+    benchmarks.run(other, str(tmp_path / "b2"))
+  assert not os.path.exists(tmp_path / "b2")

@@ -1,82 +1,67 @@
 r"""Throughput of the whole pipeline, sharded over every device: images/s per stage.
 
-    python -m experiments.benchmark_pipeline --workdir=/tmp/bench_pipeline
-    python -m experiments.benchmark_pipeline --workdir=/tmp/b --batch_size=256 --precision=bfloat16
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:pipeline \
+        --workdir=/tmp/bench_pipeline
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:pipeline \
+        --workdir=/tmp/b --config.batch_size=256 --config.precision=bfloat16
 
-Stages (medians of ``--repeats`` timed calls after one warm-up call; every call is one jitted,
+Stages (medians of ``repeats`` timed calls after one warm-up call; every call is one jitted,
 ``"data"``-sharded program from ``percadv_jax.parallel``; random weights of the small VGG-19 at
-``--width`` on ``--image_size`` synthetic signs, timing does not depend on the weights' values):
+``width`` on ``image_size`` synthetic signs, timing does not depend on the weights' values):
 
-- ``pgd``: Linf PGD-``--pgd_steps`` (``percadv_jax.attacks.pgd``), and its ``floor``
-  (``--pgd_steps`` x one jitted forward + backward w.r.t. the input);
+- ``pgd``: Linf PGD-``pgd_steps`` (``percadv_jax.attacks.pgd``), and its ``floor``
+  (``pgd_steps`` x one jitted forward + backward w.r.t. the input);
 - ``train_natural`` / ``train_adversarial``: one optimiser step of ``percadv_jax.train.train_step``
-  (Madry PGD-``--train_pgd_steps`` inside the adversarial one), replicated state;
+  (Madry PGD-``train_pgd_steps`` inside the adversarial one), replicated state;
 - ``ssim_solver``: ``percadv_jax.perceptual.solve_linear`` (the quality-ball LP, window 8, stride 4,
-  e1 = e2 = 0.05) on ``--ssim_batch`` images of ``--ssim_size`` px, and the CVXPY reference on one
-  image (``--cvxpy``), per-image ratio;
+  e1 = e2 = 0.05) on ``ssim_batch`` images of ``ssim_size`` px, and the CVXPY reference on one
+  image (``cvxpy``), per-image ratio;
 - ``cam``: ``percadv_jax.cam.grad_cam`` on the default CAM layer;
 - ``torch_pgd``: the same PGD in eager PyTorch on the same architecture and weights (on CUDA when
   JAX runs on a GPU and torch sees one, else on the CPU), and the ratio torch time / our time;
 - ``peak``: the device's measured peak (a large jitted matmul, FLOP/s), and for every jitted stage
   the fraction of it used (XLA's cost-analysis FLOPs / time / peak).
 
-Writes into ``--workdir`` (process 0): ``config.json``, ``results.json`` and
-``benchmark_pipeline.md`` / ``.csv``; the binary also writes the ``benchmark_pipeline``
-section of docs/benchmarks.md (``run(..., record=True)``). Multi-host: ``--coordinator_address``, ``--num_processes``,
-``--process_id`` as in ``experiments.sweep``; ``--batch_size`` is global.
+Writes into the workdir (process 0): ``config.json``, ``results.json`` and
+``benchmark_pipeline.md`` / ``.csv``; with ``record`` also the ``benchmark_pipeline`` section of
+the results file. Multi-host: ``experiments.benchmark``'s ``--coordinator_address``,
+``--num_processes``, ``--process_id`` as in ``experiments.sweep``; ``batch_size`` is global.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import platform
-import statistics
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from percadv_jax import io, parallel, precision
+from experiments.benchmarks import common
+from percadv_jax import checks, io, parallel, precision
 from percadv_jax.models import random_variables
 
 STAGES = ("peak", "pgd", "train", "ssim", "cam", "torch")
+PRECISIONS = ("float32", "bfloat16")
 
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  """Benchmark settings (see module docstring)."""
-  batch_size: int = 128
-  image_size: int = 32
-  width: float = 0.25
-  num_classes: int = 10
-  pgd_steps: int = 10
-  train_pgd_steps: int = 7
-  eps: float = 8 / 255
-  repeats: int = 3
-  ssim_size: int = 32
-  ssim_batch: int = 8
-  cvxpy: bool = True
-  precision: str = "float32"
-  stages: tuple[str, ...] = STAGES
-  seed: int = 0
-
-
-def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
-  """(first call incl. compile, median of ``repeats`` further calls), seconds."""
-  t0 = time.perf_counter()
-  jax.block_until_ready(fn())
-  first = time.perf_counter() - t0
-  times = []
-  for _ in range(max(1, repeats)):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t0)
-  return first, statistics.median(times)
-
+def validate(config: Any) -> None:
+  """Checks the configuration before any work; raises ValueError naming the field."""
+  common.check_output(config)
+  common.positive_ints(config, ("batch_size", "image_size", "num_classes", "pgd_steps",
+                                "train_pgd_steps", "repeats", "ssim_size", "ssim_batch"))
+  common.positive_ints(config, ("seed",), allow_zero=True)
+  checks.check_float(config.width, "width", minimum=0, min_inclusive=False)
+  checks.check_float(config.eps, "eps", minimum=0, min_inclusive=False)
+  checks.check_bool(config.cvxpy, "cvxpy")
+  checks.check_choice(config.precision, "precision", PRECISIONS)
+  common.names(config, "stages", STAGES)
+  if config.ssim_size < 8:
+    raise ValueError(f"ssim_size must be >= 8 (the quality ball's window), got "
+                     f"{config.ssim_size}")
 
 
 def flops_of(jitted: Callable, *args) -> float | None:
@@ -102,22 +87,28 @@ def measured_peak(repeats: int) -> dict:
     a = parallel.shard_batch(np.ones((nd * n, n), np.float32).astype(dt), mesh=mesh)
     b = parallel.replicate(np.ones((n, n), np.float32).astype(dt), mesh=mesh)
     f = jax.jit(lambda a, b: a @ b)
-    _, t = median_time(lambda: f(a, b), repeats)
+    _, t = common.median_time(lambda: f(a, b), repeats)
     out[name] = 2.0 * nd * n ** 3 / t
   return out
 
 
-def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
-  """Times every stage in ``config.stages``; returns the rows written to the table."""
+def run(config: Any, workdir: str) -> list[dict]:
+  """Times every stage in ``config.stages``.
+
+  Returns:
+    The table rows (``stage``, ``seconds``, ``images_per_sec``, ``compile_and_first_s``,
+    ``images`` and the stage's ratios), also written to ``workdir`` by process 0.
+  """
   from percadv_jax import attacks, cam, data, models, perceptual, train
+  validate(config)
   main = parallel.is_main_process()
   c = config
-  if main:
-    io.write_json(f"{workdir}/config.json", dataclasses.asdict(c))
   mesh = parallel.make_mesh()
   nd = parallel.num_devices(mesh=mesh)
   if c.batch_size % nd:
     raise ValueError(f"batch_size {c.batch_size} must be a multiple of the {nd} devices")
+  if main:
+    common.lock(workdir, c)
   src = data.load("synthetic_signs", split="test", num_examples=max(c.batch_size, c.ssim_batch),
                   image_size=c.image_size, num_classes=c.num_classes, seed=c.seed)
   sl = parallel.local_slice(c.batch_size)
@@ -150,7 +141,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
       return attacks.pgd(logits_fn, b["image"], b["label"], key=k, eps=c.eps, step_size=step,
                          steps=c.pgd_steps)
     pgd_j = jax.jit(pgd_fn, out_shardings=parallel.data_sharding(mesh=mesh))
-    first, ours = median_time(lambda: pgd_j(variables, batch, key), c.repeats)
+    first, ours = common.median_time(lambda: pgd_j(variables, batch, key), c.repeats)
     add(f"pgd{c.pgd_steps}", ours, c.batch_size, first, flops_of(pgd_j, variables, batch, key))
 
     def fwd_bwd(v, b):
@@ -159,7 +150,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
         return -jnp.sum(jax.nn.log_softmax(logits) * jax.nn.one_hot(b["label"], c.num_classes))
       return jax.grad(loss)(b["image"])
     fb = jax.jit(fwd_bwd, out_shardings=parallel.data_sharding(mesh=mesh))
-    first, t = median_time(lambda: fb(variables, batch), c.repeats)
+    first, t = common.median_time(lambda: fb(variables, batch), c.repeats)
     add(f"floor({c.pgd_steps}x fwd+bwd)", c.pgd_steps * t, c.batch_size, first,
         None if flops_of(fb, variables, batch) is None
         else c.pgd_steps * flops_of(fb, variables, batch), pgd_over_floor=ours / (c.pgd_steps * t))
@@ -179,14 +170,14 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
                                           parallel.data_sharding(mesh=mesh)),
                         out_shardings=parallel.replicated_sharding(mesh=mesh))
       st = parallel.replicate(state, mesh=mesh)
-      first, t = median_time(lambda: step_fn(st, batch), c.repeats)
+      first, t = common.median_time(lambda: step_fn(st, batch), c.repeats)
       label = name if not kw else f"{name}(pgd{c.train_pgd_steps})"
       add(label, t, c.batch_size, first, flops_of(step_fn, st, batch))
 
   if "cam" in c.stages:
     cam_j = jax.jit(lambda v, x: cam.grad_cam(module, v, x),
                     out_shardings=parallel.data_sharding(mesh=mesh))
-    first, t = median_time(lambda: cam_j(variables, batch["image"]), c.repeats)
+    first, t = common.median_time(lambda: cam_j(variables, batch["image"]), c.repeats)
     add("grad_cam", t, c.batch_size, first, flops_of(cam_j, variables, batch["image"]))
 
   if "ssim" in c.stages:
@@ -195,7 +186,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
                                     image_size=c.ssim_size, seed=c.seed + 1))["image"]
     g = np.random.default_rng(c.seed).standard_normal(imgs.shape).astype(np.float32)
     solve = jax.jit(lambda x, g: perceptual.solve_linear(x, g, ball))
-    first, t = median_time(lambda: solve(imgs, g), c.repeats)
+    first, t = common.median_time(lambda: solve(imgs, g), c.repeats)
     extra = {}
     if c.cvxpy:
       t0 = time.perf_counter()
@@ -210,7 +201,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
   if "torch" in c.stages and ours is not None and jax.process_count() == 1:
     import torch
 
-    from experiments.benchmark_attacks import torch_pgd, torch_vgg
+    from experiments.benchmarks.torch_ports import torch_pgd, torch_vgg
     dev = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     tmodel = torch_vgg(jax.device_get(variables["params"]), width=c.width,
                        num_classes=c.num_classes).to(dev)
@@ -228,7 +219,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
     for threads in ([1, torch.get_num_threads()] if dev == "cpu" else [None]):
       if threads is not None:
         torch.set_num_threads(threads)
-      first, t = median_time(tp, c.repeats)
+      first, t = common.median_time(tp, c.repeats)
       label = f"torch_pgd{c.pgd_steps}({dev}" + (f",{threads}thr)" if threads else ")")
       add(label, t, c.batch_size, first, torch_over_ours=t / ours)
 
@@ -241,52 +232,7 @@ def run(config: Config, workdir: str, *, record: bool = False) -> list[dict]:
             "fraction_of_peak", "pgd_over_floor", "torch_over_ours", "speedup_vs_cvxpy",
             "objective_gap"]
     md = io.write_table(f"{workdir}/benchmark_pipeline", rows, cols)
-    if record:  # the binary (not tests) writes the results file
-      from experiments import benchmark_results
-      benchmark_results.update("benchmark_pipeline", f"Backend {meta['backend']} "
-                               f"({meta['device_kind']}), {nd} device(s), measured peak "
-                               f"{peak}.\n\n{md}")
-  return rows
-
-
-def main(argv: Sequence[str]) -> None:
-  del argv
-  from absl import flags
-  f = flags.FLAGS
-  parallel.initialize(coordinator_address=f.coordinator_address,
-                      num_processes=f.num_processes, process_id=f.process_id)
-  cfg = Config(batch_size=f.batch_size, image_size=f.image_size, width=f.width,
-               num_classes=f.num_classes, pgd_steps=f.pgd_steps,
-               train_pgd_steps=f.train_pgd_steps, eps=f.eps, repeats=f.repeats,
-               ssim_size=f.ssim_size, ssim_batch=f.ssim_batch, cvxpy=f.cvxpy,
-               precision=f.precision, stages=tuple(f.stages), seed=f.seed)
-  for s in cfg.stages:
-    if s not in STAGES:
-      raise ValueError(f"unknown stage {s!r}; choose from {list(STAGES)}")
-  rows = run(cfg, f.workdir, record=True)
-  if parallel.is_main_process():
     print(io.markdown_table(rows, ["stage", "images_per_sec", "seconds", "fraction_of_peak"]))
-
-
-if __name__ == "__main__":
-  from absl import app, flags
-  flags.DEFINE_string("workdir", None, "Output directory.")
-  flags.DEFINE_integer("batch_size", 128, "Global batch (a multiple of the device count).")
-  flags.DEFINE_integer("image_size", 32, "Image side.")
-  flags.DEFINE_float("width", 0.25, "VGG-19 (small) channel multiplier.")
-  flags.DEFINE_integer("num_classes", 10, "Classes.")
-  flags.DEFINE_integer("pgd_steps", 10, "PGD steps of the attack benchmark.")
-  flags.DEFINE_integer("train_pgd_steps", 7, "PGD steps inside adversarial training.")
-  flags.DEFINE_float("eps", 8 / 255, "Linf radius.")
-  flags.DEFINE_integer("repeats", 3, "Timed calls per stage (median).")
-  flags.DEFINE_integer("ssim_size", 32, "Image side for the SSIM solver.")
-  flags.DEFINE_integer("ssim_batch", 8, "Images per SSIM solver call.")
-  flags.DEFINE_bool("cvxpy", True, "Also time the CVXPY reference on one image.")
-  flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Network compute dtype.")
-  flags.DEFINE_list("stages", list(STAGES), f"Stages, from {list(STAGES)}.")
-  flags.DEFINE_integer("seed", 0, "Seed.")
-  flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-  flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-  flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
-  flags.mark_flag_as_required("workdir")
-  app.run(main)
+    common.record(c, "benchmark_pipeline", f"Backend {meta['backend']} "
+                  f"({meta['device_kind']}), {nd} device(s), measured peak {peak}.\n\n{md}")
+  return rows

@@ -4,7 +4,7 @@ Same instances for all (skimage photographs resized to each size, gradients ~ N(
 stride 4, e1 = e2 = 0.05 by default. For every size:
 
 * CVXPY per image (build + solve wall time and Clarabel's own solve time), ``solve_linear`` on one
-  image and on a batch of ``--batch`` (median of ``--repeats`` timed runs after a warm-up/compile
+  image and on a batch of ``batch`` (median of ``repeats`` timed runs after a warm-up/compile
   run), the objective gap to CVXPY and the violation. CVXPY on the batch is estimated as
   ``batch`` x its single-image time (stated in the table).
 * The ADMM engine as kept (box and luminance intervals projected by
@@ -12,14 +12,15 @@ stride 4, e1 = e2 = 0.05 by default. For every size:
   against the same engine whose window balls are projected by ``jaxopt.projection
   .projection_l2_ball``, vmapped over the windows of each group (which needs the windows cut out
   of the cell layout and put back at every iteration). Both on the same batch, timed
-  interleaved in the same run (alternating order, ``--repeats`` rounds): the ratio of medians,
+  interleaved in the same run (alternating order, ``repeats`` rounds): the ratio of medians,
   the iterations (equal when the variant computes the same projections) and the largest
   relative objective difference.
 
-The figures go to the ``benchmark_perceptual`` section of ``docs/benchmarks.md``
-(``experiments.benchmark_results.update``) and to ``--workdir``.
+Writes into the workdir: ``config.json``, ``metrics.jsonl``, ``results.md`` / ``.csv`` and
+``results.json``; with ``record`` also the ``benchmark_perceptual`` section of the results file.
 
-  python -m experiments.benchmark_perceptual --workdir=/tmp/bench_perc --sizes=32,64,224
+  python -m experiments.benchmark --config=experiments/configs/benchmark.py:perceptual \
+      --workdir=/tmp/bench_perc --config.sizes="(32,64,224)"
 """
 
 from __future__ import annotations
@@ -27,21 +28,31 @@ from __future__ import annotations
 import os
 import time
 import types
+from typing import Any
 
-from absl import app, flags
+from experiments.benchmarks import common
+from percadv_jax import checks
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "Output directory.", required=True)
-flags.DEFINE_list("sizes", ["32", "64", "224"], "Image sides.")
-flags.DEFINE_integer("batch", 16, "Batch size of the batched run.")
-flags.DEFINE_integer("window", 8, "Window side.")
-flags.DEFINE_integer("stride", 4, "Window stride.")
-flags.DEFINE_float("eps", 0.05, "e1 = e2.")
-flags.DEFINE_float("tol", 1e-3, "Certified relative gap of solve_linear.")
-flags.DEFINE_integer("repeats", 3, "Timed runs of the JAX solvers (median).")
-flags.DEFINE_integer("cvxpy_batch", 1, "Images actually solved by CVXPY per size (>= 1).")
-flags.DEFINE_integer("seed", 0, "Seed of the gradients.")
-flags.DEFINE_bool("write_results", True, "Write the section of docs/benchmarks.md.")
+
+def validate(config: Any) -> None:
+  """Checks the configuration before any work; raises ValueError naming the field."""
+  common.check_output(config)
+  common.positive_ints(config, ("batch", "window", "stride", "repeats", "cvxpy_batch"))
+  common.positive_ints(config, ("seed",), allow_zero=True)
+  sizes = config.sizes
+  if isinstance(sizes, (int, str)):
+    sizes = (sizes,)
+  try:
+    sizes = tuple(int(s) for v in sizes for s in str(v).split(",") if s.strip())
+  except ValueError:
+    raise ValueError(f"sizes must be image sides (integers), got {config.sizes!r}") from None
+  if not sizes:
+    raise ValueError("sizes is empty: give at least one image side")
+  config.sizes = sizes
+  for s in sizes:
+    checks.check_int(s, "sizes entry", minimum=config.window)
+  checks.check_float(config.eps, "eps", minimum=0, min_inclusive=False)
+  checks.check_float(config.tol, "tol", minimum=0, min_inclusive=False)
 
 
 def _instances(size: int, n: int, seed: int):
@@ -162,16 +173,21 @@ def _jaxopt_row(x, g, ball, tol, repeats):
   }
 
 
-def run(config: dict, workdir: str) -> dict:
-  """Runs the benchmark; returns ``{"rows": [...], "jaxopt": [...]}`` (also written to
-  ``workdir`` and, with ``config["write_results"]``, to the results file)."""
+def run(config: Any, workdir: str) -> dict:
+  """Runs the benchmark.
+
+  Returns:
+    ``{"rows": [...], "jaxopt": [...]}``: per size a ``single`` and a ``batch<batch>`` row
+    against CVXPY, and one row of the jaxopt comparison; also written to ``workdir`` and, with
+    ``record``, to the results file.
+  """
   import jax
   import numpy as np
   from percadv_jax import io
   from percadv_jax.perceptual import QualityBall, solve_linear, solve_linear_cvxpy
 
-  os.makedirs(workdir, exist_ok=True)
-  io.write_json(os.path.join(workdir, "config.json"), config)
+  validate(config)
+  common.lock(workdir, config)
   ball = QualityBall(window=config["window"], stride=config["stride"],
                      eps_structure=config["eps"], eps_luminance=config["eps"])
   rows, jaxopt_rows = [], []
@@ -228,13 +244,11 @@ def run(config: dict, workdir: str) -> dict:
   io.write_table(os.path.join(workdir, "results"), rows)
   result = {"rows": rows, "jaxopt": jaxopt_rows}
   io.write_json(os.path.join(workdir, "results.json"), result)
-  if config.get("write_results", True):
-    from experiments import benchmark_results
-    benchmark_results.update("benchmark_perceptual", markdown(config, result))
+  common.record(config, "benchmark_perceptual", markdown(config, result))
   return result
 
 
-def markdown(config: dict, result: dict) -> str:
+def markdown(config: Any, result: dict) -> str:
   """The results file's section: the solver against CVXPY, and the jaxopt comparison."""
   lines = [
       f"Quality-ball LP, window {config['window']}, stride {config['stride']}, e1 = e2 = "
@@ -271,16 +285,3 @@ def markdown(config: dict, result: dict) -> str:
               if min(slow) > 1.05 else
               f"The variant took {min(slow):.2f}-{max(slow):.2f}x the kept engine's time."]
   return "\n".join(lines)
-
-
-def main(argv):
-  del argv
-  config = {"sizes": [int(s) for s in FLAGS.sizes], "batch": FLAGS.batch,
-            "window": FLAGS.window, "stride": FLAGS.stride, "eps": FLAGS.eps, "tol": FLAGS.tol,
-            "repeats": FLAGS.repeats, "cvxpy_batch": FLAGS.cvxpy_batch, "seed": FLAGS.seed,
-            "write_results": FLAGS.write_results}
-  run(config, FLAGS.workdir)
-
-
-if __name__ == "__main__":
-  app.run(main)

@@ -1,0 +1,151 @@
+r"""Configuration of the benchmarks (``python -m experiments.benchmark``): a preset per benchmark.
+
+``--config=experiments/configs/benchmark.py:<preset>``; the preset's ``benchmark`` field picks
+the module of ``experiments/benchmarks/`` that runs it. Presets: ``attacks``, ``cam``,
+``perceptual``, ``pipeline``, ``training`` (the published figures' settings), ``training_xla``
+(``conv_impl="xla"``, section ``benchmark_training_xla``), and ``<benchmark>_quick`` (tiny sizes
+that finish in seconds; their numbers mean nothing).
+
+Fields of every preset:
+
+- ``benchmark``: which benchmark (``experiments/benchmarks/<benchmark>.py``).
+- ``record``: write the figures into the results file (one section per benchmark,
+  ``benchmark_<benchmark><tag>``); ``results_file``: that file (``""`` = docs/benchmarks.md);
+  ``tag``: the section-name suffix (letters, digits, ``_``), so that a run of other settings
+  keeps the main section. The workdir's ``config.json`` locks every other field.
+- ``seed``: of the images, weights and random starts.
+
+``attacks`` (PGD vs its floor, Foolbox, PyTorch): ``batch_size``, ``image_size``, ``width`` (of
+the small VGG-19), ``num_classes``, ``steps`` (PGD), ``eps`` (Linf), ``rel_step`` (step / eps),
+``repeats`` (timed calls, median), ``skip`` (some of "foolbox", "torch").
+
+``cam`` (a CAM call vs a forward + backward pass): ``models`` (some of "vgg19_small", "vgg19",
+"mobilenet_v2"), ``methods`` (``percadv_jax.cam`` method names), ``batch_size``, ``image_size``,
+``width``, ``num_classes``, ``repeats``, ``layer`` (tap name; ``""`` = each model's cam_layer).
+
+``perceptual`` (the quality-ball LP solver vs CVXPY and a jaxopt variant): ``sizes`` (image
+sides), ``batch``, ``window``, ``stride``, ``eps`` (e1 = e2), ``tol`` (certified relative gap),
+``repeats``, ``cvxpy_batch`` (images solved by CVXPY per size).
+
+``pipeline`` (images/s per stage, sharded): ``batch_size`` (global, a multiple of the device
+count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``, ``train_pgd_steps``, ``eps``,
+``repeats``, ``ssim_size``, ``ssim_batch``, ``cvxpy`` (time the CVXPY reference on one image),
+``precision`` ("float32" or "bfloat16"), ``stages`` (some of "peak", "pgd", "train", "ssim",
+"cam", "torch").
+
+``training`` (FGSM-RS vs PGD training, and PyTorch): ``num_train``, ``num_test``,
+``eval_examples``, ``width``, ``batch_size``, ``epochs`` (natural), ``adv_epochs``
+(adversarial fine-tuning), ``pgd_steps``, ``torch_steps``, ``conv_impl`` ("auto", "xla",
+"patches"), ``guard_examples`` and ``guard_steps`` (held-out images and PGD steps of the
+catastrophic-overfitting guard), ``eval_pgd_steps`` (PGD steps of the accuracy), ``skip``
+(``("torch",)`` leaves PyTorch out).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from experiments import configs
+
+def _base(benchmark: str, **fields) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.benchmark = benchmark
+  c.record = True
+  c.results_file = ""
+  c.tag = ""
+  c.seed = 0
+  for k, v in fields.items():
+    c[k] = v
+  return c
+
+
+def attacks() -> ml_collections.ConfigDict:
+  return _base("attacks", batch_size=128, image_size=32, width=0.25, num_classes=10, steps=10,
+               eps=8 / 255, rel_step=0.25, repeats=3, skip=())
+
+
+def attacks_quick() -> ml_collections.ConfigDict:
+  c = attacks()
+  c.update(dict(batch_size=2, width=0.0625, num_classes=4, steps=2, repeats=1))
+  return c
+
+
+def cam() -> ml_collections.ConfigDict:
+  return _base("cam", models=("vgg19_small", "mobilenet_v2"),
+               methods=("grad_cam", "grad_cam_pp", "layer_cam"), batch_size=32, image_size=64,
+               width=0.5, num_classes=10, repeats=5, layer="")
+
+
+def cam_quick() -> ml_collections.ConfigDict:
+  c = cam()
+  c.update(dict(models=("vgg19_small",), methods=("grad_cam",), batch_size=2, image_size=32,
+                width=0.0625, num_classes=4, repeats=1))
+  return c
+
+
+def perceptual() -> ml_collections.ConfigDict:
+  return _base("perceptual", sizes=(32, 64, 224), batch=16, window=8, stride=4, eps=0.05,
+               tol=1e-3, repeats=3, cvxpy_batch=1)
+
+
+def perceptual_quick() -> ml_collections.ConfigDict:
+  c = perceptual()
+  c.update(dict(sizes=(16,), batch=1, repeats=1))
+  return c
+
+
+def pipeline() -> ml_collections.ConfigDict:
+  return _base("pipeline", batch_size=128, image_size=32, width=0.25, num_classes=10,
+               pgd_steps=10, train_pgd_steps=7, eps=8 / 255, repeats=3, ssim_size=32,
+               ssim_batch=8, cvxpy=True, precision="float32",
+               stages=("peak", "pgd", "train", "ssim", "cam", "torch"))
+
+
+def pipeline_quick() -> ml_collections.ConfigDict:
+  c = pipeline()
+  c.update(dict(batch_size=4, width=0.0625, num_classes=4, pgd_steps=2, train_pgd_steps=1,
+                repeats=1, ssim_size=16, ssim_batch=2))
+  return c
+
+
+def training() -> ml_collections.ConfigDict:
+  return _base("training", num_train=4000, num_test=1000, eval_examples=200, width=0.125,
+               batch_size=64, epochs=10, adv_epochs=3, pgd_steps=7, torch_steps=5,
+               conv_impl="auto", guard_examples=256, guard_steps=10, eval_pgd_steps=10, skip=())
+
+
+def training_xla() -> ml_collections.ConfigDict:
+  c = training()
+  c.update(dict(conv_impl="xla", tag="_xla"))
+  return c
+
+
+def training_quick() -> ml_collections.ConfigDict:
+  c = training()
+  c.update(dict(num_train=48, num_test=16, eval_examples=8, width=0.0625, batch_size=16,
+                epochs=1, adv_epochs=1, pgd_steps=2, torch_steps=1, guard_examples=16,
+                guard_steps=1, eval_pgd_steps=1))
+  return c
+
+
+PRESETS = {
+    "attacks": attacks, "attacks_quick": attacks_quick,
+    "cam": cam, "cam_quick": cam_quick,
+    "perceptual": perceptual, "perceptual_quick": perceptual_quick,
+    "pipeline": pipeline, "pipeline_quick": pipeline_quick,
+    "training": training, "training_xla": training_xla, "training_quick": training_quick,
+}
+
+
+def get_config(preset: str | None = None) -> ml_collections.ConfigDict:
+  """The preset named after the ``:`` of ``--config``.
+
+  Without a preset (``benchmark.py`` alone) the config has ``benchmark=""``, which validation
+  refuses with a message listing the presets: there is no default benchmark.
+
+  Raises:
+    ValueError: an unknown preset (the message lists the presets).
+  """
+  if not preset:
+    return _base("")
+  return configs.select(PRESETS, preset, "")

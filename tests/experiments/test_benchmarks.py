@@ -1,0 +1,164 @@
+"""The benchmarks end to end at their ``*_quick`` sizes (``experiments.benchmarks``), their
+command line's one-line errors (``experiments.benchmark``) and the results file's sections."""
+
+import importlib.util
+import json
+import math
+import os
+
+import pytest
+
+from experiments import benchmarks
+from experiments.benchmarks import results
+from experiments.configs import benchmark as presets
+from percadv_jax import io
+from tests.experiments.test_binaries import run_binary
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+CONFIG = "--config=experiments/configs/benchmark.py"
+
+
+def _quick(name, tmp_path, **overrides):
+  """The ``<name>_quick`` preset, recorded into a temporary results file."""
+  c = presets.get_config(f"{name}_quick")
+  c.results_file = str(tmp_path / "benchmarks.md")
+  for k, v in overrides.items():
+    c[k] = v
+  return c
+
+
+def _finite(x):
+  return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _section(path, name):
+  text = open(path).read()
+  begin, end = f"<!-- begin {name} -->", f"<!-- end {name} -->"
+  assert text.count(begin) == 1 and text.count(end) == 1, text
+  return text[text.index(begin):text.index(end)]
+
+
+def test_every_benchmark_has_a_quick_preset_that_validates():
+  for name in benchmarks.BENCHMARKS:
+    c = presets.get_config(f"{name}_quick")
+    assert c.benchmark == name and c.record
+    benchmarks.validate(c)
+    assert presets.get_config(name).benchmark == name
+  with pytest.raises(ValueError, match="no benchmark chosen.*attacks_quick"):
+    benchmarks.validate(presets.get_config(None))
+  with pytest.raises(ValueError, match="unknown preset 'nope'"):
+    presets.get_config("nope")
+
+
+@pytest.mark.parametrize("preset,field,value", [
+    ("attacks_quick", "skip", ("torch", "jax")),
+    ("attacks_quick", "eps", -0.1),
+    ("cam_quick", "layer", "nope"),
+    ("perceptual_quick", "sizes", (4,)),
+    ("pipeline_quick", "stages", ("pgd,warp",)),
+    ("training_quick", "guard_examples", 40),
+    ("attacks_quick", "tag", "a b"),
+])
+def test_validation_names_the_field(preset, field, value):
+  c = presets.get_config(preset)
+  c[field] = value
+  with pytest.raises(ValueError, match=field.rstrip("s")):
+    benchmarks.validate(c)
+
+
+def test_cli_bad_value_is_one_line_before_any_work(tmp_path):
+  workdir = tmp_path / "w"
+  proc = run_binary("experiments.benchmark", f"{CONFIG}:cam_quick", "--config.models=resnet",
+                    f"--workdir={workdir}", timeout=300)
+  assert proc.returncode == 1, proc.stderr[-2000:]
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("error: unknown models entry 'resnet'"), lines
+  assert not workdir.exists()
+
+
+def test_results_file_replaces_its_section(tmp_path):
+  path = str(tmp_path / "benchmarks.md")
+  results.update("benchmark_a", "first", path=path)
+  results.update("benchmark_b", "other", path=path)
+  results.update("benchmark_a", "second", path=path)
+  text = open(path).read()
+  assert text.startswith("# Benchmark results") and "experiments.benchmark --config" in text
+  assert "second" in _section(path, "benchmark_a") and "first" not in text
+  assert "other" in _section(path, "benchmark_b")
+  assert text.index("benchmark_a") < text.index("benchmark_b")  # replaced in place
+
+
+def test_attacks(tmp_path):
+  skip = () if HAS_TORCH else ("torch",)
+  c = _quick("attacks", tmp_path, skip=skip)
+  w = str(tmp_path / "w")
+  rows = benchmarks.run(c, w)
+  methods = [r["method"] for r in rows]
+  assert methods[:4] == ["floor", "ours_unroll", "ours_scan", "foolbox"]
+  assert any(m.startswith("torch_") for m in methods) == HAS_TORCH
+  for r in rows:
+    assert _finite(r["median_s"]) and r["median_s"] > 0, r
+    assert r["vs_ours"] == pytest.approx(r["median_s"] / rows[1]["median_s"])
+  res = io.read_json(os.path.join(w, "results.json"))
+  assert set(res["ratios"]) >= {"a_ours_over_floor", "a_scan_over_floor", "b_foolbox_over_ours"}
+  assert all(_finite(v) for v in res["ratios"].values())
+  if HAS_TORCH:  # the PyTorch port computes the Flax model's logits
+    assert res["torch_max_logit_diff"] < 1e-4
+  assert "| ours_unroll |" in open(os.path.join(w, "benchmark_attacks.md")).read()
+  assert "| a_ours_over_floor |" in _section(c.results_file, "benchmark_attacks")
+  assert json.load(open(os.path.join(w, "config.json")))["steps"] == 2
+
+
+def test_perceptual(tmp_path):
+  c = _quick("perceptual", tmp_path)
+  out = benchmarks.run(c, str(tmp_path / "w"))
+  assert [r["run"] for r in out["rows"]] == ["single", "batch1"]
+  for r in out["rows"]:
+    assert r["size"] == "16x16x3" and r["violation_max"] <= 1e-5
+    assert abs(r["objective_gap_vs_cvxpy"]) < 1e-2  # the certified solver agrees with CVXPY
+    assert all(_finite(r[k]) for k in ("jax_s_per_image", "cvxpy_s_per_image"))
+  (j,) = out["jaxopt"]
+  assert j["iterations_equal"] and j["objective_rel_diff_max"] < 1e-4
+  assert "| 16x16x3 | batch1 |" in _section(c.results_file, "benchmark_perceptual")
+
+
+def test_pipeline(tmp_path):
+  # Every stage but "torch" (the PyTorch PGD port is timed in test_attacks).
+  c = _quick("pipeline", tmp_path, stages=("peak", "pgd", "train", "ssim", "cam"), record=False)
+  w = str(tmp_path / "w")
+  rows = benchmarks.run(c, w)
+  names = [r["stage"] for r in rows]
+  assert names[:5] == ["pgd2", "floor(2x fwd+bwd)", "train_natural", "train_adversarial(pgd1)",
+                       "grad_cam"] and names[5] == "ssim_solver(16px)"
+  assert len(names) == 6
+  for r in rows:
+    assert _finite(r["images_per_sec"]) and r["images_per_sec"] > 0, r
+    assert r["images_per_sec"] == pytest.approx(r["images"] / r["seconds"])
+  assert rows[5]["objective_gap"] < 1e-2
+  assert [r["stage"] for r in io.read_json(os.path.join(w, "results.json"))["rows"]] == names
+  assert not os.path.exists(c.results_file)  # record=False writes no results file
+
+
+def test_training(tmp_path):
+  c = _quick("training", tmp_path, skip=("torch",))  # PyTorch: test_training_torch_rate
+  w = str(tmp_path / "w")
+  out = benchmarks.run(c, w)
+  for name in ("natural", "pgd2", "fgsm_rs"):
+    r = out[name]
+    assert _finite(r["images_per_s"]) and r["images_per_s"] > 0
+    assert 0 <= r["pgd_accuracy"] <= r["natural_accuracy"] <= 1
+    assert os.path.isdir(os.path.join(w, "runs", name))
+  assert out["torch_images_per_s"] == {}
+  section = _section(c.results_file, "benchmark_training")
+  assert "| fgsm_rs |" in section and "FGSM-RS / PGD-2" in section
+  assert io.read_json(os.path.join(w, "results.json"))["pgd2"] == out["pgd2"]
+
+
+@pytest.mark.skipif(not HAS_TORCH, reason="torch is a benchmark-only dependency "
+                    "(requirements-bench.txt)")
+def test_training_torch_rate():
+  from experiments.benchmarks import training
+  c = presets.get_config("training_quick")
+  for kind in ("pgd", "fgsm_rs"):
+    rate = training.torch_train_rate(c, kind=kind, threads=1)
+    assert _finite(rate) and rate > 0
