@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("attacks", "cam", "perceptual", "pipeline", "training")
+BENCHMARKS = ("attacks", "cam", "conv", "perceptual", "pipeline", "training")
 
 
 def module(config: Any):

@@ -84,9 +84,10 @@ def lock(workdir: str, config: Any) -> dict:
   return wd.prepare(workdir, d)
 
 
-def record(config: Any, section: str, markdown: str) -> str | None:
-  """Writes ``markdown`` as section ``section + config.tag`` of the results file when
-  ``config.record`` (``config.results_file``, or docs/benchmarks.md when empty).
+def record(config: Any, section: str, markdown: str, *, tagged: bool = True) -> str | None:
+  """Writes ``markdown`` as section ``section + config.tag`` (``section`` when not ``tagged``)
+  of the results file when ``config.record`` (``config.results_file``, or docs/benchmarks.md
+  when empty).
 
   Returns:
     The path written, or None when nothing was recorded.
@@ -94,5 +95,5 @@ def record(config: Any, section: str, markdown: str) -> str | None:
   if not config.record:
     return None
   from experiments.benchmarks import results
-  return results.update(section + config.tag, markdown,
+  return results.update(section + (config.tag if tagged else ""), markdown,
                         path=config.results_file or results.RESULTS_FILE)

@@ -1,10 +1,13 @@
 r"""Configuration of the benchmarks (``python -m experiments.benchmark``): a preset per benchmark.
 
 ``--config=experiments/configs/benchmark.py:<preset>``; the preset's ``benchmark`` field picks
-the module of ``experiments/benchmarks/`` that runs it. Presets: ``attacks``, ``cam``,
-``perceptual``, ``pipeline``, ``training`` (the published figures' settings), ``training_xla``
-(``conv_impl="xla"``, section ``benchmark_training_xla``), and ``<benchmark>_quick`` (tiny sizes
-that finish in seconds; their numbers mean nothing).
+the module of ``experiments/benchmarks/`` that runs it. Presets: ``conv``, ``attacks``,
+``cam``, ``perceptual``, ``pipeline``, ``training`` (the published figures' settings);
+``conv_variants`` (the XLA-flag and patches variants on the small VGG-19, section
+``benchmark_conv_vgg32_variants``), ``conv_gpu`` (one GPU, PyTorch on CUDA, sections
+``benchmark_conv_<model>_gpu``), ``training_xla`` (``conv_impl="xla"``, section
+``benchmark_training_xla``); and ``<benchmark>_quick`` (tiny sizes that finish in seconds; their
+numbers mean nothing).
 
 Fields of every preset:
 
@@ -14,6 +17,13 @@ Fields of every preset:
   ``tag``: the section-name suffix (letters, digits, ``_``), so that a run of other settings
   keeps the main section. The workdir's ``config.json`` locks every other field.
 - ``seed``: of the images, weights and random starts.
+
+``conv`` (the convolution variants vs PyTorch and Foolbox, each contender in its own worker
+process, interleaved rounds): ``models`` (some of "vgg32", "mnv2_64", "mnv2_224", "vgg_tiny"),
+``contenders`` (names of ``experiments.benchmarks.conv.CONTENDERS``), ``rounds``, ``reps``
+(forward + backward calls per round, the fastest counts), ``steps`` (PGD), ``cpus`` (the
+workers' ``taskset -c`` CPU list; ``""`` = no pinning), ``device`` ("cpu" or "gpu"),
+``summarise_only`` (re-report the workdir's figures without measuring).
 
 ``attacks`` (PGD vs its floor, Foolbox, PyTorch): ``batch_size``, ``image_size``, ``width`` (of
 the small VGG-19), ``num_classes``, ``steps`` (PGD), ``eps`` (Linf), ``rel_step`` (step / eps),
@@ -128,7 +138,37 @@ def training_quick() -> ml_collections.ConfigDict:
   return c
 
 
+def conv() -> ml_collections.ConfigDict:
+  return _base("conv", models=("vgg32", "mnv2_64", "mnv2_224"),
+               contenders=("jax_xla", "jax_auto_emitters", "jax_auto", "torch_1", "torch_all",
+                           "foolbox"),
+               rounds=5, reps=3, steps=10, cpus="0", device="cpu", summarise_only=False)
+
+
+def conv_variants() -> ml_collections.ConfigDict:
+  c = conv()
+  c.update(dict(models=("vgg32",), contenders=("jax_xla", "jax_ynn", "jax_onednn", "jax_patches",
+                                               "jax_patches_ynn", "torch_1", "foolbox"),
+                tag="_variants"))
+  return c
+
+
+def conv_gpu() -> ml_collections.ConfigDict:
+  c = conv()
+  c.update(dict(models=("vgg32", "mnv2_224"), contenders=("jax_xla", "torch_1"), reps=10,
+                cpus="", device="gpu", tag="_gpu"))
+  return c
+
+
+def conv_quick() -> ml_collections.ConfigDict:
+  c = conv()
+  c.update(dict(models=("vgg_tiny",), contenders=("jax_xla", "jax_auto", "torch_1"), rounds=2,
+                reps=1, steps=1, cpus=""))
+  return c
+
+
 PRESETS = {
+    "conv": conv, "conv_variants": conv_variants, "conv_gpu": conv_gpu, "conv_quick": conv_quick,
     "attacks": attacks, "attacks_quick": attacks_quick,
     "cam": cam, "cam_quick": cam_quick,
     "perceptual": perceptual, "perceptual_quick": perceptual_quick,

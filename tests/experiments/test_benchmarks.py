@@ -162,3 +162,26 @@ def test_training_torch_rate():
   for kind in ("pgd", "fgsm_rs"):
     rate = training.torch_train_rate(c, kind=kind, threads=1)
     assert _finite(rate) and rate > 0
+
+
+def test_conv_workers_and_summary(tmp_path):
+  contenders = ("jax_xla", "jax_auto") + (("torch_1",) if HAS_TORCH else ())
+  c = _quick("conv", tmp_path, contenders=contenders)
+  w = str(tmp_path / "w")
+  text = benchmarks.run(c, w)  # one worker process per contender, 2 interleaved rounds
+  res = io.read_json(os.path.join(w, "results.json"))["vgg_tiny"]
+  assert [r["contender"] for r in res["rows"]] == list(contenders)
+  for r in res["rows"]:
+    assert all(_finite(r[k]) and r[k] > 0 for k in ("fwdbwd_min_s", "pgd_median_s")), r
+  assert len(res["raw"]["rounds"]) == 2
+  # Every variant computes the same model: logits / gradients against XLA's convolutions, and
+  # the PyTorch port's logits against Flax's.
+  assert res["checks"]["jax_auto"]["logits"] < 1e-4 and res["checks"]["jax_auto"]["grad"] < 1e-4
+  if HAS_TORCH:
+    assert res["checks"]["torch_1"]["logits"] < 1e-4
+    assert _finite(res["ratios"]["jax_auto"]["torch_best_over_ours_pgd"][0])
+  assert set(res["ratios"]) == {"jax_xla", "jax_auto"}
+  assert "| jax_auto |" in _section(c.results_file, "benchmark_conv_vgg_tiny")
+  assert "What was tried on XLA:CPU" in _section(c.results_file, "benchmark_conv")
+  c.summarise_only = True  # re-reports the same figures, measuring nothing
+  assert benchmarks.run(c, w) == text == open(os.path.join(w, "benchmark_conv.md")).read().strip()

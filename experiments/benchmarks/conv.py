@@ -54,18 +54,21 @@ workdir's figures without measuring.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any
 
-from absl import app, flags
 import numpy as np
 
+from experiments.benchmarks import common
+from percadv_jax import checks
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FUSION = "--xla_cpu_experimental_{}_fusion_type=LIBRARY_FUSION_TYPE_{}"
 # XLA:CPU's own default, which ``percadv_jax.compiler.OPTIONS`` turns off (see its docstring).
 EMITTERS = "--xla_cpu_use_fusion_emitters=true"
@@ -93,6 +96,9 @@ MODELS: dict[str, dict[str, Any]] = {
               "batch": 128},
     "mnv2_64": {"name": "mobilenet_v2", "kwargs": {"width": 0.5}, "size": 64, "batch": 64},
     "mnv2_224": {"name": "mobilenet_v2", "kwargs": {"width": 1.0}, "size": 224, "batch": 16},
+    # Test size (preset conv_quick): seconds per contender; the figures mean nothing.
+    "vgg_tiny": {"name": "vgg19", "kwargs": {"variant": "small", "width": 0.0625}, "size": 32,
+                 "batch": 2},
 }
 EPS = 8 / 255
 NOTES = """\
@@ -155,65 +161,21 @@ contender's figures; `_variants` the losers of the first round of attempts):
 """
 
 
-# ------------------------------------------------------------------------------------------
-# PyTorch ports (timing only needs the architecture; VGG also gets the Flax weights).
-# ------------------------------------------------------------------------------------------
-
-def torch_mobilenet_v2(*, width: float, num_classes: int, size: int):
-  """MobileNetV2 in PyTorch (NCHW, eval-mode BatchNorm, Keras' padding), random weights."""
-  import torch
-  from torch import nn
-  from percadv_jax.models import layers, mobilenet_v2 as mnv2
-
-  def pad_for(stride, s):
-    if stride == 1:
-      return (1, 1, 1, 1), s
-    a, b = layers.stride2_pad(s)
-    return (a, b, a, b), (s + a + b - 3) // 2 + 1
-
-  class Block(nn.Module):
-    def __init__(self, c_in, expanded, c_out, stride, s, first):
-      super().__init__()
-      self.expand = None if first else nn.Sequential(
-          nn.Conv2d(c_in, expanded, 1, bias=False), nn.BatchNorm2d(expanded, eps=1e-3),
-          nn.ReLU6())
-      self.pad, self.out_size = pad_for(stride, s)
-      self.dw = nn.Sequential(
-          nn.Conv2d(expanded, expanded, 3, stride=stride, groups=expanded, bias=False),
-          nn.BatchNorm2d(expanded, eps=1e-3), nn.ReLU6())
-      self.project = nn.Sequential(nn.Conv2d(expanded, c_out, 1, bias=False),
-                                   nn.BatchNorm2d(c_out, eps=1e-3))
-      self.residual = c_in == c_out and stride == 1
-
-    def forward(self, x):
-      h = x if self.expand is None else self.expand(x)
-      h = self.project(self.dw(nn.functional.pad(h, self.pad)))
-      return x + h if self.residual else h
-
-  class Net(nn.Module):
-    def __init__(self):
-      super().__init__()
-      plan = mnv2.channel_plan(width)
-      self.pad, s = pad_for(2, size)
-      self.stem = nn.Sequential(nn.Conv2d(3, plan["first"], 3, stride=2, bias=False),
-                                nn.BatchNorm2d(plan["first"], eps=1e-3), nn.ReLU6())
-      blocks = []
-      for i, (c_in, expanded, c_out, stride) in enumerate(plan["blocks"]):
-        blocks.append(Block(c_in, expanded, c_out, stride, s, i == 0))
-        s = blocks[-1].out_size
-      self.blocks = nn.Sequential(*blocks)
-      c = plan["blocks"][-1][2]
-      self.head = nn.Sequential(nn.Conv2d(c, plan["last"], 1, bias=False),
-                                nn.BatchNorm2d(plan["last"], eps=1e-3), nn.ReLU6())
-      self.fc = nn.Linear(plan["last"], num_classes)
-
-    def forward(self, x):
-      x = self.stem(nn.functional.pad(x * 2 - 1, self.pad))
-      x = self.head(self.blocks(x))
-      return self.fc(x.mean(dim=(2, 3)))
-
-  torch.manual_seed(0)
-  return Net().eval()
+def validate(config: Any) -> None:
+  """Checks the configuration before any work; raises ValueError naming the field."""
+  common.check_output(config)
+  common.names(config, "models", MODELS)
+  common.names(config, "contenders", CONTENDERS)
+  common.positive_ints(config, ("rounds", "reps", "steps"))
+  common.positive_ints(config, ("seed",), allow_zero=True)
+  checks.check_choice(config.device, "device", ("cpu", "gpu"))
+  checks.check_bool(config.summarise_only, "summarise_only")
+  if not isinstance(config.cpus, str) or not all(ch in "0123456789,-" for ch in config.cpus):
+    raise ValueError(f"cpus must be a taskset CPU list such as '0' or '0,1' ('' = no pinning), "
+                     f"got {config.cpus!r}")
+  if config.cpus and not config.summarise_only and shutil.which("taskset") is None:
+    raise ValueError(f"cpus={config.cpus!r} pins the workers with taskset, which is not "
+                     "installed; set cpus=''")
 
 
 # ------------------------------------------------------------------------------------------
@@ -223,7 +185,8 @@ def torch_mobilenet_v2(*, width: float, num_classes: int, size: int):
 def _worker(spec: dict) -> None:
   """Compiles, prints ``READY {json}``, then answers each ``run`` line with one JSON line."""
   m = MODELS[spec["model"]]
-  rng = np.random.default_rng(0)
+  seed = spec.get("seed", 0)
+  rng = np.random.default_rng(seed)
   x_np = rng.uniform(0, 1, (m["batch"], m["size"], m["size"], 3)).astype(np.float32)
   steps, reps, device = spec["steps"], spec["reps"], spec["device"]
   step_size = EPS / 4
@@ -231,7 +194,7 @@ def _worker(spec: dict) -> None:
   t0 = time.perf_counter()
   if spec["kind"] == "torch":
     import torch
-    from experiments.benchmark_attacks import torch_pgd, torch_vgg
+    from experiments.benchmarks.torch_ports import torch_mobilenet_v2, torch_pgd, torch_vgg
     threads = spec["threads"] or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
     info["threads"] = threads
@@ -240,11 +203,12 @@ def _worker(spec: dict) -> None:
       import jax.numpy as jnp
       from percadv_jax.models import get_model, random_variables
       module = get_model("vgg19", num_classes=10, **m["kwargs"])
-      variables = random_variables(module, jnp.asarray(x_np[:1]))
+      variables = random_variables(module, jnp.asarray(x_np[:1]), seed=seed)
       model = torch_vgg(variables["params"], width=m["kwargs"]["width"], num_classes=10)
       ref = np.asarray(module.apply(variables, jnp.asarray(x_np[:8])))
     else:
-      model = torch_mobilenet_v2(width=m["kwargs"]["width"], num_classes=10, size=m["size"])
+      model = torch_mobilenet_v2(width=m["kwargs"]["width"], num_classes=10, size=m["size"],
+                                 seed=seed)
       ref = None
     model = model.to(dev)
     xt = torch.from_numpy(x_np.transpose(0, 3, 1, 2).copy()).to(dev)
@@ -253,7 +217,7 @@ def _worker(spec: dict) -> None:
       yt = logits.argmax(1)
       if ref is not None:
         info["max_logit_diff_vs_flax"] = float(np.abs(logits[:8].cpu().numpy() - ref).max())
-    gen = torch.Generator(device=dev).manual_seed(0)
+    gen = torch.Generator(device=dev).manual_seed(seed)
 
     def sync():
       if dev == "cuda":
@@ -278,7 +242,7 @@ def _worker(spec: dict) -> None:
     from percadv_jax.models import get_model, random_variables
     module = get_model(m["name"], num_classes=10, conv_impl=spec["conv_impl"], **m["kwargs"])
     x = jnp.asarray(x_np)
-    variables = random_variables(module, x[:1])
+    variables = random_variables(module, x[:1], seed=seed)
     logits_fn = compiler.jit(lambda v: module.apply(variables, v))
     y = jnp.argmax(logits_fn(x), -1).astype(jnp.int32)
     grad = compiler.jit(jax.grad(
@@ -286,7 +250,7 @@ def _worker(spec: dict) -> None:
     g = np.asarray(grad(x))
     info["check"] = {"logits": np.asarray(logits_fn(x[:8])).tolist(),
                      "grad": g[:2].reshape(-1)[:4096].tolist()}
-    key = jax.random.key(0)
+    key = jax.random.key(seed)
 
     def fwdbwd():
       return jax.block_until_ready(grad(x))
@@ -323,32 +287,19 @@ def _worker(spec: dict) -> None:
 # Parent: start the workers, interleave the rounds, report.
 # ------------------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class Config:
-  models: tuple[str, ...] = ("vgg32", "mnv2_64", "mnv2_224")
-  contenders: tuple[str, ...] = ("jax_xla", "jax_auto_emitters", "jax_auto", "torch_1",
-                                 "torch_all", "foolbox")
-  rounds: int = 5
-  reps: int = 3
-  steps: int = 10
-  cpus: str = "0"
-  device: str = "cpu"
-  tag: str = ""
-
-
-def _start(name: str, model: str, c: Config) -> subprocess.Popen:
+def _start(name: str, model: str, c: Any) -> subprocess.Popen:
   spec = {**CONTENDERS[name], "model": model, "steps": c.steps, "reps": c.reps,
-          "device": c.device}
+          "device": c.device, "seed": c.seed}
   env = dict(os.environ)
   if spec.get("xla_flags") is not None and c.device == "cpu":
     env["XLA_FLAGS"] = spec["xla_flags"]
   if c.device == "cpu":
     env["JAX_PLATFORMS"] = "cpu"
-  cmd = [sys.executable, "-m", "experiments.benchmark_conv", "--worker=" + json.dumps(spec)]
+  cmd = [sys.executable, "-m", "experiments.benchmarks.conv", "--worker=" + json.dumps(spec)]
   if c.cpus:
     cmd = ["taskset", "-c", c.cpus] + cmd
   return subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                          env=env, cwd=ROOT)
 
 
 def _read_json(proc: subprocess.Popen, prefix: str = "") -> dict:
@@ -360,7 +311,7 @@ def _read_json(proc: subprocess.Popen, prefix: str = "") -> dict:
       return json.loads(line[len(prefix):])
 
 
-def run_model(model: str, c: Config) -> dict:
+def run_model(model: str, c: Any) -> dict:
   """Starts one worker per contender for ``model``, runs the rounds, returns the raw figures."""
   procs, infos = {}, {}
   for name in c.contenders:  # started one after the other: compiles do not share the CPUs
@@ -373,6 +324,8 @@ def run_model(model: str, c: Config) -> dict:
       continue
     print(f"{model} {name}: ready after {infos[name]['warmup_s']:.1f} s", flush=True)
   names = list(procs)
+  if not names:
+    raise RuntimeError(f"{model}: no contender started (the workers' errors are above)")
   rounds: list[dict[str, dict]] = []
   for r in range(c.rounds):
     order = names[r % len(names):] + names[:r % len(names)]
@@ -403,9 +356,12 @@ def _checks(infos: dict) -> dict:
   return out
 
 
-def summarise(model: str, raw: dict, c: Config) -> tuple[str, dict]:
+def summarise(model: str, raw: dict, c: Any) -> tuple[str, dict]:
   rounds = raw["rounds"]
-  names = list(rounds[0])
+  # In the order of c.contenders (results.json stores the rounds with sorted keys).
+  names = sorted(rounds[0], key=lambda n: (n not in c.contenders,
+                                           list(c.contenders).index(n) if n in c.contenders
+                                           else 0, n))
   m = MODELS[model]
   rows = []
   for n in names:
@@ -463,24 +419,33 @@ def summarise(model: str, raw: dict, c: Config) -> tuple[str, dict]:
   return "\n".join(lines), {"rows": rows, "ratios": ratios, "checks": checks}
 
 
-def _record(model: str, md: str, c: Config) -> None:
-  """Writes the section ``benchmark_conv_<model>`` and the notes section of the results file."""
-  from experiments import benchmark_results
-  benchmark_results.update(f"benchmark_conv_{model}{c.tag}", md)
+def _record(model: str, md: str, c: Any) -> None:
+  """Writes the section ``benchmark_conv_<model><tag>`` and the notes section
+  ``benchmark_conv`` of the results file (with ``c.record``)."""
+  common.record(c, f"benchmark_conv_{model}", md)
   if c.device == "cpu":
-    benchmark_results.update("benchmark_conv", NOTES + "\nNo GPU was available: no GPU figures "
-                             "(the prepared GPU command is in the binary's docstring).")
+    common.record(c, "benchmark_conv", NOTES + "\nNo GPU was available: no GPU figures "
+                  "(the prepared GPU command is in the binary's docstring).", tagged=False)
 
 
-def run(c: Config, workdir: str, *, summarise_only: bool = False) -> str:
-  """Runs (or, with ``summarise_only``, re-reports from ``workdir``) every model of ``c``."""
+def run(c: Any, workdir: str) -> str:
+  """Runs (or, with ``c.summarise_only``, re-reports from ``workdir``) every model of ``c``.
+
+  Returns:
+    The markdown of every model's tables (also ``workdir/benchmark_conv.md``; the figures in
+    ``workdir/results.json``: per model ``rows``, ``ratios``, ``checks`` and the ``raw`` rounds).
+  """
   from percadv_jax import io
-  os.makedirs(workdir, exist_ok=True)
+  validate(c)
+  summarise_only = c.summarise_only
   path = os.path.join(workdir, "results.json")
   if summarise_only:
+    if not os.path.isfile(path):
+      raise ValueError(f"{path}: no figures to summarise (summarise_only needs the workdir of a "
+                       "finished run)")
     results = io.read_json(path)
   else:
-    io.write_json(os.path.join(workdir, "config.json"), dataclasses.asdict(c))
+    common.lock(workdir, c)
     results = {}
   sections = []
   for model in (list(results) if summarise_only else c.models):
@@ -497,46 +462,10 @@ def run(c: Config, workdir: str, *, summarise_only: bool = False) -> str:
   return text
 
 
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-  flags.DEFINE_string("workdir", None, "Output directory.")
-  flags.DEFINE_list("models", list(Config.models), f"Models: {sorted(MODELS)}.")
-  flags.DEFINE_list("contenders", list(Config.contenders), f"Contenders: {sorted(CONTENDERS)}.")
-  flags.DEFINE_integer("rounds", Config.rounds, "Interleaved rounds (>= 5 for the record).")
-  flags.DEFINE_integer("reps", Config.reps, "fwd+bwd calls per round (the fastest counts).")
-  flags.DEFINE_integer("steps", Config.steps, "PGD steps.")
-  flags.DEFINE_string("cpus", Config.cpus, "taskset CPU list for every worker ('' = no pinning).")
-  flags.DEFINE_enum("device", Config.device, ["cpu", "gpu"], "Where the contenders run.")
-  flags.DEFINE_string("tag", "", "Suffix of the results-file sections of this run "
-                      "(benchmark_conv_<model><tag>), so runs of other contenders are kept.")
-  flags.DEFINE_bool("summarise_only", False, "Re-report the figures in --workdir/results.json "
-                    "(with the other flags of that run) without measuring.")
-  flags.DEFINE_string("worker", None, "Internal: run one contender (JSON spec).")
-
-
-def main(argv: Sequence[str]) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if FLAGS.worker:
-    _worker(json.loads(FLAGS.worker))
-    return
-  if not FLAGS.workdir:
-    raise app.UsageError("--workdir is required")
-  for m in FLAGS.models:
-    if m not in MODELS:
-      raise app.UsageError(f"unknown model {m!r}; choose from {sorted(MODELS)}")
-  for n in FLAGS.contenders:
-    if n not in CONTENDERS:
-      raise app.UsageError(f"unknown contender {n!r}; choose from {sorted(CONTENDERS)}")
-  if FLAGS.rounds < 1:
-    raise app.UsageError("--rounds must be >= 1")
-  run(Config(models=tuple(FLAGS.models), contenders=tuple(FLAGS.contenders), rounds=FLAGS.rounds,
-             reps=FLAGS.reps, steps=FLAGS.steps, cpus=FLAGS.cpus, device=FLAGS.device, tag=FLAGS.tag),
-      FLAGS.workdir, summarise_only=FLAGS.summarise_only)
-
-
-if __name__ == "__main__":
-  define_flags()
-  app.run(main)
+if __name__ == "__main__":  # a worker: python -m experiments.benchmarks.conv --worker=<json>
+  if len(sys.argv) != 2 or not sys.argv[1].startswith("--worker="):
+    print("error: this module runs one contender (--worker=<json spec>); run the benchmark "
+          "with python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv",
+          file=sys.stderr)
+    sys.exit(2)
+  _worker(json.loads(sys.argv[1][len("--worker="):]))
