@@ -123,18 +123,18 @@ def test_perceptual(tmp_path):
 
 
 def test_pipeline(tmp_path):
-  # Every stage but "torch" (the PyTorch PGD port is timed in test_attacks).
-  c = _quick("pipeline", tmp_path, stages=("peak", "pgd", "train", "ssim", "cam"), record=False)
+  # Every stage but "torch" and "ssim" (the PyTorch PGD port and the LP solver against CVXPY
+  # are timed in test_attacks and test_perceptual).
+  c = _quick("pipeline", tmp_path, stages=("peak", "pgd", "train", "cam"), record=False)
   w = str(tmp_path / "w")
   rows = benchmarks.run(c, w)
   names = [r["stage"] for r in rows]
-  assert names[:5] == ["pgd2", "floor(2x fwd+bwd)", "train_natural", "train_adversarial(pgd1)",
-                       "grad_cam"] and names[5] == "ssim_solver(16px)"
-  assert len(names) == 6
+  assert names == ["pgd2", "floor(2x fwd+bwd)", "train_natural", "train_adversarial(pgd1)",
+                   "grad_cam"]
   for r in rows:
     assert _finite(r["images_per_sec"]) and r["images_per_sec"] > 0, r
     assert r["images_per_sec"] == pytest.approx(r["images"] / r["seconds"])
-  assert rows[5]["objective_gap"] < 1e-2
+  assert 0 < rows[1]["pgd_over_floor"] < 100 and rows[0]["fraction_of_peak"] > 0
   assert [r["stage"] for r in io.read_json(os.path.join(w, "results.json"))["rows"]] == names
   assert not os.path.exists(c.results_file)  # record=False writes no results file
 
