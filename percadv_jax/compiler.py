@@ -5,8 +5,8 @@ program of the library that evaluates a model (the attack cores, the evaluation 
 ``parallel.map_examples`` and ``parallel.sharded``, the training steps, the CAMs) is compiled
 through it; compile your own model programs with it to get the same speed.
 
-``OPTIONS`` holds the XLA debug options chosen by measurement (``experiments/benchmark_conv``,
-figures in ``docs/benchmarks.md``):
+``OPTIONS`` holds the XLA debug options chosen by measurement
+(``experiments/benchmarks/conv.py``, figures in ``docs/benchmarks.md``):
 
 - ``xla_cpu_use_fusion_emitters=False``: XLA:CPU's newer fusion emitters compile the backward
   pass of the shifted multiply-add depthwise convolutions (``models.layers.conv_auto``) into

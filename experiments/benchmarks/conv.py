@@ -1,19 +1,21 @@
 r"""Benchmark: JAX convolution variants against PyTorch (oneDNN) and Foolbox on CPU, interleaved.
 
-    python -m experiments.benchmark_conv --workdir=/tmp/bench_conv
-    python -m experiments.benchmark_conv --workdir=/tmp/b --models=vgg32 --rounds=7 --cpus=0,1
-    python -m experiments.benchmark_conv --workdir=/tmp/b --contenders=jax_xla,jax_patches,torch_1
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv --workdir=/tmp/b
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv --workdir=/tmp/b \
+        --config.models="('vgg32',)" --config.rounds=7 --config.cpus=0,1 --config.tag=_2cpu
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv_variants \
+        --workdir=/tmp/v
 
 Every contender runs in its own long-lived worker process started with ``taskset -c CPUS`` (all
 pinned the same way), with its own ``XLA_FLAGS``; each compiles once, then the parent asks the
-workers in turn for one measurement each, in ``--rounds`` alternating rounds (the order rotates
+workers in turn for one measurement each, in ``rounds`` alternating rounds (the order rotates
 by one contender each round), so a burst of load from other jobs hits every contender alike.
-A measurement is ``fwdbwd``: the fastest of ``--reps`` calls of one forward + backward pass w.r.t.
-the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``--steps`` call (eps
+A measurement is ``fwdbwd``: the fastest of ``reps`` calls of one forward + backward pass w.r.t.
+the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``steps`` call (eps
 8/255, step eps/4, random start). Reported: min and median over rounds per contender, and the
 per-round ratios (same round) of the best PyTorch and of Foolbox to each JAX variant.
 
-Contenders (``--contenders``):
+Contenders (``contenders``):
 - ``jax_xla``: ``conv_impl="xla"`` and XLA's default fusion emitters, the models and programs
   as they were before ``conv_impl`` and ``percadv_jax.compiler`` (XLA's convolutions everywhere);
 - ``jax_auto``: the shipped default: ``conv_impl="auto"`` (``percadv_jax.models.layers.conv_auto``:
@@ -31,24 +33,24 @@ Contenders (``--contenders``):
 - ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model (the shipped default) through
   ``foolbox.JAXModel``.
 
-Models (``--models``): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
+Models (``models``; ``vgg_tiny`` is a test size): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
 (MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2 alpha 1.0, 224 px, batch 16:
 the perceptual paper's size; a smaller batch keeps one PGD call under a minute on one core).
 The JAX variants' logits and input gradients are checked against ``jax_xla`` (max abs
 difference, reported), PyTorch's VGG logits against Flax's (same weights).
 
-GPU (not run on the CPU-only machine; under 5 minutes on one accelerator): the workers do not
-pin to CPUs there and PyTorch runs on CUDA when ``--device=cuda`` is given:
+GPU (under 5 minutes on one accelerator): the preset ``conv_gpu`` (``device="gpu"``, no CPU
+pinning, PyTorch on CUDA; sections ``benchmark_conv_<model>_gpu``):
 
-    python -m experiments.benchmark_conv --workdir=/tmp/bench_gpu --device=gpu --cpus= \
-        --models=vgg32,mnv2_224 --contenders=jax_xla,torch_1 --rounds=5 --reps=10
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv_gpu \
+        --workdir=/tmp/bench_gpu
 
 It reports PGD-10 images/s, the ratio to PyTorch on the same card and the fraction of the card's
-forward + backward rate (``pgd`` time / (``--steps`` x ``fwdbwd`` time)).
+forward + backward rate (``pgd`` time / (``steps`` x ``fwdbwd`` time)).
 
 Writes ``--workdir``/``results.json`` and ``benchmark_conv.md``, and in docs/benchmarks.md
-(``experiments.benchmark_results``) one section ``benchmark_conv_<model><--tag>`` per model and the
-section ``benchmark_conv`` (what was tried, the limit). ``--summarise_only`` re-reports a
+(``experiments.benchmarks.results``) one section ``benchmark_conv_<model><tag>`` per model and the
+section ``benchmark_conv`` (what was tried, the limit). ``summarise_only=True`` re-reports a
 workdir's figures without measuring.
 """
 

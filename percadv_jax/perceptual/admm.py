@@ -56,7 +56,7 @@ window balls are projected in closed form in the cell layout (``_project``), not
 ``jaxopt.projection.projection_l2_ball``: that needs every group's windows cut out of the cell
 layout and put back at every iteration, and took 1.1-2.0x the time at equal iterations and an
 equal optimum (relative objective difference < 1e-6) on 32x32 and 64x64 photographs, measured by
-``experiments/benchmark_perceptual.py`` (interleaved runs).
+``experiments/benchmarks/perceptual.py`` (interleaved runs).
 
 This module is the engine: every knob of :func:`solve` is a required keyword argument. The public
 solvers with their defaults are ``solver.solve_linear`` and ``solver.project``.
