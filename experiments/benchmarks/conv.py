@@ -1,6 +1,7 @@
 r"""Benchmark: JAX convolution variants against PyTorch (oneDNN) and Foolbox on CPU, interleaved.
 
-    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv --workdir=/tmp/b
+    python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv \
+        --workdir=/tmp/b
     python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv --workdir=/tmp/b \
         --config.models="('vgg32',)" --config.rounds=7 --config.cpus=0,1 --config.tag=_2cpu
     python -m experiments.benchmark --config=experiments/configs/benchmark.py:conv_variants \
