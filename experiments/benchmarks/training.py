@@ -17,10 +17,11 @@ the catastrophic-overfitting guard (``guard="rollback"``, PGD-``guard_steps`` 10
   metrics.jsonl records after the first one, which holds the compile);
 - natural and PGD-``eval_pgd_steps`` 10 accuracy (step 2/255, one restart) of the natural,
   PGD-7 and FGSM-RS models on the first ``eval_examples`` test images;
-- images/s of the same adversarial training steps (PGD-7 and FGSM-RS: attack in eval mode,
-  then an Adam update on the adversarial batch) in eager PyTorch on the same architecture, 1
-  thread and one thread per CPU the process may use (``torch_steps`` timed steps after 2
-  warm-up ones, median); ``skip=('torch',)`` leaves PyTorch out.
+- images/s of one adversarial training step (PGD-7 and FGSM-RS: attack in eval mode, then an
+  Adam update on the adversarial batch), ours (``train.jit_train_step``) against eager PyTorch
+  on the same architecture and weights with 1 thread and one thread per CPU the process may
+  use, in ``rounds`` interleaved rounds of ``torch_steps`` timed steps each (``step_rates``),
+  and the same-round ratio ours / best PyTorch; ``skip=('torch',)`` leaves PyTorch out.
 
 Writes the workdir's ``config.json`` and ``results.json``, the training runs under its ``runs/``
 (resumable: a rerun reuses finished runs) and, with ``record``, the ``benchmark_training``
@@ -48,7 +49,7 @@ def validate(config: Any) -> None:
   """Checks the configuration before any work; raises ValueError naming the field."""
   common.check_output(config)
   common.positive_ints(config, ("num_train", "num_test", "eval_examples", "batch_size", "epochs",
-                                "adv_epochs", "pgd_steps", "torch_steps", "guard_examples",
+                                "adv_epochs", "pgd_steps", "rounds", "torch_steps", "guard_examples",
                                 "guard_steps", "eval_pgd_steps"))
   common.positive_ints(config, ("seed",), allow_zero=True)
   checks.check_float(config.width, "width", minimum=0, min_inclusive=False)
@@ -70,55 +71,116 @@ def _images_per_sec(workdir: str, batch_size: int) -> float:
   return batch_size * statistics.median(rates[1:] or rates)
 
 
-def torch_train_rate(c: Any, *, kind: str, threads: int) -> float:
-  """Images/s of eager PyTorch adversarial training steps (median of ``c.torch_steps``).
+def _torch_step(c: Any, params: Any, x: Any, y: Any, *, kind: str):
+  """One eager PyTorch adversarial training step (attack in eval mode, then Adam), a callable.
 
   Args:
-    c: the benchmark's configuration (``width``, ``batch_size``, ``pgd_steps``,
-      ``torch_steps``).
+    c: the benchmark's configuration (``width``, ``pgd_steps``).
+    params: the Flax model's parameters (the port starts from the same weights).
+    x, y: the batch, float32 [B,H,W,3] in [0, 1] and int labels [B] (NumPy).
     kind: ``"pgd"`` (PGD-``c.pgd_steps``, step 2/255) or ``"fgsm_rs"``.
-    threads: torch's thread count.
   """
-  import jax.numpy as jnp
+  import numpy as np
   import torch
   from experiments.benchmarks.torch_ports import torch_vgg
-  from percadv_jax.models import get_model, random_variables
-  torch.set_num_threads(threads)
-  module = get_model("vgg19", num_classes=10, variant="small", width=c.width)
-  variables = random_variables(module, jnp.zeros((1, 32, 32, 3)))
-  model = torch_vgg(variables["params"], width=c.width, num_classes=10).train()
+  model = torch_vgg(params, width=c.width, num_classes=10).train()
   opt = torch.optim.Adam(model.parameters(), lr=3e-3)
   gen = torch.Generator().manual_seed(0)
-  x = torch.rand(c.batch_size, 3, 32, 32, generator=gen)
-  y = torch.randint(0, 10, (c.batch_size,), generator=gen)
+  xt = torch.from_numpy(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+  yt = torch.from_numpy(np.asarray(y, np.int64))
   ce = torch.nn.functional.cross_entropy
 
   def attack():
     model.eval()
-    delta = torch.empty_like(x).uniform_(-EPS, EPS, generator=gen)
-    xa = (x + delta).clamp(0, 1)
+    delta = torch.empty_like(xt).uniform_(-EPS, EPS, generator=gen)
+    xa = (xt + delta).clamp(0, 1)
     steps, step = (1, 1.25 * EPS) if kind == "fgsm_rs" else (c.pgd_steps, 2 / 255)
     for _ in range(steps):
       xa.requires_grad_(True)
-      g, = torch.autograd.grad(ce(model(xa), y), xa)
+      g, = torch.autograd.grad(ce(model(xa), yt), xa)
       with torch.no_grad():
-        xa = torch.min(torch.max(xa + step * g.sign(), x - EPS), x + EPS).clamp(0, 1)
+        xa = torch.min(torch.max(xa + step * g.sign(), xt - EPS), xt + EPS).clamp(0, 1)
     model.train()
     return xa.detach()
 
   def step():
     xa = attack()
     opt.zero_grad()
-    ce(model(xa), y).backward()
+    ce(model(xa), yt).backward()
     opt.step()
+  return step
 
-  times = []
-  for i in range(c.torch_steps + 2):
-    t = time.perf_counter()
-    step()
-    if i >= 2:
+
+def step_rates(c: Any, *, threads_all: int) -> dict:
+  """Images/s of one adversarial training step, ours (jitted) and eager PyTorch, interleaved.
+
+  Both start from the same weights and train on the same random batch (``batch_size`` images of
+  32 px). In each of ``rounds`` rounds every contender runs ``torch_steps`` timed steps (after
+  two warm-up steps before the first round) and its median counts: ours
+  (``train.jit_train_step``, the step ``train.fit`` runs), PyTorch with 1 thread and with
+  ``threads_all`` threads, for PGD-``pgd_steps`` and FGSM-RS training.
+
+  Returns:
+    ``{"rounds": [{contender: images/s}], "ratios": {kind: [ours / best PyTorch per round]}}``
+    with contenders ``<kind>_ours`` and ``<kind>_torch_<threads>thr``.
+  """
+  import jax
+  import numpy as np
+  import optax
+  import torch
+  from percadv_jax import train
+  from percadv_jax.models import get_model
+  from percadv_jax.train.state import create_train_state
+  module = get_model("vgg19", num_classes=10, variant="small", width=c.width,
+                     conv_impl=c.conv_impl)
+  state0 = create_train_state(c.seed, module, optax.adam(3e-3), input_shape=(1, 32, 32, 3))
+  rng = np.random.default_rng(c.seed)
+  x = rng.uniform(0, 1, (c.batch_size, 32, 32, 3)).astype(np.float32)
+  y = rng.integers(0, 10, c.batch_size).astype(np.int32)
+  batch = {"image": jax.numpy.asarray(x), "label": jax.numpy.asarray(y)}
+  attacks = {"pgd": train.AttackConfig(eps=EPS, step_size=2 / 255, steps=c.pgd_steps),
+             "fgsm_rs": train.AttackConfig(eps=EPS, kind="fgsm_rs")}
+  names = {"pgd": f"pgd{c.pgd_steps}", "fgsm_rs": "fgsm_rs"}
+  contenders = {}
+  for kind, attack in attacks.items():
+    jax_step = train.jit_train_step(adversarial=True, attack=attack)
+    holder = {"state": state0}
+
+    def ours(jax_step=jax_step, holder=holder):
+      holder["state"], m = jax_step(holder["state"], batch)
+      jax.block_until_ready(m)
+    contenders[f"{names[kind]}_ours"] = (ours, None)
+    torch_step = _torch_step(c, jax.device_get(state0.params), x, y, kind=kind)
+    for threads in sorted({1, threads_all}):
+      contenders[f"{names[kind]}_torch_{threads}thr"] = (torch_step, threads)
+
+  def timed(fn, threads):
+    if threads is not None:
+      torch.set_num_threads(threads)
+    times = []
+    for _ in range(c.torch_steps):
+      t = time.perf_counter()
+      fn()
       times.append(time.perf_counter() - t)
-  return c.batch_size / statistics.median(times)
+    return c.batch_size / statistics.median(times)
+
+  for fn, threads in contenders.values():  # compile / warm up
+    if threads is not None:
+      torch.set_num_threads(threads)
+    fn()
+    fn()
+  rounds = []
+  for r in range(c.rounds):
+    order = list(contenders)
+    order = order[r % len(order):] + order[:r % len(order)]
+    rounds.append({name: timed(*contenders[name]) for name in order})
+    print("training step round", r, {k: round(v, 1) for k, v in rounds[-1].items()}, flush=True)
+  ratios = {}
+  for kind in names.values():
+    ratios[kind] = [rd[f"{kind}_ours"] / max(v for k, v in rd.items()
+                                             if k.startswith(f"{kind}_torch"))
+                    for rd in rounds]
+  return {"rounds": rounds, "ratios": ratios}
 
 
 def run(config: Any, workdir: str) -> dict:
@@ -126,7 +188,7 @@ def run(config: Any, workdir: str) -> dict:
 
   Returns:
     ``{run name: {"images_per_s", "fit_wall_s", "natural_accuracy", "pgd_accuracy",
-    "guard_events"}, "torch_images_per_s": {...}}`` for the runs ``natural``,
+    "guard_events"}, "steps": step_rates(...) or {}}`` for the runs ``natural``,
     ``pgd<pgd_steps>`` and ``fgsm_rs`` (also ``workdir/results.json``).
   """
   import jax
@@ -177,14 +239,7 @@ def run(config: Any, workdir: str) -> dict:
     print(name, results[name], flush=True)
     io.write_json(os.path.join(workdir, "results.json"), results)
   threads_all = len(os.sched_getaffinity(0))
-  torch_rates = {}
-  if "torch" not in c.skip:
-    for kind in (f"pgd{c.pgd_steps}", "fgsm_rs"):
-      for threads in sorted({1, threads_all}):
-        torch_rates[f"{kind}_{threads}thr"] = torch_train_rate(
-            c, kind="fgsm_rs" if kind == "fgsm_rs" else "pgd", threads=threads)
-        print("torch", kind, threads, torch_rates[f"{kind}_{threads}thr"], flush=True)
-  results["torch_images_per_s"] = torch_rates
+  results["steps"] = {} if "torch" in c.skip else step_rates(c, threads_all=threads_all)
   io.write_json(os.path.join(workdir, "results.json"), results)
 
   lines = markdown(c, results, list(runs), threads_all)
@@ -197,7 +252,7 @@ def markdown(c: Any, results: dict, runs: list[str], threads_all: int) -> list[s
   """The results file's section (lines): the runs' rates and accuracies, PyTorch's rates."""
   pname = f"pgd{c.pgd_steps}"
   fg, pg = results["fgsm_rs"], results[pname]
-  torch_rates = results["torch_images_per_s"]
+  steps = results["steps"]
   lines = [
       f"Demo masks-study data (synthetic signs, {c.num_train} train, 32 px, full image), small "
       f"VGG-19 width {c.width} (conv_impl={c.conv_impl}), batch {c.batch_size}: natural "
@@ -205,29 +260,36 @@ def markdown(c: Any, results: dict, runs: list[str], threads_all: int) -> list[s
       f"accuracy on {c.eval_examples} test images, PGD-{c.eval_pgd_steps} step 2/255. Process "
       f"CPUs: "
       f"{threads_all} (os.sched_getaffinity).", "",
-      f"| run | training images/s | natural acc | PGD-{c.eval_pgd_steps} acc | guard |",
+      f"| run | training images/s (train.fit) | natural acc | PGD-{c.eval_pgd_steps} acc | "
+      "guard |",
       "|---|---|---|---|---|"]
   for name in runs:
     r = results[name]
     lines.append(f"| {name} | {r['images_per_s']:.1f} | {100 * r['natural_accuracy']:.1f}% | "
                  f"{100 * r['pgd_accuracy']:.1f}% | "
                  f"{'collapse: ' + r['guard_events'][0]['action'] if r['guard_events'] else ''} |")
-  if torch_rates:
-    lines += ["", "| PyTorch eager, same steps, random data | images/s |", "|---|---|"]
-    lines += [f"| {k} | {v:.1f} |" for k, v in torch_rates.items()]
   lines += ["", f"- FGSM-RS / PGD-{c.pgd_steps} training images/s: "
             f"**{fg['images_per_s'] / pg['images_per_s']:.2f}x** (target >= 3x); "
             f"PGD-{c.eval_pgd_steps} "
             f"accuracy {100 * fg['pgd_accuracy']:.1f}% vs {100 * pg['pgd_accuracy']:.1f}% "
             f"(difference {100 * (fg['pgd_accuracy'] - pg['pgd_accuracy']):+.1f} points)."]
-  if torch_rates:
-    best_torch_pgd = max(v for k, v in torch_rates.items() if k.startswith(pname))
-    lines.append(f"- PGD-{c.pgd_steps} training, ours / best PyTorch: "
-                 f"**{pg['images_per_s'] / best_torch_pgd:.2f}** (target >= 1).")
+  if steps:
+    names = list(steps["rounds"][0])
+    lines += ["", f"One training step on one resident random batch, ours (`train.jit_train_step`) "
+              f"and eager PyTorch (same weights), {len(steps['rounds'])} interleaved rounds "
+              f"(median of {c.torch_steps} steps each); images/s:", "",
+              "| contender | min | median | max |", "|---|---|---|---|"]
+    for n in names:
+      v = [rd[n] for rd in steps["rounds"]]
+      lines.append(f"| {n} | {min(v):.1f} | {statistics.median(v):.1f} | {max(v):.1f} |")
+    for kind, ratios in steps["ratios"].items():
+      lines.append("")
+      lines.append(f"- {kind} training step, ours / best PyTorch, same round: "
+                   f"**{statistics.median(ratios):.2f}** [{min(ratios):.2f}, {max(ratios):.2f}]"
+                   + (" (target >= 1)." if kind == pname else "."))
   lines.append(
       f"- The guard (PGD-{c.guard_steps} accuracy on {c.guard_examples} held-out training images "
       "after every epoch; rollback when it falls by more than 0.2) is on in both adversarial "
-      "runs; a collapse shows in the guard column. PyTorch with 2 threads loses 6-60x on this "
-      "shared machine (spinning OpenMP threads against other jobs); 1 thread is its best count "
-      "here.")
+      "runs; a collapse shows in the guard column. The train.fit rates include the loop "
+      "(batches, logging, the guard, checkpoints).")
   return lines

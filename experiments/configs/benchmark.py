@@ -45,7 +45,8 @@ count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``, ``train_pgd_s
 
 ``training`` (FGSM-RS vs PGD training, and PyTorch): ``num_train``, ``num_test``,
 ``eval_examples``, ``width``, ``batch_size``, ``epochs`` (natural), ``adv_epochs``
-(adversarial fine-tuning), ``pgd_steps``, ``torch_steps``, ``conv_impl`` ("auto", "xla",
+(adversarial fine-tuning), ``pgd_steps``, ``rounds`` and ``torch_steps`` (interleaved rounds
+of the one-step comparison with PyTorch, timed steps per round), ``conv_impl`` ("auto", "xla",
 "patches"), ``guard_examples`` and ``guard_steps`` (held-out images and PGD steps of the
 catastrophic-overfitting guard), ``eval_pgd_steps`` (PGD steps of the accuracy), ``skip``
 (``("torch",)`` leaves PyTorch out).
@@ -120,7 +121,7 @@ def pipeline_quick() -> ml_collections.ConfigDict:
 
 def training() -> ml_collections.ConfigDict:
   return _base("training", num_train=4000, num_test=1000, eval_examples=200, width=0.125,
-               batch_size=64, epochs=10, adv_epochs=3, pgd_steps=7, torch_steps=5,
+               batch_size=64, epochs=10, adv_epochs=3, pgd_steps=7, rounds=5, torch_steps=5,
                conv_impl="auto", guard_examples=256, guard_steps=10, eval_pgd_steps=10, skip=())
 
 
@@ -133,7 +134,7 @@ def training_xla() -> ml_collections.ConfigDict:
 def training_quick() -> ml_collections.ConfigDict:
   c = training()
   c.update(dict(num_train=48, num_test=16, eval_examples=8, width=0.0625, batch_size=16,
-                epochs=1, adv_epochs=1, pgd_steps=2, torch_steps=1, guard_examples=16,
+                epochs=1, adv_epochs=1, pgd_steps=2, rounds=2, torch_steps=1, guard_examples=16,
                 guard_steps=1, eval_pgd_steps=1))
   return c
 

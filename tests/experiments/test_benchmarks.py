@@ -148,7 +148,7 @@ def test_training(tmp_path):
     assert _finite(r["images_per_s"]) and r["images_per_s"] > 0
     assert 0 <= r["pgd_accuracy"] <= r["natural_accuracy"] <= 1
     assert os.path.isdir(os.path.join(w, "runs", name))
-  assert out["torch_images_per_s"] == {}
+  assert out["steps"] == {}
   section = _section(c.results_file, "benchmark_training")
   assert "| fgsm_rs |" in section and "FGSM-RS / PGD-2" in section
   assert io.read_json(os.path.join(w, "results.json"))["pgd2"] == out["pgd2"]
@@ -156,12 +156,19 @@ def test_training(tmp_path):
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is a benchmark-only dependency "
                     "(requirements-bench.txt)")
-def test_training_torch_rate():
+def test_training_step_rates_interleaved():
   from experiments.benchmarks import training
   c = presets.get_config("training_quick")
-  for kind in ("pgd", "fgsm_rs"):
-    rate = training.torch_train_rate(c, kind=kind, threads=1)
-    assert _finite(rate) and rate > 0
+  out = training.step_rates(c, threads_all=2)
+  assert len(out["rounds"]) == c.rounds
+  names = {"pgd2_ours", "pgd2_torch_1thr", "pgd2_torch_2thr", "fgsm_rs_ours",
+           "fgsm_rs_torch_1thr", "fgsm_rs_torch_2thr"}
+  for rd in out["rounds"]:
+    assert set(rd) == names and all(_finite(v) and v > 0 for v in rd.values())
+  for kind in ("pgd2", "fgsm_rs"):  # the same-round ratio to the faster PyTorch
+    assert out["ratios"][kind] == pytest.approx(
+        [rd[f"{kind}_ours"] / max(rd[f"{kind}_torch_1thr"], rd[f"{kind}_torch_2thr"])
+         for rd in out["rounds"]])
 
 
 def test_conv_workers_and_summary(tmp_path):
