@@ -159,8 +159,18 @@ contender's figures; `_variants` the losers of the first round of attempts):
   32x32x16->16) and wins only in the transposed 3-channel one (0.003 vs 0.012 s). PGD adds
   nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 0.9), and Foolbox runs the
   same compiled model, so `Foolbox / ours` stays about 1 (the model is the model).
-- The machine was shared with other jobs (load average 10-14 on 2 cores during these runs), so
-  single figures swing by 2-5x between rounds; the minima are the least disturbed figures.
+- Where the targets stand (PGD-10, best PyTorch / ours, same-round medians; sections
+  `benchmark_conv_<model>`: one pinned core, PyTorch 1 thread; `_2cpu`: both cores, PyTorch 1
+  and 2 threads, the best counting): MobileNetV2 at 64 px 1.83 (one core) and 1.61 (two cores),
+  at 224 px 1.43 and 1.58: met. Small VGG-19 0.86 and 0.72: missed (the limit above; PyTorch
+  gains 1.6x from its second thread, XLA 1.4x). `Foolbox / ours` 1.02 (VGG-19), 1.31 and 1.14
+  (MobileNetV2 64 px), 1.32 and 1.30 (224 px): the 1.5 target is missed and cannot be met by
+  the attack loop alone. Foolbox now runs the library's own compiled model and gradient, so
+  both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.75-0.91
+  and Foolbox's about 1.0-1.05, which bounds `Foolbox / ours` near 1.3.
+- The one-core rounds of 2026-11-29 ran on a quiet machine (load average 1-2; same-round ratios
+  within 10% of their medians); earlier runs under load 10-14 swung 2-5x between rounds, where
+  the minima are the least disturbed figures.
 """
 
 
