@@ -87,6 +87,8 @@ def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | No
     needs_workdir: whether ``--workdir`` is required.
   """
   def _main(argv: Sequence[str]) -> None:
+    from percadv_jax import compiler
+    compiler.use_cpu_cores()  # one CPU device per core, unless the user set a count
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint at INFO
     if len(argv) > 1:
       _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags look like --name=value)", 2)

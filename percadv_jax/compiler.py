@@ -21,6 +21,12 @@ through it; compile your own model programs with it to get the same speed.
 
 The options are fields of XLA's ``DebugOptions``: other backends accept and ignore the CPU ones.
 An ``XLA_FLAGS`` environment variable that names an option leaves that option to it.
+
+``use_cpu_cores()`` makes JAX's CPU backend one device per CPU core (call it before any JAX
+operation; the experiment binaries do). The data-parallel programs (``parallel.map_examples``,
+hence ``attacks.robust_accuracy``, and ``parallel.sharded``) then split each batch over the cores,
+which on 2 cores runs PGD-10 on the small VGG-19 1.41x faster than one device using both cores
+through XLA's intra-op threads (0.885 vs 1.247 s, batch 128) and MobileNetV2 1.10x faster.
 """
 
 from __future__ import annotations
@@ -32,6 +38,28 @@ from typing import Any, Callable
 import jax
 
 OPTIONS: dict[str, Any] = {"xla_cpu_use_fusion_emitters": False}
+
+
+def use_cpu_cores(count: int | None = None) -> int | None:
+  """Gives JAX's CPU backend ``count`` devices (default: the CPUs this process may use).
+
+  Must run before JAX starts (before any JAX operation). Leaves the setting alone when the user
+  chose one (``JAX_NUM_CPU_DEVICES`` / ``jax.config.jax_num_cpu_devices``, or
+  ``--xla_force_host_platform_device_count`` in ``XLA_FLAGS``) or when JAX has already started.
+
+  Returns:
+    The device count set, or None when the setting was left alone.
+  """
+  if count is None:
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if (jax.config.jax_num_cpu_devices != -1
+      or "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")):
+    return None
+  try:
+    jax.config.update("jax_num_cpu_devices", int(count))
+  except RuntimeError:  # JAX has started: its device count is fixed
+    return None
+  return int(count)
 
 
 def options() -> dict[str, Any]:

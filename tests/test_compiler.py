@@ -1,6 +1,10 @@
 """percadv_jax.compiler: same values as plain jax.jit, nesting, XLA_FLAGS, and that every model
 program of the library is compiled through it."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,3 +74,24 @@ def test_attacks_engine_cam_and_training_compile_through_it(mnv2, monkeypatch):
   step = steps.jit_train_step()
   with _bogus(monkeypatch):
     step(state, {"image": x, "label": y})
+
+
+_DEVICES = """
+import sys
+from percadv_jax import compiler
+first = compiler.use_cpu_cores(int(sys.argv[1]))
+import jax
+jax.numpy.zeros(1)  # JAX has started: a second call leaves the count alone
+print(first, compiler.use_cpu_cores(5), jax.device_count())
+"""
+
+
+@pytest.mark.parametrize("env,want", [
+    ({}, "3 None 3"), ({"JAX_NUM_CPU_DEVICES": "1"}, "None None 1"),
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, "None None 2")])
+def test_use_cpu_cores_unless_the_user_chose(env, want):
+  full = {k: v for k, v in os.environ.items() if k not in ("JAX_NUM_CPU_DEVICES", "XLA_FLAGS")}
+  full.update({"JAX_PLATFORMS": "cpu", **env})
+  out = subprocess.run([sys.executable, "-c", _DEVICES, "3"], env=full, capture_output=True,
+                       text=True, timeout=120, check=True)
+  assert out.stdout.strip() == want

@@ -22,6 +22,8 @@ Contenders (``contenders``):
 - ``jax_auto``: the shipped default: ``conv_impl="auto"`` (``percadv_jax.models.layers.conv_auto``:
   XLA's convolution for dense 3x3 convolutions on maps of >= 5 output pixels, ``conv_patches``
   for the rest), programs compiled with ``percadv_jax.compiler.OPTIONS``;
+- ``jax_auto_1dev``: ``jax_auto`` on one JAX CPU device (``jax_auto`` has one per pinned core,
+  ``percadv_jax.compiler.use_cpu_cores`` as in the binaries, and splits the batch over them);
 - ``jax_auto_emitters``: ``conv_impl="auto"`` with XLA's default fusion emitters (the previous
   release's default: ``compiler.OPTIONS`` overridden through ``XLA_FLAGS``);
 - ``jax_patches``: ``conv_impl="patches"`` everywhere (im2col + matmul with a custom VJP;
@@ -31,8 +33,8 @@ Contenders (``contenders``):
 - ``jax_patches_ynn``: patches with YNNPACK dots (``..._ynn_fusion_type=..._INDIVIDUAL_DOT``);
 - ``jax_st``: XLA's convolutions with ``--xla_cpu_multi_thread_eigen=false``;
 - ``torch_1`` / ``torch_all``: eager PyTorch CPU with 1 thread / one thread per pinned CPU;
-- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model (the shipped default) through
-  ``foolbox.JAXModel``.
+- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model and inputs (the shipped
+  default) through ``foolbox.JAXModel``.
 
 Models (``models``; ``vgg_tiny`` is a test size): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
 (MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2 alpha 1.0, 224 px, batch 16:
@@ -77,7 +79,8 @@ FUSION = "--xla_cpu_experimental_{}_fusion_type=LIBRARY_FUSION_TYPE_{}"
 EMITTERS = "--xla_cpu_use_fusion_emitters=true"
 CONTENDERS: dict[str, dict[str, Any]] = {
     "jax_xla": {"kind": "jax", "conv_impl": "xla", "xla_flags": EMITTERS},
-    "jax_auto": {"kind": "jax", "conv_impl": "auto", "xla_flags": ""},
+    "jax_auto": {"kind": "jax", "conv_impl": "auto", "xla_flags": "", "cpu_devices": "cores"},
+    "jax_auto_1dev": {"kind": "jax", "conv_impl": "auto", "xla_flags": ""},
     "jax_auto_emitters": {"kind": "jax", "conv_impl": "auto", "xla_flags": EMITTERS},
     "jax_patches": {"kind": "jax", "conv_impl": "patches", "xla_flags": ""},
     "jax_ynn": {"kind": "jax", "conv_impl": "xla",
@@ -92,7 +95,7 @@ CONTENDERS: dict[str, dict[str, Any]] = {
                "xla_flags": "--xla_cpu_multi_thread_eigen=false"},
     "torch_1": {"kind": "torch", "threads": 1},
     "torch_all": {"kind": "torch", "threads": 0},
-    "foolbox": {"kind": "foolbox", "conv_impl": "auto", "xla_flags": ""},
+    "foolbox": {"kind": "foolbox", "conv_impl": "auto", "xla_flags": "", "cpu_devices": "cores"},
 }
 MODELS: dict[str, dict[str, Any]] = {
     "vgg32": {"name": "vgg19", "kwargs": {"variant": "small", "width": 0.25}, "size": 32,
@@ -251,10 +254,13 @@ def _worker(spec: dict) -> None:
     import jax
     import jax.numpy as jnp
     import optax
-    from percadv_jax import attacks, compiler
+    from percadv_jax import attacks, compiler, parallel
     from percadv_jax.models import get_model, random_variables
+    # As the binaries: one CPU device per pinned core, the batch split over them ("cores").
+    compiler.use_cpu_cores(None if spec.get("cpu_devices") == "cores" else 1)
+    info["devices"] = jax.device_count()
     module = get_model(m["name"], num_classes=10, conv_impl=spec["conv_impl"], **m["kwargs"])
-    x = jnp.asarray(x_np)
+    x = parallel.shard_batch(x_np) if jax.device_count() > 1 else jnp.asarray(x_np)
     variables = random_variables(module, x[:1], seed=seed)
     logits_fn = compiler.jit(lambda v: module.apply(variables, v))
     y = jnp.argmax(logits_fn(x), -1).astype(jnp.int32)
@@ -429,6 +435,10 @@ def summarise(model: str, raw: dict, c: Any) -> tuple[str, dict]:
   threads = {n: i["threads"] for n, i in raw["infos"].items() if "threads" in i}
   if threads:
     lines += ["", "PyTorch threads: " + ", ".join(f"{k} {v}" for k, v in threads.items())]
+  devices = {n: i["devices"] for n, i in raw["infos"].items() if i.get("devices", 1) > 1}
+  if devices:
+    lines += ["", "JAX CPU devices (batch split over them, `compiler.use_cpu_cores`): "
+              + ", ".join(f"{k} {v}" for k, v in devices.items())]
   return "\n".join(lines), {"rows": rows, "ratios": ratios, "checks": checks}
 
 
