@@ -164,13 +164,16 @@ contender's figures; `_variants` the losers of the first round of attempts):
   same compiled model, so `Foolbox / ours` stays about 1 (the model is the model).
 - Where the targets stand (PGD-10, best PyTorch / ours, same-round medians; sections
   `benchmark_conv_<model>`: one pinned core, PyTorch 1 thread; `_2cpu`: both cores, PyTorch 1
-  and 2 threads, the best counting): MobileNetV2 at 64 px 1.83 (one core) and 1.61 (two cores),
-  at 224 px 1.43 and 1.58: met. Small VGG-19 0.86 and 0.72: missed (the limit above; PyTorch
-  gains 1.6x from its second thread, XLA 1.4x). `Foolbox / ours` 1.02 (VGG-19), 1.31 and 1.14
-  (MobileNetV2 64 px), 1.32 and 1.30 (224 px): the 1.5 target is missed and cannot be met by
-  the attack loop alone. Foolbox now runs the library's own compiled model and gradient, so
-  both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.75-0.91
-  and Foolbox's about 1.0-1.05, which bounds `Foolbox / ours` near 1.3.
+  and 2 threads, the best counting, and `jax_auto` with one JAX CPU device per core as the
+  binaries set up, `percadv_jax.compiler.use_cpu_cores`): MobileNetV2 at 64 px 1.83 (one core)
+  and 1.76 (two cores), at 224 px 1.43 and 1.72: met. Small VGG-19 0.86 and 0.90: missed by
+  10-14% (the limit above). On two cores one device per core is what brings VGG-19 from 0.63 to
+  0.90 (`jax_auto_1dev`: XLA's intra-op threads gain 1.4x from the second core, PyTorch's 1.8x,
+  the batch split over two devices 1.4x more). `Foolbox / ours` 1.02 and 1.19 (VGG-19), 1.31 and
+  1.29 (MobileNetV2 64 px), 1.32 and 1.18 (224 px): the 1.5 target is missed and cannot be met
+  by the attack loop alone. Foolbox runs the library's own compiled model and gradient here, so
+  both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.76-1.06 and
+  Foolbox's about 1.0-1.25, which bounds `Foolbox / ours` near 1.3.
 - The one-core rounds of 2026-11-29 ran on a quiet machine (load average 1-2; same-round ratios
   within 10% of their medians); earlier runs under load 10-14 swung 2-5x between rounds, where
   the minima are the least disturbed figures.
