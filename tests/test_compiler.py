@@ -38,7 +38,8 @@ def test_same_values_as_plain_jit_at_top_level_and_nested(mnv2):
   grad = _input_grad(module, variables, y)
   want = np.asarray(jax.jit(grad)(x))
   tol = 1e-5 * np.abs(want).max()  # float32 summation order only (jit vs eager: ~1.4e-6)
-  tuned = compiler.jit(grad)
+  # The shipped options, whatever XLA_FLAGS the suite runs with (tests/conftest.py).
+  tuned = compiler.jit(grad, compiler_options=compiler.OPTIONS)
   np.testing.assert_allclose(np.asarray(tuned(x)), want, rtol=0, atol=tol)
   # Inside an outer jit the plain jit is used (JAX refuses options on a nested jit).
   np.testing.assert_allclose(np.asarray(jax.jit(lambda v: tuned(v) * 1.0)(x)), want,
@@ -46,6 +47,8 @@ def test_same_values_as_plain_jit_at_top_level_and_nested(mnv2):
 
 
 def test_options_leave_what_xla_flags_name(monkeypatch):
+  monkeypatch.setenv("XLA_FLAGS", "")
+  assert compiler.options() == compiler.OPTIONS == {"xla_cpu_use_fusion_emitters": False}
   monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_fusion_emitters=true --xla_foo=1")
   assert "xla_cpu_use_fusion_emitters" not in compiler.options()
   monkeypatch.setenv("XLA_FLAGS", "")
