@@ -58,8 +58,8 @@ def validate(config: Any) -> None:
   """Checks the configuration before any work; raises ValueError naming the field."""
   common.check_output(config)
   common.positive_ints(config, ("num_train", "num_test", "eval_examples", "batch_size", "epochs",
-                                "adv_epochs", "pgd_steps", "rounds", "torch_steps", "guard_examples",
-                                "guard_steps", "eval_pgd_steps"))
+                                "adv_epochs", "pgd_steps", "rounds", "torch_steps",
+                                "guard_examples", "guard_steps", "eval_pgd_steps"))
   common.positive_ints(config, ("seed",), allow_zero=True)
   checks.check_float(config.width, "width", minimum=0, min_inclusive=False)
   checks.check_choice(config.conv_impl, "conv_impl", CONV_IMPLS)
