@@ -131,7 +131,8 @@ contender's figures; `_variants` the losers of the first round of attempts):
   `--xla_cpu_use_onednn=true`, `--xla_cpu_use_xnnpack=true`: on a 3x3 convolution
   (128x16x16x32) every one of them gave bit-identical values and gradients to the default,
   i.e. the convolutions stayed XLA's own; in the interleaved VGG rounds (`_variants`) no
-  consistent same-round gain. No flag is set by default (no `backend` module).
+  consistent same-round gain. No process-wide flag is set; the one XLA option that helped is
+  set per compiled program (`percadv_jax.compiler`, below).
 - Tried before (single process, earlier runs): NCHW layout (0.29 s vs 0.265 s, worse), a custom
   VJP computing the input gradient as a forward convolution of the flipped kernel (no gain),
   bfloat16 convolutions (0.25 s; changes values), `--xla_cpu_multi_thread_eigen=false` and core

@@ -22,7 +22,8 @@ Fields of every preset:
 process, interleaved rounds): ``models`` (some of "vgg32", "mnv2_64", "mnv2_224", "vgg_tiny"),
 ``contenders`` (names of ``experiments.benchmarks.conv.CONTENDERS``), ``rounds``, ``reps``
 (forward + backward calls per round, the fastest counts), ``steps`` (PGD), ``cpus`` (the
-workers' ``taskset -c`` CPU list; ``""`` = no pinning), ``device`` ("cpu" or "gpu"),
+``taskset -c`` CPU list of every contender's process; ``""`` = no pinning), ``device``
+("cpu" or "gpu"),
 ``summarise_only`` (re-report the workdir's figures without measuring).
 
 ``attacks`` (PGD vs its floor, Foolbox, PyTorch): ``batch_size``, ``image_size``, ``width`` (of
