@@ -27,7 +27,6 @@ from experiments import evaluation, workdir as wd
 from percadv_jax import attacks as attacks_lib
 from percadv_jax import checks, io, parallel, precision, train
 
-ATTACKS = ("fgsm", "pgd", "apgd")
 RESULTS = "results.json"
 
 
@@ -49,7 +48,7 @@ def grid(config: Any) -> list[Cell]:
   cells, seen = [], set()
   for c in config.checkpoints:
     for a in config.attacks:
-      for s in ((1,) if a == "fgsm" else config.steps):
+      for s in (config.steps if attacks_lib.KINDS[a][1] else (1,)):
         for e in config.eps:
           cell = Cell(c, "none", 0.0, 0) if e == 0 else Cell(c, a, float(e), int(s))
           if cell.id not in seen:
@@ -76,7 +75,7 @@ def validate(config: Any) -> None:
   if not config.attacks or not config.eps or not config.steps:
     raise ValueError("attacks, eps and steps each need at least one value")
   for a in config.attacks:
-    checks.check_choice(a, "attacks entry", ATTACKS)
+    checks.check_choice(a, "attacks entry", tuple(attacks_lib.KINDS))
   for e in config.eps:
     checks.check_positive(e, "eps entry", allow_zero=True)
   for s in config.steps:
@@ -149,11 +148,14 @@ def cell_key(seed: int, cell: Cell) -> jax.Array:
   return jax.random.fold_in(jax.random.PRNGKey(seed), zlib.crc32(cell.id.encode()) & 0x7FFFFFFF)
 
 
-def _attack(cell: Cell, config: Any) -> Any:
-  if cell.attack == "none":  # eps = 0: clean accuracy (an FGSM step of size 0 is the identity)
-    return attacks_lib.Attack("fgsm", norm=config.norm)
-  return attacks_lib.Attack(cell.attack, steps=max(cell.steps, 1), norm=config.norm,
-                            restarts=config.restarts, step_factor=config.step_factor)
+def attack(cell: Cell, config: Any, masked: bool) -> attacks_lib.Attack:
+  """The cell's ``Attack`` (``eps = 0``, attack ``"none"``: FGSM of radius 0, the identity)."""
+  if cell.attack == "none":
+    return attacks_lib.Attack("fgsm", eps=0.0, norm=config.norm, masked=masked)
+  return attacks_lib.Attack(cell.attack, eps=cell.eps, steps=max(cell.steps, 1),
+                            norm=config.norm, restarts=config.restarts,
+                            step_factor=config.step_factor if cell.attack == "pgd" else None,
+                            masked=masked)
 
 
 def run(config: Any, workdir: str, *, mesh: Any = None) -> list[dict]:
@@ -195,11 +197,10 @@ def run(config: Any, workdir: str, *, mesh: Any = None) -> list[dict]:
               "mask": arrays["mask"], "label": arrays["label"]}
       spec = {"checkpoint": cell.checkpoint, "checkpoint_step": step, "cell": cell.id,
               "setup": setup(config)}
-      r = evaluation.evaluate(store if main else None, spec, logits_fn=logits_fn, data=data,
-                              attacks={cell.attack: _attack(cell, config)}, eps=cell.eps,
-                              key=cell_key(config.seed, cell), masked=masked,
-                              batch_size=config.batch_size, mesh=mesh)
-      s = r["summary"]
+      s = evaluation.evaluate(store if main else None, spec, logits_fn=logits_fn, data=data,
+                              attacks={cell.attack: attack(cell, config, masked)},
+                              key=cell_key(config.seed, cell), batch_size=config.batch_size,
+                              mesh=mesh).summary()
       rows.append({"id": cell.id, "checkpoint": cell.checkpoint, "checkpoint_step": step,
                    "attack": cell.attack, "eps": cell.eps, "steps": cell.steps,
                    "clean": s["clean"], "robust": s["robust"],

@@ -111,6 +111,7 @@ def key_rule_violations(api) -> list[str]:
 def test_the_api_was_found():
   names = {q for q, _, _ in API}
   for expected in ("percadv_jax.attacks.pgd.pgd", "percadv_jax.attacks.evaluation.robust_accuracy",
+                   "percadv_jax.attacks.attack.Attack",
                    "percadv_jax.cam.metrics.agreement", "percadv_jax.parallel.map_examples",
                    "percadv_jax.data.source.to_arrays", "percadv_jax.train.loop.fit"):
     assert expected in names

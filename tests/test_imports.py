@@ -190,3 +190,50 @@ def test_cycle_finder_sees_function_level_and_relative_imports(tmp_path):
 ])
 def test_find_cycles(edges, expected):
   assert find_cycles(edges) == expected
+
+
+def private_attacks_imports(root: str, dirs=("percadv_jax", "experiments", "tests")
+                            ) -> list[str]:
+  """``"file:line: module"`` for every import of a private ``percadv_jax.attacks._*`` module (or
+  name) from outside ``percadv_jax/attacks``: the shared attack core is ``attacks.core``."""
+  bad = []
+  inside = os.path.join(root, "percadv_jax", "attacks") + os.sep
+  for d in dirs:
+    for dirpath, dirnames, filenames in os.walk(os.path.join(root, d)):
+      dirnames[:] = [x for x in dirnames if not x.startswith((".", "__pycache__"))]
+      for f in filenames:
+        path = os.path.join(dirpath, f)
+        if not f.endswith(".py") or path.startswith(inside):
+          continue
+        with open(path) as fh:
+          tree = ast.parse(fh.read(), path)
+        for node in _import_nodes(tree):
+          if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+          else:
+            mod = node.module or ""
+            names = [f"{mod}.{a.name}" for a in node.names]
+          for name in names:
+            parts = name.split(".")
+            if parts[:2] == ["percadv_jax", "attacks"] and any(p.startswith("_")
+                                                               for p in parts[2:]):
+              bad.append(f"{os.path.relpath(path, root)}:{node.lineno}: {name}")
+  return bad
+
+
+def test_no_private_attacks_module_is_imported_from_outside():
+  bad = private_attacks_imports(ROOT)
+  assert not bad, "import the public percadv_jax.attacks (or attacks.core):\n" + "\n".join(bad)
+
+
+def test_private_import_finder_sees_both_forms(tmp_path):
+  _write(str(tmp_path), {
+      "percadv_jax/attacks/_x.py": "",
+      "percadv_jax/attacks/pgd.py": "from percadv_jax.attacks import _x\n",
+      "percadv_jax/cam/a.py": ("from percadv_jax.attacks import _x\n"
+                               "import percadv_jax.attacks.core\n"),
+      "experiments/b.py": "def f():\n  import percadv_jax.attacks._x as x\n",
+  })
+  assert private_attacks_imports(str(tmp_path)) == [
+      "percadv_jax/cam/a.py:1: percadv_jax.attacks._x",
+      "experiments/b.py:2: percadv_jax.attacks._x"]

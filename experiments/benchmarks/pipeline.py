@@ -163,8 +163,9 @@ def run(config: Any, workdir: str) -> list[dict]:
                                     batch_stats=variables.get("batch_stats", {}),
                                     key=jax.random.PRNGKey(c.seed))
     for name, kw in [("train_natural", {}),
-                     ("train_adversarial", {"adversarial": True, "attack": train.AttackConfig(
-                         eps=c.eps, step_size=step, steps=c.train_pgd_steps)})]:
+                     ("train_adversarial", {"adversarial": True, "attack": attacks.Attack(
+                         "pgd", eps=c.eps, steps=c.train_pgd_steps,
+                         step_factor=c.train_pgd_steps / 4)})]:  # step eps / 4
       fn = functools.partial(train.train_step, **kw)
       step_fn = jax.jit(fn, in_shardings=(parallel.replicated_sharding(mesh=mesh),
                                           parallel.data_sharding(mesh=mesh)),

@@ -39,8 +39,14 @@ from typing import Any
 
 from experiments.benchmarks import common
 from percadv_jax import checks
+from percadv_jax.attacks import Attack
 
 EPS = 8 / 255
+
+
+def _pgd(steps: int) -> Attack:
+  """Madry's PGD at eps 8/255 with step 2/255 (``step_factor = steps / 4``)."""
+  return Attack("pgd", eps=EPS, steps=steps, step_factor=steps / 4)
 SKIPPABLE = ("torch",)
 LIMIT = """\
 - What limits the training step (measured 2026-11-29): the small VGG-19 at width 0.125 has 8-64
@@ -147,8 +153,7 @@ def step_rates(c: Any, *, threads_all: int) -> dict:
   x = rng.uniform(0, 1, (c.batch_size, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, c.batch_size).astype(np.int32)
   batch = {"image": jax.numpy.asarray(x), "label": jax.numpy.asarray(y)}
-  attacks = {"pgd": train.AttackConfig(eps=EPS, step_size=2 / 255, steps=c.pgd_steps),
-             "fgsm_rs": train.AttackConfig(eps=EPS, kind="fgsm_rs")}
+  attacks = {"pgd": _pgd(c.pgd_steps), "fgsm_rs": Attack("fgsm_rs", eps=EPS)}
   names = {"pgd": f"pgd{c.pgd_steps}", "fgsm_rs": "fgsm_rs"}
   contenders = {}
   for kind, attack in attacks.items():
@@ -202,7 +207,7 @@ def run(config: Any, workdir: str) -> dict:
   """
   import jax
   import numpy as np
-  from percadv_jax import data as pdata, io, train
+  from percadv_jax import attacks, data as pdata, io, train
 
   validate(config)
   c = config
@@ -222,28 +227,27 @@ def run(config: Any, workdir: str) -> dict:
                            batch_size=c.batch_size, epochs=c.epochs, seed=c.seed, optimizer=opt,
                            checkpoint_every=1000, log_every=10)
   runs = {"natural": base}
-  pgd = train.AttackConfig(eps=EPS, step_size=2 / 255, steps=c.pgd_steps)
   natural_dir = os.path.join(workdir, "runs", "natural")
-  for name, attack in ((f"pgd{c.pgd_steps}", pgd),
-                       ("fgsm_rs", train.AttackConfig(eps=EPS, kind="fgsm_rs"))):
+  for name, attack in ((f"pgd{c.pgd_steps}", _pgd(c.pgd_steps)),
+                       ("fgsm_rs", Attack("fgsm_rs", eps=EPS))):
     # Both with the guard, so both train on the same examples.
     runs[name] = dataclasses.replace(base, epochs=c.adv_epochs, adversarial=True, attack=attack,
                                      init_from=natural_dir, guard="rollback",
                                      guard_examples=c.guard_examples, guard_steps=c.guard_steps)
   results = {}
-  eval_attack = train.AttackConfig(eps=EPS, step_size=2 / 255, steps=c.eval_pgd_steps)
+  eval_attack = {"pgd": _pgd(c.eval_pgd_steps)}
   for name, cfg in runs.items():
     run_dir = os.path.join(workdir, "runs", name)
     t0 = time.perf_counter()
     state = train.fit(cfg, run_dir, train_src, desc=name)
     wall = time.perf_counter() - t0
-    r = train.evaluate(state.apply_fn, state.variables(), test, attack=eval_attack,
-                       key=jax.random.PRNGKey(1), batch_size=100, use_apgd=False)
+    r = attacks.robust_accuracy(train.make_logits_fn(state.apply_fn, state.variables()),
+                                test["image"], test["label"], eval_attack,
+                                key=jax.random.PRNGKey(1), batch_size=100).summary()
     events = [e for e in io.read_jsonl(os.path.join(run_dir, "metrics.jsonl"))
               if e.get("event") == "catastrophic_overfitting"]
     results[name] = {"images_per_s": _images_per_sec(run_dir, c.batch_size), "fit_wall_s": wall,
-                     "natural_accuracy": float(r["natural_accuracy"]),
-                     "pgd_accuracy": float(r["pgd_accuracy"]),
+                     "natural_accuracy": r["clean"], "pgd_accuracy": r["robust"],
                      "guard_events": events}
     print(name, results[name], flush=True)
     io.write_json(os.path.join(workdir, "results.json"), results)

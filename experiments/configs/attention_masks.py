@@ -11,9 +11,10 @@ r"""Configurations of the masks paper's Table 4 study (``python -m experiments.a
   and where it comes from).
 
 Threat model (every preset): Linf, eps 8/255; training PGD with step 2/255 (Madry et al.'s CIFAR
-settings: the paper's own eps, step and step count are not recoverable from its text); evaluation
-PGD step ``2.5 * eps / steps`` (``percadv_jax.attacks.step_size``: 2/255 at 10 steps), APGD adapts
-its own.
+settings: the paper's own eps, step and step count are not recoverable from its text). Every step
+follows the one rule ``percadv_jax.attacks.step_size``: ``step_factor * eps / steps``; training
+PGD-7 with step 2/255 is ``step_factor = 1.75``, evaluation PGD uses the default 2.5 (2/255 at 10
+steps), APGD adapts its own.
 
 Fields (override any with ``--config.<field>=<value>``):
 
@@ -27,9 +28,10 @@ Fields (override any with ``--config.<field>=<value>``):
   ``warmup_steps``, ``weight_decay``, ``checkpoint_every``; ``adversarial_init`` ("natural" =
   each adversarial model fine-tunes the natural model of its setting, "scratch" = Madry's
   training from a random initialisation), ``adversarial_epochs`` (0 = ``epochs``);
-  ``attack``: ``kind`` ("pgd": Madry's PGD-``steps`` with ``step_size``; "fgsm_rs": Wong et
-  al.'s fast FGSM with a random start, step 1.25 eps, about 3x the images/s of PGD-7), ``eps``,
-  ``step_size``, ``steps``; ``guard`` ("off", "stop", "rollback": the catastrophic-overfitting
+  ``attack`` (an ``attacks.Attack``): ``kind`` ("pgd": Madry's PGD-``steps``; "fgsm_rs": Wong et
+  al.'s fast FGSM with a random start, about 3x the images/s of PGD-7), ``eps``, ``steps``,
+  ``step_factor`` (step = ``step_factor * eps / steps``; 0 = the kind's default: 2.5 for PGD,
+  1.25 for FGSM-RS); ``guard`` ("off", "stop", "rollback": the catastrophic-overfitting
   guard of ``percadv_jax.train``, PGD accuracy on held-out training images after each epoch).
 - ``eval``: ``eps``, ``steps`` (PGD), ``apgd_steps``, ``restarts``, ``examples`` (test images
   attacked; 0 = all), ``batch_size``, ``curve_eps`` (radii of the accuracy-vs-eps curves),
@@ -68,8 +70,8 @@ def default() -> ml_collections.ConfigDict:
       batch_size=128, epochs=15, optimizer="adam", learning_rate=2e-3, schedule="cosine",
       warmup_steps=100, weight_decay=0.0, checkpoint_every=200, adversarial_init="natural",
       adversarial_epochs=5, guard="off",
-      attack=ml_collections.ConfigDict(dict(kind="pgd", eps=8 / 255, step_size=2 / 255,
-                                            steps=7))))
+      attack=ml_collections.ConfigDict(dict(kind="pgd", eps=8 / 255, steps=7,
+                                            step_factor=1.75))))
   c.eval = ml_collections.ConfigDict(dict(
       eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
       curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500,
@@ -85,7 +87,7 @@ def demo() -> ml_collections.ConfigDict:
   c.model.width = 0.125
   c.train.update(batch_size=64, epochs=10, adversarial_epochs=3, learning_rate=3e-3,
                  warmup_steps=50)
-  c.train.attack.steps = 3
+  c.train.attack.update(steps=3, step_factor=0.75)  # step 2/255
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
   return c
@@ -98,7 +100,7 @@ def quick() -> ml_collections.ConfigDict:
   c.model.width = 0.125
   c.train.update(batch_size=32, epochs=1, adversarial_epochs=1, learning_rate=3e-3,
                  warmup_steps=0, checkpoint_every=4)
-  c.train.attack.steps = 1
+  c.train.attack.update(steps=1, step_factor=0.25)  # step 2/255
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
                 curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
   return c
@@ -133,8 +135,8 @@ def gtsrb_paper() -> ml_collections.ConfigDict:
     momentum 0.9, lr 0.01, Madry's piecewise schedule (x0.1 at 50% and 75%), weight decay 5e-4,
     batch 128, 30 epochs (conventional choices).
   - threat model: Linf; the paper's eps, step and step count are not recoverable from its text:
-    Madry's CIFAR settings, eps 8/255, training PGD-7 with step 2/255, evaluation PGD-20 (step
-    2.5 eps / steps) and APGD-CE-100 (AutoAttack's budget) on the whole test split.
+    Madry's CIFAR settings, eps 8/255, training PGD-7 with step 2/255 (``step_factor`` 1.75),
+    evaluation PGD-20 (step 2.5 eps / steps) and APGD-CE-100 (AutoAttack's budget) on the whole test split.
 
   Data preparation: ``python -m experiments.prepare_data
   --config=experiments/configs/prepare_data.py:gtsrb_paper --config.raw_dir=RAW

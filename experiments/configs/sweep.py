@@ -10,7 +10,7 @@ Fields:
 - ``checkpoints``: training workdirs (written by ``percadv_jax.train.fit``; the latest checkpoint
   is evaluated and its step recorded) or ``"init:SEED"`` (the untrained ``model`` initialised
   with SEED).
-- ``attacks``: a subset of ("fgsm", "pgd", "apgd"); ``eps``: radii (pixel scale; eps = 0 is
+- ``attacks``: a subset of ``percadv_jax.attacks.KINDS`` ("fgsm", "fgsm_rs", "pgd", "apgd"); ``eps``: radii (pixel scale; eps = 0 is
   clean accuracy); ``steps``: iterations (fgsm has one); ``norm``: "linf" or "l2";
   ``restarts``; ``step_factor``: PGD step = step_factor * eps / steps.
 - ``data``: ``dataset``, ``split``, ``data_dir``, ``image_size`` (0 = the dataset's),

@@ -117,9 +117,9 @@ def run(config: Any, workdir: str) -> dict:
       return r
 
     results_models[name] = wd.cached(eval_path, compute)
-    wd.log(workdir, "evaluated", model=name,
-           **{k: results_models[name][k] for k in ("natural_accuracy", "pgd_accuracy",
-                                                    "apgd_accuracy", "robust_accuracy")})
+    m = results_models[name]
+    wd.log(workdir, "evaluated", model=name, clean=m["clean"], robust=m["robust"],
+           **m["per_attack"])
   return write_report(config, workdir, results_models, info=info, num_train=len(train_data),
                       num_eval=int(len(eval_arrays["label"])))
 
@@ -140,7 +140,7 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
                   "num_train": num_train, "num_eval": num_eval,
                   "mask_source": info.mask_source},
       "threat_model": {"norm": "linf", "eps": config.eval.eps,
-                       "train_step_size": config.train.attack.step_size,
+                       "train_step": train_config(config, MODEL_NAMES[1]).attack.step,
                        "train_steps": config.train.attack.steps,
                        "eval_steps": config.eval.steps, "apgd_steps": config.eval.apgd_steps,
                        "restarts": config.eval.restarts},

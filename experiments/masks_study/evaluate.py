@@ -6,10 +6,18 @@ import os
 from typing import Any
 
 import jax
-import numpy as np
 
 from experiments import common, evaluation
 from percadv_jax import attacks, train
+
+
+def eval_attacks(config: Any, masked: bool) -> dict[str, attacks.Attack]:
+  """Table 4's evaluation attacks ``{"pgd", "apgd"}`` of a model in the given setting."""
+  e = config.eval
+  return {"pgd": attacks.Attack("pgd", eps=e.eps, steps=e.steps, restarts=e.restarts,
+                                masked=masked),
+          "apgd": attacks.Attack("apgd", eps=e.eps, steps=e.apgd_steps, restarts=e.restarts,
+                                 masked=masked)}
 
 
 def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: bool,
@@ -25,8 +33,10 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
     workdir: the study's workdir (finished evaluations are kept in ``workdir/evaluations``).
 
   Returns:
-    ``{"n", "natural_accuracy", "pgd_accuracy", "apgd_accuracy", "robust_accuracy", "curve":
-    [{"eps", "pgd_accuracy", "robust_accuracy"}], "seconds", "curve_seconds"}``.
+    ``Evaluation.summary()`` of PGD and APGD (``"n", "clean", "robust", "per_attack": {"pgd",
+    "apgd"}, "linf_mean", "l2_mean"``, ``"checks"``) plus ``"curve"``: ``[{"eps",
+    **summary}]`` of PGD on the first ``eval.curve_examples`` images, ``"seconds"``,
+    ``"curve_seconds"`` and, with the trust checks, ``"trust_checks"`` (each check's result).
   """
   e = config.eval
   store = os.path.join(workdir, "evaluations")
@@ -39,35 +49,21 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
   # One attack batch shape for the evaluation and the curves: each attack compiles once.
   bs = min(e.batch_size, m, n)
   spec = {"model": name, "step": int(state.step), "seed": config.seed}
-  pgd = attacks.Attack("pgd", steps=e.steps, restarts=e.restarts)
-  apgd = attacks.Attack("apgd", steps=e.apgd_steps, restarts=e.restarts)
+  named = eval_attacks(config, masked)
   with common.Timer() as t:
-    r = evaluation.evaluate(store, {**spec, "data": "eval"}, logits_fn=logits_fn, data=data,
-                            attacks={"pgd": pgd, "apgd": apgd}, eps=e.eps, key=key,
-                            masked=masked, batch_size=bs, desc=f"{name} PGD+APGD",
-                            diagnostics=({"max_examples": e.diagnostic_examples,
-                                          "stronger_steps": e.stronger_steps,
-                                          "large_eps_steps": e.stronger_steps}
-                                         if e.diagnostics else False))
-  s = r["summary"]
-  out = {"n": s["n"], "natural_accuracy": s["clean"], "pgd_accuracy": s["per_attack"]["pgd"],
-         "apgd_accuracy": s["per_attack"]["apgd"], "robust_accuracy": s["robust"],
-         "seconds": t.seconds}
-  if e.diagnostics:
-    out["diagnostics"] = r["diagnostics"]
-    out["diagnostics_summary"] = r["diagnostics_summary"]
-  subset = {k: v[:m] for k, v in data.items()}
-  curve = []
+    ev = evaluation.evaluate(store, {**spec, "data": "eval"}, logits_fn=logits_fn, data=data,
+                             attacks=named, key=key, batch_size=bs, desc=f"{name} PGD+APGD",
+                             trust_checks=({"max_examples": e.diagnostic_examples,
+                                            "stronger_steps": e.stronger_steps,
+                                            "large_eps_steps": e.stronger_steps}
+                                           if e.diagnostics else None))
+  out = {**ev.summary(), "seconds": t.seconds}
+  if ev.checks is not None:
+    out["trust_checks"] = ev.checks
   with common.Timer() as t:
-    for eps in e.curve_eps:
-      if eps == 0:
-        acc = float(np.mean(r["clean_correct"][:m]))
-        curve.append({"eps": 0.0, "pgd_accuracy": acc, "robust_accuracy": acc})
-        continue
-      c = evaluation.evaluate(store, {**spec, "data": f"curve{m}"}, logits_fn=logits_fn,
-                              data=subset, attacks={"pgd": pgd}, eps=float(eps), key=key,
-                              masked=masked, batch_size=bs)["summary"]
-      curve.append({"eps": float(eps), "pgd_accuracy": c["per_attack"]["pgd"],
-                    "robust_accuracy": c["robust"]})
-  out["curve"], out["curve_seconds"] = curve, t.seconds
+    out["curve"] = evaluation.curve(
+        store, {**spec, "data": f"curve{m}"}, attack=named["pgd"], eps_values=e.curve_eps,
+        logits_fn=logits_fn, data={k: v[:m] for k, v in data.items()}, key=key,
+        batch_size=bs)
+  out["curve_seconds"] = t.seconds
   return out

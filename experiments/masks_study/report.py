@@ -8,8 +8,6 @@ from experiments import common
 from experiments.configs.attention_masks import MODEL_LABELS, MODEL_NAMES
 from percadv_jax import io
 
-TABLE_METRICS = (("natural", "natural_accuracy"), ("PGD", "pgd_accuracy"),
-                 ("APGD", "apgd_accuracy"), ("worst case", "robust_accuracy"))
 DATASET_LABELS = {"gtsrb_ic": "GTSRB-IC", "coco_ic": "MS-COCO-IC",
                   "synthetic_signs": "synthetic signs"}
 # What the masks paper states that our Table 4 can be held against. Its per-cell values are not
@@ -22,6 +20,26 @@ PAPER_CLAIMS = {
 }
 
 
+# A model's numbers are its ``Evaluation.summary()`` (PGD and APGD), read in place.
+def natural(m: Mapping[str, Any]) -> float:
+  return m["clean"]
+
+
+def pgd(m: Mapping[str, Any]) -> float:
+  return m["per_attack"]["pgd"]
+
+
+def apgd(m: Mapping[str, Any]) -> float:
+  return m["per_attack"]["apgd"]
+
+
+def worst(m: Mapping[str, Any]) -> float:
+  return m["robust"]
+
+
+TABLE_METRICS = (("natural", natural), ("PGD", pgd), ("APGD", apgd), ("worst case", worst))
+
+
 def table(dataset: str, models: Mapping[str, dict]) -> tuple[list[str], list[dict]]:
   """Table 4's layout: one row per model, natural / PGD / APGD / worst-case accuracy (%)."""
   ds = dataset
@@ -29,8 +47,8 @@ def table(dataset: str, models: Mapping[str, dict]) -> tuple[list[str], list[dic
   rows = []
   for name, m in models.items():
     row = {"model": MODEL_LABELS[name]}
-    for label, key in TABLE_METRICS:
-      row[f"{ds} {label} (%)"] = common.pct(m[key])
+    for label, fn in TABLE_METRICS:
+      row[f"{ds} {label} (%)"] = common.pct(fn(m))
     rows.append(row)
   return columns, rows
 
@@ -43,7 +61,7 @@ def curve_table(curve_eps: Sequence[float], models: Mapping[str, dict]
   for i, eps in enumerate(curve_eps):
     row = {"eps (x255)": round(eps * 255, 2)}
     for n, m in models.items():
-      row[MODEL_LABELS[n]] = common.pct(m["curve"][i]["pgd_accuracy"])
+      row[MODEL_LABELS[n]] = common.pct(pgd(m["curve"][i]))
     rows.append(row)
   return columns, rows
 
@@ -59,7 +77,7 @@ def figure(models: Mapping[str, dict], path: str, *, eps: float, steps: int, tit
   for name, m in models.items():
     c, ls = styles[name]
     xs = [r["eps"] * 255 for r in m["curve"]]
-    ax.plot(xs, [100 * r["pgd_accuracy"] for r in m["curve"]], color=c, linestyle=ls,
+    ax.plot(xs, [100 * pgd(r) for r in m["curve"]], color=c, linestyle=ls,
             marker="o", label=MODEL_LABELS[name])
   ax.axvline(eps * 255, color="grey", lw=0.8, ls=":")
   ax.set_xlabel("Linf eps (x 1/255)")
@@ -75,10 +93,10 @@ def findings(models: Mapping[str, dict], dataset: str = "") -> list[str]:
   """Sentences stating what the numbers show (whichever way they come out)."""
   out = []
 
-  def get(n, k):
-    return models[n][k] if n in models else None
+  def get(n, fn):
+    return fn(models[n]) if n in models else None
   for regime in ("natural", "adversarial"):
-    f, m = get(f"full_{regime}", "pgd_accuracy"), get(f"masked_{regime}", "pgd_accuracy")
+    f, m = get(f"full_{regime}", pgd), get(f"masked_{regime}", pgd)
     if f is not None and m is not None:
       verb = "raises" if m > f else ("does not change" if m == f else "lowers")
       out.append(f"With {regime} training, masking the background {verb} PGD accuracy: "
@@ -90,26 +108,23 @@ def findings(models: Mapping[str, dict], dataset: str = "") -> list[str]:
         out.append(f"The paper reports that on {DATASET_LABELS.get(dataset, dataset)} "
                    f"{claim['text']}; ours: {gain:+.1f} points, which {agrees} it.")
   for setting in ("full", "masked"):
-    n, a = get(f"{setting}_natural", "pgd_accuracy"), get(f"{setting}_adversarial",
-                                                          "pgd_accuracy")
+    n, a = get(f"{setting}_natural", pgd), get(f"{setting}_adversarial", pgd)
     if n is not None and a is not None:
       verb = "raises" if a > n else ("does not change" if a == n else "lowers")
       out.append(f"On {'full images' if setting == 'full' else 'masked images'}, adversarial "
                  f"training {verb} PGD accuracy: {100 * n:.1f}% -> {100 * a:.1f}% (natural "
-                 f"accuracy {100 * get(f'{setting}_natural', 'natural_accuracy'):.1f}% -> "
-                 f"{100 * get(f'{setting}_adversarial', 'natural_accuracy'):.1f}%).")
+                 f"accuracy {100 * get(f'{setting}_natural', natural):.1f}% -> "
+                 f"{100 * get(f'{setting}_adversarial', natural):.1f}%).")
   for name, m in models.items():
-    if m["apgd_accuracy"] < m["pgd_accuracy"]:
+    if apgd(m) < pgd(m):
       out.append(f"APGD finds more adversarial examples than PGD on "
-                 f"'{MODEL_LABELS[name]}' ({100 * m['pgd_accuracy']:.1f}% -> "
-                 f"{100 * m['apgd_accuracy']:.1f}%).")
+                 f"'{MODEL_LABELS[name]}' ({100 * pgd(m):.1f}% -> {100 * apgd(m):.1f}%).")
   return out
 
 
 def reliability_notes(models: Mapping[str, dict]) -> list[str]:
   """One line per model: the trust checks that tripped, with their evidence, or that none did."""
-  return [f"{MODEL_LABELS[n]}: {m['diagnostics_summary']}" for n, m in models.items()
-          if "diagnostics_summary" in m]
+  return [f"{MODEL_LABELS[n]}: {m['checks']}" for n, m in models.items() if "checks" in m]
 
 
 def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
@@ -123,7 +138,7 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
       f"{m.name} ({m.variant} variant, width {m.width}), {d['num_train']} training "
       f"images, {d['num_classes']} classes, {d['image_size']} px, masks: {d['mask_source']}. "
       f"Linf eps = {tm['eps'] * 255:.3g}/255; adversarial training with PGD-{tm['train_steps']}"
-      f" (step {tm['train_step_size'] * 255:.3g}/255); evaluation on {d['num_eval']} test images "
+      f" (step {tm['train_step'] * 255:.3g}/255); evaluation on {d['num_eval']} test images "
       f"with PGD-{tm['eval_steps']} (step 2.5 eps / steps) and APGD-CE-{tm['apgd_steps']}; "
       "'worst case' counts an image only if it survives both. Accuracies in %.", "", table_md,
       "Accuracy under PGD vs eps (first "
@@ -154,7 +169,7 @@ def combined_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
     for r in results:
       label = DATASET_LABELS.get(r["dataset"]["name"], r["dataset"]["name"])
       m = r["models"].get(name)
-      row[f"{label} natural (%)"] = common.pct(m["natural_accuracy"]) if m else "-"
-      row[f"{label} PGD (%)"] = common.pct(m["pgd_accuracy"]) if m else "-"
+      row[f"{label} natural (%)"] = common.pct(natural(m)) if m else "-"
+      row[f"{label} PGD (%)"] = common.pct(pgd(m)) if m else "-"
     rows.append(row)
   return columns, rows

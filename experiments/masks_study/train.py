@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from experiments import common, workdir as wd
-from percadv_jax import train
+from percadv_jax import attacks, train
 
 
 def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig:
@@ -24,8 +24,8 @@ def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig
       batch_size=t.batch_size, epochs=epochs, seed=config.seed,
       adversarial=adversarial, masked=setting == "masked",
       init_from=os.path.join(workdir, "models", f"{setting}_natural") if finetune else "",
-      attack=train.AttackConfig(kind=t.attack.kind, eps=t.attack.eps,
-                                step_size=t.attack.step_size, steps=t.attack.steps),
+      attack=attacks.Attack(t.attack.kind, eps=t.attack.eps, steps=t.attack.steps,
+                            step_factor=t.attack.step_factor or None, masked=setting == "masked"),
       guard=t.guard if adversarial else "off",
       optimizer=train.OptimizerConfig(name=t.optimizer, learning_rate=t.learning_rate,
                                       schedule=t.schedule, warmup_steps=t.warmup_steps,

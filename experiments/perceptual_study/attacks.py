@@ -97,40 +97,39 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
   spec = {"seed": seed, "images": "selection"}
   out = {}
   with common.Timer() as t:
-    r = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
-                            attacks={"ssim": SsimAttack(ball_of(config), a.ssim_steps)},
-                            batch_size=a.batch_size, return_adversarial=True,
-                            desc="SSIM attack")
-  out["ssim"] = _result(r, "ssim", {"seconds": t.seconds, "steps": a.ssim_steps,
+    ev = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
+                             attacks={"ssim": SsimAttack(ball_of(config), a.ssim_steps)},
+                             batch_size=a.batch_size, return_adversarial=True,
+                             desc="SSIM attack")
+  out["ssim"] = _result(ev, "ssim", {"seconds": t.seconds, "steps": a.ssim_steps,
                                     "ball": dataclasses.asdict(ball_of(config))})
   radii = {"linf": a.linf_eps or float(np.median(out["ssim"]["linf"])),
            "l2": a.l2_eps or float(np.median(out["ssim"]["l2"]))}
   for norm in ("linf", "l2"):
     eps = max(radii[norm], 1e-6)
     with common.Timer() as t:
-      r = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
-                              attacks={norm: attacks.Attack("pgd", steps=a.pgd_steps,
-                                                            norm=norm)},
-                              eps=eps, key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
-                              batch_size=a.batch_size, return_adversarial=True,
-                              desc=f"{norm} PGD",
-                              diagnostics=({"stronger_steps": a.stronger_steps,
-                                            "max_examples": a.diagnostic_examples,
-                                            "large_eps_steps": a.stronger_steps}
-                                           if a.diagnostics and norm == "linf" else False))
+      ev = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
+                               attacks={norm: attacks.Attack("pgd", eps=eps, steps=a.pgd_steps,
+                                                             norm=norm)},
+                               key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
+                               batch_size=a.batch_size, return_adversarial=True,
+                               desc=f"{norm} PGD",
+                               trust_checks=({"stronger_steps": a.stronger_steps,
+                                              "max_examples": a.diagnostic_examples,
+                                              "large_eps_steps": a.stronger_steps}
+                                             if a.diagnostics and norm == "linf" else None))
     set_by_user = a.linf_eps if norm == "linf" else a.l2_eps
-    out[norm] = _result(r, norm, {
+    out[norm] = _result(ev, norm, {
         "seconds": t.seconds, "eps": eps, "steps": a.pgd_steps,
         "eps_source": "config" if set_by_user else "median norm of the SSIM attack"})
-    if "diagnostics" in r:
-      out[norm]["diagnostics"] = {"checks": r["diagnostics"],
-                                  "summary": r["diagnostics_summary"]}
+    if ev.checks is not None:
+      out[norm]["diagnostics"] = {"checks": ev.checks, "summary": ev.summary()["checks"]}
   for name, res in out.items():
     wd.log(workdir, "attack", attack=name, seconds=res["facts"]["seconds"],
            success=float(res["success"].mean()))
   return out
 
 
-def _result(r: dict, name: str, facts: dict) -> dict:
-  return {"x_adv": r["adversarial"][name], "success": ~r["flags"][name],
-          "linf": r["linf"][name], "l2": r["l2"][name], "facts": facts}
+def _result(ev: attacks.Evaluation, name: str, facts: dict) -> dict:
+  return {"x_adv": ev.x_adv[name], "success": ~ev.survived[name], "linf": ev.linf[name],
+          "l2": ev.l2[name], "facts": facts}

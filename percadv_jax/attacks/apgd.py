@@ -23,9 +23,9 @@ import numpy as np
 from jax import lax
 
 from percadv_jax import checks
-from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import core as C
 from percadv_jax.attacks import losses
-from percadv_jax.attacks.pgd import LogitsFn, _objective, _prepare
+from percadv_jax.attacks.pgd import LogitsFn
 
 
 def checkpoints(steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,7 +56,7 @@ def _apgd(logits_fn, x, y, keys, eps, mask, *, steps, norm, random_start, restar
   n = x.shape[0]
   eps = C.per_example_nonneg(eps, n)
   mask = C.binary_mask(mask)
-  value_and_grad = jax.value_and_grad(_objective(logits_fn, loss, targeted, y), has_aux=True)
+  value_and_grad = jax.value_and_grad(C.objective(logits_fn, loss, targeted, y), has_aux=True)
   is_ckpt, window = checkpoints(steps)
   xs = (jnp.arange(steps), jnp.asarray(is_ckpt), jnp.asarray(window, jnp.float32))
 
@@ -130,7 +130,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | No
   Raises:
     ValueError: on bad input (see ``pgd``).
   """
-  x, y, keys, mask, steps, restarts = _prepare(
+  x, y, keys, mask, steps, restarts = C.prepare(
       logits_fn, x, y, key=key, eps=eps, step_size=None, steps=steps, norm=norm, mask=mask,
       random_start=random_start, restarts=restarts, targeted=targeted, loss=loss)
   rho = checks.check_float(rho, "rho", minimum=0.0, maximum=1.0, min_inclusive=False)

@@ -29,9 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from percadv_jax import checks
-from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import core as C
 from percadv_jax.attacks import losses as L
 from percadv_jax.attacks.apgd import apgd
+from percadv_jax.attacks.attack import step_size
 from percadv_jax.attacks.pgd import pgd
 
 LogitsFn = Callable[[jax.Array], jax.Array]
@@ -215,7 +216,7 @@ def compare_attacks(reported: Any, stronger: Any, *, tolerance: float = 0.02,
 
   Args:
     reported: bool [N], True = the example survived the reported evaluation (correct clean and
-      after the reported attack), e.g. ``robust_accuracy(...)["robust_flags"]``.
+      after the reported attack), e.g. ``robust_accuracy(...).robust``.
     stronger: bool [N], True = the example survived the stronger attack (correct clean and
       after it), on the same examples in the same order.
     tolerance: the share of examples (in [0, 1]) that the stronger attack may break beyond the
@@ -313,8 +314,8 @@ def stronger_attack_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array
   return out
 
 
-def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array | None = None,
-                    eps: Any = None, norm: str = "linf", mask: Any = None, steps: int = 20,
+def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, eps: Any = None, norm: str = "linf",
+                    mask: Any = None, steps: int = 20,
                     threshold: float = 0.1, max_examples: int = 256,
                     unroll: int | bool | None = None) -> dict[str, Any]:
   """Flags accuracy that does not fall to about zero under PGD at a very large eps.
@@ -325,9 +326,9 @@ def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array | Non
 
   Args:
     logits_fn, x, y, mask, norm: as the attacks.
-    key: jax.random key; PGD starts from ``x`` (no random start), so it is not needed.
     eps: the large radius; default 0.5 for "linf" and 0.5 * sqrt(H*W*C) for "l2".
-    steps: PGD steps (step size 2.5 * eps / steps, early stop at the first success).
+    steps: PGD steps (the step rule ``attacks.step_size``, from ``x`` without a random start,
+      early stop at the first success).
     threshold: accuracy (share in [0, 1]) above which the check trips.
     max_examples: use at most this many examples (the first ones).
     unroll: PGD's loop unrolling (see ``percadv_jax.attacks.pgd``).
@@ -337,7 +338,6 @@ def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array | Non
   Raises:
     ValueError: on bad input.
   """
-  del key  # deterministic: PGD from x
   checks.check_choice(norm, "norm", C.NORMS)
   threshold = checks.check_float(threshold, "threshold", minimum=0.0, maximum=1.0)
   steps = checks.check_int(steps, "steps", minimum=1)
@@ -346,7 +346,7 @@ def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array | Non
     eps = 0.5 if norm == "linf" else 0.5 * float(np.sqrt(np.prod(x.shape[1:])))
   eps = checks.check_float(eps, "eps", minimum=0.0, min_inclusive=False)
   clean = _survived(logits_fn, x, y)
-  xa = pgd(logits_fn, x, y, eps=eps, step_size=2.5 * eps / steps, steps=steps, norm=norm,
+  xa = pgd(logits_fn, x, y, eps=eps, step_size=step_size(eps, steps), steps=steps, norm=norm,
            mask=mask, random_start=False, early_stop=True, unroll=unroll)
   acc = float((clean & _survived(logits_fn, xa, y)).mean())
   tripped = acc > threshold
@@ -373,8 +373,8 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
     key: jax.random key (split between the attacks).
     eps: the evaluation's radius (scalar or float [N]).
     reported: bool [N] robust flags of the reported evaluation (e.g. ``robust_accuracy``'s
-      ``"robust_flags"``); None runs PGD-``steps`` (step 2.5 eps / steps, random start) as the
-      reported attack.
+      ``Evaluation.robust``); None runs PGD-``steps`` (the step rule ``attacks.step_size``,
+      random start) as the reported attack.
     steps: steps of that PGD.
     stronger_steps, stronger_restarts: APGD iterations and restarts (``stronger_attack_check``).
     large_eps, large_eps_steps: radius (its default when None) and PGD steps of
@@ -388,6 +388,8 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
   Raises:
     ValueError: on bad input.
   """
+  if key is None:
+    raise ValueError("run_all needs a jax.random key (key=): its attacks start at random")
   checks.check_choice(norm, "norm", C.NORMS)
   x_c, y_c, mask_c, _ = _inputs(logits_fn, x, y, mask, max_examples)
   n = x_c.shape[0]
@@ -397,7 +399,7 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
   if reported is None:
     steps = checks.check_int(steps, "steps", minimum=1)
     xa = pgd(logits_fn, x_c, y_c, key=jax.random.fold_in(key, 0), eps=eps_n,
-             step_size=2.5 * eps_n / steps, steps=steps, norm=norm, mask=mask_c, unroll=unroll)
+             step_size=step_size(eps_n, steps), steps=steps, norm=norm, mask=mask_c, unroll=unroll)
     reported = _survived(logits_fn, x_c, y_c) & _survived(logits_fn, xa, y_c)
   out = {
       "gradients": gradient_check(logits_fn, x_c, y_c, mask=mask_c,
@@ -421,7 +423,14 @@ def summary(results: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any
   Args:
     results: ``run_all``'s dict, or a list of result dicts.
   """
+  if isinstance(results, (str, bytes)) or not isinstance(results, (Mapping, list, tuple)):
+    raise TypeError("results must be run_all's dict or a list of check results, got "
+                    f"{type(results).__name__}")
   items = list(results.values()) if isinstance(results, Mapping) else list(results)
+  for r in items:
+    if not isinstance(r, Mapping) or not {"name", "tripped", "evidence"} <= set(r):
+      raise TypeError("each check result must be a dict with 'name', 'tripped' and 'evidence', "
+                      f"got {r!r:.80}")
   tripped = [r for r in items if r.get("tripped")]
   if not tripped:
     names = ", ".join(r["name"] for r in items)

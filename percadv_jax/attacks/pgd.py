@@ -6,9 +6,7 @@ L2-normalised gradient (l2) and ``P`` the projection onto the eps-ball, then the
 
 Masked PGD (masks paper): with ``mask`` [N,H,W,1] (or anything broadcastable to x) in {0, 1} the
 gradient is zeroed where ``mask == 0`` *before* the sign / L2 normalisation, the random start is
-masked, and after every projection ``x_adv`` is reset to ``x`` where ``mask == 0``. For the
-setting where the *model* sees only the foreground, wrap the model with
-``masked_logits_fn(logits_fn, mask)`` and pass the same ``mask`` to the attack.
+masked, and after every projection ``x_adv`` is reset to ``x`` where ``mask == 0``.
 
 Guarantees on every output: ``|x_adv - x| <= eps`` in the chosen norm (up to float rounding,
 < 1e-6), ``0 <= x_adv <= 1``, ``x_adv == x`` exactly where ``mask == 0``. They hold whatever
@@ -34,29 +32,10 @@ import jax.numpy as jnp
 from jax import lax
 
 from percadv_jax import checks
-from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import core as C
 from percadv_jax.attacks import losses
 
 LogitsFn = Callable[[jax.Array], jax.Array]
-
-
-def masked_logits_fn(logits_fn: LogitsFn, mask: jax.Array) -> LogitsFn:
-  """The masks paper's model: ``x -> logits_fn(x * mask)`` (the background is removed).
-
-  ``mask`` is ``[N,H,W,1]`` (or any shape that broadcasts against the ``[N,H,W,C]`` inputs), 1 on
-  the foreground; the returned function maps ``[N,H,W,C]`` images to ``[N, num_classes]`` logits.
-  """
-  return lambda x: logits_fn(x * mask)
-
-
-def _objective(logits_fn, loss, targeted, y):
-  loss_fn = losses.get_loss(loss)
-
-  def f(xa):
-    z = logits_fn(xa)
-    per_ex = loss_fn(z, y, targeted=targeted)
-    return jnp.sum(per_ex), (per_ex, z)
-  return f
 
 
 @C.jit_logits_fn(static_argnames=(
@@ -68,7 +47,7 @@ def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_sta
   eps = C.per_example_nonneg(eps, n)
   step = C.per_example_nonneg(step_size, n)
   mask = C.binary_mask(mask)
-  objective = _objective(logits_fn, loss, targeted, y)
+  objective = C.objective(logits_fn, loss, targeted, y)
   value_and_grad = jax.value_and_grad(objective, has_aux=True)
 
   def step_fn(xa, g):
@@ -106,27 +85,6 @@ def _pgd(logits_fn, x, y, keys, eps, step_size, mask, *, steps, norm, random_sta
     return xa, succ, per_ex
 
   return C.worst_over_restarts(run, keys, restarts, unroll)
-
-
-def _prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_start, restarts,
-             targeted, loss):
-  """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core."""
-  steps = C.check_int(steps, "steps")
-  restarts = C.check_int(restarts, "restarts")
-  random_start = checks.check_bool(random_start, "random_start")
-  if restarts > 1 and not random_start:
-    raise ValueError("restarts > 1 needs random_start=True (restarts from x would repeat the "
-                     "same deterministic attack)")
-  C.validate(logits_fn, x, y, mask=mask, norm=norm, loss=loss, targeted=targeted, key=key,
-             need_key=random_start)
-  n = x.shape[0]
-  C.check_per_example(eps, "eps", n, allow_zero=True)
-  if step_size is not None:
-    C.check_per_example(step_size, "step_size", n, allow_zero=False)
-  keys = C.example_keys(key, n) if random_start else None
-  x = checks.as_float(x)
-  mask = None if mask is None else jnp.asarray(mask, jnp.float32)
-  return x, jnp.asarray(y, jnp.int32), keys, mask, steps, restarts
 
 
 def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | None = None,
@@ -170,9 +128,10 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
     ValueError: on bad input (shapes, dtypes, x outside [0,1] or NaN, eps < 0, steps < 1, mask
       not in {0,1} or of the wrong shape, unknown norm/loss, missing key).
   """
-  x, y, keys, mask, steps, restarts = _prepare(
+  x, y, keys, mask, steps, restarts = C.prepare(
       logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=steps, norm=norm, mask=mask,
-      random_start=random_start, restarts=restarts, targeted=targeted, loss=loss)
+      random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
+      needs_step=True)
   early_stop = checks.check_bool(early_stop, "early_stop")
   unroll = C.resolve_unroll(unroll, steps * restarts)
   return _pgd(logits_fn, x, y, keys, eps, step_size, mask, steps=steps, norm=norm,
@@ -187,7 +146,7 @@ def _fgsm(logits_fn, x, y, keys, eps, step_size, mask, *, norm, random_start, ta
   step = C.per_example_nonneg(step_size, n)
   mask = C.binary_mask(mask)
   xa = C.random_start(keys, x, eps, norm, mask) if random_start else x
-  g = jax.grad(lambda v: _objective(logits_fn, loss, targeted, y)(v)[0])(xa)
+  g = jax.grad(lambda v: C.objective(logits_fn, loss, targeted, y)(v)[0])(xa)
   return C.project(xa + step * C.direction(g, norm, mask), x, eps, norm, mask)
 
 
@@ -201,7 +160,7 @@ def fgsm(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: float | jax.Ar
   with ``random_start=True`` it is the RS-FGSM of Wong et al. 2020 (they use 1.25 * eps).
   Arguments, guarantees and errors as ``pgd``; returns x_adv float32 [N,H,W,C].
   """
-  x, y, keys, mask, _, _ = _prepare(
+  x, y, keys, mask, _, _ = C.prepare(
       logits_fn, x, y, key=key, eps=eps, step_size=step_size, steps=1, norm=norm, mask=mask,
       random_start=random_start, restarts=1, targeted=targeted, loss=loss)
   if step_size is None:

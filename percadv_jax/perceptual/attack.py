@@ -25,7 +25,7 @@ import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.attacks import losses
-from percadv_jax.attacks._common import jit_logits_fn, logits_shape
+from percadv_jax.attacks.core import jit_logits_fn, logits_shape
 from percadv_jax.perceptual import solver
 from percadv_jax.perceptual.ball import QualityBall, box, check_ball
 

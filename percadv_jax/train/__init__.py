@@ -3,30 +3,29 @@
 - ``TrainState`` / ``create_train_state(key, module, tx, *, input_shape)``: the state pytree
   (params, batch_stats, opt_state, step, key).
 - ``OptimizerConfig`` / ``make_optimizer`` / ``make_schedule``: optax optimisers and schedules.
-- ``AttackConfig``, ``train_step`` / ``jit_train_step(*, adversarial, masked, attack)``: natural
-  and adversarial steps (Madry's PGD-k, or FGSM-RS with ``AttackConfig(kind="fgsm_rs")``); ``masked=True`` is the masks paper's masked setting (the model
-  sees ``x * mask``; the adversary changes only foreground pixels).
+- ``train_step`` / ``jit_train_step(*, adversarial, masked, attack)``: natural and adversarial
+  steps against an ``attacks.Attack`` (Madry's PGD-k, Wong et al.'s FGSM-RS, ...); ``masked=True``
+  is the masks paper's masked setting (the model sees ``x * mask``; the attack, masked too,
+  changes only foreground pixels).
 - ``TrainConfig`` / ``fit(config, workdir, source)``: the loop with orbax checkpoints every N
   steps, exact resume (data order is a function of (seed, step)), ``metrics.jsonl``, progress,
   and the catastrophic-overfitting guard (``TrainConfig.guard``).
-- ``evaluate(...)``: natural accuracy and robust accuracy under PGD and APGD (pointwise worst
-  case); ``accuracy_vs_eps(...)``: robustness curves.
+
+Evaluation is ``percadv_jax.attacks.robust_accuracy`` over ``make_logits_fn(...)``.
 """
 
 from percadv_jax.train import checkpoint
-from percadv_jax.train.evaluate import accuracy_vs_eps, evaluate
 from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, batch_indices, build, fit,
                                     split_guard, total_steps)
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule, make_variables)
-from percadv_jax.train.steps import (ATTACK_KINDS, AttackConfig, adversarial_examples,
-                                     jit_train_step, make_logits_fn, model_input, train_step)
+from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
+                                     model_input, train_step)
 
 __all__ = [
-    "ATTACK_KINDS", "ArrayData", "AttackConfig", "GUARDS", "OptimizerConfig", "TrainConfig",
-    "TrainState",
-    "accuracy_vs_eps", "adversarial_examples", "batch_indices", "build", "checkpoint",
-    "create_train_state", "evaluate", "fit", "jit_train_step", "make_logits_fn",
+    "ArrayData", "GUARDS", "OptimizerConfig", "TrainConfig", "TrainState",
+    "adversarial_examples", "batch_indices", "build", "checkpoint",
+    "create_train_state", "fit", "jit_train_step", "make_logits_fn",
     "make_optimizer", "make_schedule", "make_variables", "model_input", "split_guard",
     "total_steps", "train_step",
 ]

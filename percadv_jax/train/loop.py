@@ -38,13 +38,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from percadv_jax import checks, io, models
+from percadv_jax import attacks, checks, io, models
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
 from percadv_jax.train import batchnorm
-from percadv_jax.train.steps import (AttackConfig, adversarial_examples, jit_train_step,
-                                     make_logits_fn, model_input)
+from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
+                                     model_input)
 
 
 GUARDS = ("off", "stop", "rollback")
@@ -62,9 +62,10 @@ class TrainConfig:
     epochs: passes over the training set (ignored when ``steps > 0``).
     steps: total optimiser steps, if > 0.
     seed: the run's seed (initialisation, attack starts, data order).
-    adversarial: Madry adversarial training with ``attack``.
+    adversarial: adversarial training with ``attack``.
     masked: the masks paper's masked setting (model sees ``x * mask``).
-    attack: the training threat model.
+    attack: the training attack (``attacks.Attack``; Madry's PGD-7 by default); in the masked
+      setting it must be masked too (``attack.masked == masked``).
     optimizer: optimiser and schedule.
     checkpoint_every: save a checkpoint every this many steps (and at the end).
     log_every: write a metrics.jsonl line every this many steps.
@@ -79,8 +80,8 @@ class TrainConfig:
       run when the held-out PGD accuracy collapses) or "rollback" (end it with the previous
       epoch's parameters).
     guard_examples: training examples held out for the guard (used when ``guard != "off"``).
-    guard_steps: PGD steps of the guard's attack (``attack.eps``, ``attack.step_size``,
-      ``attack.norm``).
+    guard_steps: steps of the guard's attack: PGD at ``attack.eps`` in ``attack.norm`` with the
+      step rule ``attacks.step_size`` (2/255 at eps 8/255 and 10 steps).
     guard_drop: a collapse is a fall of the guard's PGD accuracy (a fraction) by more than this
       below the previous epoch's.
   """
@@ -93,7 +94,7 @@ class TrainConfig:
   seed: int = 0
   adversarial: bool = False
   masked: bool = False
-  attack: AttackConfig = AttackConfig()
+  attack: attacks.Attack = attacks.Attack("pgd", steps=7)
   optimizer: OptimizerConfig = OptimizerConfig()
   checkpoint_every: int = 200
   log_every: int = 20
@@ -119,7 +120,11 @@ class TrainConfig:
     checks.check_positive(self.guard_examples, "guard_examples")
     checks.check_positive(self.guard_steps, "guard_steps")
     checks.check_positive(self.guard_drop, "guard_drop")
-    self.attack.validate()
+    if not isinstance(self.attack, attacks.Attack):
+      raise TypeError(f"attack must be an attacks.Attack, got {type(self.attack).__name__}")
+    if self.adversarial and self.attack.masked != self.masked:
+      raise ValueError(f"attack.masked={self.attack.masked} differs from masked={self.masked}: "
+                       "in the masked setting the adversary attacks only the foreground")
     self.optimizer.validate()
 
   def to_dict(self) -> dict:
@@ -131,7 +136,7 @@ class TrainConfig:
     """The config of a ``to_dict`` dict (missing fields, also of ``attack`` / ``optimizer``, take
     their defaults)."""
     d = dict(fields)
-    d["attack"] = AttackConfig(**d.get("attack", {}))
+    d["attack"] = attacks.Attack(**d.get("attack", {}))
     d["optimizer"] = OptimizerConfig(**d.get("optimizer", {}))
     d["model_kwargs"] = dict(d.get("model_kwargs", {}))
     return cls(**d)
@@ -393,8 +398,8 @@ class _Guard:
   def __init__(self, config: TrainConfig, batch: dict):
     self.config = config
     self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    self.attack = dataclasses.replace(config.attack, kind="pgd", steps=config.guard_steps,
-                                      restarts=1)
+    self.attack = attacks.Attack("pgd", eps=config.attack.eps, steps=config.guard_steps,
+                                 norm=config.attack.norm, masked=config.masked)
     self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x6A617264)
     self.previous: tuple[float, TrainState | None] | None = None
 

@@ -6,10 +6,11 @@ One code path covers the masks paper's four models {full, masked} x {natural, ad
 - ``masked=True``: the model sees ``x * mask`` (the background is removed before
   classification); the adversary attacks ``x * mask`` with ``pgd(..., mask=mask)``, so it may
   change only foreground pixels, and the model again sees its input times the mask.
-- ``adversarial=True``: each batch is replaced by its PGD-k adversarial version (Madry et al.)
-  or, with ``AttackConfig(kind="fgsm_rs")``, its FGSM-RS version (Wong et al. 2020), found with
-  BatchNorm in eval mode (``train=False``: running statistics, no updates); the
-  parameter update then runs in train mode on the adversarial batch.
+- ``adversarial=True``: each batch is replaced by its adversarial version under an
+  ``attacks.Attack`` (Madry et al.'s PGD-k with ``Attack("pgd", ...)``, Wong et al.'s FGSM-RS with
+  ``Attack("fgsm_rs", ...)``), found with BatchNorm in eval mode (``train=False``: running
+  statistics, no updates); the parameter update then runs in train mode on the adversarial
+  batch. In the masked setting the attack must be masked (``Attack(masked=True)``).
 
 Batches are dicts ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
 "label": int32 [B]}`` as ``percadv_jax.data.batches`` yields them.
@@ -26,46 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from percadv_jax import attacks, checks, compiler
+from percadv_jax import attacks, compiler
 from percadv_jax.train.state import TrainState, make_variables
-
-
-ATTACK_KINDS = ("pgd", "fgsm_rs")
-
-
-@dataclasses.dataclass(frozen=True)
-class AttackConfig:
-  """A training threat model (pixel space, [0,1] images) and the attack that trains against it.
-
-  Attributes:
-    eps: radius of the ball (Linf: per pixel, e.g. 8/255; L2: whole image).
-    step_size: PGD step (Linf: per pixel, e.g. 2/255).
-    steps: PGD iterations.
-    norm: "linf" or "l2".
-    restarts: random restarts (the per-example worst case is kept).
-    kind: "pgd" (Madry: PGD-``steps`` from a random start) or "fgsm_rs" (Wong, Rice and Kolter
-      2020, "fast is better than free": a uniform random start in the eps-ball, one signed
-      gradient step of ``fgsm_step * eps``, projection onto the ball and [0, 1]; ``steps``,
-      ``step_size`` and ``restarts`` are then not used by training).
-    fgsm_step: the FGSM-RS step as a multiple of ``eps`` (1.25 in the paper).
-  """
-  eps: float = 8 / 255
-  step_size: float = 2 / 255
-  steps: int = 7
-  norm: str = "linf"
-  restarts: int = 1
-  kind: str = "pgd"
-  fgsm_step: float = 1.25
-
-  def validate(self) -> None:
-    """Raises ``ValueError`` naming the first field out of range (eps < 0, unknown norm, ...)."""
-    checks.check_positive(self.eps, "eps", allow_zero=True)
-    checks.check_positive(self.step_size, "step_size")
-    checks.check_positive(self.steps, "steps")
-    checks.check_positive(self.restarts, "restarts")
-    checks.check_choice(self.norm, "norm", {"linf", "l2"})
-    checks.check_choice(self.kind, "kind", set(ATTACK_KINDS))
-    checks.check_positive(self.fgsm_step, "fgsm_step")
 
 
 def model_input(x: jax.Array, mask: jax.Array | None, masked: bool) -> jax.Array:
@@ -93,9 +56,9 @@ def make_logits_fn(apply_fn: Callable, variables: Any, *, mask: jax.Array | None
 
 
 def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: jax.Array,
-                         mask: jax.Array | None, *, key: jax.Array, attack: AttackConfig,
+                         mask: jax.Array | None, *, key: jax.Array, attack: attacks.Attack,
                          masked: bool) -> jax.Array:
-  """Adversarial versions of the model inputs (eval-mode model): PGD or FGSM-RS (``attack.kind``).
+  """Adversarial versions of the model inputs under ``attack`` (eval-mode model).
 
   Args:
     apply_fn, variables: the model (``apply_fn(variables, x, train=False) -> logits``).
@@ -103,8 +66,9 @@ def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: ja
     y: int32 [N] labels.
     mask: float32 [N,H,W,1] in {0,1} foreground masks (required when ``masked``).
     key: PRNG key for the random start.
-    attack: the threat model.
-    masked: the masks paper's masked setting (see module docstring).
+    attack: the training attack; it changes the pixels ``attacks.free_pixels(mask,
+      attack.masked)`` frees.
+    masked: the masks paper's masked setting of the model (see module docstring).
 
   Returns:
     float32 [N,H,W,3] in [0,1]: the adversarial *model-space* images; in the masked setting they
@@ -112,15 +76,7 @@ def adversarial_examples(apply_fn: Callable, variables: Any, x: jax.Array, y: ja
   """
   x0 = model_input(x, mask, masked)
   logits_fn = make_logits_fn(apply_fn, variables, mask=mask, masked=masked)
-  if attack.kind == "fgsm_rs":
-    x_adv = attacks.fgsm(logits_fn, x0, y, key=key, eps=attack.eps,
-                         step_size=attack.fgsm_step * attack.eps, norm=attack.norm,
-                         mask=mask if masked else None, random_start=True)
-  else:
-    x_adv = attacks.pgd(logits_fn, x0, y, key=key, eps=attack.eps, step_size=attack.step_size,
-                        steps=attack.steps, norm=attack.norm, mask=mask if masked else None,
-                        restarts=attack.restarts)
-  return jax.lax.stop_gradient(x_adv)
+  return jax.lax.stop_gradient(attack(logits_fn, x0, y, key=key, mask=mask))
 
 
 def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -129,17 +85,16 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
-               masked: bool = False, attack: AttackConfig = AttackConfig()
+               masked: bool = False, attack: attacks.Attack = attacks.Attack("pgd", steps=7)
                ) -> tuple[TrainState, dict]:
   """One optimiser update (pure; jit it with ``jit_train_step``).
 
   Args:
     state: the train state; its ``key`` is split for the attack's random start and dropout.
     batch: ``{"image": [B,H,W,3], "mask": [B,H,W,1], "label": [B]}`` (see module docstring).
-    adversarial: adversarial training with ``attack`` (Madry's PGD-``attack.steps`` or
-      FGSM-RS, ``attack.kind``).
-    masked: the masked setting (model sees ``x * mask``; attack only on the foreground).
-    attack: the training threat model (ignored unless ``adversarial``).
+    adversarial: adversarial training with ``attack``.
+    masked: the masked setting (model sees ``x * mask``).
+    attack: the training attack (ignored unless ``adversarial``).
 
   Returns:
     ``(new_state, metrics)`` with scalar float32 metrics ``loss`` and ``accuracy`` (on the
@@ -169,14 +124,17 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
 
 
 def jit_train_step(*, adversarial: bool = False, masked: bool = False,
-                   attack: AttackConfig = AttackConfig()) -> Callable:
+                   attack: attacks.Attack = attacks.Attack("pgd", steps=7)) -> Callable:
   """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``.
 
   The full-image setting runs the masked step with a mask of ones (``x * 1 == x`` and a mask of
-  ones changes nothing in PGD, bit for bit), so the full and masked models share one compile.
+  ones changes nothing in an attack, bit for bit), so the full and masked models share one
+  compile. The attack's setting must be the model's (``attack.masked == masked``).
   """
-  attack.validate()
-  step = _jit_masked_step(adversarial, attack)
+  if adversarial and attack.masked != masked:
+    raise ValueError(f"the training attack's masked={attack.masked} differs from the model's "
+                     f"masked={masked}: the masked setting attacks only the foreground")
+  step = _jit_masked_step(adversarial, dataclasses.replace(attack, masked=True))
   if masked:
     return step
 
@@ -192,7 +150,7 @@ def _ones(shape: tuple[int, ...]) -> jax.Array:
 
 
 @functools.lru_cache(maxsize=32)
-def _jit_masked_step(adversarial: bool, attack: AttackConfig) -> Callable:
+def _jit_masked_step(adversarial: bool, attack: attacks.Attack) -> Callable:
   def step(state, batch):
     return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack)
   return compiler.jit(step)

@@ -175,3 +175,22 @@ def test_empty_batch_and_labels_out_of_range(setup, attack):
       fn(f, x, yb, eps=0.1, random_start=False)
   with pytest.raises(ValueError, match="y must be integer class labels, got dtype bool"):
     fn(f, x, y > 1, eps=0.1, random_start=False)
+
+
+def test_library_errors_name_the_argument_before_tracing(setup):
+  f, x, y = setup["f"], setup["x"], setup["y"]
+  key = jax.random.key(0)
+  with pytest.raises(ValueError, match="cannot take images of shape"):
+    A.pgd(f, x[..., :1], y, key=key, eps=0.1, step_size=0.05, steps=1)
+  with pytest.raises(ValueError, match="step_size is needed"):
+    A.pgd(f, x, y, key=key, eps=0.1, step_size=None, steps=1)
+  with pytest.raises(ValueError, match="key must be a jax.random key"):
+    A.pgd(f, x, y, key=np.zeros(2, np.float32), eps=0.1, step_size=0.05, steps=1)
+  with pytest.raises(ValueError, match="steps"):
+    A.step_size(8 / 255, 0)
+  with pytest.raises(TypeError, match="mesh"):
+    A.robust_accuracy(f, x, y, {"pgd": A.Attack("pgd", steps=1)}, key=key, mesh="cpu")
+  with pytest.raises(ValueError, match="key"):
+    A.diagnostics.run_all(f, x, y, key=None, eps=0.1)
+  with pytest.raises(TypeError, match="results"):
+    A.diagnostics.summary("all good")

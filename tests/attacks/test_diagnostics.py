@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from percadv_jax import attacks as A
-from percadv_jax.attacks import _common as C
+from percadv_jax.attacks import core as C
 from percadv_jax.attacks import diagnostics as D
 from tests.attacks import attack_models as M
 

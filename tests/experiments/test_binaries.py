@@ -74,11 +74,12 @@ def test_masks_table_equals_results_json(quick_demo):
   ds = res["dataset"]["name"]
   for row, name in zip(rows, masks_cfgs.MODEL_NAMES):
     m = res["models"][name]
-    for label, key in masks_report.TABLE_METRICS:
-      assert float(row[f"{ds} {label} (%)"]) == common.pct(m[key]), (name, label)
-    assert m["robust_accuracy"] <= min(m["pgd_accuracy"], m["apgd_accuracy"])
-    assert max(m["pgd_accuracy"], m["apgd_accuracy"]) <= m["natural_accuracy"]
-    acc = [c["pgd_accuracy"] for c in m["curve"]]
+    for label, fn in masks_report.TABLE_METRICS:
+      assert float(row[f"{ds} {label} (%)"]) == common.pct(fn(m)), (name, label)
+    assert m["robust"] <= min(m["per_attack"].values())
+    assert max(m["per_attack"].values()) <= m["clean"]
+    acc = [c["per_attack"]["pgd"] for c in m["curve"]]
+    assert m["curve"][0]["eps"] == 0 and acc[0] == m["curve"][0]["clean"]  # eps 0: no change
     assert acc[0] >= acc[-1]
   md = open(os.path.join(d, "table.md")).read()
   for row in rows:
@@ -87,9 +88,9 @@ def test_masks_table_equals_results_json(quick_demo):
   assert res["dataset"]["num_classes"] == 10 and res["dataset"]["image_size"] == 32
   summary = open(os.path.join(d, "summary.md")).read()  # the trust checks, in the notes
   for name in masks_cfgs.MODEL_NAMES:
-    checks = res["models"][name]["diagnostics"]
+    checks = res["models"][name]["trust_checks"]
     assert set(checks) == {"gradients", "randomness", "stronger_attack", "large_eps"}
-    assert res["models"][name]["diagnostics_summary"] in summary
+    assert res["models"][name]["checks"] in summary
 
 
 def test_perceptual_tables_equal_results_json(quick_demo):

@@ -9,10 +9,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from percadv_jax import io, train
+from percadv_jax import attacks, io, train
 
 MODEL_KW = {"variant": "small", "width": 0.125, "batch_norm": True}
-ATTACK = train.AttackConfig(eps=8 / 255, step_size=3 / 255, steps=3)
+# PGD-3 with step 3/255 (= 1.125 eps / 3) in the masked setting.
+ATTACK = attacks.Attack("pgd", eps=8 / 255, steps=3, step_factor=1.125, masked=True)
 
 
 def _toy(n: int, seed: int, fragile: float = 0.0) -> dict:
@@ -162,7 +163,7 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path):
   # eps). Measured over seeds 0-2: natural PGD accuracy 0.02-0.5, adversarial 0.52-1.0, the gap
   # >= 0.38 for every seed (without the fragile feature the gap was 0-0.5, CPU-dependent).
   data, test = _toy(512, 2, fragile=0.04), _toy(64, 1, fragile=0.04)
-  attack = train.AttackConfig(eps=16 / 255, step_size=6 / 255, steps=3)
+  attack = attacks.Attack("pgd", eps=16 / 255, steps=3, step_factor=1.125)  # step 6/255
   results = {}
   for adversarial in (False, True):
     cfg = _config(adversarial=adversarial, masked=False, steps=80, checkpoint_every=80,
@@ -170,16 +171,16 @@ def test_adversarial_training_raises_pgd_accuracy(tmp_path):
                   optimizer=train.OptimizerConfig(name="adam", learning_rate=3e-3,
                                                   schedule="cosine", warmup_steps=2))
     state = train.fit(cfg, str(tmp_path / str(adversarial)), data, num_classes=2)
-    results[adversarial] = train.evaluate(state.apply_fn, state.variables(), test,
-                                          attack=attack, key=jax.random.PRNGKey(1),
-                                          batch_size=64, use_apgd=False)
-  nat, adv = results[False], results[True]
-  assert nat["natural_accuracy"] >= 0.9 and adv["natural_accuracy"] >= 0.9, (nat, adv)
-  assert adv["pgd_accuracy"] > nat["pgd_accuracy"] + 0.2, (nat, adv)
-  for r in (nat, adv):
-    assert r["robust_accuracy"] == r["pgd_accuracy"] <= r["natural_accuracy"]
-    flags = r["per_example"]
-    np.testing.assert_array_equal(flags["robust"], flags["natural"] & flags["pgd"])
+    results[adversarial] = attacks.robust_accuracy(
+        train.make_logits_fn(state.apply_fn, state.variables()), test["image"], test["label"],
+        {"pgd": attack}, key=jax.random.PRNGKey(1), batch_size=64)
+  nat, adv = results[False].summary(), results[True].summary()
+  assert nat["clean"] >= 0.9 and adv["clean"] >= 0.9, (nat, adv)
+  assert adv["per_attack"]["pgd"] > nat["per_attack"]["pgd"] + 0.2, (nat, adv)
+  for ev in results.values():
+    r = ev.summary()
+    assert r["robust"] == r["per_attack"]["pgd"] <= r["clean"]
+    np.testing.assert_array_equal(ev.robust, ev.clean & ev.survived["pgd"])
 
 
 def test_schedules_and_optimizers():
@@ -193,7 +194,7 @@ def test_schedules_and_optimizers():
   with pytest.raises(ValueError, match="optimizer"):
     train.make_optimizer(train.OptimizerConfig(name="lamb"), 10)
   with pytest.raises(ValueError, match="eps"):
-    train.AttackConfig(eps=-1.0).validate()
+    attacks.Attack(eps=-1.0)
   # One SGD step with momentum 0 is params - lr * grad.
   tx = train.make_optimizer(train.OptimizerConfig(name="sgd", learning_rate=0.5, momentum=0.0,
                                                   schedule="constant"), 10)
@@ -217,8 +218,8 @@ def test_fgsm_rs_step_equals_the_hand_computed_one():
   x[:, -2:] = 1.0
   y = np.array([0, 1, 0, 1, 0, 1], np.int32)
   eps = 8 / 255
-  attack = train.AttackConfig(kind="fgsm_rs", eps=eps)
-  assert attack.fgsm_step == 1.25 and attack.steps == 7  # defaults of the other fields kept
+  attack = attacks.Attack("fgsm_rs", eps=eps)
+  assert attack.factor == 1.25 and attack.steps == 1  # Wong et al.'s step 1.25 eps
   key = jax.random.PRNGKey(5)
 
   def adv(w):
@@ -238,7 +239,7 @@ def test_fgsm_rs_step_equals_the_hand_computed_one():
   expected = np.clip(x + np.clip(start + 1.25 * eps * sign - x, -eps, eps), 0, 1)
   np.testing.assert_allclose(adv(w), expected, atol=1e-7)
   with pytest.raises(ValueError, match="kind"):
-    train.AttackConfig(kind="bim").validate()
+    attacks.Attack("bim")
 
 
 def test_overfitting_guard_rolls_back_or_stops_on_a_collapse(toy, tmp_path, monkeypatch):
@@ -251,7 +252,8 @@ def test_overfitting_guard_rolls_back_or_stops_on_a_collapse(toy, tmp_path, monk
   from percadv_jax.train import loop
   state = train.build(cfg, num_classes=2, image_shape=(32, 32, 3), total=9)
   batch = {k: v[guard_idx] for k, v in data.items()}
-  zero = loop._Guard(dataclasses.replace(cfg, attack=train.AttackConfig(eps=0.0)), batch)
+  zero = loop._Guard(dataclasses.replace(cfg, attack=attacks.Attack(eps=0.0, masked=True)),
+                     batch)
   logits = state.apply_fn(state.variables(), batch["image"] * batch["mask"], train=False)
   natural = float(np.mean(np.argmax(np.asarray(logits), -1) == batch["label"]))
   assert zero.accuracy(state) == pytest.approx(natural)

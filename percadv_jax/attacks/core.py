@@ -1,4 +1,7 @@
-"""Shared pieces of the attacks: input validation, keys, steps, projections, loop unrolling."""
+"""The attacks' shared core: input validation, keys, objective, steps, projections, loop unrolling.
+
+Public so that other packages build attacks on it (``percadv_jax.perceptual.ssim_attack``).
+"""
 
 from __future__ import annotations
 
@@ -70,11 +73,6 @@ def resolve_unroll(unroll: Any, total_steps: int) -> int | bool:
   if not isinstance(unroll, (int, np.integer)) or unroll < 1:
     raise ValueError(f"unroll must be None, a bool or an int >= 1, got {unroll!r}")
   return int(unroll)
-
-
-def check_int(value: Any, name: str, minimum: int = 1) -> int:
-  """``value`` (an int or NumPy integer, not a bool) as a Python int >= ``minimum``."""
-  return checks.check_int(value, name, minimum=minimum)
 
 
 def check_per_example(value: Any, name: str, n: int, *, allow_zero: bool) -> None:
@@ -165,15 +163,24 @@ def logits_shape(logits_fn, x_shape: tuple[int, ...]) -> tuple[int, ...]:
   except TypeError:  # not weak-referenceable: no cache
     cache = {}
   if x_shape not in cache:
-    out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+    try:
+      out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+    except (TypeError, ValueError) as e:  # e.g. 1-channel images for a 3-channel model
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      raise ValueError(f"logits_fn cannot take images of shape {x_shape} (does the model "
+                       f"expect another size or number of channels?): {first}") from None
     cache[x_shape] = tuple(getattr(out, "shape", ()))
   return cache[x_shape]
 
 
 def key_shape(key: Any, n: int) -> bool:
-  """True when ``key`` is a batch of per-example keys ([n] typed or [n, 2] raw), False if one key."""
+  """True for a batch of per-example keys ([n] typed or [n, 2] raw), False for one key."""
   shape = tuple(getattr(key, "shape", ()))
-  typed = jnp.issubdtype(getattr(key, "dtype", np.float32), jax.dtypes.prng_key)
+  dtype = getattr(key, "dtype", None)
+  typed = dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key)
+  if not typed and (dtype is None or np.dtype(dtype) != np.uint32):
+    raise ValueError("key must be a jax.random key (jax.random.key(seed) or PRNGKey(seed)), got "
+                     f"{type(key).__name__} of dtype {dtype}")
   single, batch = ((), (n,)) if typed else ((2,), (n, 2))
   if shape == single:
     return False
@@ -347,3 +354,38 @@ def checked(attack: Callable) -> Callable:
                      "x_adv differs from x where mask is 0")
     return x_adv
   return wrapped
+
+
+def objective(logits_fn, loss, targeted, y):
+  """``f(x) -> (sum of per-example losses, (per-example losses [N], logits [N,K]))``."""
+  loss_fn = losses.get_loss(loss)
+
+  def f(xa):
+    z = logits_fn(xa)
+    per_ex = loss_fn(z, y, targeted=targeted)
+    return jnp.sum(per_ex), (per_ex, z)
+  return f
+
+
+def prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_start, restarts,
+            targeted, loss, needs_step=False):
+  """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core."""
+  steps = checks.check_int(steps, "steps", minimum=1)
+  restarts = checks.check_int(restarts, "restarts", minimum=1)
+  random_start = checks.check_bool(random_start, "random_start")
+  if restarts > 1 and not random_start:
+    raise ValueError("restarts > 1 needs random_start=True (restarts from x would repeat the "
+                     "same deterministic attack)")
+  validate(logits_fn, x, y, mask=mask, norm=norm, loss=loss, targeted=targeted, key=key,
+             need_key=random_start)
+  n = x.shape[0]
+  check_per_example(eps, "eps", n, allow_zero=True)
+  if step_size is None and needs_step:
+    raise ValueError("step_size is needed: a number > 0 or float [N] (e.g. "
+                     "attacks.step_size(eps, steps))")
+  if step_size is not None:
+    check_per_example(step_size, "step_size", n, allow_zero=False)
+  keys = example_keys(key, n) if random_start else None
+  x = checks.as_float(x)
+  mask = None if mask is None else jnp.asarray(mask, jnp.float32)
+  return x, jnp.asarray(y, jnp.int32), keys, mask, steps, restarts
