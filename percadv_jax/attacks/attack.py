@@ -81,7 +81,8 @@ class Attack:
   Called as ``attack(logits_fn, x, y, *, key=None, mask=None, eps=None) -> x_adv``; ``eps``
   overrides ``self.eps`` (a traced radius: one compile serves every radius, as the
   accuracy-vs-eps curves need). With ``masked=True`` only pixels where ``mask == 1`` change;
-  with ``masked=False`` the mask is ignored (every pixel is free: ``free_pixels``).
+  with ``masked=False`` the mask is ignored (every pixel is free: ``free_pixels``). A concrete
+  radius of 0 returns ``x`` (float32).
 
   Attributes:
     kind: one of ``KINDS``: "fgsm", "fgsm_rs", "pgd", "apgd" (APGD-CE, or APGD-DLR with
@@ -141,6 +142,8 @@ class Attack:
                eps: Any = None) -> jax.Array:
     eps = self.eps if eps is None else eps
     mask = free_pixels(mask, self.masked, tuple(np.shape(x)))
+    if checks.is_concrete(eps) and np.ndim(eps) == 0 and float(eps) == 0.0:
+      return jnp.asarray(x, jnp.float32)  # radius 0: the identity (a step of 0 is no step)
     common = dict(eps=eps, norm=self.norm, mask=mask, loss=self.loss)
     if self.kind in ("fgsm", "fgsm_rs"):
       return fgsm(logits_fn, x, y, key=key, step_size=step_size(eps, 1, factor=self.factor),
