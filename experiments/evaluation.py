@@ -5,9 +5,10 @@ the perceptual study's attacks) is one call of ``evaluate``: it runs
 ``percadv_jax.attacks.robust_accuracy`` (sharded over every device of every host) and saves the
 ``attacks.Evaluation`` it returns, exactly: ``<store>/<id>.npz`` holds ``Evaluation.to_arrays()``,
 ``<id>.checks.json`` the trust checks, ``<id>.json`` what the record is. The id is a hash of
-everything the result depends on (model and checkpoint step, attacks, data, seed), so a rerun
-finds finished evaluations, a changed setting never reuses a stale one, and nothing is deleted
-when a grid changes.
+everything the result depends on: the caller's description (model, checkpoint step, data, seed),
+the attacks' reprs, and a hash of the model's weights (the arrays of a ``jax.tree_util.Partial``
+logits_fn), so a rerun finds finished evaluations, a changed setting or a replaced checkpoint
+never reuses a stale one, and nothing is deleted when a grid changes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,23 @@ def evaluation_id(spec: Mapping[str, Any]) -> str:
   """A short stable hash of a JSON-able description."""
   text = json.dumps(spec, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def weights_hash(logits_fn: Callable) -> str:
+  """SHA-256 (16 hex digits) of the arrays a ``jax.tree_util.Partial`` logits_fn carries (its
+  weights), or of a plain function's qualified name (whose weights are compiled in)."""
+  h = hashlib.sha256()
+  if isinstance(logits_fn, jax.tree_util.Partial):
+    fn = logits_fn.func
+    h.update(f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', '')}".encode())
+    for leaf in jax.tree_util.tree_leaves((logits_fn.args, logits_fn.keywords)):
+      a = np.asarray(leaf)
+      h.update(f"{a.dtype}{a.shape}".encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+  else:
+    h.update(f"{getattr(logits_fn, '__module__', '')}.{getattr(logits_fn, '__qualname__', '')}"
+             .encode())
+  return h.hexdigest()[:16]
 
 
 def _read(npz: str, checks_path: str | None) -> attacks_lib.Evaluation:
@@ -56,9 +74,10 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
 
   Args:
     store: directory of finished evaluations (None: no caching).
-    spec: JSON-able description of everything besides the arrays and the attacks that the
-      result depends on (model / checkpoint and its step, data selection, seed); the attacks'
-      reprs (``Attack`` is a frozen dataclass: its repr names every field) are added here.
+    spec: JSON-able description of everything besides the weights, the arrays and the attacks
+      that the result depends on (model / checkpoint and its step, data selection, seed); the
+      weights' hash and the attacks' reprs (``Attack`` is a frozen dataclass: its repr names
+      every field) are added here.
     logits_fn: eval-mode ``x -> logits`` (a ``jax.tree_util.Partial`` shares compiles).
     data: ``{"image": [N,H,W,C], "label": [N], "mask": [N,H,W,1]}``; a masked ``Attack``
       changes only pixels where the mask is 1.
@@ -66,7 +85,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
     key, batch_size, return_adversarial, mesh, desc, trust_checks: see
       ``attacks.robust_accuracy``.
   """
-  full_spec = {**spec, "attacks": {n: repr(a) for n, a in attacks.items()},
+  full_spec = {**spec, "weights": weights_hash(logits_fn),
+               "attacks": {n: repr(a) for n, a in attacks.items()},
                "n": int(len(data["label"])), "batch_size": batch_size,
                "return_adversarial": bool(return_adversarial),
                "trust_checks": None if trust_checks is None else dict(trust_checks)}

@@ -293,7 +293,7 @@ def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
   old = cfg.to_dict()
   for k in ("guard", "guard_examples", "guard_steps", "guard_drop"):
     del old[k]
-  del old["attack"]["kind"], old["attack"]["fgsm_step"]
+  del old["attack"]["masked"], old["attack"]["step_factor"]
   io.write_json(str(tmp_path / "config.json"), old)
   loop._check_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
   with pytest.raises(ValueError, match="guard"):
