@@ -9,18 +9,12 @@ The preset's ``benchmark`` field picks the module of ``experiments/benchmarks/``
 conv, perceptual, pipeline, training); the fields are in ``experiments/configs/benchmark.py``.
 Each writes its tables and ``results.json`` into ``--workdir`` and, with ``record`` (the
 default), its section of docs/benchmarks.md. The pipeline benchmark also takes the multi-host
-flags of ``experiments.sweep``.
+flags (``--coordinator_address``, ``--num_processes``, ``--process_id``; see ``experiments.cli``).
 """
 
 from __future__ import annotations
 
-from absl import flags
-
 from experiments import cli
-
-flags.DEFINE_string("coordinator_address", None, "Multi-host (pipeline): host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host (pipeline): number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host (pipeline): this process's id.")
 
 
 def _validate(config):
@@ -31,13 +25,10 @@ def _validate(config):
 def _run(config, workdir):
   from experiments import benchmarks
   if config.benchmark == "pipeline":
-    from percadv_jax import parallel
-    fv = flags.FLAGS
-    parallel.initialize(coordinator_address=fv.coordinator_address,
-                        num_processes=fv.num_processes, process_id=fv.process_id)
+    cli.initialize_multihost()
   return benchmarks.run(config, workdir)
 
 
 if __name__ == "__main__":
-  cli.define_flags("benchmark", default_preset="")
+  cli.define_flags("benchmark", default_preset="", multihost=True)
   cli.main(_run, validate=_validate)

@@ -5,7 +5,10 @@ As in flax's examples, a binary takes ``--config=experiments/configs/<study>.py:
 ``--config.<field>=<value>`` overrides of any field (``--config.train.epochs=3``; tuples as
 Python literals, ``--config.models="('full_natural','masked_natural')"``), and ``--workdir``.
 ``main(run, ...)`` then validates the whole configuration before any work and calls
-``run(config, workdir)``.
+``run(config, workdir)``. A binary that runs over several processes (``experiments.sweep``,
+the pipeline benchmark of ``experiments.benchmark``) also takes ``--coordinator_address``,
+``--num_processes`` and ``--process_id`` (``define_flags(..., multihost=True)``, then
+``initialize_multihost()``).
 
 Every error a user can cause (a bad flag or field, a missing or corrupt file, a workdir of
 another configuration) ends the program with one line ``error: ...`` on stderr and exit status 2
@@ -24,13 +27,11 @@ CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 FLAGS = flags.FLAGS
 
 
-class UserError(Exception):
-  """An error the user can fix (bad configuration, input file or workdir): one line, exit 1."""
-
-
-def define_flags(study: str, *, workdir: bool = True, default_preset: str = "default") -> None:
+def define_flags(study: str, *, workdir: bool = True, default_preset: str = "default",
+                 multihost: bool = False) -> None:
   """Defines ``--config`` (default ``configs/<study>.py:<default_preset>``), ``--workdir``,
-  ``--traceback``."""
+  ``--traceback`` and, with ``multihost``, the multi-host flags ``--coordinator_address``,
+  ``--num_processes`` and ``--process_id`` (read by ``initialize_multihost``)."""
   from ml_collections import config_flags
   try:  # ml_collections reads the --config.<field> overrides of sys.argv here
     config_flags.DEFINE_config_file(
@@ -45,6 +46,27 @@ def define_flags(study: str, *, workdir: bool = True, default_preset: str = "def
   if workdir:
     flags.DEFINE_string("workdir", None, "Output directory (created; resumable).")
   flags.DEFINE_bool("traceback", False, "Show the full traceback of an error.")
+  if multihost:
+    flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 "
+                        "(default: $JAX_COORDINATOR_ADDRESS).")
+    flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes "
+                         "(default: $JAX_NUM_PROCESSES).")
+    flags.DEFINE_integer("process_id", None, "Multi-host: this process's id "
+                         "(default: $JAX_PROCESS_ID).")
+
+
+def initialize_multihost() -> bool:
+  """Starts JAX's multi-process runtime from the multi-host flags (``parallel.initialize``).
+
+  Call it in ``run`` before any JAX computation, in a binary whose ``define_flags`` had
+  ``multihost=True``. With none of the flags or their environment variables set it does nothing.
+
+  Returns:
+    True for a multi-process run, False for a single process.
+  """
+  from percadv_jax import parallel
+  return parallel.initialize(coordinator_address=FLAGS.coordinator_address,
+                             num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
 
 
 def _fail(message: str, status: int) -> None:
@@ -100,7 +122,7 @@ def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | No
       if validate is not None:
         validate(config)
       result = run(config, workdir)
-    except (ValueError, UserError, FileNotFoundError, PermissionError, NotADirectoryError,
+    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
             IsADirectoryError, FileExistsError) as e:
       if FLAGS.traceback:
         raise

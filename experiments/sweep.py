@@ -12,21 +12,12 @@ A killed sweep restarted with the same command continues where it stopped.
 
 from __future__ import annotations
 
-from absl import flags
-
 from experiments import cli
-
-flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0.")
-flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes.")
-flags.DEFINE_integer("process_id", None, "Multi-host: this process's id.")
 
 
 def _run(config, workdir):
   from experiments import sweep_grid
-  from percadv_jax import parallel
-  fv = flags.FLAGS
-  parallel.initialize(coordinator_address=fv.coordinator_address,
-                      num_processes=fv.num_processes, process_id=fv.process_id)
+  cli.initialize_multihost()
   return sweep_grid.run(config, workdir)
 
 
@@ -39,5 +30,5 @@ def _report(rows, workdir):
 
 if __name__ == "__main__":
   from experiments import sweep_grid
-  cli.define_flags("sweep")
+  cli.define_flags("sweep", multihost=True)
   cli.main(_run, validate=sweep_grid.validate, report=_report)

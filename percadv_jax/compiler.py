@@ -1,9 +1,9 @@
 """How the library compiles the programs that run a model: ``jax.jit`` plus measured XLA options.
 
 ``jit(fun, **kwargs)`` is ``jax.jit(fun, compiler_options=OPTIONS, **kwargs)``. Every jitted
-program of the library that evaluates a model (the attack cores, the evaluation engine's
-``parallel.map_examples`` and ``parallel.sharded``, the training steps, the CAMs) is compiled
-through it; compile your own model programs with it to get the same speed.
+program of the library that evaluates a model (the attack cores, the evaluation engine
+``parallel.map_examples``, the training steps, the CAMs) is compiled through it; compile your
+own model programs with it to get the same speed.
 
 ``OPTIONS`` holds the XLA debug options chosen by measurement
 (``experiments/benchmarks/conv.py``, figures in ``docs/benchmarks.md``):
@@ -23,10 +23,10 @@ The options are fields of XLA's ``DebugOptions``: other backends accept and igno
 An ``XLA_FLAGS`` environment variable that names an option leaves that option to it.
 
 ``use_cpu_cores()`` makes JAX's CPU backend one device per CPU core (call it before any JAX
-operation; the experiment binaries do). The data-parallel programs (``parallel.map_examples``,
-hence ``attacks.robust_accuracy``, and ``parallel.sharded``) then split each batch over the cores,
-which on 2 cores runs PGD-10 on the small VGG-19 1.41x faster than one device using both cores
-through XLA's intra-op threads (0.885 vs 1.247 s, batch 128) and MobileNetV2 1.10x faster.
+operation; the experiment binaries do). The data-parallel evaluation (``parallel.map_examples``,
+hence ``attacks.robust_accuracy``) then splits each batch over the cores, which on 2 cores
+runs PGD-10 on the small VGG-19 1.41x faster than one device using both cores through XLA's
+intra-op threads (0.885 vs 1.247 s, batch 128) and MobileNetV2 1.10x faster.
 """
 
 from __future__ import annotations

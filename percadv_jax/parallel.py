@@ -1,30 +1,26 @@
-"""Data parallelism over all devices of all hosts: one ``"data"`` mesh axis, ``jax.jit`` +
-``NamedSharding`` (no ``pmap``), parameters replicated, batches split along their leading axis.
+"""Data parallelism over all devices of all hosts, and the evaluation engine built on it.
 
-The model of a run:
+One ``"data"`` mesh axis, ``jax.jit`` with ``NamedSharding`` (no ``pmap``): arguments such as
+model variables are replicated, batches are split along their leading axis.
 
-- ``initialize(...)`` (multi-host only) starts JAX's distributed runtime from arguments or the
-  environment, before any other JAX call. On CPU the collectives go through gloo.
-- ``make_mesh()`` is a 1-D mesh with axis ``"data"`` over ``jax.devices()`` (every device of every
-  process). ``replicate(tree)`` places parameters / train state on every device.
+- Multi-host runtime: ``initialize(...)`` starts JAX's distributed runtime from arguments or from
+  JAX's environment variables, before any other JAX call (on CPU the collectives go through
+  gloo); ``is_main_process()`` guards file output (process 0 writes); ``sync`` is a barrier.
+- Mesh and placement: ``make_mesh()`` is a 1-D mesh with axis ``"data"`` over ``jax.devices()``
+  (every device of every process); ``replicate(tree)`` places a pytree on every device;
+  ``shard_batch`` assembles a global batch split along ``"data"`` from each process's rows
+  (``jax.make_array_from_process_local_data``; in one process, local == global); ``to_host``
+  gathers a sharded result to NumPy on every process.
 - Batch sizes a user gives are *global*. Each process reads only its rows (``local_slice``,
-  ``process_indices``) and hands them to ``shard_batch``, which assembles the global array with
-  ``jax.make_array_from_process_local_data``. In one process, local == global.
-- Uneven sizes are never dropped silently: ``shard_batch(..., pad=True)`` pads to a multiple of the
-  device count and adds a float32 validity weight (1 real, 0 padding); without ``pad`` it raises a
-  ``ValueError`` saying how to fix it. Training steps require an even batch (padding would enter
-  BatchNorm statistics); evaluation (``evaluate``) pads the last batch to the full global batch
-  size, so one compiled shape serves every batch and the random streams match any device count.
-- ``sharded(fn, batch_argnums=...)`` jits ``fn`` with batch arguments split along ``"data"`` and
-  the others replicated; ``sharded_train_step`` and ``evaluate`` are the two common cases (train
-  step; attack / CAM / agreement evaluation as weighted per-example means).
-- ``is_main_process()`` guards file output (process 0 writes); ``to_host`` gathers a sharded
-  result to NumPy on every process.
-
-Checkpoints across hosts use orbax: every process calls ``save``/``restore`` with the same global
-``jax.Array`` pytree; orbax writes each shard once and the primary process writes the metadata.
-``abstract_replicated(tree)`` builds the restore target (``jax.ShapeDtypeStruct`` with the
-replicated sharding) so a restored state lands on the mesh directly.
+  ``process_indices``). Uneven sizes are never dropped silently: ``shard_batch(..., pad=True)``
+  pads to a multiple of the device count and adds a float32 validity weight (1 real, 0 padding);
+  without ``pad`` it raises a ``ValueError`` saying how to fix it.
+- Evaluation: ``map_examples(per_example_fn, args, data, batch_size=...)`` runs a per-example
+  function over a whole dataset (attacks, ``attacks.robust_accuracy``, CAMs, agreement metrics)
+  and returns the per-example outputs in example order. It pads the last batch to the full global
+  batch size (``iterate_padded``), so one compiled shape serves every batch and the random
+  streams are the same for any device count; ``padded_batch_size`` picks a batch size that
+  splits over the devices.
 """
 
 from __future__ import annotations
@@ -45,9 +41,9 @@ DATA_AXIS = "data"
 WEIGHT_KEY = "weight"
 
 _ENV = {
-    "coordinator_address": ("PERCADV_COORDINATOR_ADDRESS", "JAX_COORDINATOR_ADDRESS"),
-    "num_processes": ("PERCADV_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
-    "process_id": ("PERCADV_PROCESS_ID", "JAX_PROCESS_ID"),
+    "coordinator_address": "JAX_COORDINATOR_ADDRESS",
+    "num_processes": "JAX_NUM_PROCESSES",
+    "process_id": "JAX_PROCESS_ID",
 }
 _initialized = False
 
@@ -57,10 +53,7 @@ _initialized = False
 
 
 def _from_env(name: str) -> str | None:
-  for var in _ENV[name]:
-    if os.environ.get(var):
-      return os.environ[var]
-  return None
+  return os.environ.get(_ENV[name]) or None
 
 
 def initialize(*, coordinator_address: str | None = None, num_processes: int | None = None,
@@ -69,10 +62,9 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
   """Starts ``jax.distributed`` for a multi-process run; a no-op for a single process.
 
   Call it first, before any other JAX computation. Arguments left ``None`` are read from the
-  environment: ``PERCADV_COORDINATOR_ADDRESS`` (or ``JAX_COORDINATOR_ADDRESS``), e.g.
-  ``"10.0.0.1:1234"``; ``PERCADV_NUM_PROCESSES`` / ``JAX_NUM_PROCESSES``;
-  ``PERCADV_PROCESS_ID`` / ``JAX_PROCESS_ID``. With no coordinator and ``num_processes`` in
-  (None, 1) nothing is started (one process). Calling it again after success does nothing.
+  environment: ``JAX_COORDINATOR_ADDRESS`` (e.g. ``"10.0.0.1:1234"``), ``JAX_NUM_PROCESSES``,
+  ``JAX_PROCESS_ID``. With no coordinator and ``num_processes`` in (None, 1) nothing is started
+  (one process). Calling it again after success does nothing.
 
   Args:
     coordinator_address: ``host:port`` of process 0's coordinator service.
@@ -102,10 +94,10 @@ def initialize(*, coordinator_address: str | None = None, num_processes: int | N
     return False
   if coordinator_address is None:
     raise ValueError(f"num_processes={num_processes} needs a coordinator_address (host:port of "
-                     "process 0), from the argument or PERCADV_COORDINATOR_ADDRESS")
+                     "process 0), from the argument or JAX_COORDINATOR_ADDRESS")
   if num_processes is None or process_id is None:
     raise ValueError("a multi-process run needs num_processes and process_id (arguments or "
-                     "PERCADV_NUM_PROCESSES / PERCADV_PROCESS_ID)")
+                     "JAX_NUM_PROCESSES / JAX_PROCESS_ID)")
   if not 0 <= process_id < num_processes:
     raise ValueError(f"process_id must lie in [0, {num_processes}), got {process_id}")
   if cpu_collectives:
@@ -127,13 +119,6 @@ def sync(name: str) -> None:
   """Barrier across processes (no-op for one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
-
-
-def broadcast_from_main(tree: Any) -> Any:
-  """Process 0's values of a pytree of NumPy arrays / scalars on every process."""
-  if jax.process_count() == 1:
-    return tree
-  return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -318,8 +303,8 @@ def local_slice(global_size: int) -> slice:
 def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarray, int]:
   """Example indices this process reads for the global batch ``[start, start + global_size)``.
 
-  Rows past ``total`` (the dataset size) are dropped here; ``evaluate`` pads them back with
-  weight 0.
+  Rows past ``total`` (the dataset size) are dropped here; ``iterate_padded`` pads them back
+  with weight 0.
 
   Returns:
     ``(indices, local_size)``: int64 indices ``[M]`` with ``M <= local_size`` (fewer only in the
@@ -331,90 +316,7 @@ def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarra
 
 
 # ----------------------------------------------------------------------------------------------
-# Sharded functions.
-
-
-def _sharding_tree(spec: Any, mesh: Mesh) -> Any:
-  table = {"batch": data_sharding(mesh=mesh), "replicated": replicated_sharding(mesh=mesh)}
-
-  def conv(s):
-    if s is None or isinstance(s, (NamedSharding, jax.sharding.Sharding)):
-      return s
-    if s not in table:
-      raise ValueError(f"unknown sharding {s!r}; use 'batch', 'replicated' or a Sharding")
-    return table[s]
-  return jax.tree.map(conv, spec, is_leaf=lambda s: isinstance(s, str) or s is None)
-
-
-def sharded(fn: Callable, *, mesh: Mesh | None = None, batch_argnums: Sequence[int] = (1,),
-            out_shardings: Any = None, donate_argnums: Sequence[int] = ()) -> Callable:
-  """``compiler.jit(fn)`` with batch arguments split along ``"data"`` and the rest replicated.
-
-  Positional arguments whose index is in ``batch_argnums`` are batches: host-local arrays go
-  through ``shard_batch`` (so their size per process must divide over the local devices);
-  all other positional arguments go through ``replicate``. Keyword arguments are not allowed
-  (close over static hyper-parameters with ``functools.partial``).
-
-  Args:
-    fn: a pure function of positional arrays / pytrees.
-    mesh: the mesh (default: all devices).
-    batch_argnums: indices of the batch arguments.
-    out_shardings: pytree prefix of the output of "batch" (split along data), "replicated",
-      a ``Sharding`` or ``None`` (let the compiler choose).
-    donate_argnums: forwarded to ``jax.jit``.
-
-  Returns:
-    A function with ``fn``'s signature returning global ``jax.Array``s (use ``to_host`` to read
-    a batch-split output on every process).
-  """
-  mesh = _mesh(mesh)
-  batch_argnums = tuple(batch_argnums)
-  cache: dict[int, Callable] = {}
-
-  def wrapped(*args):
-    nargs = len(args)
-    if nargs not in cache:
-      in_sh = tuple(data_sharding(mesh=mesh) if i in batch_argnums
-                    else replicated_sharding(mesh=mesh) for i in range(nargs))
-      outs = (_sharding_tree(out_shardings, mesh) if out_shardings is not None
-              else None)
-      kw = {} if outs is None else {"out_shardings": outs}
-      cache[nargs] = compiler.jit(fn, in_shardings=in_sh, donate_argnums=tuple(donate_argnums),
-                                  **kw)
-    placed = tuple(shard_batch(a, mesh=mesh) if i in batch_argnums else replicate(a, mesh=mesh)
-                   for i, a in enumerate(args))
-    return cache[nargs](*placed)
-
-  wrapped.__wrapped__ = fn
-  wrapped.__doc__ = fn.__doc__
-  return wrapped
-
-
-def sharded_train_step(step_fn: Callable, *, mesh: Mesh | None = None,
-                       donate: bool = False) -> Callable:
-  """Data-parallel ``step_fn(state, batch) -> (state, metrics)``.
-
-  The state is replicated, the batch split along ``"data"``; the gradient mean over the global
-  batch is the same as on one device (XLA inserts the all-reduce), and the returned state and
-  metrics are replicated. The batch must divide evenly over the devices (a clear ``ValueError``
-  otherwise): padding rows would enter losses and BatchNorm statistics. Use
-  ``data.batches(..., drop_remainder=True)`` with a multiple of ``num_devices()``.
-
-  Args:
-    step_fn: a pure train step, e.g. ``functools.partial(train.adversarial_train_step, ...)``.
-    mesh: the mesh (default: all devices).
-    donate: donate the input state's buffers (saves memory; the old state becomes invalid).
-  """
-  mesh = _mesh(mesh)
-  jitted = compiler.jit(step_fn,
-                        in_shardings=(replicated_sharding(mesh=mesh), data_sharding(mesh=mesh)),
-                        out_shardings=replicated_sharding(mesh=mesh),
-                        donate_argnums=(0,) if donate else ())
-
-  def step(state, batch):
-    return jitted(replicate(state, mesh=mesh), shard_batch(batch, mesh=mesh))
-  step.__wrapped__ = step_fn
-  return step
+# Evaluation over a dataset.
 
 
 def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
@@ -519,38 +421,3 @@ def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: 
     if bar is not None:
       bar.close()
   return {name: np.concatenate(v) for name, v in parts.items()}
-
-
-def evaluate(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
-             mesh: Mesh | None = None, key: jax.Array | None = None,
-             weight_key: str = WEIGHT_KEY) -> dict[str, float]:
-  """Means of per-example metrics over a dataset (``map_examples`` then NaN-ignoring means).
-
-  Args:
-    per_example_fn, args, data, batch_size, mesh, key, weight_key: as in ``map_examples``;
-      ``per_example_fn`` returns float or bool ``[B]`` metrics.
-
-  Returns:
-    ``{name: mean over the real examples}`` (NaN/inf values are left out of their metric's mean,
-    like ``jnp.nanmean``) plus ``"count"`` (number of real examples); the same on every process
-    and, for a given ``batch_size``, for every device and process count.
-  """
-  out = map_examples(per_example_fn, args, data, batch_size=batch_size, mesh=mesh, key=key,
-                     weight_key=weight_key)
-  result = {}
-  for name in sorted(out):
-    v = np.asarray(out[name], np.float64).reshape(len(out[name]), -1).mean(axis=1)
-    ok = np.isfinite(v)
-    result[name] = float(v[ok].mean()) if ok.any() else float("nan")
-  result["count"] = int(len(next(iter(out.values())))) if out else 0
-  return result
-
-
-def abstract_replicated(tree: Any, *, mesh: Mesh | None = None) -> Any:
-  """``jax.ShapeDtypeStruct`` leaves with the replicated sharding: an orbax restore target.
-
-  ``ocp.args.StandardRestore(abstract_replicated(state_arrays))`` restores a checkpoint onto every
-  device of the mesh on every process (each process reads the file; one copy per device).
-  """
-  s = replicated_sharding(mesh=mesh)
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s), tree)

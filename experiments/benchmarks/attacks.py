@@ -21,10 +21,8 @@ and reports (a) ours / floor (target <= 1.0), (b) foolbox / ours (target >= 1.5)
 torch / ours (target >= 1.0). Foolbox and torch are imported only here (benchmark-only
 dependencies; ``skip=('foolbox', 'torch')`` leaves them out).
 
-XLA:CPU's experimental YNNPACK convolutions make JAX's convolutions (and their input gradients)
-faster on CPU, with the same values to 1e-6; set them before the run:
-``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION``
-(recorded in results.json as ``xla_flags``).
+An ``XLA_FLAGS`` set before the run applies to every JAX program and is recorded in
+results.json as ``xla_flags`` (``benchmark_conv`` compares XLA's flags for its convolutions).
 
 Writes into the workdir: ``config.json``, ``benchmark_attacks.md`` / ``.csv`` and
 ``results.json``; with ``record`` also the ``benchmark_attacks`` section of the results file.

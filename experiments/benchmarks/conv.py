@@ -17,15 +17,17 @@ the input (mean cross-entropy, eval mode), and ``pgd``: one Linf PGD-``steps`` c
 per-round ratios (same round) of the best PyTorch and of Foolbox to each JAX variant.
 
 Contenders (``contenders``):
-- ``jax_xla``: ``conv_impl="xla"`` and XLA's default fusion emitters, the models and programs
-  as they were before ``conv_impl`` and ``percadv_jax.compiler`` (XLA's convolutions everywhere);
-- ``jax_auto``: the shipped default: ``conv_impl="auto"`` (``percadv_jax.models.layers.conv_auto``:
-  XLA's convolution for dense 3x3 convolutions on maps of >= 5 output pixels, ``conv_patches``
-  for the rest), programs compiled with ``percadv_jax.compiler.OPTIONS``;
+- ``jax_xla``: ``conv_impl="xla"`` (XLA's convolutions everywhere) with XLA's default fusion
+  emitters, plain XLA without the library's convolution choices and compiler options; the
+  reference the other JAX variants' values are checked against;
+- ``jax_auto``: the library's default: ``conv_impl="auto"``
+  (``percadv_jax.models.layers.conv_auto``: XLA's convolution for dense 3x3 convolutions on maps
+  of >= 5 output pixels, ``conv_patches`` for the rest), programs compiled with
+  ``percadv_jax.compiler.OPTIONS``;
 - ``jax_auto_1dev``: ``jax_auto`` on one JAX CPU device (``jax_auto`` has one per pinned core,
   ``percadv_jax.compiler.use_cpu_cores`` as in the binaries, and splits the batch over them);
-- ``jax_auto_emitters``: ``conv_impl="auto"`` with XLA's default fusion emitters (the previous
-  release's default: ``compiler.OPTIONS`` overridden through ``XLA_FLAGS``);
+- ``jax_auto_emitters``: ``conv_impl="auto"`` with XLA's default fusion emitters
+  (``compiler.OPTIONS`` overridden through ``XLA_FLAGS``), which isolates that option's effect;
 - ``jax_patches``: ``conv_impl="patches"`` everywhere (im2col + matmul with a custom VJP;
   depthwise as shifted multiply-adds);
 - ``jax_ynn`` / ``jax_onednn`` / ``jax_xnn``: XLA's convolutions with
@@ -33,12 +35,13 @@ Contenders (``contenders``):
 - ``jax_patches_ynn``: patches with YNNPACK dots (``..._ynn_fusion_type=..._INDIVIDUAL_DOT``);
 - ``jax_st``: XLA's convolutions with ``--xla_cpu_multi_thread_eigen=false``;
 - ``torch_1`` / ``torch_all``: eager PyTorch CPU with 1 thread / one thread per pinned CPU;
-- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model and inputs (the shipped
-  default) through ``foolbox.JAXModel``.
+- ``foolbox``: Foolbox 3.3.4 ``LinfPGD`` on the ``jax_auto`` model and inputs through
+  ``foolbox.JAXModel`` (the library's jitted forward, so only the attack loops differ).
 
-Models (``models``; ``vgg_tiny`` is a test size): ``vgg32`` (small VGG-19, width 0.25, 32 px, batch 128), ``mnv2_64``
-(MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2 alpha 1.0, 224 px, batch 16:
-the perceptual paper's size; a smaller batch keeps one PGD call under a minute on one core).
+Models (``models``; ``vgg_tiny`` is a test size): ``vgg32`` (small VGG-19, width 0.25, 32 px,
+batch 128), ``mnv2_64`` (MobileNetV2 alpha 0.5, 64 px, batch 64), ``mnv2_224`` (MobileNetV2
+alpha 1.0, 224 px, batch 16: the perceptual paper's size; a smaller batch keeps one PGD call
+under a minute on one core).
 The JAX variants' logits and input gradients are checked against ``jax_xla`` (max abs
 difference, reported), PyTorch's VGG logits against Flax's (same weights).
 
@@ -53,8 +56,8 @@ forward + backward rate (``pgd`` time / (``steps`` x ``fwdbwd`` time)).
 
 Writes ``--workdir``/``results.json`` and ``benchmark_conv.md``, and in docs/benchmarks.md
 (``experiments.benchmarks.results``) one section ``benchmark_conv_<model><tag>`` per model and the
-section ``benchmark_conv`` (what was tried, the limit). ``summarise_only=True`` re-reports a
-workdir's figures without measuring.
+section ``benchmark_conv`` (``NOTES``: where the time goes, why the defaults are what they are,
+and what limits them). ``summarise_only=True`` re-reports a workdir's figures without measuring.
 """
 
 from __future__ import annotations
@@ -108,18 +111,19 @@ MODELS: dict[str, dict[str, Any]] = {
 }
 EPS = 8 / 255
 NOTES = """\
-What was tried on XLA:CPU, and what limits it (the sections `benchmark_conv_<model>` hold every
-contender's figures; `_variants` the losers of the first round of attempts):
+Where the time of a convolution goes on XLA:CPU, why the defaults are what they are, and what
+limits them (the sections `benchmark_conv_<model>` hold every contender's figures; `_variants`
+those of the XLA-flag and patches variants):
 
 - Where the time goes (one convolution, forward + input gradient, batch 128 / 64, one core,
-  minima of 8-10 calls, 2026-11-29, load average ~11): XLA's depthwise 3x3 convolutions take
+  minima of 8-10 calls, load average ~11): XLA's depthwise 3x3 convolutions take
   0.85 s (32x32x48), 0.19 s (8x8x192), 0.09 s (4x4x384), 0.18 s (2x2x960) against 0.048, 0.0026,
   0.0011, 0.0009 s as shifted multiply-adds (17-200x); XLA's 1x1 convolutions up to 10x a
   matmul (0.056 vs 0.005 s at 16x16x32->96); XLA's dense 3x3 convolutions on 2x2 maps 0.14-0.17 s
   (128 channels) against 0.003-0.012 s as patches + matmul and 0.003 s in PyTorch; on 32x32,
   16x16 and 8x8 maps XLA's dense 3x3 is 1.5-5x *faster* than patches + matmul (0.15-0.18 vs
   0.61-0.96 s at 32x32x16) but still 1.2-2.3x slower than PyTorch (0.066-0.09 s).
-- Hence the shipped default `conv_impl="auto"` (`percadv_jax.models.layers.conv_auto`, CPU
+- Hence the default `conv_impl="auto"` (`percadv_jax.models.layers.conv_auto`, CPU
   backend only): depthwise convolutions as shifted multiply-adds, 1x1 convolutions and dense
   convolutions with < 5 output pixels as patches + matmul (custom VJP), the other dense
   convolutions XLA's. Same values as XLA's convolutions (logits and gradients within 1e-5
@@ -129,34 +133,34 @@ contender's figures; `_variants` the losers of the first round of attempts):
 - `conv_impl="patches"` everywhere (`jax_patches`): loses on VGG-19 (its large-map layers).
 - XLA flags `--xla_cpu_experimental_{ynn,onednn,xnn}_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`,
   `--xla_cpu_use_onednn=true`, `--xla_cpu_use_xnnpack=true`: on a 3x3 convolution
-  (128x16x16x32) every one of them gave bit-identical values and gradients to the default,
-  i.e. the convolutions stayed XLA's own; in the interleaved VGG rounds (`_variants`) no
-  consistent same-round gain. No process-wide flag is set; the one XLA option that helped is
+  (128x16x16x32) every one of them gives bit-identical values and gradients to the default,
+  i.e. the convolutions stay XLA's own; in the interleaved VGG rounds (`_variants`) no
+  consistent same-round gain. No process-wide flag is set; the one XLA option that helps is
   set per compiled program (`percadv_jax.compiler`, below).
-- Tried before (single process, earlier runs): NCHW layout (0.29 s vs 0.265 s, worse), a custom
-  VJP computing the input gradient as a forward convolution of the flipped kernel (no gain),
-  bfloat16 convolutions (0.25 s; changes values), `--xla_cpu_multi_thread_eigen=false` and core
-  pinning (no gain).
-- MobileNetV2 had a second, larger loss, now fixed: one jitted forward + backward program was
-  3-5x slower than the same model's jitted forward followed by its separately compiled
-  transpose (alpha 0.5, 64 px, batch 64, one core: 0.40 s vs 0.084 s), which is how Foolbox
-  computes gradients. The optimised HLO showed why: XLA:CPU's (new) fusion emitters fuse the
-  forward shifted multiply-add depthwise convolution (and its ReLU6 mask) into the loop fusion
-  of the transposed one, so it is recomputed once per tap (9x); an optimization barrier does
-  not help because XLA:CPU removes barriers before fusion. Compiling with
+- Variants measured outside the contenders (single process), none faster: NCHW layout (0.29 s
+  vs 0.265 s), a custom VJP computing the input gradient as a forward convolution of the flipped
+  kernel (no gain), bfloat16 convolutions (0.25 s; changes values),
+  `--xla_cpu_multi_thread_eigen=false` and core pinning (no gain).
+- The fusion emitters: with XLA:CPU's default (newer) fusion emitters, one jitted forward +
+  backward program of MobileNetV2 is 3-5x slower than the same model's jitted forward followed
+  by its separately compiled transpose (alpha 0.5, 64 px, batch 64, one core: 0.40 s vs
+  0.084 s), which is how Foolbox computes gradients. In the optimised HLO these emitters fuse
+  the forward shifted multiply-add depthwise convolution (and its ReLU6 mask) into the loop
+  fusion of the transposed one, so it is recomputed once per tap (9x); an optimization barrier
+  does not help because XLA:CPU removes barriers before fusion. Compiling with
   `xla_cpu_use_fusion_emitters=False` (the older emitters) gives 0.125 s at 64 px and 0.77 s
   instead of 2.45 s at 224 px (alpha 1.0, batch 16), bit for bit the same gradients; VGG-19
   and the training steps are unchanged. JAX accepts it per program (`jax.jit(...,
   compiler_options=...)`), so the library compiles every model program through
   `percadv_jax.compiler.jit` with it (`jax_auto`; `jax_auto_emitters` is the same model with
-  XLA's default emitters, the previous release). The quality-ball ADMM alone is 15% slower with
-  it and keeps plain `jax.jit`. Foolbox here runs the same compiled model (its `JAXModel` is
-  given the library's jitted forward), so `Foolbox / ours` measures only the attack loops.
+  XLA's default emitters). The quality-ball ADMM alone is 15% slower with it and keeps plain
+  `jax.jit`. Foolbox here runs the same compiled model (its `JAXModel` is given the library's
+  jitted forward), so `Foolbox / ours` measures only the attack loops.
 - The limit on the small VGG-19 (one core, quiet machine): forward + input gradient 0.193 s
   against PyTorch's 0.141-0.147 s, PGD-10 0.85-0.89x PyTorch's speed. A profile of the program
   (`--xla_cpu_enable_xprof_traceme`, `jax.profiler`) puts 176 of its 196 ms in convolutions:
   XLA:CPU already runs those with >= 32 channels as YNNPACK fusions (`ynn_fusion`; which is why
-  the `..._ynn_fusion_type` flags changed no value), 5.6-6.8 ms each at 8x8x64 against
+  the `..._ynn_fusion_type` flags change no value), 5.6-6.8 ms each at 8x8x64 against
   PyTorch's 5.0-5.2 ms, while the four 32x32 convolutions of block 1 (3 -> 16 and 16 -> 16
   channels, forward and transposed) stay on Eigen's spatial convolution: 53 ms. Patches +
   matmul loses there in the forward pass (0.019 vs 0.008 s at 32x32x3->16; 0.096 vs 0.012 s at
@@ -175,9 +179,9 @@ contender's figures; `_variants` the losers of the first round of attempts):
   by the attack loop alone. Foolbox runs the library's own compiled model and gradient here, so
   both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.76-1.06 and
   Foolbox's about 1.0-1.25, which bounds `Foolbox / ours` near 1.3.
-- The one-core rounds of 2026-11-29 ran on a quiet machine (load average 1-2; same-round ratios
-  within 10% of their medians); earlier runs under load 10-14 swung 2-5x between rounds, where
-  the minima are the least disturbed figures.
+- The one-core rounds of the `benchmark_conv_<model>` sections ran on a quiet machine (load
+  average 1-2; same-round ratios within 10% of their medians). Under a load of 10-14 from other
+  jobs the times swing 2-5x between rounds; the minima are then the least disturbed figures.
 """
 
 

@@ -267,8 +267,8 @@ def markdown(config: Any, result: dict) -> str:
   lines += [
       "", "### jaxopt as the ADMM's building blocks", "",
       "The engine as kept projects the box and the luminance intervals with "
-      "`jaxopt.projection.projection_box` (the same program as the `jnp.clip` it replaced: "
-      "identical jaxpr) and the window balls in closed form in the cell layout. The variant "
+      "`jaxopt.projection.projection_box` (the same program as `jnp.clip`: identical "
+      "jaxpr) and the window balls in closed form in the cell layout. The variant "
       "projects each window's ball with `jaxopt.projection.projection_l2_ball` vmapped over the "
       "windows of a group, which cuts the windows out of the cell layout and puts them back at "
       "every iteration. Same batch, interleaved, same run:", "",
@@ -281,7 +281,7 @@ def markdown(config: Any, result: dict) -> str:
   slow = [r["ratio_jaxopt_l2_over_kept"] for r in result["jaxopt"]]
   if slow:
     lines += ["", f"`projection_l2_ball` is not used in the engine: the variant took "
-              f"{min(slow):.2f}-{max(slow):.2f}x the kept engine's time (the budget was 1.05x)."
+              f"{min(slow):.2f}-{max(slow):.2f}x the kept engine's time (the budget is 1.05x)."
               if min(slow) > 1.05 else
               f"The variant took {min(slow):.2f}-{max(slow):.2f}x the kept engine's time."]
   return "\n".join(lines)

@@ -25,7 +25,7 @@ Stages (medians of ``repeats`` timed calls after one warm-up call; every call is
 Writes into the workdir (process 0): ``config.json``, ``results.json`` and
 ``benchmark_pipeline.md`` / ``.csv``; with ``record`` also the ``benchmark_pipeline`` section of
 the results file. Multi-host: ``experiments.benchmark``'s ``--coordinator_address``,
-``--num_processes``, ``--process_id`` as in ``experiments.sweep``; ``batch_size`` is global.
+``--num_processes``, ``--process_id`` (``experiments.cli``); ``batch_size`` is global.
 """
 
 from __future__ import annotations

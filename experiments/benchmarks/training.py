@@ -49,14 +49,14 @@ def _pgd(steps: int) -> Attack:
   return Attack("pgd", eps=EPS, steps=steps, step_factor=steps / 4)
 SKIPPABLE = ("torch",)
 LIMIT = """\
-- What limits the training step (measured 2026-11-29): the small VGG-19 at width 0.125 has 8-64
-  channels, and XLA:CPU runs convolutions below 32 channels on Eigen's spatial convolution rather
-  than YNNPACK (see `benchmark_conv`). Ours, with XLA's intra-op threads on both cores, beats
-  PyTorch with one thread (1.13x), but PyTorch gains 1.7x from its second thread. The step split
-  over two JAX CPU devices (`parallel.sharded_train_step`) ran 1.33x faster in a separate
-  measurement (375 vs 281 images/s, about 0.87 of PyTorch's best), but `train.fit` keeps one
-  device: a sharded step makes the training's float rounding depend on the core count and needs
-  batches divisible by it."""
+- What limits the training step: the small VGG-19 at width 0.125 has 8-64 channels, and
+  XLA:CPU runs convolutions below 32 channels on Eigen's spatial convolution rather than YNNPACK
+  (see `benchmark_conv`). Ours, with XLA's intra-op threads on both cores, beats PyTorch with
+  one thread (1.13x), but PyTorch gains 1.7x from its second thread. The step split over two
+  JAX CPU devices (state replicated, batch split along a `"data"` mesh axis) runs 1.33x faster
+  in a separate measurement (375 vs 281 images/s, about 0.87 of PyTorch's best), but
+  `train.fit` keeps one device: a sharded step makes the training's float rounding depend on
+  the core count and needs batches divisible by it."""
 CONV_IMPLS = ("auto", "xla", "patches")
 
 

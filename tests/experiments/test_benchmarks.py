@@ -9,7 +9,7 @@ import os
 import pytest
 
 from experiments import benchmarks
-from experiments.benchmarks import results
+from experiments.benchmarks import conv, results
 from experiments.configs import benchmark as presets
 from percadv_jax import io
 from tests.experiments.test_binaries import run_binary
@@ -191,6 +191,6 @@ def test_conv_workers_and_summary(tmp_path):
     assert _finite(res["ratios"]["jax_auto"]["torch_best_over_ours_pgd"][0])
   assert set(res["ratios"]) == {"jax_xla", "jax_auto"}
   assert "| jax_auto |" in _section(c.results_file, "benchmark_conv_vgg_tiny")
-  assert "What was tried on XLA:CPU" in _section(c.results_file, "benchmark_conv")
+  assert conv.NOTES.strip() in _section(c.results_file, "benchmark_conv")
   c.summarise_only = True  # re-reports the same figures, measuring nothing
   assert benchmarks.run(c, w) == text == open(os.path.join(w, "benchmark_conv.md")).read().strip()

@@ -1,8 +1,9 @@
 """A sharded robust-accuracy evaluation (random-start FGSM) of the tiny CNN, by 1 or N processes.
 
 Run as ``python -m tests.parallel._distributed_eval --out F [--coordinator H:P --num_processes N
---process_id I]``; process 0 writes ``F`` (JSON: evaluation means, device/process counts and the
-gathered adversarial images of the first batch). ``compute()`` is the same evaluation in-process.
+--process_id I]``; process 0 writes ``F`` (JSON: the per-example outputs of
+``parallel.map_examples``, among them the adversarial images, gathered from every process, and
+the device/process counts). ``compute()`` is the same evaluation in-process.
 """
 
 from __future__ import annotations
@@ -27,27 +28,19 @@ def compute() -> dict:
   module, variables = _tiny.init_variables(seed=0)
   data = _tiny.toy_data(NUM_EXAMPLES, seed=1)
 
-  def attack(v, x, y, key):
-    logits_fn = lambda z: module.apply(v, z, train=False)  # noqa: E731
-    return attacks.fgsm(logits_fn, x, y, key=key, eps=EPS, random_start=True)
-
   def per_example(v, batch, key):
     x, y = batch["image"], batch["label"]
-    logits = module.apply(v, x, train=False)
-    adv_logits = module.apply(v, attack(v, x, y, key), train=False)
+    logits_fn = lambda z: module.apply(v, z, train=False)  # noqa: E731
+    x_adv = attacks.fgsm(logits_fn, x, y, key=key, eps=EPS, random_start=True)
+    logits = logits_fn(x)
     return {"clean": (jnp.argmax(logits, -1) == y).astype(jnp.float32),
-            "robust": (jnp.argmax(adv_logits, -1) == y).astype(jnp.float32),
-            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, y)}
+            "robust": (jnp.argmax(logits_fn(x_adv), -1) == y).astype(jnp.float32),
+            "loss": optax.softmax_cross_entropy_with_integer_labels(logits, y),
+            "x_adv": x_adv}
 
-  key = jax.random.PRNGKey(7)
-  means = parallel.evaluate(per_example, variables, data, batch_size=BATCH_SIZE, key=key)
-  # A batch-split output gathered on every process: the first batch's adversarial images.
-  sl = parallel.local_slice(BATCH_SIZE)
-  first = {k: v[:BATCH_SIZE][sl] for k, v in data.items()}
-  run = parallel.sharded(lambda v, b, k: attack(v, b["image"], b["label"], k),
-                         batch_argnums=(1,), out_shardings="batch")
-  x_adv = parallel.to_host(run(variables, first, jax.random.fold_in(key, 0)))
-  return {"means": means, "x_adv": np.asarray(x_adv).tolist(),
+  out = parallel.map_examples(per_example, variables, data, batch_size=BATCH_SIZE,
+                              key=jax.random.PRNGKey(7))
+  return {"outputs": {k: np.asarray(v).tolist() for k, v in out.items()},
           "process_count": jax.process_count(), "device_count": jax.device_count()}
 
 
