@@ -35,7 +35,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from percadv_jax import compiler
+from percadv_jax import checks, compiler
 
 DATA_AXIS = "data"
 WEIGHT_KEY = "weight"
@@ -291,8 +291,9 @@ def local_slice(global_size: int) -> slice:
   """The rows ``[start, stop)`` of a global batch that this process reads.
 
   Raises:
-    ValueError: ``global_size`` is not a multiple of the process count.
+    ValueError: ``global_size`` is not an integer >= 0 or not a multiple of the process count.
   """
+  global_size = checks.check_int(global_size, "global_size", minimum=0)
   pc, pi = jax.process_count(), jax.process_index()
   if global_size % pc:
     raise ValueError(f"global batch size {global_size} does not split over {pc} processes")
@@ -354,7 +355,9 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
 
 def padded_batch_size(n: int, batch_size: int, *, mesh: Mesh | None = None) -> int:
   """``min(batch_size, n)`` rounded up to a multiple of the device count (``map_examples`` drops
-  the padding rows)."""
+  the padding rows). ValueError unless ``n >= 1`` and ``batch_size >= 1`` are integers."""
+  n = checks.check_int(n, "n (examples)", minimum=1)
+  batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
   nd = num_devices(mesh=mesh)
   return -(-min(batch_size, n) // nd) * nd
 

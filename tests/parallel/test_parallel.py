@@ -126,3 +126,14 @@ def test_initialize_reads_jax_environment_variables(monkeypatch):
     parallel.initialize()  # two processes from the environment, but no coordinator
   monkeypatch.setenv("JAX_NUM_PROCESSES", "1")
   assert parallel.initialize() is False
+
+
+def test_sizes_are_checked():
+  with pytest.raises(ValueError, match="batch_size"):
+    parallel.padded_batch_size(10, 0)
+  with pytest.raises(ValueError, match="examples"):
+    parallel.padded_batch_size(0, 4)
+  with pytest.raises(ValueError, match="global_size"):
+    parallel.local_slice(-1)
+  assert parallel.padded_batch_size(10, 4) % parallel.num_devices() == 0
+  assert parallel.local_slice(6) == slice(0, 6)  # one process reads every row
