@@ -63,7 +63,7 @@ def load(name: str, *, split: str, data_dir: str | None = None, image_size: int 
   from percadv_jax.data import raw
   image_size = raw.check_image_size(image_size)
   if data_dir is not None:
-    raw.check_dir("data_dir", data_dir, must_exist=False)
+    raw.check_dir(data_dir, "data_dir", must_exist=False)
   module, fn = DATASETS[name]
   loader = getattr(importlib.import_module(module), fn)
   return loader(split=split, data_dir=data_dir, image_size=image_size, **kwargs)

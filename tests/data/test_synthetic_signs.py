@@ -186,9 +186,9 @@ def test_tiny_cnn_learns_well_above_chance():
 
 def test_bad_numbers_and_damaged_disk_cache(tmp_path):
   for kw, match in (({"num_examples": 2.5}, "num_examples must be an integer"),
-                    ({"num_examples": 0}, "num_examples must be > 0"),
+                    ({"num_examples": 0}, "num_examples must be an integer >= 1"),
                     ({"image_size": 31.9}, "image_size must be an integer"),
-                    ({"seed": -1}, "seed must be >= 0"),
+                    ({"seed": -1}, "seed must be an integer >= 0"),
                     ({"num_classes": 10.0}, "num_classes must be an integer")):
     with pytest.raises(ValueError, match=match):
       data.load("synthetic_signs", split="test", **kw)
