@@ -293,8 +293,8 @@ def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
     del old[k]
   del old["attack"]["kind"], old["attack"]["fgsm_step"]
   io.write_json(str(tmp_path / "config.json"), old)
-  loop._check_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
-  with pytest.raises(ValueError, match="guard"):
-    loop._check_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
+  loop._lock_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
+  with pytest.raises(ValueError, match="guard: 'off' -> 'stop'"):
+    loop._lock_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
   with pytest.raises(ValueError, match="guard"):
     dataclasses.replace(cfg, guard="sometimes").validate()
