@@ -7,16 +7,17 @@
   and adversarial steps (Madry's PGD-k, or FGSM-RS with ``AttackConfig(kind="fgsm_rs")``); ``masked=True`` is the masks paper's masked setting (the model
   sees ``x * mask``; the adversary changes only foreground pixels).
 - ``TrainConfig`` / ``fit(config, workdir, source)``: the loop with orbax checkpoints every N
-  steps, exact resume (data order is a function of (seed, step)), ``metrics.jsonl``, progress,
-  and the catastrophic-overfitting guard (``TrainConfig.guard``).
+  steps, exact resume (the data order ``percadv_jax.data.batch_indices`` is a function of
+  (seed, step)), ``metrics.jsonl``, progress, and the catastrophic-overfitting guard
+  (``TrainConfig.guard``).
 - ``evaluate(...)``: natural accuracy and robust accuracy under PGD and APGD (pointwise worst
   case); ``accuracy_vs_eps(...)``: robustness curves.
 """
 
 from percadv_jax.train import checkpoint
 from percadv_jax.train.evaluate import accuracy_vs_eps, evaluate
-from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, batch_indices, build, fit,
-                                    split_guard, total_steps)
+from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, build, fit, split_guard,
+                                    total_steps)
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule, make_variables)
 from percadv_jax.train.steps import (ATTACK_KINDS, AttackConfig, adversarial_examples,
@@ -25,7 +26,7 @@ from percadv_jax.train.steps import (ATTACK_KINDS, AttackConfig, adversarial_exa
 __all__ = [
     "ATTACK_KINDS", "ArrayData", "AttackConfig", "GUARDS", "OptimizerConfig", "TrainConfig",
     "TrainState",
-    "accuracy_vs_eps", "adversarial_examples", "batch_indices", "build", "checkpoint",
+    "accuracy_vs_eps", "adversarial_examples", "build", "checkpoint",
     "create_train_state", "evaluate", "fit", "jit_train_step", "make_logits_fn",
     "make_optimizer", "make_schedule", "make_variables", "model_input", "split_guard",
     "total_steps", "train_step",

@@ -1,11 +1,11 @@
 """The training loop: ``fit(config, workdir, source)`` with checkpoints, resume and metrics.
 
 Determinism: the model initialisation and the training randomness come from ``config.seed``
-(through ``state.key``), and the batch at step ``s`` is a function of ``(seed, s)`` only:
-epoch ``e = s // steps_per_epoch`` uses the permutation ``numpy.random.default_rng([seed, e])``
-of the training set, sliced at ``s % steps_per_epoch``. A run killed after a checkpoint and
-restarted therefore replays exactly the batches and keys it would have seen, and reaches the same
-final parameters as an uninterrupted run.
+(through ``state.key``), and the batch at step ``s`` is a function of ``(seed, s)`` only,
+``percadv_jax.data.batch_indices``: epoch ``e = s // steps_per_epoch`` uses the permutation
+``numpy.random.default_rng([seed, e])`` of the training set, sliced at ``s % steps_per_epoch``.
+A run killed after a checkpoint and restarted therefore replays exactly the batches and keys it
+would have seen, and reaches the same final parameters as an uninterrupted run.
 
 Workdir layout: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``checkpoints/<step>/``
 (orbax).
@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from percadv_jax import checks, io, models
+from percadv_jax.data.source import batch_indices
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
@@ -186,20 +187,6 @@ def _to_arrays(source: Any, indices: np.ndarray | None) -> dict:
   return {"image": np.asarray(out["image"], np.float32),
           "mask": np.asarray(out["mask"], np.float32).reshape(out["image"].shape[:3] + (1,)),
           "label": np.asarray(out["label"], np.int32)}
-
-
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-  """Indices of the batch at ``step``: a function of ``(n, batch_size, seed, step)`` only.
-
-  Returns int64 indices ``[batch_size]`` into the ``n`` training examples: rows
-  ``[i * batch_size, (i + 1) * batch_size)`` of epoch ``e``'s permutation
-  ``numpy.random.default_rng([seed, e]).permutation(n)`` (``e, i = divmod(step, n // batch_size)``).
-  NumPy draws the order (no JAX random numbers), so ``seed`` is an integer, not a key.
-  """
-  steps_per_epoch = n // batch_size
-  epoch, i = divmod(step, steps_per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  return perm[i * batch_size:(i + 1) * batch_size]
 
 
 def total_steps(config: TrainConfig, n: int) -> int:

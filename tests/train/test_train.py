@@ -54,17 +54,6 @@ class _Killed(Exception):
   pass
 
 
-def test_batch_indices_are_a_function_of_seed_and_step():
-  n, b = 50, 8
-  epoch0 = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b)])
-  assert len(np.unique(epoch0)) == len(epoch0) == (n // b) * b
-  again = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b)])
-  np.testing.assert_array_equal(epoch0, again)
-  epoch1 = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b, 2 * (n // b))])
-  assert not np.array_equal(epoch0, epoch1)
-  assert not np.array_equal(train.batch_indices(n, b, 8, 0), train.batch_indices(n, b, 7, 0))
-
-
 def test_kill_after_checkpoint_and_resume_gives_the_same_parameters(toy, tmp_path):
   data, _ = toy
   cfg = _config()
