@@ -120,7 +120,7 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
     raise ValueError(f"g must have the images' shape {tuple(x.shape)}, got {tuple(g.shape)}")
   rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
   d, info, state = admm.solve(x, g, _mask(x, mask), init, rho0, ball=ball, mode="lp",
-                              max_blocks=LP_MAX_BLOCKS, **knobs)
+                              max_blocks=LP_MAX_BLOCKS, projection="closed_form", **knobs)
   out = (d,)
   if return_info:
     out += (info,)
@@ -166,6 +166,6 @@ def project(x: jax.Array, d: jax.Array, ball: QualityBall, *, mask: jax.Array | 
     raise ValueError(f"d must have the images' shape {tuple(x.shape)}, got {tuple(d.shape)}")
   rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
   out, info, _ = admm.solve(x, d, _mask(x, mask), None, rho0, ball=ball, mode="proj",
-                            max_blocks=1, **knobs)
+                            max_blocks=1, projection="closed_form", **knobs)
   return (out, info) if return_info else out
 
