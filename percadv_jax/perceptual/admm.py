@@ -26,10 +26,10 @@ or at ``clip(d0)`` (proj).
 **Checks.** Every ``check_every`` iterations (lp with ``max_blocks > 1``: after a block of
 ``check_every`` times 1..max_blocks iterations, ``_AHEAD`` = 70% of what the certified gap's last
 rate of decrease predicts until ``tol``, since a check with its repair costs ~4 iterations) the
-relative primal/dual residuals are measured and ``rho`` is rebalanced (OSQP's rule ``rho *= sqrt(r_rel / s_rel)`` when the ratio is
-off by more than 5x; ``u`` rescaled, which keeps ``z = P(v)``). For the LP the stopping
-rule is a *certified* duality gap: with ``y_i = rho u_i`` (multipliers of ``d = z_i``) weak
-duality gives
+relative primal/dual residuals are measured and ``rho`` is rebalanced (OSQP's rule
+``rho *= sqrt(r_rel / s_rel)`` when the ratio is off by more than 5x; ``u`` rescaled, which keeps
+``z = P(v)``). For the LP the stopping rule is a *certified* duality gap: with ``y_i = rho u_i``
+(multipliers of ``d = z_i``) weak duality gives
 
     <g, d*> <= UB = sigma_Box(g - sum_i y_i) + sum_i sigma_{C_i}(y_i),
     sigma_window(y) = <a, yt> + R |yt| + n (b mean(y) + r |mean(y)|),
@@ -37,15 +37,14 @@ duality gives
 taken as the smaller of the bounds of ``y`` and of ``y`` with the box's share ``g - sum_i y_i`` at
 the pixels where ``d`` is strictly inside the box handed (split evenly) to the groups covering them:
 the box term weighs that residual with the box width, the windows only with their sets' small
-extent. ``LB = <g, t d>`` with ``d`` repaired (``repair``
-cyclic projections onto the groups and the box, then twice every cell scaled by the smallest
-feasible scale of the windows holding it) and scaled to exact feasibility (``t`` from
-``QualityBall.window_scale``; after the local scaling the worst window no longer sets a small
-global ``t``). The repair runs only once the raw iterate's
-objective is within ``tol`` of the bound. The solver returns the best exactly feasible iterate
-and stops once ``(UB - LB) / LB <= tol``, so its objective is provably within ``tol`` (relative)
-of the optimum. Images run one after another (``lax.map``), so a batch does not wait for its
-slowest image: each has its own ``rho`` and stops on its own.
+extent. ``LB = <g, t d>`` with ``d`` repaired (``repair`` cyclic projections onto the groups and
+the box, then twice every cell scaled by the smallest feasible scale of the windows holding it, so
+that the worst window does not set a small global ``t``) and scaled to exact feasibility (``t``
+from ``QualityBall.window_scale``). The repair runs only once the raw iterate's objective is within
+``tol`` of the bound. The solver returns the best exactly feasible iterate and stops once
+``(UB - LB) / LB <= tol``, so its objective is provably within ``tol`` (relative) of the optimum.
+Images run one after another (``lax.map``), so a batch does not wait for its slowest image: each
+has its own ``rho`` and stops on its own.
 
 **Building blocks.** The box and the luminance intervals are projected with
 ``jaxopt.projection.projection_box`` (the same program as ``jnp.clip``: identical jaxpr). The
