@@ -16,7 +16,7 @@ import os
 import time
 from typing import Any
 
-from experiments import cli, masks_study, perceptual_study, workdir as wd
+from experiments import cli, masks_study, perceptual_study
 from percadv_jax import io
 
 
@@ -32,7 +32,7 @@ def run(config: Any, workdir: str) -> dict:
     ``{"attention_masks": results, "perceptual_cam": results, "seconds": {...}, "report": path}``
   """
   validate(config)
-  wd.prepare(workdir, config)
+  io.lock_config(workdir, config)
   seconds = {}
   t0 = time.perf_counter()
   masks = masks_study.run(config.masks, os.path.join(workdir, "attention_masks"))
@@ -41,7 +41,7 @@ def run(config: Any, workdir: str) -> dict:
   perc = perceptual_study.run(config.perceptual, os.path.join(workdir, "perceptual_cam"))
   seconds["perceptual_cam"] = time.perf_counter() - t1
   seconds["total"] = time.perf_counter() - t0
-  wd.log(workdir, "done", **seconds)
+  io.log_event(workdir, "done", **seconds)
   report = os.path.join(workdir, "report.md")
   text = "\n".join([
       "# percadv_jax demo report", "",

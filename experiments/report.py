@@ -26,11 +26,10 @@ def validate(config: Any) -> None:
 
 
 def run(config: Any, workdir: str) -> dict:
-  from experiments import workdir as wd
   from experiments.masks_study import report
   from percadv_jax import io
   validate(config)
-  wd.prepare(workdir, config)
+  io.lock_config(workdir, config)
   results = [io.read_json(os.path.join(w, "results.json")) for w in config.studies]
   for w, r in zip(config.studies, results):
     if r.get("study") != "attention_masks":

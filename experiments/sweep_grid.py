@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import evaluation, workdir as wd
+from experiments import evaluation
 from percadv_jax import attacks as attacks_lib
 from percadv_jax import checks, io, parallel, precision, train
 
@@ -59,7 +59,7 @@ def grid(config: Any) -> list[Cell]:
 
 def setup(config: Any) -> dict:
   """What every cell depends on besides its own coordinates (locked in ``setup.json``)."""
-  d = wd.to_dict(config)
+  d = io.config_dict(config)
   for k in ("checkpoints", "attacks", "eps", "steps"):
     d.pop(k)
   return d
@@ -171,8 +171,8 @@ def run(config: Any, workdir: str, *, mesh: Any = None) -> list[dict]:
   mesh = parallel.make_mesh() if mesh is None else mesh
   main = parallel.is_main_process()
   if main:
-    wd.prepare(workdir, setup(config), name="setup.json")
-    io.write_json(os.path.join(workdir, "config.json"), wd.to_dict(config))  # accepted
+    io.lock_config(workdir, setup(config), name="setup.json")
+    io.write_json(os.path.join(workdir, "config.json"), io.config_dict(config))  # accepted
   d = config.data
   kw = {"num_classes": d.num_classes} if d.num_classes else {}
   if d.num_examples:

@@ -26,18 +26,23 @@ def is_concrete(x: Any) -> bool:
 
 
 def check_int(value: Any, name: str, *, minimum: int | None = None,
-              maximum: int | None = None) -> int:
+              maximum: int | None = None, allow_none: bool = False) -> int | None:
   """``value`` as a Python int: an ``int`` or NumPy integer scalar (0-d integer array) in range.
 
+  ``None`` is returned as is when ``allow_none``.
+
   Raises:
-    ValueError: a bool, a float (even 3.0), a string, a tracer, or a value outside
-      ``[minimum, maximum]``, naming ``name``.
+    ValueError: a bool, a float (even 3.0), a string, a tracer, ``None`` (unless
+      ``allow_none``) or a value outside ``[minimum, maximum]``, naming ``name``.
   """
+  if value is None and allow_none:
+    return None
   if isinstance(value, np.ndarray) and value.ndim == 0 and np.issubdtype(value.dtype,
                                                                         np.integer):
     value = value[()]
   if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-    raise ValueError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    what = "an integer or None" if allow_none else "an integer"
+    raise ValueError(f"{name} must be {what}, got {value!r} ({type(value).__name__})")
   value = int(value)
   if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
     bounds = (f">= {minimum}" if maximum is None else f"<= {maximum}" if minimum is None

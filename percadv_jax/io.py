@@ -1,21 +1,24 @@
-"""Crash-safe file output shared by every experiment: atomic writes, JSON lines, tables.
+"""Crash-safe file output shared by the library and every experiment: atomic writes, JSON lines,
+a workdir's configuration lock and finished stages, tables.
 
 A file written here is either absent or complete: each write goes to a temporary file in the same
-directory and is renamed over the target (``os.replace`` is atomic on POSIX).
+directory and is renamed over the target (``os.replace`` is atomic on POSIX). The one exception is
+a JSON-lines log (``metrics.jsonl``), appended line by line: a crash can tear only its last line,
+which readers skip and the next append cuts off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import json
 import os
-import re
 import tempfile
 import time
 import warnings
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -76,114 +79,204 @@ def read_json(path: str) -> Any:
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
   """Appends one JSON line (flushed and fsynced), stamping ``time`` if absent.
 
-  If the file does not end in a newline (a line torn by a crash mid-write), the record starts
-  on a fresh line, so the torn line never swallows it.
+  A last line without its newline is an append that a crash interrupted: a torn (unparsable)
+  one is cut off first, a complete one gets its newline. So the record starts a line of its own,
+  and a torn line is only ever the last line of a file (what :func:`read_jsonl` relies on).
   """
   record = dict(record)
   record.setdefault("time", time.time())
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  line = json.dumps(record, sort_keys=True, default=_default) + "\n"
+  line = (json.dumps(record, sort_keys=True, default=_default) + "\n").encode("utf-8")
   with open(path, "ab+") as f:
-    f.seek(0, os.SEEK_END)
-    if f.tell() > 0:
-      f.seek(-1, os.SEEK_END)
-      if f.read(1) != b"\n":
-        line = "\n" + line
-      f.seek(0, os.SEEK_END)
-    f.write(line.encode("utf-8"))
+    start, tail = _unterminated_tail(f)
+    if tail:
+      if _parse(tail) is None:
+        f.truncate(start)
+      else:
+        line = b"\n" + line
+    f.write(line)
     f.flush()
     os.fsync(f.fileno())
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """Reads JSON lines (a missing file gives []).
+def _unterminated_tail(f) -> tuple[int, bytes]:
+  """``(offset, text)`` of the open binary file's last line when no newline ends it, else
+  ``(size, b"")``."""
+  size = f.seek(0, os.SEEK_END)
+  pos, text = size, b""
+  while pos > 0:
+    n = min(4096, pos)
+    pos -= n
+    f.seek(pos)
+    text = f.read(n) + text
+    i = text.rfind(b"\n")
+    if i >= 0:
+      return pos + i + 1, text[i + 1:]
+  return 0, text
 
-  A torn *last* line (a crash mid-write: unparsable and not ending in a newline) is skipped with
-  a warning; so is a torn line that a later append followed with a fresh line (see
-  ``append_jsonl``). Blank lines are ignored.
+
+def _parse(line: bytes) -> dict | None:
+  """The JSON object on ``line``, or None when the line is not valid JSON."""
+  try:
+    rec = json.loads(line.decode("utf-8"))
+  except (UnicodeDecodeError, json.JSONDecodeError):
+    return None
+  return rec if isinstance(rec, dict) else None
+
+
+def _lines(path: str) -> tuple[list[tuple[bytes, dict]], int | None]:
+  """The ``(line, record)`` pairs of a JSON-lines file, and the number of its torn last line.
+
+  Blank lines are ignored. The last line may be torn (an interrupted append): unparsable, it is
+  left out and its number returned (else None).
+
+  Raises:
+    ValueError: any other line that is not a JSON object, naming ``path`` and its line number.
+  """
+  with open(path, "rb") as f:
+    lines = [(i + 1, line) for i, line in enumerate(f.read().split(b"\n")) if line.strip()]
+  out = []
+  for k, (number, line) in enumerate(lines):
+    try:
+      rec = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+      if k == len(lines) - 1:
+        return out, number
+      raise ValueError(f"{path}: line {number} is not valid JSON") from None
+    if not isinstance(rec, dict):
+      raise ValueError(f"{path}: line {number} is not a JSON object")
+    out.append((line, rec))
+  return out, None
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Reads JSON lines (a missing file gives []; blank lines are ignored).
+
+  A torn last line (an append interrupted by a crash: unparsable) is skipped with a warning.
 
   Raises:
     ValueError: any other line that is not a JSON object, naming ``path`` and its line number.
   """
   if not os.path.exists(path):
     return []
-  with open(path, "rb") as f:
-    raw = f.read()
-  lines = raw.split(b"\n")
+  lines, torn = _lines(path)
+  if torn is not None:
+    warnings.warn(f"{path}: skipping line {torn}, a record torn by an interrupted write",
+                  stacklevel=2)
+  return [rec for _, rec in lines]
+
+
+def drop_records_after(path: str, step: int) -> None:
+  """Drops the records of the JSON-lines file ``path`` whose ``step`` is > ``step``, and a torn
+  last line.
+
+  A run resumed from a checkpoint at ``step`` calls it: the steps after it run again and write
+  their records again. Records without an integer ``step`` are kept, each line as written. The
+  file is rewritten atomically, and only when something is dropped.
+
+  Raises:
+    ValueError: a line other than the last is not a JSON object (see :func:`read_jsonl`).
+  """
+  if not os.path.exists(path):
+    return
+  lines, torn = _lines(path)
+  keep = [line for line, rec in lines
+          if not (isinstance(rec.get("step"), int) and rec["step"] > step)]
+  if torn is not None or len(keep) < len(lines):
+    with atomic_open(path, "wb") as f:
+      f.write(b"".join(line + b"\n" for line in keep))
+
+
+def log_event(workdir: str, event: str, **fields: Any) -> None:
+  """Appends ``{"event": event, **fields}`` to the run's log ``workdir/metrics.jsonl``."""
+  append_jsonl(os.path.join(workdir, "metrics.jsonl"), {"event": event, **fields})
+
+
+def config_dict(config: Any) -> dict:
+  """``config`` as the JSON-normalised dict that :func:`lock_config` writes and compares.
+
+  ``config`` is a mapping, a dataclass or anything with ``to_dict`` (an ``ml_collections``
+  ``ConfigDict``). Tuples become lists, NumPy scalars and arrays numbers and lists, and any
+  other value JSON cannot hold its ``str``.
+  """
+  if hasattr(config, "to_dict"):
+    config = config.to_dict()
+  elif dataclasses.is_dataclass(config):
+    config = dataclasses.asdict(config)
+  return json.loads(json.dumps(config, sort_keys=True, default=_default_or_str))
+
+
+def _default_or_str(o: Any):
+  try:
+    return _default(o)
+  except TypeError:
+    return str(o)
+
+
+def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
+  """``["train.epochs: 10 -> 3", ...]``: the fields (dotted paths) whose values differ."""
   out = []
-  for i, line in enumerate(lines):
-    text = line.strip()
-    if not text:
-      continue
-    last = i == len(lines) - 1  # no newline after it: the write never finished
-    try:
-      rec = json.loads(text.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-      if last or _is_torn_prefix(text):
-        warnings.warn(f"{path}: skipping line {i + 1}, a record torn by an interrupted write",
-                      stacklevel=2)
-        continue
-      raise ValueError(f"{path}: line {i + 1} is not valid JSON") from None
-    if not isinstance(rec, dict):
-      raise ValueError(f"{path}: line {i + 1} is not a JSON object")
-    out.append(rec)
+  for k in sorted(set(old) | set(new)):
+    a, b = old.get(k, "<absent>"), new.get(k, "<absent>")
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+      out += _differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} -> {b!r}")
   return out
 
 
-_LITERALS = ("true", "false", "null", "NaN", "Infinity", "-Infinity")
+def lock_config(workdir: str, config: Any, *, name: str = "config.json",
+                upgrade: Callable[[dict], Any] | None = None) -> dict:
+  """Locks ``workdir`` to ``config``: writes ``workdir/name`` the first time, checks it after.
 
+  So a resumed run never mixes settings: a workdir that holds another configuration is refused,
+  naming the fields that differ, and nothing is written then.
 
-def _is_torn_prefix(text: bytes) -> bool:
-  """True when ``text`` is an unfinished JSON object: a proper prefix of a valid one.
+  Args:
+    workdir: the run's directory (created when missing).
+    config: the configuration, normalised by :func:`config_dict`.
+    name: the lock file inside ``workdir``.
+    upgrade: applied to the stored configuration before the comparison (e.g. to give the fields
+      added since it was written their defaults); None compares it as stored.
 
-  That is what an interrupted append leaves; a line with garbage in it (extra data, zeroed
-  bytes, a bad token) is not. The prefix is completed (close an open string, finish a number or
-  literal, add a missing value, close the open brackets) and parsed.
+  Returns:
+    ``config_dict(config)``.
+
+  Raises:
+    ValueError: ``workdir`` holds a run of another configuration (the message names the
+      differing fields).
+    OSError: ``workdir`` is a file or cannot be written.
   """
-  s = text.decode("utf-8", errors="replace").rstrip()
-  if not s.startswith("{"):
-    return False
-  stack, in_string, escape = [], False, False
-  for c in s:
-    if in_string:
-      if escape:
-        escape = False
-      elif c == "\\":
-        escape = True
-      elif c == '"':
-        in_string = False
-    elif c == '"':
-      in_string = True
-    elif c in "{[":
-      stack.append(c)
-    elif c in "}]":
-      if not stack or "{[".index(stack[-1]) != "}]".index(c):
-        return False
-      stack.pop()
-      if not stack:
-        return False  # a complete object followed by more text
-  base = s
-  if in_string:
-    base = (base[:-1] if escape else base) + '"'
-  base = base.rstrip()
-  if base.endswith(","):
-    base = base[:-1]
-  if base[-1] in ".-+eE" and not in_string:
-    base += "0"
-  word = re.search(r"-?[A-Za-z]+$", base) if not in_string else None
-  if word:
-    full = [w for w in _LITERALS if w.startswith(word.group())]
-    if not full:
-      return False
-    base = base[:word.start()] + full[0]
-  closers = "".join("}" if c == "{" else "]" for c in reversed(stack))
-  for middle in ("", ": null", " null"):
-    try:
-      json.loads(base + middle + closers)
-      return True
-    except json.JSONDecodeError:
-      continue
-  return False
+  d = config_dict(config)
+  path = os.path.join(workdir, name)
+  if os.path.exists(path):
+    stored = read_json(path)
+    changes = _differences(config_dict(upgrade(stored) if upgrade else stored), d)
+    if changes:
+      shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6
+                                       else "")
+      raise ValueError(f"{workdir} holds a run with a different configuration ({shown}); pass "
+                       "the same configuration to resume it, or use another workdir")
+    return d
+  os.makedirs(workdir, exist_ok=True)
+  if not os.access(workdir, os.W_OK):
+    raise PermissionError(13, "not writable", workdir)
+  write_json(path, d)
+  return d
+
+
+def cached(path: str, compute: Callable[[], Any]) -> Any:
+  """The JSON at ``path`` if a previous run finished this stage, else ``compute()`` saved there.
+
+  Each finished stage of a run kept in a JSON file lets a killed run, restarted with the same
+  command, redo only the unfinished stages. A stage file that cannot be read (a crash cannot
+  tear it: writes are atomic, but a disk or a user can) raises a ValueError naming it.
+  """
+  if os.path.exists(path):
+    return read_json(path)
+  value = compute()
+  write_json(path, value)
+  return read_json(path)
 
 
 def _fmt(v: Any, digits: int) -> str:

@@ -65,9 +65,12 @@ KEY_EXCEPTIONS = {
         "draws the weights with NumPy (``np.random.default_rng(seed)``), no JAX random numbers; "
         "its one ``jax.random`` call makes a placeholder key for ``jax.eval_shape``, which draws "
         "nothing",
-    "percadv_jax.train.loop.batch_indices":
+    "percadv_jax.data.source.batch_indices":
         "the data order is a NumPy permutation ``default_rng([seed, epoch])``: an integer seed, "
         "no JAX random numbers",
+    "percadv_jax.data.source.batches":
+        "yields the batches in ``batch_indices``' order (``train.fit``'s), so it takes its "
+        "integer seed",
     "percadv_jax.train.loop.build":
         "a training run is determined by its ``TrainConfig`` (written to the workdir and checked "
         "on resume): the initialisation key is ``PRNGKey(config.seed)`` by design",
@@ -76,7 +79,7 @@ KEY_EXCEPTIONS = {
         "state), so the step stays a pure ``(state, batch) -> (state, metrics)`` function",
 }
 # Of KEY_EXCEPTIONS, those whose randomness is NumPy's.
-NUMPY_SEEDED = ("percadv_jax.models.init.random_variables", "percadv_jax.train.loop.batch_indices")
+NUMPY_SEEDED = ("percadv_jax.models.init.random_variables", "percadv_jax.data.source.batch_indices")
 
 
 def _except(api, names):

@@ -55,37 +55,102 @@ def test_check_mask():
     checks.check_mask(np.full((2, 8, 8, 1), 0.5), (2, 8, 8, 3))
 
 
-def test_jsonl_torn_line_does_not_hide_later_records(tmp_path):
-  """A crash mid-write, then a resumed writer: the torn line is skipped, nothing after it lost."""
+def test_jsonl_append_cuts_a_torn_last_line(tmp_path):
+  """A crash mid-write, then a resumed writer: the torn line goes, nothing after it is lost."""
   path = str(tmp_path / "m.jsonl")
   io.append_jsonl(path, {"step": 1})
   with open(path, "a") as f:
     f.write('{"step": 2, "loss": 0.')  # killed mid-write: no newline
-  with pytest.warns(UserWarning, match="line 2, a record torn"):
+  with pytest.warns(UserWarning, match=r"m\.jsonl: skipping line 2, a record torn"):
     assert [r["step"] for r in io.read_jsonl(path)] == [1]
-  io.append_jsonl(path, {"step": 3})  # the resumed run appends on a fresh line
+  io.append_jsonl(path, {"step": 3})  # the resumed run: the torn line is cut off first
   io.append_jsonl(path, {"step": 4})
-  with open(path) as f:
-    assert f.read().splitlines()[1] == '{"step": 2, "loss": 0.'
-  with pytest.warns(UserWarning, match=r"m\.jsonl: skipping line 2"):
-    assert [r["step"] for r in io.read_jsonl(path)] == [1, 3, 4]
-  # A torn string (unterminated) and a torn nested object count as torn too.
+  lines = open(path).read().split("\n")
+  assert lines[-1] == "" and [json.loads(line)["step"] for line in lines[:-1]] == [1, 3, 4]
+  # A complete record whose newline was lost is kept, and the next one starts a line.
   with open(path, "a") as f:
-    f.write('{"step": 5, "a": {"b": 1}\n{"step": 6, "name": "ab\n')
-  io.append_jsonl(path, {"step": 7})
-  with pytest.warns(UserWarning):
-    assert [r["step"] for r in io.read_jsonl(path)] == [1, 3, 4, 7]
+    f.write('{"step": 5}')
+  io.append_jsonl(path, {"step": 6})
+  assert [r["step"] for r in io.read_jsonl(path)] == [1, 3, 4, 5, 6]
 
 
-@pytest.mark.parametrize("bad", ['{"step": 2}garbage', "\0\0\0\0\0\0", "[1, 2]", "step=2"])
+def test_drop_records_after_keeps_the_lines_as_written(tmp_path):
+  path = str(tmp_path / "m.jsonl")
+  for step in (2, 4, 6):
+    io.append_jsonl(path, {"step": step})
+  io.append_jsonl(path, {"event": "start"})
+  before = open(path).read().splitlines()
+  io.drop_records_after(path, 6)  # nothing to drop: the file is left alone
+  assert open(path).read().splitlines() == before
+  with open(path, "a") as f:
+    f.write('{"step": 8, "lo')
+  io.drop_records_after(path, 3)  # the records of steps 4 and 6 and the torn line go
+  assert open(path).read().splitlines() == [before[0], before[3]]
+  io.drop_records_after(str(tmp_path / "missing.jsonl"), 0)
+
+
+@pytest.mark.parametrize("bad", ['{"step": 2}garbage', "\0\0\0\0\0\0", "[1, 2]", "step=2",
+                                 '{"step": 2, "loss": 0.'])
 def test_jsonl_bad_line_in_the_middle_names_path_and_line(tmp_path, bad):
+  """Only the last line can be torn: any other bad line is corruption, for readers and for
+  ``drop_records_after``."""
   path = str(tmp_path / "m.jsonl")
   io.append_jsonl(path, {"step": 1})
   with open(path, "a") as f:
     f.write(bad + "\n")
   io.append_jsonl(path, {"step": 3})
-  with pytest.raises(ValueError, match=rf"{path}: line 2 is not (valid JSON|a JSON object)"):
+  match = rf"{path}: line 2 is not (valid JSON|a JSON object)"
+  with pytest.raises(ValueError, match=match):
     io.read_jsonl(path)
+  with pytest.raises(ValueError, match=match):
+    io.drop_records_after(path, 0)
+
+
+def test_jsonl_bad_last_line_that_is_not_an_object_is_corruption(tmp_path):
+  path = str(tmp_path / "m.jsonl")
+  io.append_jsonl(path, {"step": 1})
+  with open(path, "a") as f:
+    f.write("[1, 2]\n")
+  with pytest.raises(ValueError, match="line 2 is not a JSON object"):
+    io.read_jsonl(path)
+
+
+def test_lock_config_names_fields_and_writes_nothing_when_refused(tmp_path):
+  import ml_collections
+  def config(**train):
+    return ml_collections.ConfigDict({"seed": 0, "train": {"epochs": 1, "eps": (0.0, 0.5),
+                                                           **train}})
+  w = str(tmp_path / "w")
+  assert io.lock_config(w, config()) == {"seed": 0, "train": {"epochs": 1, "eps": [0.0, 0.5]}}
+  before = (tmp_path / "w" / "config.json").read_text()
+  with pytest.raises(ValueError) as e:
+    io.lock_config(w, config(epochs=3, eps=(0.0,), extra=np.int64(2)))
+  assert ("different configuration (train.epochs: 1 -> 3; train.eps: [0.0, 0.5] -> [0.0]; "
+          "train.extra: '<absent>' -> 2)") in str(e.value)
+  assert (tmp_path / "w" / "config.json").read_text() == before
+  assert io.lock_config(w, config())  # the same configuration: accepted
+  # ``upgrade`` sees the stored configuration (e.g. to fill in fields added since).
+  assert io.lock_config(w, config(extra=2),
+                        upgrade=lambda d: {**d, "train": {**d["train"], "extra": 2}})
+  io.lock_config(w, {"a": 1}, name="other.json")
+  assert io.read_json(str(tmp_path / "w" / "other.json")) == {"a": 1}
+  (tmp_path / "file").write_text("x")
+  with pytest.raises(OSError):
+    io.lock_config(str(tmp_path / "file"), config())
+
+
+def test_cached_computes_once(tmp_path):
+  path = str(tmp_path / "stages" / "a.json")
+  calls = []
+  assert io.cached(path, lambda: calls.append(1) or {"v": (1, 2)}) == {"v": [1, 2]}
+  assert io.cached(path, lambda: calls.append(1) or {"v": 0}) == {"v": [1, 2]}
+  assert calls == [1]
+
+
+def test_log_event_appends_to_the_metrics_log(tmp_path):
+  io.log_event(str(tmp_path), "start", model="a")
+  (rec,) = io.read_jsonl(str(tmp_path / "metrics.jsonl"))
+  assert rec["event"] == "start" and rec["model"] == "a" and "time" in rec
 
 
 @pytest.mark.parametrize("content, what", [('{"v": 1, "w": [1, 2', "truncated"),

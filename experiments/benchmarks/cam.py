@@ -26,7 +26,6 @@ import os
 import platform
 from typing import Any
 
-from experiments import workdir as wd
 from experiments.benchmarks import common
 from percadv_jax import checks
 
@@ -115,7 +114,7 @@ def run(config: Any, workdir: str) -> list[dict]:
              "width": config.width, "cam_s": cam_s, "fwd_bwd_s": fb_s, "fwd_s": fwd_s,
              "ratio": cam_s / fb_s}
       rows.append(row)
-      wd.log(workdir, "timing", **row)
+      io.log_event(workdir, "timing", **row)
   columns = ["model", "method", "layer", "layer_shape", "batch", "image_size", "width", "cam_s",
              "fwd_bwd_s", "fwd_s", "ratio"]
   md = io.write_table(os.path.join(workdir, "benchmark_cam"), rows, columns, digits=4)

@@ -8,8 +8,7 @@ import statistics
 import time
 from typing import Any, Callable, Iterable
 
-from experiments import workdir as wd
-from percadv_jax import checks
+from percadv_jax import checks, io
 
 # Fields of every preset that choose where the figures go, not what is measured: a workdir's
 # lock (config.json) leaves them out, so a run may be re-recorded elsewhere.
@@ -80,8 +79,8 @@ def check_output(config: Any) -> None:
 def lock(workdir: str, config: Any) -> dict:
   """Creates ``workdir`` and locks it to ``config`` (``config.json``, the output fields left
   out); a workdir of another configuration raises ValueError naming the differing fields."""
-  d = {k: v for k, v in wd.to_dict(config).items() if k not in OUTPUT_FIELDS}
-  return wd.prepare(workdir, d)
+  d = {k: v for k, v in io.config_dict(config).items() if k not in OUTPUT_FIELDS}
+  return io.lock_config(workdir, d)
 
 
 def record(config: Any, section: str, markdown: str, *, tagged: bool = True) -> str | None:

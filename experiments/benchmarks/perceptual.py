@@ -11,7 +11,8 @@ stride 4, e1 = e2 = 0.05 by default. For every size:
   ``jaxopt.projection.projection_box``, the window balls in closed form in the cell layout)
   against the same engine whose window balls are projected by ``jaxopt.projection
   .projection_l2_ball``, vmapped over the windows of each group (which needs the windows cut out
-  of the cell layout and put back at every iteration). Both on the same batch, timed
+  of the cell layout and put back at every iteration): ``admm.solve``'s ``projection``
+  ``"closed_form"`` and ``"jaxopt_l2"``. Both on the same batch, timed
   interleaved in the same run (alternating order, ``repeats`` rounds): the ratio of medians,
   the iterations (equal when the variant computes the same projections) and the largest
   relative objective difference.
@@ -25,9 +26,9 @@ Writes into the workdir: ``config.json``, ``metrics.jsonl``, ``results.md`` / ``
 
 from __future__ import annotations
 
+import functools
 import os
 import time
-import types
 from typing import Any
 
 from experiments.benchmarks import common
@@ -72,81 +73,14 @@ def _instances(size: int, n: int, seed: int):
   return x, rng.normal(size=x.shape).astype(np.float32)
 
 
-# -- the jaxopt variant of the group projection ---------------------------------------------------
-
-def _to_windows(v, gr):
-  """Cells [C,Hc,Wc,cc] -> the group's windows as rows [C*Ky*Kx, n]."""
-  import jax.numpy as jnp
-  c, hc, wc, cc = v.shape
-  nh, nw = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
-  if nh > hc or nw > wc:
-    v = jnp.pad(v, [(0, 0), (0, max(0, nh - hc)), (0, max(0, nw - wc)), (0, 0)])
-  v = v[:, gr.oy:nh, gr.ox:nw].reshape(c, gr.ky, gr.pitch, gr.kx, gr.pitch, cc)
-  v = v[:, :, :gr.span, :, :gr.span].transpose(0, 1, 3, 2, 4, 5)
-  return v.reshape(c * gr.ky * gr.kx, -1)
-
-
-def _from_windows(u, gr, grid, c, cc):
-  """Rows [C*Ky*Kx, n] -> cells [C,Hc,Wc,cc] (0 outside the group's windows)."""
-  import jax.numpy as jnp
-  v = u.reshape(c, gr.ky, gr.kx, gr.span, gr.span, cc).transpose(0, 1, 3, 2, 4, 5)
-  q = gr.pitch - gr.span
-  if q:
-    v = jnp.pad(v, [(0, 0), (0, 0), (0, q), (0, 0), (0, q), (0, 0)])
-  v = v.reshape(c, gr.ky * gr.pitch, gr.kx * gr.pitch, cc)
-  ph, pw = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
-  v = jnp.pad(v, [(0, 0), (gr.oy, max(0, grid.hc - ph)), (gr.ox, max(0, grid.wc - pw)), (0, 0)])
-  return v[:, :grid.hc, :grid.wc]
-
-
-def _project_jaxopt(ball, grid, geo, i, v):
-  """``admm._project`` with jaxopt's projections: l2 ball on the centred window, box on the
-  mean."""
-  import jax
-  import jax.numpy as jnp
-  from jaxopt.projection import projection_box, projection_l2_ball
-  gr = grid.groups[i]
-  c, cc = v.shape[0], v.shape[-1]
-  vw, aw = _to_windows(v, gr), _to_windows(geo.a[i], gr)
-  m = jnp.mean(vw, axis=1, keepdims=True)
-  z = jax.vmap(projection_l2_ball)(vw - m - aw, geo.R[i].reshape(-1)) + aw
-  if ball.luminance:
-    b, r = geo.b[i].reshape(-1, 1), geo.r[i].reshape(-1, 1)
-    m = projection_box(m, (b - r, b + r))
-  return _from_windows(z + m, gr, grid, c, cc)
-
-
-def _engines():
-  """Two jitted copies of ``admm.solve`` (distinct functions, so distinct traces): as kept, and
-  traced with the jaxopt group projection (``admm._project`` swapped only while tracing)."""
-  import jax
-  from percadv_jax.perceptual import admm
-  raw = admm.solve.__wrapped__
-  statics = ("ball", "mode", "max_iters", "tol", "check_every", "alpha", "repair", "max_blocks")
-
-  def copy(name):
-    f = types.FunctionType(raw.__code__, raw.__globals__, name, raw.__defaults__, raw.__closure__)
-    f.__kwdefaults__ = raw.__kwdefaults__
-    return jax.jit(f, static_argnames=statics)
-
-  kept, variant = copy("solve_kept"), copy("solve_jaxopt_l2")
-
-  def traced_variant(*args, **kwargs):
-    orig = admm._project
-    admm._project = _project_jaxopt
-    try:
-      return variant(*args, **kwargs)
-    finally:
-      admm._project = orig
-  return kept, traced_variant
-
-
 def _jaxopt_row(x, g, ball, tol, repeats):
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from percadv_jax.perceptual import solver
-  kept, variant = _engines()
+  from percadv_jax.perceptual import admm, solver
+  # The engine with each group projection (its static ``projection``: one trace each).
+  kept = functools.partial(admm.solve, projection="closed_form")
+  variant = functools.partial(admm.solve, projection="jaxopt_l2")
   n = x.shape[0]
   args = (jnp.asarray(x), jnp.asarray(g), jnp.ones(x.shape, jnp.float32), None,
           jnp.full((n,), solver.LP_RHO, jnp.float32))

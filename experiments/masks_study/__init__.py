@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from experiments import common, workdir as wd
+from experiments import common
 from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import report
@@ -90,8 +90,8 @@ def _load(config: Any):
 def run(config: Any, workdir: str) -> dict:
   """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
   validate(config)
-  wd.prepare(workdir, config)
-  wd.log(workdir, "start")
+  io.lock_config(workdir, config)
+  io.log_event(workdir, "start")
   train_src, train_data, eval_arrays = _load(config)
   info = train_src.info
   results_models: dict[str, Any] = {}
@@ -101,7 +101,7 @@ def run(config: Any, workdir: str) -> dict:
     eval_path = os.path.join(workdir, "eval", f"{name}.json")
     if os.path.exists(eval_path):
       results_models[name] = io.read_json(eval_path)
-      wd.log(workdir, "skip", model=name, reason="evaluation finished earlier")
+      io.log_event(workdir, "skip", model=name, reason="evaluation finished earlier")
       continue
     state = train_model(config, name, workdir, train_data, info.num_classes)
     tc = train_config(config, name, workdir)
@@ -116,10 +116,10 @@ def run(config: Any, workdir: str) -> dict:
                final_train_accuracy=hist[-1]["accuracy"] if hist else None)
       return r
 
-    results_models[name] = wd.cached(eval_path, compute)
+    results_models[name] = io.cached(eval_path, compute)
     m = results_models[name]
-    wd.log(workdir, "evaluated", model=name, clean=m["clean"], robust=m["robust"],
-           **m["per_attack"])
+    io.log_event(workdir, "evaluated", model=name, clean=m["clean"], robust=m["robust"],
+                 **m["per_attack"])
   return write_report(config, workdir, results_models, info=info, num_train=len(train_data),
                       num_eval=int(len(eval_arrays["label"])))
 
@@ -153,5 +153,5 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
   io.write_json(os.path.join(workdir, "results.json"), results)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write(report.summary_markdown(config, results))
-  wd.log(workdir, "done")
+  io.log_event(workdir, "done")
   return results

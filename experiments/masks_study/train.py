@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from experiments import common, workdir as wd
-from percadv_jax import attacks, train
+from experiments import common
+from percadv_jax import attacks, io, train
 
 
 def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig:
@@ -40,5 +40,5 @@ def train_model(config: Any, name: str, workdir: str, train_data: Any, num_class
   mdir = os.path.join(workdir, "models", name)
   with common.Timer() as t:
     state = train.fit(tc, mdir, train_data, num_classes=num_classes, desc=name)
-  wd.log(workdir, "trained", model=name, seconds=t.seconds, steps=int(state.step))
+  io.log_event(workdir, "trained", model=name, seconds=t.seconds, steps=int(state.step))
   return state

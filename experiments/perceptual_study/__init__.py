@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from experiments import common, workdir as wd
+from experiments import common
 from experiments.configs import data as data_config
 from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS
 from experiments.perceptual_study import agreement, attacks, model, report
@@ -140,8 +140,8 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
 def run(config: Any, workdir: str) -> dict:
   """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
   validate(config)
-  wd.prepare(workdir, config)
-  wd.log(workdir, "start")
+  io.lock_config(workdir, config)
+  io.log_event(workdir, "start")
   seeds = [int(s) for s in config.seeds]
   runs = [run_seed(config, os.path.join(workdir, f"seed_{s}"), s) for s in seeds]
   boot = dict(resamples=config.report.bootstrap, seed=seeds[0])
@@ -204,7 +204,7 @@ def run(config: Any, workdir: str) -> dict:
   io.write_json(os.path.join(workdir, "results.json"), results)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write(report.summary_markdown(config, results))
-  wd.log(workdir, "done")
+  io.log_event(workdir, "done")
   return results
 
 

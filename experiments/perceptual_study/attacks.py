@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import common, evaluation, workdir as wd
-from percadv_jax import attacks, data as pdata, parallel, perceptual
+from experiments import common, evaluation
+from percadv_jax import attacks, data as pdata, io, parallel, perceptual
 
 
 def ball_of(config: Any) -> perceptual.QualityBall:
@@ -68,7 +68,7 @@ def select(config: Any, workdir: str, logits_fn: Any, src: Any, num_classes: int
     return {"indices": all_idx[chosen].tolist(), "labels": labels[chosen].astype(int).tolist(),
             "label_source": label_source, "candidates": int(n),
             "candidate_accuracy": float(np.mean(pred == labels))}
-  return wd.cached(os.path.join(workdir, "stages", "selection.json"), compute)
+  return io.cached(os.path.join(workdir, "stages", "selection.json"), compute)
 
 
 def gather(src: Any, indices: Any) -> dict:
@@ -125,8 +125,8 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
     if ev.checks is not None:
       out[norm]["diagnostics"] = {"checks": ev.checks, "summary": ev.summary()["checks"]}
   for name, res in out.items():
-    wd.log(workdir, "attack", attack=name, seconds=res["facts"]["seconds"],
-           success=float(res["success"].mean()))
+    io.log_event(workdir, "attack", attack=name, seconds=res["facts"]["seconds"],
+                 success=float(res["success"].mean()))
   return out
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from experiments import common, workdir as wd
+from experiments import common
 from experiments.configs import data as data_config
-from percadv_jax import cam, models, train
+from percadv_jax import cam, io, models, train
 
 MIN_CAM_SIDE = 4
 
@@ -32,7 +32,7 @@ def get_model(config: Any, workdir: str, seed: int) -> tuple[Any, Any, dict]:
   with common.Timer() as timer:
     state = train.fit(tc, os.path.join(workdir, "model"), data,
                       num_classes=src.info.num_classes, desc=f"mobilenet_v2 (seed {seed})")
-  wd.log(workdir, "model", seconds=timer.seconds, steps=int(state.step))
+  io.log_event(workdir, "model", seconds=timer.seconds, steps=int(state.step))
   module = models.get_model("mobilenet_v2", num_classes=src.info.num_classes,
                             width=config.model.width)
   return module, state.variables(), {

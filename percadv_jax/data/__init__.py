@@ -4,8 +4,11 @@
     src = data.load("synthetic_signs", split="train")          # default, no download
     src[0]  # {"image": uint8 [H,W,3], "mask": uint8 [H,W] in {0,1}, "label": int}
     src.info.num_classes, src.info.class_names, src.info.image_size
-    for batch in data.batches(src, batch_size=128, key=jax.random.key(0)):
+    for batch in data.batches(src, batch_size=128, seed=0):
       batch["image"]  # float32 [B,H,W,3] in [0,1]; batch["mask"] float32 [B,H,W,1]; "label" int32
+
+The data order (``batches``, ``percadv_jax.train.fit``) is ``batch_indices(n, batch_size, seed,
+step)``: NumPy permutations drawn from an integer seed, one per epoch.
 
 Names: see :data:`DATASETS` (``load`` with an unknown name lists them). Descriptive statistics
 (Table 1 class counts, foreground-pixel share) are in :mod:`percadv_jax.data.stats`, example
@@ -18,8 +21,8 @@ import importlib
 from typing import Any
 
 from percadv_jax.data.raw import DataPathError
-from percadv_jax.data.source import (ArraySource, DatasetInfo, IndexOutOfRangeError, batches,
-                                     to_arrays)
+from percadv_jax.data.source import (ArraySource, DatasetInfo, IndexOutOfRangeError,
+                                     batch_indices, batches, to_arrays)
 
 # name -> (module, function); modules are imported on first use.
 DATASETS: dict[str, tuple[str, str]] = {
@@ -63,11 +66,11 @@ def load(name: str, *, split: str, data_dir: str | None = None, image_size: int 
   from percadv_jax.data import raw
   image_size = raw.check_image_size(image_size)
   if data_dir is not None:
-    raw.check_dir("data_dir", data_dir, must_exist=False)
+    raw.check_dir(data_dir, "data_dir", must_exist=False)
   module, fn = DATASETS[name]
   loader = getattr(importlib.import_module(module), fn)
   return loader(split=split, data_dir=data_dir, image_size=image_size, **kwargs)
 
 
 __all__ = ["ArraySource", "DATASETS", "DataPathError", "DatasetInfo", "IndexOutOfRangeError",
-           "batches", "known_datasets", "load", "to_arrays"]
+           "batch_indices", "batches", "known_datasets", "load", "to_arrays"]

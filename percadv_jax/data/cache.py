@@ -42,7 +42,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from percadv_jax import io as pio
+from percadv_jax import checks, io as pio
 from percadv_jax.data.source import ArraySource, DatasetInfo
 
 FORMAT_VERSION = 1
@@ -184,11 +184,11 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple],
   ``info.extra["skipped_files"]`` when loaded) and named in a ``UserWarning``.
   """
   from percadv_jax.data import raw
-  shard_size = raw.check_int("shard_size", shard_size, minimum=1)
-  raw.check_int("workers", workers, minimum=1)
+  shard_size = checks.check_int(shard_size, "shard_size", minimum=1)
+  checks.check_int(workers, "workers", minimum=1)
   raw.check_image_size(image_size, allow_none=False, minimum=1)
   parent = os.path.dirname(os.path.dirname(os.path.abspath(out_dir)))
-  raw.check_dir("data_dir", parent, must_exist=False)
+  raw.check_dir(parent, "data_dir", must_exist=False)
   if os.path.exists(out_dir) and not os.path.isdir(out_dir):
     raise raw.DataPathError(f"cache folder {out_dir} is a file, not a folder")
   os.makedirs(out_dir, exist_ok=True)
@@ -346,7 +346,7 @@ def load_only_cache(*, dataset: str, title: str, split: str, data_dir: str | Non
     ValueError: several caches match (the message lists their folders).
   """
   from percadv_jax.data import raw
-  root = raw.check_dir("data_dir", data_dir or raw.default_data_dir(), must_exist=False)
+  root = raw.check_dir(data_dir or raw.default_data_dir(), "data_dir", must_exist=False)
   found = cached_variants(root, dataset, split, image_size)
   if len(found) > 1:
     raise ValueError(f"{title} {split} has several caches under {os.path.join(root, dataset)} "
@@ -440,9 +440,9 @@ def load_or_prepare(*, dataset: str, title: str, download: str, split: str,
   """
   from percadv_jax.data import raw
   image_size = raw.check_image_size(image_size)
-  data_dir = raw.check_dir("data_dir", data_dir or raw.default_data_dir(), must_exist=False)
+  data_dir = raw.check_dir(data_dir or raw.default_data_dir(), "data_dir", must_exist=False)
   if raw_dir is not None:
-    raw.check_dir("raw_dir", raw_dir)
+    raw.check_dir(raw_dir, "raw_dir")
   if image_size is None:
     sizes = cached_sizes(data_dir, dataset, split, variant)
     if len(sizes) > 1:

@@ -59,6 +59,7 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from percadv_jax import checks
 from percadv_jax.data import cache, raw
 
 NAME = "coco_ic"
@@ -105,17 +106,17 @@ def settings(*, year: int = 2017, classes: Sequence[str] | None = None,
     dup = sorted({c for c in classes if classes.count(c) > 1})
     if dup:
       raise ValueError(f"classes lists {dup} more than once")
-    if num_classes is not None and raw.check_int("num_classes", num_classes) != len(classes):
+    if num_classes is not None and checks.check_int(num_classes, "num_classes") != len(classes):
       raise ValueError(f"num_classes={num_classes} disagrees with the {len(classes)} classes "
                        "given; pass one of them")
     num_classes = len(classes)
   else:
-    num_classes = raw.check_int("num_classes", 10 if num_classes is None else num_classes,
-                                minimum=1)
+    num_classes = checks.check_int(10 if num_classes is None else num_classes, "num_classes",
+                                   minimum=1)
   return {"year": int(year), "classes": classes, "num_classes": int(num_classes), "crop": crop,
           "blackout": blackout,
-          "min_area": raw.check_float("min_area", min_area, minimum=0.0),
-          "margin": raw.check_float("margin", margin, minimum=0.0, maximum=10.0),
+          "min_area": checks.check_float(min_area, "min_area", minimum=0.0),
+          "margin": checks.check_float(margin, "margin", minimum=0.0, maximum=10.0),
           "exclude": exclude}
 
 
@@ -134,7 +135,7 @@ def cache_variant(opts: dict[str, Any]) -> str:
 
 
 def _paths(raw_dir: str, split: str, year: int) -> tuple[str, str]:
-  raw.check_dir("COCO raw_dir", raw_dir)
+  raw.check_dir(raw_dir, "COCO raw_dir")
   folder = f"{SPLITS[split]}{year}"
   ann = os.path.join(raw_dir, "annotations", f"instances_{folder}.json")
   if not os.path.isfile(ann):
@@ -376,10 +377,10 @@ def prepare(*, raw_dir: str, data_dir: str, split: str, image_size: int = DEFAUL
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for coco_ic; choose one of {sorted(SPLITS)}")
   image_size = raw.check_image_size(image_size, allow_none=False)
-  shard_size = raw.check_int("shard_size", shard_size, minimum=1)
+  shard_size = checks.check_int(shard_size, "shard_size", minimum=1)
   opts = settings(year=year, classes=classes, num_classes=num_classes, crop=crop,
                   blackout=blackout, min_area=min_area, margin=margin, exclude=exclude)
-  data_dir = raw.check_dir("data_dir", data_dir, must_exist=False)
+  data_dir = raw.check_dir(data_dir, "data_dir", must_exist=False)
   split = SPLITS[split]
   year = opts["year"]
   ann_path, img_dir = _paths(raw_dir, split, year)

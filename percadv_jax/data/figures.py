@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from percadv_jax import checks
 from percadv_jax.data import raw
 from percadv_jax.data.stats import source_labels
 
@@ -32,12 +33,12 @@ def choose_examples(src: Any, *, per_class: int = 2, max_classes: int | None = 8
     classes: the labels to show, in that order.
     seed: NumPy seed of the choice within each class (sorted indices).
   """
-  per_class = raw.check_int("per_class", per_class, minimum=1)
-  max_classes = raw.check_int("max_classes", max_classes, minimum=1, allow_none=True)
+  per_class = checks.check_int(per_class, "per_class", minimum=1)
+  max_classes = checks.check_int(max_classes, "max_classes", minimum=1, allow_none=True)
   labels = source_labels(src)
   n_cls = src.info.num_classes
   if classes is not None:
-    wanted = [raw.check_int("class label", c, minimum=0, maximum=n_cls - 1) for c in classes]
+    wanted = [checks.check_int(c, "class label", minimum=0, maximum=n_cls - 1) for c in classes]
   else:
     wanted = [c for c in range(n_cls) if (labels == c).any()]
     if max_classes is not None:
@@ -92,7 +93,7 @@ def example_figure(src: Any, path: str | None = None, *, per_class: int = 2,
   from matplotlib.figure import Figure
 
   from percadv_jax import io as pio
-  raw.check_float("panel_inches", panel_inches, minimum=0.0, strict_minimum=True)
+  checks.check_float(panel_inches, "panel_inches", minimum=0.0, min_inclusive=False)
   chosen = choose_examples(src, per_class=per_class, max_classes=max_classes, classes=classes,
                            seed=seed)
   panels = example_panels(src, chosen)

@@ -215,7 +215,7 @@ def load_tfds(*, split: str, data_dir: str | None = None, image_size: int | None
   image_size = raw.check_image_size(image_size)
   _check_resize(resize)
   if data_dir is not None:
-    raw.check_dir("TFDS data_dir", data_dir)
+    raw.check_dir(data_dir, "TFDS data_dir")
   if data_dir is not None and not os.path.isdir(os.path.join(data_dir, tfds_name)):
     raise raw.DataPathError(
         f"no prepared TFDS dataset {tfds_name!r} under {data_dir} (expected "

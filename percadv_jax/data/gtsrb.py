@@ -34,6 +34,7 @@ import json
 import os
 from typing import Any
 
+from percadv_jax import checks
 from percadv_jax.data import cache, raw, segment
 
 NAME = "gtsrb_ic"
@@ -61,7 +62,7 @@ SPLITS = ("train", "test")
 
 
 def _root(raw_dir: str, split: str) -> str:
-  raw.check_dir("GTSRB raw_dir", raw_dir)
+  raw.check_dir(raw_dir, "GTSRB raw_dir")
   sub = os.path.join("Final_Training", "Images") if split == "train" else os.path.join(
       "Final_Test", "Images")
   for base in (raw_dir, os.path.join(raw_dir, "GTSRB")):
@@ -229,18 +230,18 @@ def segmenter_options(segmenter: str = DEFAULT_SEGMENTER, grabcut: dict[str, Any
     raise ValueError(f"unknown options {unknown} for the {segmenter!r} segmenter; it takes "
                      f"{sorted(defaults)}")
   gc = {**defaults, **(grabcut or {})}
-  gc["work_size"] = raw.check_int("work_size", gc["work_size"], minimum=8)
-  gc["iterations"] = raw.check_int("iterations", gc["iterations"], minimum=1)
-  gc["seed"] = raw.check_int("seed", gc["seed"], minimum=0)
-  gc["border"] = raw.check_float("border", gc["border"], minimum=0.0, maximum=0.45)
+  gc["work_size"] = checks.check_int(gc["work_size"], "work_size", minimum=8)
+  gc["iterations"] = checks.check_int(gc["iterations"], "iterations", minimum=1)
+  gc["seed"] = checks.check_int(gc["seed"], "seed", minimum=0)
+  gc["border"] = checks.check_float(gc["border"], "border", minimum=0.0, maximum=0.45)
   if segmenter == "roi":
-    gc["centre"] = raw.check_float("centre", gc["centre"], minimum=0.0, maximum=1.0,
-                                   strict_minimum=True)
+    gc["centre"] = checks.check_float(gc["centre"], "centre", minimum=0.0, maximum=1.0,
+                                      min_inclusive=False)
   else:
-    gc["num_seeds"] = raw.check_int("num_seeds", gc["num_seeds"], minimum=1)
-    gc["spread"] = raw.check_float("spread", gc["spread"], minimum=0.0, maximum=1.0,
-                                   strict_minimum=True)
-    gc["prior"] = raw.check_float("prior", gc["prior"], minimum=0.0, maximum=1.0)
+    gc["num_seeds"] = checks.check_int(gc["num_seeds"], "num_seeds", minimum=1)
+    gc["spread"] = checks.check_float(gc["spread"], "spread", minimum=0.0, maximum=1.0,
+                                      min_inclusive=False)
+    gc["prior"] = checks.check_float(gc["prior"], "prior", minimum=0.0, maximum=1.0)
   return gc
 
 
@@ -277,10 +278,10 @@ def prepare(*, raw_dir: str, data_dir: str, split: str, image_size: int = DEFAUL
   if split not in SPLITS:
     raise ValueError(f"unknown split {split!r} for gtsrb_ic; choose one of {list(SPLITS)}")
   image_size = raw.check_image_size(image_size, allow_none=False)
-  shard_size = raw.check_int("shard_size", shard_size, minimum=1)
-  workers = raw.check_int("workers", workers, minimum=1)
+  shard_size = checks.check_int(shard_size, "shard_size", minimum=1)
+  workers = checks.check_int(workers, "workers", minimum=1)
   gc = segmenter_options(segmenter, grabcut)
-  data_dir = raw.check_dir("data_dir", data_dir, must_exist=False)
+  data_dir = raw.check_dir(data_dir, "data_dir", must_exist=False)
   list_files: dict[str, list[str]] = {}
   items, list_stats, source = list_items(raw_dir, split, files=list_files)
   out_dir = cache.split_dir(data_dir, NAME, split, image_size, cache_variant(segmenter, gc))

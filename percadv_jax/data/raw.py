@@ -1,15 +1,16 @@
 """Shared helpers for raw image files: robust decoding, resizing, the default data directory,
-and the argument checks every dataset module uses."""
+and the path and image-size checks every dataset module uses (numbers: ``percadv_jax.checks``)."""
 
 from __future__ import annotations
 
-import numbers
 import os
 import warnings
 from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
+
+from percadv_jax import checks
 
 
 class DataPathError(FileNotFoundError, ValueError):
@@ -20,43 +21,12 @@ class DataPathError(FileNotFoundError, ValueError):
   """
 
 
-def check_int(name: str, value: Any, *, minimum: int | None = None,
-              maximum: int | None = None, allow_none: bool = False) -> int | None:
-  """``value`` as a Python int; ``ValueError`` if it is not an integer (bools and floats are
-  refused) or lies outside ``[minimum, maximum]``."""
-  if value is None and allow_none:
-    return None
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral,)):
-    raise ValueError(f"{name} must be an integer, got {value!r}")
-  value = int(value)
-  if minimum is not None and value < minimum:
-    raise ValueError(f"{name} must be >= {minimum}, got {value}")
-  if maximum is not None and value > maximum:
-    raise ValueError(f"{name} must be <= {maximum}, got {value}")
-  return value
-
-
-def check_float(name: str, value: Any, *, minimum: float | None = None,
-                maximum: float | None = None, strict_minimum: bool = False) -> float:
-  """``value`` as a finite Python float within the bounds, else ``ValueError``."""
-  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-    raise ValueError(f"{name} must be a number, got {value!r}")
-  value = float(value)
-  if not np.isfinite(value):
-    raise ValueError(f"{name} must be finite, got {value}")
-  if minimum is not None and (value <= minimum if strict_minimum else value < minimum):
-    raise ValueError(f"{name} must be {'>' if strict_minimum else '>='} {minimum}, got {value}")
-  if maximum is not None and value > maximum:
-    raise ValueError(f"{name} must be <= {maximum}, got {value}")
-  return value
-
-
 def check_image_size(value: Any, *, allow_none: bool = True, minimum: int = 8) -> int | None:
   """An image side in pixels (``>= minimum``), or ``None`` when allowed."""
-  return check_int("image_size", value, minimum=minimum, allow_none=allow_none)
+  return checks.check_int(value, "image_size", minimum=minimum, allow_none=allow_none)
 
 
-def check_dir(name: str, path: Any, *, must_exist: bool = True) -> str:
+def check_dir(path: Any, name: str, *, must_exist: bool = True) -> str:
   """A directory argument: a non-empty path that (when ``must_exist``) is an existing folder.
 
   A path that exists but is a file is always refused. Raises :class:`DataPathError`.

@@ -42,6 +42,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from percadv_jax import checks
+
 SEGMENTERS = ("roi", "centre")
 
 
@@ -78,10 +80,9 @@ def _check_image(image: np.ndarray) -> np.ndarray:
 
 
 def _check_common(work_size, iterations, border) -> None:
-  from percadv_jax.data import raw
-  raw.check_int("work_size", work_size, minimum=8)
-  raw.check_int("iterations", iterations, minimum=1)
-  raw.check_float("border", border, minimum=0.0, maximum=0.45)
+  checks.check_int(work_size, "work_size", minimum=8)
+  checks.check_int(iterations, "iterations", minimum=1)
+  checks.check_float(border, "border", minimum=0.0, maximum=0.45)
 
 
 def _upsampled(image: np.ndarray, work_size: int) -> np.ndarray:
@@ -209,12 +210,11 @@ def centre_grabcut_mask(image: np.ndarray, *, out_size: int | None = None,
     ``(mask, ok)`` as :func:`grabcut_mask`; when the cut fails the mask is the central ellipse
     with ``prior`` of the image's half-sizes.
   """
-  from percadv_jax.data import raw
   image = _check_image(image)
   _check_common(work_size, iterations, border)
-  raw.check_int("num_seeds", num_seeds, minimum=1)
-  raw.check_float("spread", spread, minimum=0.0, maximum=1.0, strict_minimum=True)
-  raw.check_float("prior", prior, minimum=0.0, maximum=1.0)
+  checks.check_int(num_seeds, "num_seeds", minimum=1)
+  checks.check_float(spread, "spread", minimum=0.0, maximum=1.0, min_inclusive=False)
+  checks.check_float(prior, "prior", minimum=0.0, maximum=1.0)
   h, w = image.shape[:2]
   big = _upsampled(image, work_size)
   hw, ww = big.shape[:2]

@@ -3,7 +3,8 @@
 A *source* is any object with ``len(src)``, ``src[i] -> {"image": uint8 [H,W,3], "mask": uint8
 [H,W] in {0,1}, "label": int}`` and ``src.info`` (a :class:`DatasetInfo`). Sources that hold
 their data in arrays also implement ``src.get_batch(indices)``, which :func:`batches` and
-:func:`to_arrays` use to gather many examples with one fancy-indexing call.
+:func:`to_arrays` use to gather many examples with one fancy-indexing call. The data order of
+the library (``batches``, ``percadv_jax.train.fit``) is :func:`batch_indices`.
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ import queue
 import threading
 from typing import Any, Iterator, Mapping, Sequence
 
-import jax
 import numpy as np
+
+from percadv_jax import checks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,24 +179,36 @@ def to_arrays(src: Any, *, indices: Sequence[int] | np.ndarray | None = None
   return _to_float(_gather(src, idx % n))
 
 
-def _epoch_order(n: int, key: jax.Array | None, epoch: int, shuffle: bool) -> np.ndarray:
-  if not shuffle:
-    return np.arange(n)
-  return np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), n))
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
+  """Indices of the batch at ``step``: a function of ``(n, batch_size, seed, step)`` only.
+
+  The one data order of the library (``batches`` and ``percadv_jax.train.fit`` use it).
+
+  Returns int64 indices ``[batch_size]`` into the ``n`` examples: rows
+  ``[i * batch_size, (i + 1) * batch_size)`` of epoch ``e``'s permutation
+  ``numpy.random.default_rng([seed, e]).permutation(n)`` (``e, i = divmod(step, n // batch_size)``).
+  NumPy draws the order (no JAX random numbers), so ``seed`` is an integer, not a key. With
+  ``batch_size = n`` the batch at ``step = e`` is epoch ``e``'s whole permutation.
+  """
+  steps_per_epoch = n // batch_size
+  epoch, i = divmod(step, steps_per_epoch)
+  perm = np.random.default_rng([seed, epoch]).permutation(n)
+  return perm[i * batch_size:(i + 1) * batch_size]
 
 
-def batches(src: Any, *, batch_size: int, key: jax.Array | None = None, shuffle: bool = True,
+def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
             drop_remainder: bool = True, epochs: int | None = 1, prefetch: int = 2
             ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields batches of a source, shuffled by a JAX key, gathered on a background thread.
+  """Yields batches of a source in :func:`batch_indices`' order, gathered on a background thread.
 
   Args:
     src: a source (``len``, ``__getitem__``; ``get_batch`` is used when present).
     batch_size: examples per batch (> 0).
-    key: ``jax.random`` key for the shuffle; epoch ``e`` uses ``fold_in(key, e)``. When
-      ``shuffle`` and ``key is None`` the fixed key ``jax.random.key(0)`` is used.
-    shuffle: permute the examples every epoch.
-    drop_remainder: drop the last incomplete batch of every epoch (else yield it smaller).
+    seed: the data order's integer seed: with ``shuffle``, the ``s``-th full batch holds the
+      examples ``batch_indices(len(src), batch_size, seed, s)``, as ``train.fit`` would use them.
+    shuffle: permute the examples every epoch (else every epoch is in index order).
+    drop_remainder: drop the last incomplete batch of every epoch (else yield it smaller: the
+      rest of the epoch's order).
     epochs: passes over the data; ``None`` repeats forever.
     prefetch: batches prepared ahead by a background thread (0 = gather in the caller's thread).
 
@@ -202,12 +216,12 @@ def batches(src: Any, *, batch_size: int, key: jax.Array | None = None, shuffle:
     ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
     "label": int32 [B]}`` (NumPy arrays, ready for ``jax.device_put`` or a jitted step).
   """
-  if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-    raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-  if epochs is not None and (not isinstance(epochs, (int, np.integer)) or epochs < 0):
-    raise ValueError(f"epochs must be a non-negative int or None, got {epochs!r}")
-  if prefetch < 0:
-    raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+  batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
+  seed = checks.check_int(seed, "seed", minimum=0)
+  checks.check_bool(shuffle, "shuffle")
+  checks.check_bool(drop_remainder, "drop_remainder")
+  epochs = checks.check_int(epochs, "epochs", minimum=0, allow_none=True)
+  prefetch = checks.check_int(prefetch, "prefetch", minimum=0)
   n = len(src)
   if n == 0:
     raise ValueError("the source is empty")
@@ -215,13 +229,11 @@ def batches(src: Any, *, batch_size: int, key: jax.Array | None = None, shuffle:
     raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of the source and "
                      "drop_remainder=True would yield nothing; lower batch_size or pass "
                      "drop_remainder=False")
-  if shuffle and key is None:
-    key = jax.random.key(0)
 
   def index_batches() -> Iterator[np.ndarray]:
     epoch = 0
     while epochs is None or epoch < epochs:
-      order = _epoch_order(n, key, epoch, shuffle)
+      order = batch_indices(n, n, seed, epoch) if shuffle else np.arange(n)
       stop = n - n % batch_size if drop_remainder else n
       for start in range(0, stop, batch_size):
         yield order[start:start + batch_size]

@@ -32,7 +32,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from percadv_jax import io as pio
+from percadv_jax import checks, io as pio
 from percadv_jax.data.source import ArraySource, DatasetInfo
 
 VERSION = 2  # bump when rendering changes: part of every cache key
@@ -382,15 +382,12 @@ def load(*, split: str = "train", data_dir: str | None = None, image_size: int |
                      f"{sorted(SPLITS)}")
   from percadv_jax.data import raw
   image_size = DEFAULT_IMAGE_SIZE if image_size is None else raw.check_image_size(image_size)
-  num_classes = raw.check_int("num_classes", num_classes)
-  if not 2 <= num_classes <= MAX_CLASSES:
-    raise ValueError(f"num_classes must lie in [2, {MAX_CLASSES}], got {num_classes}")
-  if num_examples is not None and raw.check_int("num_examples", num_examples) <= 0:
-    raise ValueError(f"num_examples must be > 0, got {num_examples}")
-  n = DEFAULT_NUM_EXAMPLES[split] if num_examples is None else int(num_examples)
-  seed = raw.check_int("seed", seed, minimum=0)
+  num_classes = checks.check_int(num_classes, "num_classes", minimum=2, maximum=MAX_CLASSES)
+  num_examples = checks.check_int(num_examples, "num_examples", minimum=1, allow_none=True)
+  n = DEFAULT_NUM_EXAMPLES[split] if num_examples is None else num_examples
+  seed = checks.check_int(seed, "seed", minimum=0)
   if data_dir is not None:
-    raw.check_dir("data_dir", data_dir, must_exist=False)
+    raw.check_dir(data_dir, "data_dir", must_exist=False)
   key = (VERSION, int(seed), split, image_size, n, int(num_classes))
   arrays = _MEMORY.get(key)
   path = None

@@ -25,12 +25,11 @@ or at ``clip(d0)`` (proj).
 
 **Checks.** Every ``check_every`` iterations (lp with ``max_blocks > 1``: after a block of
 ``check_every`` times 1..max_blocks iterations, ``_AHEAD`` = 70% of what the certified gap's last
-rate of decrease predicts until ``tol``; a check with its repair costs ~4 iterations, and this cut
-the time of 16 32x32 images by ~1.4x at equal iterations) the relative primal/dual residuals are
-measured and ``rho`` is rebalanced (OSQP's rule ``rho *= sqrt(r_rel / s_rel)`` when the ratio is
-off by more than 5x; ``u`` rescaled, which keeps ``z = P(v)``). For the LP the stopping
-rule is a *certified* duality gap: with ``y_i = rho u_i`` (multipliers of ``d = z_i``) weak
-duality gives
+rate of decrease predicts until ``tol``, since a check with its repair costs ~4 iterations) the
+relative primal/dual residuals are measured and ``rho`` is rebalanced (OSQP's rule
+``rho *= sqrt(r_rel / s_rel)`` when the ratio is off by more than 5x; ``u`` rescaled, which keeps
+``z = P(v)``). For the LP the stopping rule is a *certified* duality gap: with ``y_i = rho u_i``
+(multipliers of ``d = z_i``) weak duality gives
 
     <g, d*> <= UB = sigma_Box(g - sum_i y_i) + sum_i sigma_{C_i}(y_i),
     sigma_window(y) = <a, yt> + R |yt| + n (b mean(y) + r |mean(y)|),
@@ -38,25 +37,22 @@ duality gives
 taken as the smaller of the bounds of ``y`` and of ``y`` with the box's share ``g - sum_i y_i`` at
 the pixels where ``d`` is strictly inside the box handed (split evenly) to the groups covering them:
 the box term weighs that residual with the box width, the windows only with their sets' small
-extent (this cut the iterations to a certified 1e-3 from 3060 to 1910 on 16 32x32 photographs;
-the hardest went from 1190 to 300), and ``LB = <g, t d>`` with ``d`` repaired (``repair``
-cyclic projections onto the groups and the box, then twice every cell scaled by the smallest
-feasible scale of the windows holding it) and scaled to exact feasibility (``t`` from
-``QualityBall.window_scale``; after the local scaling the worst window no longer sets a small
-global ``t``). The repair runs only once the raw iterate's
-objective is within ``tol`` of the bound. The solver returns the best exactly feasible iterate
-and stops once ``(UB - LB) / LB <= tol``, so its objective is provably within ``tol`` (relative)
-of the optimum. Images run one after another (``lax.map``: measured faster than ``vmap``, which
-made a batch wait for its slowest image and did not amortise on the CPU); each has its own
-``rho`` and stops on its own.
+extent. ``LB = <g, t d>`` with ``d`` repaired (``repair`` cyclic projections onto the groups and
+the box, then twice every cell scaled by the smallest feasible scale of the windows holding it, so
+that the worst window does not set a small global ``t``) and scaled to exact feasibility (``t``
+from ``QualityBall.window_scale``). The repair runs only once the raw iterate's objective is within
+``tol`` of the bound. The solver returns the best exactly feasible iterate and stops once
+``(UB - LB) / LB <= tol``, so its objective is provably within ``tol`` (relative) of the optimum.
+Images run one after another (``lax.map``), so a batch does not wait for its slowest image: each
+has its own ``rho`` and stops on its own.
 
 **Building blocks.** The box and the luminance intervals are projected with
 ``jaxopt.projection.projection_box`` (the same program as ``jnp.clip``: identical jaxpr). The
-window balls are projected in closed form in the cell layout (``_project``), not with
-``jaxopt.projection.projection_l2_ball``: that needs every group's windows cut out of the cell
-layout and put back at every iteration, and took 1.1-2.0x the time at equal iterations and an
-equal optimum (relative objective difference < 1e-6) on 32x32 and 64x64 photographs, measured by
-``experiments/benchmarks/perceptual.py`` (interleaved runs).
+window balls are projected as :func:`solve`'s ``projection`` says: ``"closed_form"`` (what the
+solvers use) in the cell layout (``_project``), or ``"jaxopt_l2"``, the same projections with
+``jaxopt.projection.projection_l2_ball`` vmapped over a group's windows, which cuts the windows
+out of the cell layout and puts them back at every iteration (``_project_jaxopt_l2``;
+``experiments/benchmarks/perceptual.py`` times the two).
 
 This module is the engine: every knob of :func:`solve` is a required keyword argument. The public
 solvers with their defaults are ``solver.solve_linear`` and ``solver.project``.
@@ -69,8 +65,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jaxopt.projection import projection_box
+from jaxopt.projection import projection_box, projection_l2_ball
 
+from percadv_jax import checks
 from percadv_jax.perceptual import windows as W
 from percadv_jax.perceptual.ball import QualityBall, box
 
@@ -153,6 +150,47 @@ def _project(ball: QualityBall, grid: W.CellGrid, geo: _Geo, i: int, v):
   return geo.a[i] + va * bc(scale) + bc(mc - m * scale)
 
 
+def _to_windows(v, gr: W.Group):
+  """Cells [C,Hc,Wc,cc] -> the group's windows as rows [C*Ky*Kx, n]."""
+  c, hc, wc, cc = v.shape
+  nh, nw = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
+  if nh > hc or nw > wc:
+    v = jnp.pad(v, [(0, 0), (0, max(0, nh - hc)), (0, max(0, nw - wc)), (0, 0)])
+  v = v[:, gr.oy:nh, gr.ox:nw].reshape(c, gr.ky, gr.pitch, gr.kx, gr.pitch, cc)
+  v = v[:, :, :gr.span, :, :gr.span].transpose(0, 1, 3, 2, 4, 5)
+  return v.reshape(c * gr.ky * gr.kx, -1)
+
+
+def _from_windows(u, gr: W.Group, grid: W.CellGrid, c: int, cc: int):
+  """Rows [C*Ky*Kx, n] -> cells [C,Hc,Wc,cc] (0 outside the group's windows)."""
+  v = u.reshape(c, gr.ky, gr.kx, gr.span, gr.span, cc).transpose(0, 1, 3, 2, 4, 5)
+  q = gr.pitch - gr.span
+  if q:
+    v = jnp.pad(v, [(0, 0), (0, 0), (0, q), (0, 0), (0, q), (0, 0)])
+  v = v.reshape(c, gr.ky * gr.pitch, gr.kx * gr.pitch, cc)
+  ph, pw = gr.oy + gr.ky * gr.pitch, gr.ox + gr.kx * gr.pitch
+  v = jnp.pad(v, [(0, 0), (gr.oy, max(0, grid.hc - ph)), (gr.ox, max(0, grid.wc - pw)), (0, 0)])
+  return v[:, :grid.hc, :grid.wc]
+
+
+def _project_jaxopt_l2(ball: QualityBall, grid: W.CellGrid, geo: _Geo, i: int, v):
+  """:func:`_project` with jaxopt's projections on the windows cut out of the cell layout: the
+  l2 ball on the centred window, the box on its mean."""
+  gr = grid.groups[i]
+  c, cc = v.shape[0], v.shape[-1]
+  vw, aw = _to_windows(v, gr), _to_windows(geo.a[i], gr)
+  m = jnp.mean(vw, axis=1, keepdims=True)
+  z = jax.vmap(projection_l2_ball)(vw - m - aw, geo.R[i].reshape(-1)) + aw
+  if ball.luminance:
+    b, r = geo.b[i].reshape(-1, 1), geo.r[i].reshape(-1, 1)
+    m = projection_box(m, (b - r, b + r))
+  return _from_windows(z + m, gr, grid, c, cc)
+
+
+# The group projections :func:`solve` can use (its ``projection``).
+PROJECTIONS = {"closed_form": _project, "jaxopt_l2": _project_jaxopt_l2}
+
+
 def _window_scales(ball: QualityBall, grid: W.CellGrid, geo: _Geo, d):
   """Per group, the largest ``t`` in [0, 1] with ``t * d`` feasible for each window [C,Ky,Kx]."""
   n = ball.window * ball.window
@@ -204,9 +242,11 @@ def _dual_bound(ball: QualityBall, grid: W.CellGrid, geo: _Geo, lin, lo, hi, y):
 
 
 def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: int, tol: float,
-               check_every: int, alpha: float, repair: int, cold: bool, max_blocks: int):
+               check_every: int, alpha: float, repair: int, cold: bool, max_blocks: int,
+               projection: str):
   """ADMM for one image from ``init`` (``cold``: a fresh state, which "proj" replaces by
   ``clip(d0)``). ``lin`` is ``g`` (lp) or ``d0`` (proj). Returns (d, info, state)."""
+  project = PROJECTIONS[projection]
   grid = ball.cell_grid(x.shape[0], x.shape[1])
   lo_f, hi_f = box(x, mask=mask)
   if mode == "lp":
@@ -231,7 +271,7 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
 
   def evaluate(v, rho):
     """T(v) and the z = P(v), d of the evaluation (``v``, ``z``: tuples over the groups)."""
-    z = tuple(_project(ball, grid, geo, i, v[i]) for i in range(n_groups))
+    z = tuple(project(ball, grid, geo, i, v[i]) for i in range(n_groups))
     acc = sum(2.0 * zi - vi for zi, vi in zip(z, v))
     if mode == "lp":
       d = jnp.where(cover > 0, (acc + lin_c / rho) * inv_cover, base_c)
@@ -243,7 +283,7 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
   def repaired(d):
     def sweep(_, v):
       for i in range(n_groups):
-        v = _project(ball, grid, geo, i, v) + (1.0 - geo.mask[i]) * v
+        v = project(ball, grid, geo, i, v) + (1.0 - geo.mask[i]) * v
       return projection_box(v, (lo, hi))
     d = jax.lax.fori_loop(0, repair, sweep, d) if repair else d
     d = _local_scale(ball, grid, geo, _local_scale(ball, grid, geo, projection_box(d, (lo, hi))))
@@ -348,11 +388,11 @@ def _solve_one(x, lin, mask, init, *, ball: QualityBall, mode: str, max_iters: i
 
 
 @functools.partial(jax.jit, static_argnames=("ball", "mode", "max_iters", "tol", "check_every",
-                                             "alpha", "repair", "max_blocks"))
+                                             "alpha", "repair", "max_blocks", "projection"))
 def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
           rho0: jax.Array, *,
           ball: QualityBall, mode: str, max_iters: int, tol: float, check_every: int,
-          alpha: float, repair: int, max_blocks: int):
+          alpha: float, repair: int, max_blocks: int, projection: str):
   """Batched ADMM (``lax.map`` over images).
 
   Args:
@@ -361,14 +401,17 @@ def solve(x: jax.Array, lin: jax.Array, mask: jax.Array, init: AdmmState | None,
     rho0: [N] initial penalties (unused with ``init``, which carries its own).
     ball, mode ("lp" or "proj"), max_iters, tol, check_every, alpha, repair, max_blocks: static
       hyper-parameters (module docstring; their defaults live in ``solver.py``).
+    projection: how the window balls are projected, a key of :data:`PROJECTIONS`:
+      ``"closed_form"`` (the solvers') or ``"jaxopt_l2"`` (module docstring).
 
   Returns: (d [N,H,W,C], ProjectionInfo of [N] arrays, final AdmmState).
   """
+  checks.check_choice(projection, "projection", PROJECTIONS)
   cold = init is None
   if cold:
     init = init_state(x, ball, rho0)
   fn = functools.partial(_solve_one, ball=ball, mode=mode, max_iters=max_iters, tol=tol,
                          check_every=check_every, alpha=alpha, repair=repair, cold=cold,
-                         max_blocks=max_blocks)
+                         max_blocks=max_blocks, projection=projection)
   return jax.lax.map(lambda a: fn(*a), (x, lin, mask, init))
 

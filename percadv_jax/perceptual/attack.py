@@ -125,10 +125,11 @@ def ssim_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
   checks.check_labels(y, n)
   checks.check_choice(method, "method", ("linear", "pgd"))
   checks.check_choice(loss, "loss", losses.LOSSES)
-  steps = solver.check_int(steps, "steps", minimum=1)
-  solver_iters = solver.check_int(solver_iters, "solver_iters", minimum=1)
-  solver_tol = solver.check_real(solver_tol, "solver_tol", lo=0.0, hi=1.0)
-  step_size = solver.check_real(step_size, "step_size", lo=0.0)
+  steps = checks.check_int(steps, "steps", minimum=1)
+  solver_iters = checks.check_int(solver_iters, "solver_iters", minimum=1)
+  solver_tol = checks.check_float(solver_tol, "solver_tol", minimum=0.0, maximum=1.0,
+                                  min_inclusive=False, max_inclusive=False)
+  step_size = checks.check_float(step_size, "step_size", minimum=0.0, min_inclusive=False)
   ball.check(x)
   if checks.is_concrete(x) and checks.is_concrete(y):
     out = logits_shape(logits_fn, tuple(x.shape))

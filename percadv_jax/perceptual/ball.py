@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.perceptual import windows as W
@@ -101,10 +100,7 @@ class QualityBall:
 
   def __post_init__(self):
     for name in ("window", "stride"):
-      v = getattr(self, name)
-      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-      object.__setattr__(self, name, int(v))
+      object.__setattr__(self, name, checks.check_int(getattr(self, name), name, minimum=1))
     _check_eps(self.eps_structure, "eps_structure", allow_off=False)
     _check_eps(self.eps_luminance, "eps_luminance", allow_off=True)
 

@@ -18,12 +18,8 @@ The solvers own their settings: the defaults below are the only place where they
 
 from __future__ import annotations
 
-import math
-from typing import Any
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.perceptual import admm
@@ -48,29 +44,19 @@ PROJ_ALPHA = 1.6
 PROJ_REPAIR = 3
 
 
-def check_int(value: Any, name: str, *, minimum: int) -> int:
-  """``value`` as an int; ValueError unless it is an integer (Python or NumPy) >= ``minimum``."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-  return int(value)
-
-
-def check_real(value: Any, name: str, *, lo: float, hi: float = math.inf) -> float:
-  """``value`` as a float; ValueError unless it is a real number (Python or NumPy) in (lo, hi)."""
-  if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) or (
-      not lo < float(value) < hi):
-    where = f"({lo:g}, {hi:g})" if math.isfinite(hi) else f"> {lo:g}"
-    raise ValueError(f"{name} must be a number {'in ' if math.isfinite(hi) else ''}{where}, "
-                     f"got {value!r}")
-  return float(value)
-
-
 def _settings(tol, max_iters, check_every, rho, alpha, repair):
-  return dict(tol=check_real(tol, "tol", lo=0.0, hi=1.0),
-              max_iters=check_int(max_iters, "max_iters", minimum=1),
-              check_every=check_int(check_every, "check_every", minimum=1),
-              rho=check_real(rho, "rho", lo=0.0), alpha=check_real(alpha, "alpha", lo=0.0, hi=2.0),
-              repair=check_int(repair, "repair", minimum=0))
+  return dict(tol=_open_interval(tol, "tol", 0.0, 1.0),
+              max_iters=checks.check_int(max_iters, "max_iters", minimum=1),
+              check_every=checks.check_int(check_every, "check_every", minimum=1),
+              rho=_open_interval(rho, "rho", 0.0, None),
+              alpha=_open_interval(alpha, "alpha", 0.0, 2.0),
+              repair=checks.check_int(repair, "repair", minimum=0))
+
+
+def _open_interval(value, name, lo, hi):
+  """``value`` as a float in the open interval ``(lo, hi)`` (``hi`` None: unbounded)."""
+  return checks.check_float(value, name, minimum=lo, maximum=hi, min_inclusive=False,
+                            max_inclusive=False)
 
 
 def _mask(x, mask):
@@ -91,7 +77,7 @@ def init_state(x: jax.Array, ball: QualityBall, *, rho: float = LP_RHO) -> AdmmS
     ``AdmmState(d [N,H,W,C] zeros, v [N,G,C,Hc,Wc,c*c] zeros, rho [N])``.
   """
   check_ball(ball)
-  rho = check_real(rho, "rho", lo=0.0)
+  rho = _open_interval(rho, "rho", 0.0, None)
   return admm.init_state(x, ball, jnp.full((x.shape[0],), rho, jnp.float32))
 
 
@@ -134,7 +120,7 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
     raise ValueError(f"g must have the images' shape {tuple(x.shape)}, got {tuple(g.shape)}")
   rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
   d, info, state = admm.solve(x, g, _mask(x, mask), init, rho0, ball=ball, mode="lp",
-                              max_blocks=LP_MAX_BLOCKS, **knobs)
+                              max_blocks=LP_MAX_BLOCKS, projection="closed_form", **knobs)
   out = (d,)
   if return_info:
     out += (info,)
@@ -180,6 +166,6 @@ def project(x: jax.Array, d: jax.Array, ball: QualityBall, *, mask: jax.Array | 
     raise ValueError(f"d must have the images' shape {tuple(x.shape)}, got {tuple(d.shape)}")
   rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
   out, info, _ = admm.solve(x, d, _mask(x, mask), None, rho0, ball=ball, mode="proj",
-                            max_blocks=1, **knobs)
+                            max_blocks=1, projection="closed_form", **knobs)
   return (out, info) if return_info else out
 

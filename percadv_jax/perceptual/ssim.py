@@ -91,14 +91,11 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
       raise ValueError(f"{name} must be a float array, got dtype {v.dtype}")
     checks.check_finite(v, name)
   checks.check_positive(max_val, "max_val")
-  if isinstance(sigma, bool) or not isinstance(sigma, (int, float, np.integer, np.floating)) or (
-      not 0.0 < float(sigma) < float("inf")):
-    raise ValueError(f"sigma (the gaussian window's standard deviation) must be a number > 0, "
-                     f"got {sigma!r}")
+  checks.check_float(sigma, "sigma (the gaussian window's standard deviation)", minimum=0.0,
+                     min_inclusive=False)
   if win_size is None:
     win_size = 2 * int(3.5 * sigma + 0.5) + 1 if window == "gaussian" else 7
-  if isinstance(win_size, bool) or not isinstance(win_size, (int, np.integer)) or (
-      win_size < 1 or win_size % 2 != 1):
+  if checks.check_int(win_size, "win_size", minimum=1) % 2 != 1:
     raise ValueError(f"win_size must be a positive odd integer, got {win_size}")
   if min(x.shape[1], x.shape[2]) < win_size:
     raise ValueError(f"images of size {x.shape[1]}x{x.shape[2]} are smaller than the "

@@ -8,15 +8,16 @@
   is the masks paper's masked setting (the model sees ``x * mask``; the attack, masked too,
   changes only foreground pixels).
 - ``TrainConfig`` / ``fit(config, workdir, source)``: the loop with orbax checkpoints every N
-  steps, exact resume (data order is a function of (seed, step)), ``metrics.jsonl``, progress,
-  and the catastrophic-overfitting guard (``TrainConfig.guard``).
+  steps, exact resume (the data order ``percadv_jax.data.batch_indices`` is a function of
+  (seed, step)), ``metrics.jsonl``, progress, and the catastrophic-overfitting guard
+  (``TrainConfig.guard``).
 
 Evaluation is ``percadv_jax.attacks.robust_accuracy`` over ``make_logits_fn(...)``.
 """
 
 from percadv_jax.train import checkpoint
-from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, batch_indices, build, fit,
-                                    split_guard, total_steps)
+from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, build, fit, split_guard,
+                                    total_steps)
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule, make_variables)
 from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
@@ -24,7 +25,7 @@ from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_
 
 __all__ = [
     "ArrayData", "GUARDS", "OptimizerConfig", "TrainConfig", "TrainState",
-    "adversarial_examples", "batch_indices", "build", "checkpoint",
+    "adversarial_examples", "build", "checkpoint",
     "create_train_state", "fit", "jit_train_step", "make_logits_fn",
     "make_optimizer", "make_schedule", "make_variables", "model_input", "split_guard",
     "total_steps", "train_step",

@@ -1,11 +1,11 @@
 """The training loop: ``fit(config, workdir, source)`` with checkpoints, resume and metrics.
 
 Determinism: the model initialisation and the training randomness come from ``config.seed``
-(through ``state.key``), and the batch at step ``s`` is a function of ``(seed, s)`` only:
-epoch ``e = s // steps_per_epoch`` uses the permutation ``numpy.random.default_rng([seed, e])``
-of the training set, sliced at ``s % steps_per_epoch``. A run killed after a checkpoint and
-restarted therefore replays exactly the batches and keys it would have seen, and reaches the same
-final parameters as an uninterrupted run.
+(through ``state.key``), and the batch at step ``s`` is a function of ``(seed, s)`` only,
+``percadv_jax.data.batch_indices``: epoch ``e = s // steps_per_epoch`` uses the permutation
+``numpy.random.default_rng([seed, e])`` of the training set, sliced at ``s % steps_per_epoch``.
+A run killed after a checkpoint and restarted therefore replays exactly the batches and keys it
+would have seen, and reaches the same final parameters as an uninterrupted run.
 
 Workdir layout: ``config.json`` (the TrainConfig), ``metrics.jsonl``, ``checkpoints/<step>/``
 (orbax).
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -39,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from percadv_jax import attacks, checks, io, models
+from percadv_jax.data.source import batch_indices
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
@@ -194,20 +194,6 @@ def _to_arrays(source: Any, indices: np.ndarray | None) -> dict:
           "label": np.asarray(out["label"], np.int32)}
 
 
-def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
-  """Indices of the batch at ``step``: a function of ``(n, batch_size, seed, step)`` only.
-
-  Returns int64 indices ``[batch_size]`` into the ``n`` training examples: rows
-  ``[i * batch_size, (i + 1) * batch_size)`` of epoch ``e``'s permutation
-  ``numpy.random.default_rng([seed, e]).permutation(n)`` (``e, i = divmod(step, n // batch_size)``).
-  NumPy draws the order (no JAX random numbers), so ``seed`` is an integer, not a key.
-  """
-  steps_per_epoch = n // batch_size
-  epoch, i = divmod(step, steps_per_epoch)
-  perm = np.random.default_rng([seed, epoch]).permutation(n)
-  return perm[i * batch_size:(i + 1) * batch_size]
-
-
 def total_steps(config: TrainConfig, n: int) -> int:
   """Number of optimiser steps of ``config`` on ``n`` training examples."""
   if n < config.batch_size:
@@ -241,38 +227,15 @@ def _optimizer(config: OptimizerConfig, total: int) -> Any:
   return make_optimizer(config, total)
 
 
-def _check_config(workdir: str, config: TrainConfig) -> None:
-  path = os.path.join(workdir, "config.json")
-  if os.path.exists(path):
-    old = io.read_json(path)
-    try:  # a config.json written before a field existed holds that field's default
-      old = _json_roundtrip(TrainConfig.from_dict(old).to_dict())
-    except TypeError:
-      pass
-    fresh = _json_roundtrip(config.to_dict())
-    if old != fresh:
-      raise ValueError(f"{workdir} holds a run with a different configuration "
-                       f"({_diff(old, fresh)}); use another workdir or delete it")
-  else:
-    io.write_json(path, config.to_dict())
-
-
-def _json_roundtrip(d: Any) -> Any:
-  import json
-  return json.loads(json.dumps(d, sort_keys=True, default=str))
-
-
-def _diff(a: Mapping, b: Mapping, prefix: str = "") -> str:
-  out = []
-  for k in sorted(set(a) | set(b)):
-    va, vb = a.get(k), b.get(k)
-    if isinstance(va, Mapping) and isinstance(vb, Mapping):
-      s = _diff(va, vb, prefix + k + ".")
-      if s:
-        out.append(s)
-    elif va != vb:
-      out.append(f"{prefix}{k}: {va!r} != {vb!r}")
-  return ", ".join(out)
+def _lock_config(workdir: str, config: TrainConfig) -> None:
+  """Locks ``workdir`` to ``config`` (``io.lock_config``); a config.json written before a field
+  existed holds that field's default."""
+  def with_defaults(stored: dict) -> dict:
+    try:
+      return TrainConfig.from_dict(stored).to_dict()
+    except TypeError:  # a field this version does not know: compared as stored
+      return stored
+  io.lock_config(workdir, config.to_dict(), upgrade=with_defaults)
 
 
 def fit(config: TrainConfig, workdir: str, source: Any, *,
@@ -296,8 +259,7 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     The final ``TrainState`` (from the last checkpoint when the run had already finished).
   """
   config.validate()
-  os.makedirs(workdir, exist_ok=True)
-  _check_config(workdir, config)
+  _lock_config(workdir, config)
   data = source if isinstance(source, ArrayData) else ArrayData(source)
   num_classes = num_classes or info_get(data.source, "num_classes")
   if num_classes is None:
@@ -317,7 +279,7 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     state = _init_from(state, config.init_from)
   start = int(jax.device_get(state.step))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  truncate_metrics(metrics_path, start)
+  io.drop_records_after(metrics_path, start)
   if start >= total:
     mngr.close()
     return state
@@ -372,7 +334,7 @@ def _flush(path: str, pending: list[dict], done: int, lr: Any, t0: float) -> dic
   """Appends the record of the steps in ``pending`` (means) ending at step ``done``."""
   means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
   rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
-  append_record(path, {"step": done, **means, "lr": float(lr), "steps_per_sec": rate})
+  io.append_jsonl(path, {"step": done, **means, "lr": float(lr), "steps_per_sec": rate})
   return means
 
 
@@ -429,59 +391,17 @@ class _Guard:
   def check(self, state: TrainState, done: int, path: str) -> tuple[TrainState, bool]:
     """Records the epoch's guard accuracy; returns (state to keep, whether the run stops)."""
     acc = self.accuracy(state)
-    append_record(path, {"step": done, "event": "guard", "guard_pgd_accuracy": acc})
+    io.append_jsonl(path, {"step": done, "event": "guard", "guard_pgd_accuracy": acc})
     prev = self.previous
     if prev is not None and acc < prev[0] - self.config.guard_drop:
       rollback = self.config.guard == "rollback" and prev[1] is not None
-      append_record(path, {
+      io.append_jsonl(path, {
           "step": done, "event": "catastrophic_overfitting", "guard_pgd_accuracy": acc,
           "previous_guard_pgd_accuracy": prev[0], "action": "rollback" if rollback else "stop",
           "restored_step": int(jax.device_get(prev[1].step)) if rollback else done})
       return (prev[1] if rollback else state), True
     self.previous = (acc, state)
     return state, False
-
-
-def append_record(path: str, record: dict) -> None:
-  """Appends one JSON line to ``path``, starting a fresh line if the file ends in a torn one."""
-  if os.path.exists(path) and os.path.getsize(path) > 0:
-    with open(path, "rb") as f:
-      f.seek(-1, os.SEEK_END)
-      torn = f.read(1) != b"\n"
-    if torn:
-      with open(path, "a") as f:
-        f.write("\n")
-  io.append_jsonl(path, record)
-
-
-def truncate_metrics(path: str, step: int) -> None:
-  """Drops the records of ``path`` after ``step`` and any torn (unparsable) line.
-
-  Called when a run (re)starts from a checkpoint at ``step``: the steps after it will run
-  again and write their records again. Records without a ``step`` are kept. The file is
-  rewritten atomically, and only when something is dropped.
-  """
-  if not os.path.exists(path):
-    return
-  with open(path) as f:
-    lines = f.read().split("\n")
-  keep, dropped = [], False
-  for line in lines:
-    if not line.strip():
-      continue
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError:
-      dropped = True
-      continue
-    if isinstance(record, dict) and isinstance(record.get("step"), int) and (
-        record["step"] > step):
-      dropped = True
-      continue
-    keep.append(line)
-  if dropped:
-    with io.atomic_open(path) as f:
-      f.write("".join(line + "\n" for line in keep))
 
 
 def _init_from(state: TrainState, workdir: str) -> TrainState:

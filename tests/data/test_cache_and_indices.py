@@ -85,11 +85,11 @@ def test_corrupt_meta_json_names_file(tmp_path):
 
 def test_prepare_rejects_bad_arguments(tmp_path):
   out = str(tmp_path / "toy" / "train_8px")
-  with pytest.raises(ValueError, match="shard_size must be >= 1"):
+  with pytest.raises(ValueError, match="shard_size must be an integer >= 1"):
     cache.prepare(out, [1], _process, params={}, image_size=8, shard_size=0, info=_info)
-  with pytest.raises(ValueError, match="workers must be >= 1"):
+  with pytest.raises(ValueError, match="workers must be an integer >= 1"):
     _prepare(out, workers=0)
-  with pytest.raises(ValueError, match="image_size must be >= 1"):
+  with pytest.raises(ValueError, match="image_size must be an integer >= 1"):
     cache.prepare(out, [1], _process, params={}, image_size=-5, info=_info)
   (tmp_path / "file").write_text("x")
   with pytest.raises(ValueError, match="data_dir .*file is a file"):
@@ -117,7 +117,7 @@ def test_to_arrays_indices():
 
 def test_load_rejects_bad_numbers_and_paths(tmp_path):
   for name in ("synthetic_signs", "gtsrb_ic", "coco_ic", "image_folder", "oxford_iiit_pet"):
-    with pytest.raises(ValueError, match="image_size must be >= 8"):
+    with pytest.raises(ValueError, match="image_size must be an integer >= 8"):
       data.load(name, split="test", image_size=-5, data_dir=str(tmp_path))
   (tmp_path / "f").write_text("x")
   with pytest.raises(ValueError, match="data_dir .*f is a file"):

@@ -285,12 +285,12 @@ def test_option_caches_never_share_a_folder(coco_raw, paper_raw, tmp_path):
     ({"classes": ["car"], "num_classes": 3}, "disagrees"),
     ({"crop": "box"}, "crop must be one of"),
     ({"blackout": "all"}, "blackout must be one of"),
-    ({"image_size": -5}, "image_size must be >= 8"),
+    ({"image_size": -5}, "image_size must be an integer >= 8"),
     ({"image_size": 64.0}, "image_size must be an integer"),
-    ({"num_classes": 0}, "num_classes must be >= 1"),
+    ({"num_classes": 0}, "num_classes must be an integer >= 1"),
     ({"min_area": -1.0}, "min_area must be >= 0"),
-    ({"margin": float("nan")}, "margin must be finite"),
-    ({"shard_size": 0}, "shard_size must be >= 1"),
+    ({"margin": float("nan")}, "margin must be a finite number"),
+    ({"shard_size": 0}, "shard_size must be an integer >= 1"),
 ])
 def test_bad_option_values(coco_raw, tmp_path, kw, match):
   root, _ = coco_raw

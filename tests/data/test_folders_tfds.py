@@ -89,7 +89,7 @@ def test_tfds_oxford_pet_via_data_source(fake_pets):
     want[4:16, 4:20] = 1
     want = cv2.resize(want.astype(np.float32), (24, 24), interpolation=cv2.INTER_LINEAR) >= 0.5
     np.testing.assert_array_equal(ex["mask"], want.astype(np.uint8))
-  b = next(data.batches(src, batch_size=4, key=None))
+  b = next(data.batches(src, batch_size=4))
   assert b["image"].shape == (4, 24, 24, 3) and b["mask"].shape == (4, 24, 24, 1)
   assert len(data.load("oxford_iiit_pet", split="test", data_dir=fake_pets)) == 3
 

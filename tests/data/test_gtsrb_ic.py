@@ -231,12 +231,12 @@ def test_centre_segmenter_cache_and_skipped_files(raw_dir, tmp_path):
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"image_size": -5}, "image_size must be >= 8"),
+    ({"image_size": -5}, "image_size must be an integer >= 8"),
     ({"image_size": 32.5}, "image_size must be an integer"),
-    ({"shard_size": 0}, "shard_size must be >= 1"),
-    ({"workers": 0}, "workers must be >= 1"),
+    ({"shard_size": 0}, "shard_size must be an integer >= 1"),
+    ({"workers": 0}, "workers must be an integer >= 1"),
     ({"segmenter": "magic"}, "unknown segmenter 'magic'"),
-    ({"grabcut": {"iterations": 0}}, "iterations must be >= 1"),
+    ({"grabcut": {"iterations": 0}}, "iterations must be an integer >= 1"),
     ({"grabcut": {"bogus": 1}}, r"unknown options \['bogus'\]"),
     ({"segmenter": "centre", "grabcut": {"spread": 0}}, "spread must be > 0"),
 ])

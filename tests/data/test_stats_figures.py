@@ -98,9 +98,9 @@ def test_example_figure(tmp_path):
   fig = figures.example_figure(src, None, per_class=1)["figure"]
   assert len(fig.axes) == 3 * 3
   pio.save_figure(fig, str(tmp_path / "again.png"))
-  with pytest.raises(ValueError, match="per_class must be >= 1"):
+  with pytest.raises(ValueError, match="per_class must be an integer >= 1"):
     figures.example_figure(src, path, per_class=0)
-  with pytest.raises(ValueError, match="class label must be <= 2"):
+  with pytest.raises(ValueError, match=r"class label must be an integer in \[0, 2\]"):
     figures.choose_examples(src, classes=[3])
 
 

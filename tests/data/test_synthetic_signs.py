@@ -109,10 +109,22 @@ def test_generation_speed():
   assert time.process_time() - t < 3.0
 
 
+def test_batch_indices_are_a_function_of_seed_and_step():
+  n, b = 50, 8
+  epoch0 = np.concatenate([data.batch_indices(n, b, 7, s) for s in range(n // b)])
+  assert len(np.unique(epoch0)) == len(epoch0) == (n // b) * b
+  again = np.concatenate([data.batch_indices(n, b, 7, s) for s in range(n // b)])
+  np.testing.assert_array_equal(epoch0, again)
+  epoch1 = np.concatenate([data.batch_indices(n, b, 7, s) for s in range(n // b, 2 * (n // b))])
+  assert not np.array_equal(epoch0, epoch1)
+  assert not np.array_equal(data.batch_indices(n, b, 8, 0), data.batch_indices(n, b, 7, 0))
+  np.testing.assert_array_equal(data.batch_indices(n, b, 7, 0),
+                                np.random.default_rng([7, 0]).permutation(n)[:b])
+
+
 def test_batches_shapes_shuffle_epochs_remainder():
   src = _fresh(split="test", num_examples=50, seed=2)
-  key = jax.random.key(5)
-  bs = list(data.batches(src, batch_size=16, key=key, epochs=2))
+  bs = list(data.batches(src, batch_size=16, seed=5, epochs=2))
   assert len(bs) == 6
   b = bs[0]
   assert b["image"].dtype == np.float32 and b["image"].shape == (16, 32, 32, 3)
@@ -120,8 +132,17 @@ def test_batches_shapes_shuffle_epochs_remainder():
   assert b["label"].dtype == np.int32 and b["label"].shape == (16,)
   assert 0 <= b["image"].min() and b["image"].max() <= 1
   assert set(np.unique(b["mask"])) <= {0.0, 1.0}
-  again = list(data.batches(src, batch_size=16, key=key, epochs=2, prefetch=0))
+  again = list(data.batches(src, batch_size=16, seed=5, epochs=2, prefetch=0))
   assert all(np.array_equal(x["image"], y["image"]) for x, y in zip(bs, again))
+  # The order is batch_indices' (train.fit's): the s-th batch holds its examples.
+  for s, x in enumerate(bs):
+    np.testing.assert_array_equal(x["label"], src.labels[data.batch_indices(50, 16, 5, s)])
+  assert not np.array_equal(bs[0]["label"], next(data.batches(src, batch_size=16, seed=6))["label"])
+  # The remainder of a shuffled epoch is the rest of its order.
+  rest = list(data.batches(src, batch_size=16, seed=5, drop_remainder=False))
+  assert [len(x["label"]) for x in rest] == [16, 16, 16, 2]
+  np.testing.assert_array_equal(np.concatenate([x["label"] for x in rest]),
+                                src.labels[data.batch_indices(50, 50, 5, 0)])
   # The two epochs are different permutations, each without repeats.
   e1 = np.concatenate([x["label"] for x in bs[:3]])
   assert not np.array_equal(bs[0]["image"], bs[3]["image"])
@@ -142,7 +163,11 @@ def test_batches_shapes_shuffle_epochs_remainder():
   with pytest.raises(ValueError, match="batch_size"):
     next(data.batches(src, batch_size=64))
   # Leaving early stops the prefetch thread without hanging.
-  it = data.batches(src, batch_size=8, key=key, epochs=None)
+  for kw, match in (({"seed": 1.0}, "seed must be an integer"), ({"epochs": -1}, "epochs must be"),
+                    ({"batch_size": 0}, "batch_size must be an integer >= 1")):
+    with pytest.raises(ValueError, match=match):
+      next(data.batches(src, **{"batch_size": 8, **kw}))
+  it = data.batches(src, batch_size=8, seed=5, epochs=None)
   next(it)
   it.close()
 
@@ -176,7 +201,7 @@ def test_tiny_cnn_learns_well_above_chance():
     upd, opt = tx.update(g, opt, params)
     return optax.apply_updates(params, upd), opt, loss
 
-  for b in data.batches(train, batch_size=64, key=jax.random.key(1), epochs=5):
+  for b in data.batches(train, batch_size=64, seed=1, epochs=5):
     params, opt, _ = step(params, opt, b["image"], b["label"])
   t = data.to_arrays(test)
   acc = float((jax.jit(model.apply)(params, t["image"]).argmax(-1) == t["label"]).mean())
@@ -186,9 +211,9 @@ def test_tiny_cnn_learns_well_above_chance():
 
 def test_bad_numbers_and_damaged_disk_cache(tmp_path):
   for kw, match in (({"num_examples": 2.5}, "num_examples must be an integer"),
-                    ({"num_examples": 0}, "num_examples must be > 0"),
+                    ({"num_examples": 0}, "num_examples must be an integer >= 1"),
                     ({"image_size": 31.9}, "image_size must be an integer"),
-                    ({"seed": -1}, "seed must be >= 0"),
+                    ({"seed": -1}, "seed must be an integer >= 0"),
                     ({"num_classes": 10.0}, "num_classes must be an integer")):
     with pytest.raises(ValueError, match=match):
       data.load("synthetic_signs", split="test", **kw)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from experiments import masks_study, perceptual_study, workdir as wd
+from experiments import masks_study, perceptual_study
 from experiments.configs import attention_masks, perceptual_cam
 from tests.experiments.test_binaries import run_binary
 
@@ -58,19 +58,6 @@ def test_perceptual_validation_needs_no_training():
   c.data.split = "val2"
   with pytest.raises(ValueError, match="data.split"):
     perceptual_study.validate(c)
-
-
-def test_workdir_lock_names_fields_and_writes_nothing_when_refused(tmp_path):
-  c = attention_masks.get_config("quick")
-  wd.prepare(str(tmp_path), c)
-  before = (tmp_path / "config.json").read_text()
-  c2 = attention_masks.get_config("quick")
-  c2.train.epochs, c2.eval.curve_eps = 3, (0.0,)
-  with pytest.raises(ValueError) as e:
-    wd.prepare(str(tmp_path), c2)
-  assert "train.epochs: 1 -> 3" in str(e.value) and "eval.curve_eps" in str(e.value)
-  assert (tmp_path / "config.json").read_text() == before
-  assert wd.prepare(str(tmp_path), attention_masks.get_config("quick"))  # same config: accepted
 
 
 def test_models_override_accepts_a_comma_list():

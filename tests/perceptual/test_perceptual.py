@@ -163,6 +163,29 @@ def test_solve_linear_gapped_windows_no_luminance():
   _check_lp(x, g, QualityBall(window=5, stride=3, eps_structure=0.08, eps_luminance=None))
 
 
+def test_admm_projection_variants_agree(images16):
+  """``admm.solve``'s ``projection``: jaxopt's l2-ball projections on the windows cut out of the
+  cell layout compute the closed form's projections (same iterations, same optimum); the solvers
+  use the closed form."""
+  from percadv_jax.perceptual import admm, solver
+  x = jnp.asarray(images16[:1])
+  g = jnp.asarray(np.random.default_rng(6).normal(size=x.shape).astype(np.float32))
+  ball = QualityBall()
+  args = (x, g, jnp.ones_like(x), None, jnp.full((1,), solver.LP_RHO, jnp.float32))
+  kw = dict(ball=ball, mode="lp", max_iters=solver.LP_MAX_ITERS, tol=solver.LP_TOL,
+            check_every=solver.CHECK_EVERY, alpha=solver.LP_ALPHA, repair=solver.LP_REPAIR,
+            max_blocks=solver.LP_MAX_BLOCKS)
+  d, info, _ = admm.solve(*args, projection="closed_form", **kw)
+  d2, info2, _ = admm.solve(*args, projection="jaxopt_l2", **kw)
+  np.testing.assert_array_equal(np.asarray(info.iterations), np.asarray(info2.iterations))
+  obj, obj2 = float(jnp.sum(g * d)), float(jnp.sum(g * d2))
+  assert abs(obj2 - obj) <= 1e-4 * abs(obj)
+  assert float(np.max(ball.violation(x, d2))) <= 1e-5
+  chex.assert_trees_all_equal(d, solve_linear(x, g, ball))
+  with pytest.raises(ValueError, match="unknown projection 'exact'; choose one of"):
+    admm.solve(*args, projection="exact", **kw)
+
+
 # -- the attack ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method", ["linear", "pgd"])

@@ -55,17 +55,6 @@ class _Killed(Exception):
   pass
 
 
-def test_batch_indices_are_a_function_of_seed_and_step():
-  n, b = 50, 8
-  epoch0 = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b)])
-  assert len(np.unique(epoch0)) == len(epoch0) == (n // b) * b
-  again = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b)])
-  np.testing.assert_array_equal(epoch0, again)
-  epoch1 = np.concatenate([train.batch_indices(n, b, 7, s) for s in range(n // b, 2 * (n // b))])
-  assert not np.array_equal(epoch0, epoch1)
-  assert not np.array_equal(train.batch_indices(n, b, 8, 0), train.batch_indices(n, b, 7, 0))
-
-
 def test_kill_after_checkpoint_and_resume_gives_the_same_parameters(toy, tmp_path):
   data, _ = toy
   cfg = _config()
@@ -295,8 +284,8 @@ def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
     del old[k]
   del old["attack"]["masked"], old["attack"]["step_factor"]
   io.write_json(str(tmp_path / "config.json"), old)
-  loop._check_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
-  with pytest.raises(ValueError, match="guard"):
-    loop._check_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
+  loop._lock_config(str(tmp_path), cfg)  # the defaults of the new fields: same run
+  with pytest.raises(ValueError, match="guard: 'off' -> 'stop'"):
+    loop._lock_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
   with pytest.raises(ValueError, match="guard"):
     dataclasses.replace(cfg, guard="sometimes").validate()
