@@ -69,7 +69,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
              data: Mapping[str, np.ndarray], attacks: Mapping[str, Any],
              key: jax.Array | None = None, batch_size: int = 128,
              return_adversarial: bool = False, mesh: Any = None, desc: str | None = None,
-             trust_checks: Mapping[str, Any] | None = None) -> attacks_lib.Evaluation:
+             trust_checks: attacks_lib.diagnostics.Options | None = None
+             ) -> attacks_lib.Evaluation:
   """The ``Evaluation`` of one model under ``attacks``, kept in ``store`` under ``spec``.
 
   Args:
@@ -89,7 +90,7 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
                "attacks": {n: repr(a) for n, a in attacks.items()},
                "n": int(len(data["label"])), "batch_size": batch_size,
                "return_adversarial": bool(return_adversarial),
-               "trust_checks": None if trust_checks is None else dict(trust_checks)}
+               "trust_checks": None if trust_checks is None else dataclasses.asdict(trust_checks)}
   eid = evaluation_id(full_spec)
   npz = None if store is None else os.path.join(store, f"{eid}.npz")
   checks_path = None if store is None or trust_checks is None else os.path.join(

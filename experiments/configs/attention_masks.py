@@ -136,7 +136,8 @@ def gtsrb_paper() -> ml_collections.ConfigDict:
     batch 128, 30 epochs (conventional choices).
   - threat model: Linf; the paper's eps, step and step count are not recoverable from its text:
     Madry's CIFAR settings, eps 8/255, training PGD-7 with step 2/255 (``step_factor`` 1.75),
-    evaluation PGD-20 (step 2.5 eps / steps) and APGD-CE-100 (AutoAttack's budget) on the whole test split.
+    evaluation PGD-20 (step 2.5 eps / steps) and APGD-CE-100 (AutoAttack's budget) on the whole
+    test split.
 
   Data preparation: ``python -m experiments.prepare_data
   --config=experiments/configs/prepare_data.py:gtsrb_paper --config.raw_dir=RAW

@@ -10,8 +10,9 @@ Fields:
 - ``checkpoints``: training workdirs (written by ``percadv_jax.train.fit``; the latest checkpoint
   is evaluated and its step recorded) or ``"init:SEED"`` (the untrained ``model`` initialised
   with SEED).
-- ``attacks``: a subset of ``percadv_jax.attacks.KINDS`` ("fgsm", "fgsm_rs", "pgd", "apgd"); ``eps``: radii (pixel scale; eps = 0 is
-  clean accuracy); ``steps``: iterations (fgsm has one); ``norm``: "linf" or "l2";
+- ``attacks``: a subset of ``percadv_jax.attacks.KINDS`` ("fgsm", "fgsm_rs", "pgd", "apgd");
+  ``eps``: radii (pixel scale; eps = 0 is clean accuracy); ``steps``: iterations (the
+  single-step kinds have one); ``norm``: "linf" or "l2";
   ``restarts``; ``step_factor``: PGD step = step_factor * eps / steps.
 - ``data``: ``dataset``, ``split``, ``data_dir``, ``image_size`` (0 = the dataset's),
   ``num_examples`` (0 = all; synthetic: generated), ``num_classes`` (synthetic only; 0 = 10).

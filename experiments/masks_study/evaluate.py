@@ -53,10 +53,10 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
   with common.Timer() as t:
     ev = evaluation.evaluate(store, {**spec, "data": "eval"}, logits_fn=logits_fn, data=data,
                              attacks=named, key=key, batch_size=bs, desc=f"{name} PGD+APGD",
-                             trust_checks=({"max_examples": e.diagnostic_examples,
-                                            "stronger_steps": e.stronger_steps,
-                                            "large_eps_steps": e.stronger_steps}
-                                           if e.diagnostics else None))
+                             trust_checks=(attacks.diagnostics.Options(
+                                 max_examples=e.diagnostic_examples,
+                                 stronger_steps=e.stronger_steps,
+                                 large_eps_steps=e.stronger_steps) if e.diagnostics else None))
   out = {**ev.summary(), "seconds": t.seconds}
   if ev.checks is not None:
     out["trust_checks"] = ev.checks

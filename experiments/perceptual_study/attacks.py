@@ -114,9 +114,10 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
                                key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
                                batch_size=a.batch_size, return_adversarial=True,
                                desc=f"{norm} PGD",
-                               trust_checks=({"stronger_steps": a.stronger_steps,
-                                              "max_examples": a.diagnostic_examples,
-                                              "large_eps_steps": a.stronger_steps}
+                               trust_checks=(attacks.diagnostics.Options(
+                                   stronger_steps=a.stronger_steps,
+                                   max_examples=a.diagnostic_examples,
+                                   large_eps_steps=a.stronger_steps)
                                              if a.diagnostics and norm == "linf" else None))
     set_by_user = a.linf_eps if norm == "linf" else a.l2_eps
     out[norm] = _result(ev, norm, {

@@ -13,7 +13,8 @@ check here is a pure function that returns a flag with its evidence::
   default) finds markedly more adversarial examples than the reported one;
 - ``large_eps_check``: accuracy does not fall to about zero at a very large eps (a sign of
   gradient masking);
-- ``run_all`` runs the four, ``summary`` turns their results into one line for a table's notes.
+- ``run_all`` runs the four with the budgets and thresholds of ``Options``, ``summary`` turns
+  their results into one line for a table's notes.
 
 Inputs follow the attacks: ``logits_fn(x [N,H,W,C]) -> logits [N,K]``, float32 images in [0, 1],
 int labels [N], optional {0,1} masks broadcastable to the images. The checks look at the first
@@ -22,6 +23,7 @@ int labels [N], optional {0,1} masks broadcastable to the images. The checks loo
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -359,13 +361,42 @@ def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, eps: Any = None, nor
                  clean_accuracy=float(clean.mean()), threshold=threshold, n=int(x.shape[0]))
 
 
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """The trust checks' budgets and thresholds (``run_all``, ``robust_accuracy(trust_checks=)``).
+
+  Attributes:
+    steps: steps of the PGD that ``run_all`` runs as the reported attack when none is given.
+    stronger_steps, stronger_restarts: APGD iterations and restarts (``stronger_attack_check``).
+    large_eps: the radius of ``large_eps_check`` (None: its default), ``large_eps_steps`` its
+      PGD steps.
+    gradient_threshold, attack_tolerance, large_eps_threshold: the checks' thresholds.
+    max_examples: each check uses at most this many examples (the first ones).
+    unroll: the attacks' loop unrolling (see ``percadv_jax.attacks.pgd``).
+  """
+  steps: int = 10
+  stronger_steps: int = 50
+  stronger_restarts: int = 1
+  large_eps: float | None = None
+  large_eps_steps: int = 20
+  gradient_threshold: float = 0.1
+  attack_tolerance: float = 0.02
+  large_eps_threshold: float = 0.1
+  max_examples: int = 256
+  unroll: int | bool | None = None
+
+  def __post_init__(self):
+    for f in ("steps", "stronger_steps", "stronger_restarts", "large_eps_steps", "max_examples"):
+      checks.check_int(getattr(self, f), f, minimum=1)
+    for f in ("gradient_threshold", "attack_tolerance", "large_eps_threshold"):
+      checks.check_float(getattr(self, f), f, minimum=0.0, maximum=1.0)
+    if self.large_eps is not None:
+      checks.check_float(self.large_eps, "large_eps", minimum=0.0, min_inclusive=False)
+
+
 def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, mask: Any = None,
-            norm: str = "linf", reported: Any = None, steps: int = 10,
-            stronger_steps: int = 50, stronger_restarts: int = 1, large_eps: Any = None,
-            large_eps_steps: int = 20,
-            gradient_threshold: float = 0.1, attack_tolerance: float = 0.02,
-            large_eps_threshold: float = 0.1, max_examples: int = 256,
-            unroll: int | bool | None = None) -> dict[str, dict[str, Any]]:
+            norm: str = "linf", reported: Any = None, options: Options = Options()
+            ) -> dict[str, dict[str, Any]]:
   """Runs the four checks; returns ``{name: result}`` in the order of ``NAMES``.
 
   Args:
@@ -373,15 +404,9 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
     key: jax.random key (split between the attacks).
     eps: the evaluation's radius (scalar or float [N]).
     reported: bool [N] robust flags of the reported evaluation (e.g. ``robust_accuracy``'s
-      ``Evaluation.robust``); None runs PGD-``steps`` (the step rule ``attacks.step_size``,
-      random start) as the reported attack.
-    steps: steps of that PGD.
-    stronger_steps, stronger_restarts: APGD iterations and restarts (``stronger_attack_check``).
-    large_eps, large_eps_steps: radius (its default when None) and PGD steps of
-      ``large_eps_check``.
-    gradient_threshold, attack_tolerance, large_eps_threshold: the checks' thresholds.
-    max_examples: each check uses at most this many examples (the first ones).
-    unroll: the attacks' loop unrolling (see ``percadv_jax.attacks.pgd``).
+      ``Evaluation.robust``); None runs PGD-``options.steps`` (the step rule
+      ``attacks.step_size``, random start) as the reported attack.
+    options: the checks' budgets and thresholds.
   Returns:
     ``{"gradients": ..., "randomness": ..., "stronger_attack": ..., "large_eps": ...}``, each
     a result dict ``{"name", "tripped", "evidence", ...}``.
@@ -390,31 +415,32 @@ def run_all(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array, eps: Any, ma
   """
   if key is None:
     raise ValueError("run_all needs a jax.random key (key=): its attacks start at random")
+  if not isinstance(options, Options):
+    raise TypeError(f"options must be a diagnostics.Options, got {type(options).__name__}")
+  o = options
   checks.check_choice(norm, "norm", C.NORMS)
-  x_c, y_c, mask_c, _ = _inputs(logits_fn, x, y, mask, max_examples)
+  x_c, y_c, mask_c, _ = _inputs(logits_fn, x, y, mask, o.max_examples)
   n = x_c.shape[0]
   eps_n = np.asarray(eps, np.float32)
   if eps_n.ndim == 1:
     eps_n = eps_n[:n]
   if reported is None:
-    steps = checks.check_int(steps, "steps", minimum=1)
     xa = pgd(logits_fn, x_c, y_c, key=jax.random.fold_in(key, 0), eps=eps_n,
-             step_size=step_size(eps_n, steps), steps=steps, norm=norm, mask=mask_c, unroll=unroll)
+             step_size=step_size(eps_n, o.steps), steps=o.steps, norm=norm, mask=mask_c,
+             unroll=o.unroll)
     reported = _survived(logits_fn, x_c, y_c) & _survived(logits_fn, xa, y_c)
-  out = {
+  return {
       "gradients": gradient_check(logits_fn, x_c, y_c, mask=mask_c,
-                                  threshold=gradient_threshold, max_examples=n),
+                                  threshold=o.gradient_threshold, max_examples=n),
       "randomness": randomness_check(logits_fn, x_c, max_examples=n),
       "stronger_attack": stronger_attack_check(
           logits_fn, x_c, y_c, key=jax.random.fold_in(key, 1), eps=eps_n, reported=reported,
-          norm=norm, mask=mask_c, steps=stronger_steps, restarts=stronger_restarts,
-          tolerance=attack_tolerance, max_examples=n, unroll=unroll),
-      "large_eps": large_eps_check(logits_fn, x_c, y_c, eps=large_eps, norm=norm, mask=mask_c,
-                                   steps=large_eps_steps,
-                                   threshold=large_eps_threshold, max_examples=n,
-                                   unroll=unroll),
+          norm=norm, mask=mask_c, steps=o.stronger_steps, restarts=o.stronger_restarts,
+          tolerance=o.attack_tolerance, max_examples=n, unroll=o.unroll),
+      "large_eps": large_eps_check(logits_fn, x_c, y_c, eps=o.large_eps, norm=norm, mask=mask_c,
+                                   steps=o.large_eps_steps, threshold=o.large_eps_threshold,
+                                   max_examples=n, unroll=o.unroll),
   }
-  return out
 
 
 def summary(results: Mapping[str, Mapping[str, Any]] | Sequence[Mapping[str, Any]]) -> str:

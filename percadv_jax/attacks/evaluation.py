@@ -186,7 +186,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
                     attacks: Mapping[str, Attack], *, key: jax.Array | None = None,
                     mask: jax.Array | None = None, batch_size: int | None = None,
                     mesh: Any = None, return_adversarial: bool = False, desc: str | None = None,
-                    trust_checks: Mapping[str, Any] | None = None) -> Evaluation:
+                    trust_checks: D.Options | None = None) -> Evaluation:
   """Accuracy under a set of untargeted attacks, worst case per example.
 
   An example counts as robust only if it is classified correctly clean *and* after every attack
@@ -211,10 +211,9 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     mesh: the device mesh (default: every device).
     return_adversarial: also keep the adversarial images.
     desc: label of a progress bar (None: none).
-    trust_checks: run the trust checks of ``attacks.diagnostics.run_all`` against this
-      evaluation's worst case, at the first attack's eps and norm (which must be an
-      ``Attack``); the dict holds ``run_all``'s options (``{}`` = defaults; e.g.
-      ``{"stronger_steps": 20, "max_examples": 100}``). Needs ``key``. None: no checks.
+    trust_checks: run the trust checks of ``attacks.diagnostics.run_all`` with these
+      ``diagnostics.Options`` against this evaluation's worst case, at the first attack's eps
+      and norm (which must be an ``Attack``). Needs ``key``. None: no checks.
 
   Returns:
     an ``Evaluation``.
@@ -225,9 +224,9 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   """
   named = _named(attacks)
   if trust_checks is not None:
-    if not isinstance(trust_checks, Mapping):
-      raise TypeError("trust_checks must be None or a dict of diagnostics.run_all options, "
-                      f"got {type(trust_checks).__name__}")
+    if not isinstance(trust_checks, D.Options):
+      raise TypeError("trust_checks must be None or a diagnostics.Options, got "
+                      f"{type(trust_checks).__name__}")
     if key is None:
       raise ValueError("trust_checks need key= (the checks run their own attacks)")
     if not isinstance(next(iter(named.values())), Attack):
@@ -288,5 +287,5 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   report = D.run_all(logits_fn, data["image"], data["label"],
                      key=jax.random.fold_in(key, len(named)), eps=first.eps,
                      mask=np.asarray(free_pixels(mask, first.masked, shape)), norm=first.norm,
-                     reported=ev.robust, **dict(trust_checks))
+                     reported=ev.robust, options=trust_checks)
   return dataclasses.replace(ev, checks=report)

@@ -41,7 +41,7 @@ def _check_result(r, name):
 def test_normal_model_trips_nothing(setup):
   f, x, y = setup["f"], setup["x"], setup["y"]
   res = D.run_all(f, x, y, key=jax.random.key(0), eps=EPS, reported=setup["reported"],
-                  stronger_steps=20, unroll=1)
+                  options=D.Options(stronger_steps=20, unroll=1))
   assert list(res) == list(D.NAMES)
   for name, r in res.items():
     _check_result(r, name)

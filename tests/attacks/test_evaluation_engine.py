@@ -144,7 +144,7 @@ def test_labels_out_of_range_are_refused(data):
 
 def test_trust_checks_trip_on_gradient_masking_only(data):
   x, y = data
-  opts = {"stronger_steps": 4, "max_examples": 24}
+  opts = A.diagnostics.Options(stronger_steps=4, max_examples=24)
   key = jax.random.key(7)
   att = {"pgd": A.Attack("pgd", eps=2 / 255, steps=3)}
   fq = _linear(quantise=True)
@@ -158,4 +158,6 @@ def test_trust_checks_trip_on_gradient_masking_only(data):
   assert not normal.checks["large_eps"]["tripped"]
   assert not normal.checks["randomness"]["tripped"]
   with pytest.raises(ValueError, match="trust_checks need"):
-    A.robust_accuracy(_linear(), x, y, att, trust_checks={})
+    A.robust_accuracy(_linear(), x, y, att, trust_checks=A.diagnostics.Options())
+  with pytest.raises(TypeError, match="Options"):
+    A.robust_accuracy(_linear(), x, y, att, key=key, trust_checks={"steps": 3})
