@@ -67,6 +67,59 @@ def test_corrupt_shard_names_file_and_prepare_repairs_it(tmp_path, damage):
   assert fixed.images.tobytes() == good.images.tobytes()
 
 
+def _set(key, fn):
+  return lambda z: {**z, key: fn(z[key])}
+
+
+def _label_at(i, v):
+  def fn(a):
+    a = a.copy()
+    a[i] = v
+    return a
+  return fn
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_set("labels", _label_at(0, 99)), r"label 99 at index 0 is outside \[0, 2\)"),
+    (_set("labels", _label_at(1, -1)), r"label -1 at index 1 is outside \[0, 2\)"),
+    (_set("labels", lambda a: a.astype(np.float32)), "labels have dtype float32, expected int"),
+    (_set("labels", lambda a: a[:, None]), r"labels have shape \(2, 1\), expected \[n\]"),
+    (_set("masks", lambda a: a * 255), "masks hold values up to 255, expected only 0 and 1"),
+    (_set("masks", lambda a: a.astype(np.float32)), "masks have dtype float32, expected uint8"),
+    (_set("images", lambda a: np.zeros((2, 16, 16, 3), np.uint8)),
+     r"images have shape \(2, 16, 16, 3\), expected \(2, 8, 8, 3\) \(2 examples of 8x8\)"),
+    (_set("masks", lambda a: a[:, :, :7]), r"masks have shape \(2, 8, 7\), expected \(2, 8, 8\)"),
+    (_set("ids", lambda a: a[:1]), r"ids have shape \(1,\), expected \(2,\)"),
+], ids=["label99", "label-1", "float_labels", "2d_labels", "mask255", "float_masks", "16px",
+        "mask_shape", "ids"])
+def test_valid_npz_with_wrong_content_names_file_and_problem(tmp_path, damage, problem):
+  # A well-formed .npz whose arrays break the format or meta.json: loading must refuse it by
+  # default (no verify), naming the shard and what is wrong, not return labels 99 or masks 255.
+  out = str(tmp_path / "toy" / "train_8px")
+  with pytest.warns(UserWarning):
+    _prepare(out)
+  shard = os.path.join(out, "shard-00001.npz")
+  cache.write_npz(shard, damage(cache.read_npz(shard)))
+  with pytest.raises(ValueError, match=re.escape(f"cache shard {shard}") + ".*" + problem):
+    cache.load_cached(out)
+  with pytest.raises(ValueError, match=re.escape(f"cache shard {shard}")):
+    cache.load_cached(out, verify=True)  # the SHA-256 differs too
+
+
+def test_meta_json_counts_must_match_shards(tmp_path):
+  out = str(tmp_path / "toy" / "train_8px")
+  with pytest.warns(UserWarning):
+    _prepare(out)
+  meta_path = os.path.join(out, "meta.json")
+  meta = json.load(open(meta_path))
+  for key, value, match in (("num_examples", 99, "num_examples=99 but its shards hold 6"),
+                            ("image_size", "8", "image_size='8', expected a positive integer")):
+    with open(meta_path, "w") as f:
+      json.dump({**meta, key: value}, f)
+    with pytest.raises(ValueError, match=re.escape(f"cache index {meta_path}") + ".*" + match):
+      cache.load_cached(out)
+
+
 def test_corrupt_meta_json_names_file(tmp_path):
   out = str(tmp_path / "toy" / "train_8px")
   with pytest.warns(UserWarning):
