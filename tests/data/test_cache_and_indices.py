@@ -181,3 +181,25 @@ def test_load_rejects_bad_numbers_and_paths(tmp_path):
     data.load("oxford_iiit_pet", split="test", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="TFDS data_dir .*nowhere does not exist"):
     data.load("imagenet2012", split="validation", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_batches_checks_its_arguments_at_the_call():
+  """A bad seed is a ValueError naming seed when ``batches`` is called, not a generator that
+  fails (or a NumPy TypeError) later; ``batch_indices`` checks its integers the same way."""
+  src = data.load("synthetic_signs", split="test", num_examples=10)
+  for seed, shown in (("k", "'k' (str)"), (1.5, "1.5 (float)"), (True, "True (bool)"),
+                      (None, "None (NoneType)")):
+    with pytest.raises(ValueError, match="^seed must be an integer, got " + re.escape(shown)):
+      data.batches(src, batch_size=4, seed=seed)
+    with pytest.raises(ValueError, match="^seed must be an integer, got " + re.escape(shown)):
+      data.batch_indices(10, 4, seed, 0)
+  with pytest.raises(ValueError, match=r"^seed must be an integer >= 0, got -1"):
+    data.batches(src, batch_size=4, seed=-1)
+  with pytest.raises(ValueError, match="^shuffle must be True or False"):
+    data.batches(src, batch_size=4, shuffle="no")
+  with pytest.raises(ValueError, match=r"^step must be an integer >= 0, got -1"):
+    data.batch_indices(10, 4, 0, -1)
+  with pytest.raises(ValueError, match=r"^batch_size must be an integer in \[1, 10\], got 11"):
+    data.batch_indices(10, 11, 0, 0)
+  got = next(data.batches(src, batch_size=4, seed=np.int64(3), prefetch=0))["label"]
+  np.testing.assert_array_equal(got, src.labels[data.batch_indices(10, 4, 3, 0)])
