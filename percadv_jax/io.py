@@ -298,9 +298,30 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 
 def write_table(path_stem: str, rows: Sequence[Mapping[str, Any]],
-                columns: Sequence[str] | None = None, digits: int = 4) -> str:
-  """Atomically writes ``path_stem``.md and ``path_stem``.csv; returns the Markdown text."""
+                columns: Sequence[str] | None = None, digits: int = 4, *,
+                optional: Sequence[str] = ()) -> str:
+  """Atomically writes ``path_stem``.md and ``path_stem``.csv; returns the Markdown text.
+
+  Args:
+    path_stem: the files' path without the extension.
+    rows: dict rows; a row without a column's key gets an empty cell there.
+    columns: the columns in order (default: the first row's keys).
+    digits: decimals of floats in the Markdown table (the CSV keeps full precision).
+    optional: columns that may be missing from every row (e.g. a measurement not taken in this
+      run); any other column must be a key of at least one row.
+
+  Raises:
+    ValueError: when there are rows and a column (not in ``optional``) is a key of none of them,
+      which would write an empty column (usually a misspelt name); nothing is written then.
+  """
   columns = list(columns or (rows[0].keys() if rows else []))
+  if rows:
+    present = set().union(*(r.keys() for r in rows))
+    missing = [c for c in columns if c not in present and c not in set(optional)]
+    if missing:
+      raise ValueError(f"columns {missing} of the table {path_stem} are in none of its "
+                       f"{len(rows)} rows (row keys: {sorted(map(str, present))}); check the "
+                       "names, or pass optional=[...] for columns that may be empty")
   md = markdown_table(rows, columns, digits)
   with atomic_open(path_stem + ".md") as f:
     f.write(md)

@@ -169,3 +169,18 @@ def test_read_json_corrupt_names_the_file(tmp_path, content, what):
   assert e.value.__cause__ is None and e.value.__suppress_context__
   with pytest.raises(FileNotFoundError):
     io.read_json(str(tmp_path / "missing.json"))
+
+
+def test_write_table_refuses_a_column_no_row_has(tmp_path):
+  rows = [{"model": "a", "acc": 0.9}, {"model": "b"}]
+  stem = str(tmp_path / "t")
+  with pytest.raises(ValueError, match=r"^columns \['accuracy'\] of the table .*t are in none of "
+                                       r"its 2 rows \(row keys: \['acc', 'model'\]\)"):
+    io.write_table(stem, rows, ["model", "accuracy"])
+  assert not os.listdir(tmp_path)  # nothing written
+  # a column some rows lack is fine (empty cells there), as are declared optional columns and a
+  # header-only table without rows
+  io.write_table(stem, rows, ["model", "acc", "torch_s"], optional=["torch_s"])
+  assert (tmp_path / "t.csv").read_text().splitlines() == ["model,acc,torch_s", "a,0.9,",
+                                                           "b,,"]
+  io.write_table(stem, [], ["model", "acc"])

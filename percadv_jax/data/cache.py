@@ -20,9 +20,11 @@ Each shard is an uncompressed ``.npz`` (read with ``allow_pickle=False``) holdin
 ``<variant>`` names preparation options other than a dataset's defaults (e.g. COCO-IC's year,
 class list and crop mode), so differently prepared caches never share a folder.
 
-A corrupt shard or JSON file is reported as a ``ValueError`` naming the file. Re-running the
-preparation recomputes shards whose SHA-256 no longer matches ``meta.json`` (or that cannot be
-read), so ``prepare_data`` repairs a damaged cache.
+A corrupt shard or JSON file is reported as a ``ValueError`` naming the file. Every load checks
+each shard as it is opened against this format and ``meta.json`` (shapes, dtypes, the image size,
+labels in ``[0, num_classes)``, masks in {0, 1}); the SHA-256 is compared only with ``verify``.
+Re-running the preparation recomputes shards whose SHA-256 no longer matches ``meta.json`` (or
+that cannot be read), so ``prepare_data`` repairs a damaged cache.
 
 Crash safety: every file is written to a temporary file and renamed (``percadv_jax.io``), and a
 split loads only once ``meta.json`` exists, which is written after every shard. A preparation
@@ -363,8 +365,10 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
   Raises:
     FileNotFoundError: no ``meta.json`` (never prepared, or the preparation did not finish);
       a :class:`percadv_jax.data.raw.DataPathError`, so also a ``ValueError``.
-    ValueError: ``meta.json`` or a shard is missing, corrupt, inconsistent with ``meta.json`` or
-      (with ``verify``) differs from the SHA-256 in ``meta.json``; the message names the file.
+    ValueError: ``meta.json`` or a shard is missing, corrupt, inconsistent with ``meta.json``
+      (shapes, dtypes, image size, example counts), holds a label outside
+      ``[0, info.num_classes)`` or a mask value other than 0 and 1, or (with ``verify``) differs
+      from the SHA-256 in ``meta.json``; the message names the file and the problem.
   """
   from percadv_jax.data import raw
   meta_path = os.path.join(out_dir, "meta.json")
@@ -382,26 +386,29 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
   if meta.get("format_version") != FORMAT_VERSION:
     raise ValueError(f"{meta_path} has cache format {meta.get('format_version')}, expected "
                      f"{FORMAT_VERSION}; re-run experiments.prepare_data")
+  size, num_classes = _meta_numbers(meta, meta_path)
   images, masks, labels, ids = [], [], [], []
   for sh in meta["shards"]:
+    if not isinstance(sh, dict) or not isinstance(sh.get("file"), str):
+      raise ValueError(f"cache index {meta_path} lists a shard without a file name ({sh!r}); "
+                       "re-run experiments.prepare_data with the same arguments to rebuild it")
     path = os.path.join(out_dir, sh["file"])
     if not os.path.exists(path):
       raise ValueError(f"cache shard {path} listed in {meta_path} is missing")
-    if verify and _sha256(path) != sh["sha256"]:
+    if verify and _sha256(path) != sh.get("sha256"):
       raise ValueError(f"cache shard {path} does not match the SHA-256 in {meta_path}")
     z = read_npz(path, required=_SHARD_KEYS[:4])
-    s = int(meta["image_size"])
-    n = len(z["labels"])
-    if (z["images"].shape != (n, s, s, 3) or z["masks"].shape != (n, s, s)
-        or z["ids"].shape != (n,) or n != sh.get("num_examples", n)
-        or z["images"].dtype != np.uint8 or z["masks"].dtype != np.uint8):
-      raise ValueError(f"cache shard {path} does not hold what {meta_path} lists "
-                       f"({sh.get('num_examples')} examples of {s}x{s}); re-run "
-                       "experiments.prepare_data with the same arguments to rebuild it")
+    _check_shard(z, path, meta_path, size=size, num_classes=num_classes,
+                 num_examples=sh.get("num_examples"))
     images.append(z["images"])
     masks.append(z["masks"])
     labels.append(z["labels"])
     ids.append(z["ids"])
+  total = sum(len(a) for a in labels)
+  if total != meta["num_examples"]:
+    raise ValueError(f"cache index {meta_path} says num_examples={meta['num_examples']} but its "
+                     f"shards hold {total}; re-run experiments.prepare_data with the same "
+                     "arguments to rebuild it")
   s = meta["image_size"]
   src = ArraySource(
       np.concatenate(images) if images else np.zeros((0, s, s, 3), np.uint8),
@@ -410,6 +417,60 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
       _info_from_meta(meta, out_dir))
   src.ids = np.concatenate(ids) if ids else np.zeros((0,), "<U1")
   return src
+
+
+_REBUILD = "re-run experiments.prepare_data with the same arguments to rebuild it"
+
+
+def _meta_numbers(meta: Mapping[str, Any], meta_path: str) -> tuple[int, int]:
+  """``(image_size, num_classes)`` of a cache index; ``ValueError`` naming it if they are bad."""
+  info = meta["info"]
+  got = {"image_size": meta.get("image_size"), "num_examples": meta.get("num_examples"),
+         "info.num_classes": info.get("num_classes") if isinstance(info, dict) else None}
+  for key, v in got.items():
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if key == "num_examples" else 1):
+      raise ValueError(f"cache index {meta_path} has {key}={v!r}, expected a positive integer; "
+                       + _REBUILD)
+  return got["image_size"], got["info.num_classes"]
+
+
+def _check_shard(z: Mapping[str, np.ndarray], path: str, meta_path: str, *, size: int,
+                 num_classes: int, num_examples: Any) -> None:
+  """Checks one shard's arrays against the format (module docstring) and ``meta.json``.
+
+  Cheap checks, run on every load: shapes and dtypes (images uint8 ``[n,S,S,3]``, masks uint8
+  ``[n,S,S]``, integer labels ``[n]``, ids ``[n]``, with ``S`` the index's ``image_size`` and
+  ``n`` its count for the shard), labels in ``[0, num_classes)`` and masks in {0, 1}.
+
+  Raises:
+    ValueError: naming ``path`` and the first problem found.
+  """
+  def bad(problem: str) -> ValueError:
+    return ValueError(f"cache shard {path} does not hold what {meta_path} lists: {problem}; "
+                      + _REBUILD)
+
+  labels = z["labels"]
+  if labels.ndim != 1:
+    raise bad(f"labels have shape {labels.shape}, expected [n]")
+  n = len(labels)
+  if num_examples is not None and n != num_examples:
+    raise bad(f"{n} examples, the index lists {num_examples}")
+  for key, shape in (("images", (n, size, size, 3)), ("masks", (n, size, size)), ("ids", (n,))):
+    if z[key].shape != shape:
+      raise bad(f"{key} have shape {z[key].shape}, expected {shape} ({n} examples of "
+                f"{size}x{size})")
+  for key in ("images", "masks"):
+    if z[key].dtype != np.uint8:
+      raise bad(f"{key} have dtype {z[key].dtype}, expected uint8")
+  if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+    raise bad(f"labels have dtype {labels.dtype}, expected integers")
+  out = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if out.size:
+    i = int(out[0])
+    raise bad(f"label {labels[i]} at index {i} is outside [0, {num_classes}) "
+              f"({out.size} label(s) out of range)")
+  if z["masks"].size and z["masks"].max() > 1:
+    raise bad(f"masks hold values up to {z['masks'].max()}, expected only 0 and 1")
 
 
 def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:

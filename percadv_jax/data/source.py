@@ -189,7 +189,15 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   ``numpy.random.default_rng([seed, e]).permutation(n)`` (``e, i = divmod(step, n // batch_size)``).
   NumPy draws the order (no JAX random numbers), so ``seed`` is an integer, not a key. With
   ``batch_size = n`` the batch at ``step = e`` is epoch ``e``'s whole permutation.
+
+  Raises:
+    ValueError: naming the argument: ``n`` < 1, ``batch_size`` outside ``[1, n]``, or a
+      ``seed`` / ``step`` that is not an integer >= 0 (NumPy integers are accepted).
   """
+  n = checks.check_int(n, "n", minimum=1)
+  batch_size = checks.check_int(batch_size, "batch_size", minimum=1, maximum=n)
+  seed = checks.check_int(seed, "seed", minimum=0)
+  step = checks.check_int(step, "step", minimum=0)
   steps_per_epoch = n // batch_size
   epoch, i = divmod(step, steps_per_epoch)
   perm = np.random.default_rng([seed, epoch]).permutation(n)
@@ -199,7 +207,7 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
 def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
             drop_remainder: bool = True, epochs: int | None = 1, prefetch: int = 2
             ) -> Iterator[dict[str, np.ndarray]]:
-  """Yields batches of a source in :func:`batch_indices`' order, gathered on a background thread.
+  """Batches of a source in :func:`batch_indices`' order, gathered on a background thread.
 
   Args:
     src: a source (``len``, ``__getitem__``; ``get_batch`` is used when present).
@@ -212,14 +220,19 @@ def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
     epochs: passes over the data; ``None`` repeats forever.
     prefetch: batches prepared ahead by a background thread (0 = gather in the caller's thread).
 
-  Yields:
-    ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
+  Returns:
+    A generator of ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
     "label": int32 [B]}`` (NumPy arrays, ready for ``jax.device_put`` or a jitted step).
+
+  Raises:
+    ValueError: naming the argument, at the call (not at the first ``next``): a non-integer or
+      negative ``seed``, a bad ``batch_size`` / ``epochs`` / ``prefetch``, a non-bool flag, an
+      empty source, or ``batch_size`` above the source's size with ``drop_remainder``.
   """
   batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
   seed = checks.check_int(seed, "seed", minimum=0)
-  checks.check_bool(shuffle, "shuffle")
-  checks.check_bool(drop_remainder, "drop_remainder")
+  shuffle = checks.check_bool(shuffle, "shuffle")
+  drop_remainder = checks.check_bool(drop_remainder, "drop_remainder")
   epochs = checks.check_int(epochs, "epochs", minimum=0, allow_none=True)
   prefetch = checks.check_int(prefetch, "prefetch", minimum=0)
   n = len(src)
@@ -229,6 +242,15 @@ def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
     raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of the source and "
                      "drop_remainder=True would yield nothing; lower batch_size or pass "
                      "drop_remainder=False")
+  # The checks above run at the call; the generator below only starts at the first ``next``.
+  return _batches(src, n, batch_size=batch_size, seed=seed, shuffle=shuffle,
+                  drop_remainder=drop_remainder, epochs=epochs, prefetch=prefetch)
+
+
+def _batches(src: Any, n: int, *, batch_size: int, seed: int, shuffle: bool,
+             drop_remainder: bool, epochs: int | None, prefetch: int
+             ) -> Iterator[dict[str, np.ndarray]]:
+  """:func:`batches`' generator, on checked arguments."""
 
   def index_batches() -> Iterator[np.ndarray]:
     epoch = 0

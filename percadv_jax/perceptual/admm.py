@@ -20,8 +20,8 @@ as a fixed-point iteration on ``v_i = z_i + u_i`` (Douglas-Rachford form: ``z_i 
 **Layout.** Everything runs in the cell layout of ``windows.py`` (cells of ``gcd(w, s)`` pixels,
 ``[C, Hc, Wc, c*c]``; ``v`` stacks the groups, ``[G, C, Hc, Wc, c*c]``, zero outside a group's
 windows): a projection is elementwise work plus reductions to small per-cell statistics, with no
-pads/gathers of pixel arrays per iteration. Pixels in no window at all sit at the box vertex (lp)
-or at ``clip(d0)`` (proj).
+pads/gathers of pixel arrays per iteration. Pixels in no window at all would sit at the box
+vertex (lp) or at ``clip(d0)`` (proj); ``QualityBall.check_size`` refuses images that have them.
 
 **Checks.** Every ``check_every`` iterations (lp with ``max_blocks > 1``: after a block of
 ``check_every`` times 1..max_blocks iterations, ``_AHEAD`` = 70% of what the certified gap's last

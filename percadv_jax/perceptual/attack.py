@@ -93,17 +93,18 @@ def ssim_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
     logits_fn: ``logits_fn(x) -> logits`` [N, K] for images [N,H,W,C] in [0,1] (jit-traceable;
       compiled once per distinct function object, or per function of a
       ``jax.tree_util.Partial``, whose arrays are traced: see ``attacks.pgd``).
-    x: [N,H,W,C] float images in [0, 1].
+    x: [N,H,W,C] float images in [0, 1], N >= 1, whose every pixel the ball's windows cover
+      (``QualityBall.check_size``).
     y: [N] int labels in [0, K) (the target classes if ``targeted``).
     ball: the :class:`QualityBall` (window, stride, e1, e2).
     steps: maximum number of iterations (an integer >= 1).
     method: "linear" (Frank-Wolfe over LP steps) or "pgd" (gradient step + projection).
     step_size: for "pgd": step length per pixel in units of the RMS-normalised gradient.
-    targeted: maximise the target's score instead of the loss of the true class.
+    targeted: maximise the target's score instead of the loss of the true class (a bool).
     loss: an objective of ``attacks.losses``: "ce" (cross-entropy), "margin" (logit margin) or
       "dlr" (difference of logits ratio; needs K >= 3, targeted K >= 4).
     mask: optional [N,H,W,1] (or broadcastable) in {0,1}; the perturbation is 0 where it is 0.
-    early_stop: freeze an example once it is misclassified (or hits the target).
+    early_stop: freeze an example once it is misclassified (or hits the target) (a bool).
     solver_tol: certified relative gap of each LP ("linear"); the "pgd" projections use
       ``PGD_PROJECTION_TOL``.
     solver_iters: iteration budget of each inner LP / projection solve.
@@ -118,7 +119,9 @@ def ssim_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
   if not callable(logits_fn):
     raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
   check_ball(ball)
-  checks.check_images(x, "x", channels=None)
+  checks.check_images(x, "x", channels=None, allow_empty=False)
+  targeted = checks.check_bool(targeted, "targeted")
+  early_stop = checks.check_bool(early_stop, "early_stop")
   if not hasattr(y, "shape"):
     y = np.asarray(y)
   n = x.shape[0]
@@ -144,5 +147,5 @@ def ssim_attack(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: ja
     checks.check_mask(mask, x.shape)
     m = jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
   return _attack(logits_fn, x, jnp.asarray(y), m, jnp.float32(step_size), ball=ball,
-                 steps=steps, method=method, loss=loss, targeted=bool(targeted),
-                 early_stop=bool(early_stop), solver_tol=solver_tol, solver_iters=solver_iters)
+                 steps=steps, method=method, loss=loss, targeted=targeted,
+                 early_stop=early_stop, solver_tol=solver_tol, solver_iters=solver_iters)

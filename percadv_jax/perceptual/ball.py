@@ -21,11 +21,11 @@ and means ``mu_k``, ``mean(d_k)`` (uniform weights, ``C1 = 0.01**2``, ``C2 = 0.0
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.perceptual import windows as W
@@ -66,17 +66,23 @@ def box(x: jax.Array, *, mask: jax.Array | None = None) -> tuple[jax.Array, jax.
 
 
 def _check_eps(value, name, allow_off):
-  if value is None or (allow_off and not isinstance(value, jax.Array) and value == 0):
+  """``value`` as a float in (0, 1): a real scalar as ``checks.check_float`` takes them, or a
+  concrete 0-d jax array. With ``allow_off``, None (returned as is) and 0 mean "off"."""
+  off = " (None or 0 switches the luminance term off)" if allow_off else ""
+  if value is None:
     if allow_off:
-      return
+      return None
     raise ValueError(f"{name} is required (a number in (0, 1))")
+  if isinstance(value, jax.Array) and checks.is_concrete(value) and value.ndim == 0:
+    value = np.asarray(value)
   try:
-    v = float(value)
-  except (TypeError, ValueError):
-    raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
-  if not math.isfinite(v) or not 0.0 < v < 1.0:
-    raise ValueError(f"{name} must lie in (0, 1), got {value!r}"
-                     + (" (None or 0 switches the luminance term off)" if allow_off else ""))
+    v = checks.check_float(value, name)
+    if allow_off and v == 0.0:
+      return v
+    return checks.check_float(v, name, minimum=0.0, maximum=1.0, min_inclusive=False,
+                              max_inclusive=False)
+  except ValueError as e:
+    raise ValueError(f"{e}{off}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,10 +91,16 @@ class QualityBall:
 
   Attributes:
     window: window side ``w`` (pixels).
-    stride: window stride ``s``; windows overlap when ``s < w`` and split into
+    stride: window stride ``s`` in ``[1, w]``; windows overlap when ``s < w`` and split into
       ``ceil(w/s)**2`` groups of non-overlapping windows.
     eps_structure: ``e2`` in (0, 1): every window keeps ``S2 >= 1 - e2``.
     eps_luminance: ``e1`` in (0, 1), or None / 0 to switch the luminance constraint off.
+
+  Every pixel must lie in some window, since a pixel in none would be bounded by the box alone:
+  a ``stride`` larger than ``window`` is refused here, and an image whose sides ``L`` do not fit
+  the windows exactly (``(L - window) % stride != 0``, the last windows stopping short of the
+  border) is refused with a ``ValueError`` wherever the ball is applied to it (see
+  :meth:`check_size`). The numbers are checked and stored as Python ``int`` / ``float``.
 
   The set holds no solver settings: iteration budgets and tolerances are keyword arguments of
   ``solve_linear`` / ``project`` (``solver.py``).
@@ -101,8 +113,14 @@ class QualityBall:
   def __post_init__(self):
     for name in ("window", "stride"):
       object.__setattr__(self, name, checks.check_int(getattr(self, name), name, minimum=1))
-    _check_eps(self.eps_structure, "eps_structure", allow_off=False)
-    _check_eps(self.eps_luminance, "eps_luminance", allow_off=True)
+    if self.stride > self.window:
+      raise ValueError(f"stride {self.stride} is larger than window {self.window}: the pixels "
+                       "between two windows would lie in no window, constrained by nothing but "
+                       "the box; use a stride <= window")
+    object.__setattr__(self, "eps_structure",
+                       _check_eps(self.eps_structure, "eps_structure", allow_off=False))
+    object.__setattr__(self, "eps_luminance",
+                       _check_eps(self.eps_luminance, "eps_luminance", allow_off=True))
 
   # -- static facts --------------------------------------------------------------------------
 
@@ -111,16 +129,46 @@ class QualityBall:
     """Whether the luminance constraint is on (``eps_luminance`` not None / 0)."""
     return self.eps_luminance is not None and float(self.eps_luminance) != 0.0
 
+  def check_size(self, height: int, width: int) -> None:
+    """Checks that the windows cover every pixel of an image of shape [height, width, C].
+
+    The windows start at multiples of ``stride`` and the last one must end on the border:
+    ``window <= L`` and ``(L - window) % stride == 0`` for both sides ``L``. (``stride <= window``,
+    checked at construction, leaves no gap between consecutive windows.)
+
+    Raises:
+      ValueError: naming the window, the stride and the image size (and sizes that fit).
+    """
+    for side, length in (("height", height), ("width", width)):
+      if self.window > length:
+        raise ValueError(f"window {self.window} is larger than the {height}x{width} image")
+      left = (length - self.window) % self.stride
+      if left:
+        fit = length - left
+        raise ValueError(
+            f"a QualityBall with window {self.window} and stride {self.stride} does not cover "
+            f"every pixel of a {height}x{width} image: along its {side} the windows cover pixels "
+            f"0-{fit - 1} only, leaving {left} border pixel(s) in no window (the attack would "
+            f"change them constrained by nothing but the box); use sides L with "
+            f"(L - {self.window}) % {self.stride} == 0 (e.g. {fit} or {fit + self.stride}), or "
+            "another stride")
+
   def groups(self, height: int, width: int) -> tuple[W.Group, ...]:
-    """The groups of non-overlapping windows of an image of shape [height, width, C]."""
+    """The groups of non-overlapping windows of an image of shape [height, width, C] (checked
+    by :meth:`check_size`)."""
+    self.check_size(height, width)
     return W.groups(height, width, self.window, self.stride)
 
   def cell_grid(self, height: int, width: int) -> W.CellGrid:
-    """The cell layout ``[C, Hc, Wc, c*c]`` of an image of shape [height, width, C]."""
+    """The cell layout ``[C, Hc, Wc, c*c]`` of an image of shape [height, width, C] (checked
+    by :meth:`check_size`)."""
+    self.check_size(height, width)
     return W.cell_grid(height, width, self.window, self.stride)
 
   def grid(self, height: int, width: int) -> tuple[int, int]:
-    """Number of window positions ``(Ky, Kx)`` of an image of shape [height, width, C]."""
+    """Number of window positions ``(Ky, Kx)`` of an image of shape [height, width, C] (checked
+    by :meth:`check_size`)."""
+    self.check_size(height, width)
     return (W.num_windows(height, self.window, self.stride),
             W.num_windows(width, self.window, self.stride))
 
@@ -128,7 +176,7 @@ class QualityBall:
     """Validates images and, if given, a perturbation or objective of their shape.
 
     Args:
-      x: images [N,H,W,C] in [0, 1], at least ``window`` pixels high and wide.
+      x: images [N,H,W,C] in [0, 1] whose every pixel the windows cover (:meth:`check_size`).
       d: optional array [N,H,W,C], finite (values checked only when concrete).
       name: how ``d`` is named in the messages (e.g. "g" for a gradient).
 
@@ -136,9 +184,7 @@ class QualityBall:
       ValueError: naming the argument and the problem.
     """
     checks.check_images(x, "x", channels=None)
-    h, w = x.shape[1], x.shape[2]
-    if self.window > min(h, w):
-      raise ValueError(f"window {self.window} is larger than the {h}x{w} image")
+    self.check_size(x.shape[1], x.shape[2])
     if d is not None:
       if tuple(getattr(d, "shape", ())) != tuple(x.shape):
         raise ValueError(f"{name} must have the images' shape {tuple(x.shape)}, got "

@@ -67,6 +67,23 @@ def _mask(x, mask):
   return jnp.broadcast_to(jnp.asarray(mask, jnp.float32), x.shape)
 
 
+def _check_init(init, x, ball):
+  """Raises ValueError unless ``init`` is an :class:`AdmmState` for the images ``x`` [N,H,W,C]
+  and ``ball`` (shapes only, so also under ``jit``)."""
+  if not isinstance(init, AdmmState):
+    raise ValueError(f"init must be an AdmmState (from init_state or return_state=True), got "
+                     f"{type(init).__name__}")
+  want = jax.eval_shape(lambda v: admm.init_state(v, ball, jnp.zeros((v.shape[0],))), x)
+  for field in AdmmState._fields:
+    got, need = tuple(getattr(getattr(init, field), "shape", ())), getattr(want, field).shape
+    if got != tuple(need):
+      why = (f"init holds a batch of {got[0]}, x of {x.shape[0]}" if got and got[0] != need[0]
+             else "init comes from another image size or ball")
+      raise ValueError(f"init.{field} has shape {got}, but images x of shape {tuple(x.shape)} "
+                       f"with this ball need {tuple(need)} ({why}); build it with "
+                       "init_state(x, ball)")
+
+
 def init_state(x: jax.Array, ball: QualityBall, *, rho: float = LP_RHO) -> AdmmState:
   """The cold-start :class:`AdmmState` of ``solve_linear`` for images ``x`` [N,H,W,C].
 
@@ -112,12 +129,16 @@ def solve_linear(x: jax.Array, g: jax.Array, ball: QualityBall, *, mask: jax.Arr
   """
   check_ball(ball)
   knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
+  return_info = checks.check_bool(return_info, "return_info")
+  return_state = checks.check_bool(return_state, "return_state")
   if checks.is_concrete(x):
     ball.check(x, d=g, name="g")
   x = jnp.asarray(x, jnp.float32)
   g = jnp.asarray(g, jnp.float32)
   if g.shape != x.shape:
     raise ValueError(f"g must have the images' shape {tuple(x.shape)}, got {tuple(g.shape)}")
+  if init is not None:
+    _check_init(init, x, ball)
   rho0 = jnp.full((x.shape[0],), knobs.pop("rho"), jnp.float32)
   d, info, state = admm.solve(x, g, _mask(x, mask), init, rho0, ball=ball, mode="lp",
                               max_blocks=LP_MAX_BLOCKS, projection="closed_form", **knobs)
@@ -158,6 +179,7 @@ def project(x: jax.Array, d: jax.Array, ball: QualityBall, *, mask: jax.Array | 
   """
   check_ball(ball)
   knobs = _settings(tol, max_iters, check_every, rho, alpha, repair)
+  return_info = checks.check_bool(return_info, "return_info")
   if checks.is_concrete(x):
     ball.check(x, d=d)
   x = jnp.asarray(x, jnp.float32)

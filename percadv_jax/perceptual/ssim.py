@@ -62,7 +62,8 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
   """Structural similarity of two batches of images.
 
   Args:
-    x, y: float arrays [N, H, W, C] (or [H, W, C]) with values in [0, max_val].
+    x, y: float arrays [N, H, W, C] with values in [0, max_val] (one image: ``x[None]``;
+      grayscale [N, H, W]: ``x[..., None]``). The range is checked on concrete arrays.
     max_val: the data range L (C1 = (K1 L)^2, C2 = (K2 L)^2).
     window: "gaussian" (11x11, sigma 1.5, as Wang et al. and skimage's gaussian_weights=True) or
       "uniform" (7x7 box, skimage's default window).
@@ -73,24 +74,40 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
   Returns:
     float32 [N] mean SSIM per image (over valid positions and channels), or with ``return_map``
     the map [N, H - win_size + 1, W - win_size + 1, C] (skimage's full map cropped by
-    ``(win_size - 1) // 2`` on every side). For [H, W, C] inputs the batch axis is dropped.
+    ``(win_size - 1) // 2`` on every side).
     Differentiable in ``x`` and ``y``; finite everywhere (also on flat images) since C1, C2 > 0.
+
+  Raises:
+    ValueError: naming the argument: a rank other than 4 (a rank-3 array could be one
+      [H, W, C] image or a grayscale batch [N, H, W], so it is refused rather than guessed),
+      different shapes, a non-float dtype, NaN / inf, or values outside [0, max_val].
   """
   checks.check_choice(window, "window", ("gaussian", "uniform"))
+  checks.check_positive(max_val, "max_val")
+  return_map = checks.check_bool(return_map, "return_map")
   x = jnp.asarray(x)
   y = jnp.asarray(y)
+  for name, v in (("x", x), ("y", y)):
+    if v.ndim != 4:
+      raise ValueError(
+          f"{name} must have rank 4 [N,H,W,C], got shape {v.shape}"
+          + (f"; for one [H,W,C] image pass {name}[None], for a grayscale batch [N,H,W] "
+             f"{name}[..., None]" if v.ndim == 3 else ""))
   if x.shape != y.shape:
     raise ValueError(f"x and y must have the same shape, got {x.shape} and {y.shape}")
-  squeeze = x.ndim == 3
-  if squeeze:
-    x, y = x[None], y[None]
-  if x.ndim != 4:
-    raise ValueError(f"x must be [N,H,W,C] or [H,W,C], got shape {x.shape}")
   for name, v in (("x", x), ("y", y)):
     if not jnp.issubdtype(v.dtype, jnp.floating):
       raise ValueError(f"{name} must be a float array, got dtype {v.dtype}")
-    checks.check_finite(v, name)
-  checks.check_positive(max_val, "max_val")
+    if checks.is_concrete(v) and v.size:
+      a = np.asarray(v)
+      if not np.all(np.isfinite(a)):
+        raise ValueError(f"{name} contains NaN or inf values")
+      lo, hi = float(a.min()), float(a.max())
+      if lo < 0.0 or hi > float(max_val):
+        raise ValueError(f"{name} must lie in [0, max_val] = [0, {float(max_val):g}], got "
+                         f"values in [{lo:.4g}, {hi:.4g}]"
+                         + ("; pass max_val for another data range" if hi > float(max_val)
+                            and lo >= 0.0 else ""))
   checks.check_float(sigma, "sigma (the gaussian window's standard deviation)", minimum=0.0,
                      min_inclusive=False)
   if win_size is None:
@@ -100,9 +117,8 @@ def ssim(x: jax.Array, y: jax.Array, *, max_val: float = 1.0, window: str = "gau
   if min(x.shape[1], x.shape[2]) < win_size:
     raise ValueError(f"images of size {x.shape[1]}x{x.shape[2]} are smaller than the "
                      f"{win_size}x{win_size} SSIM window")
-  out = _ssim(x.astype(jnp.float32), y.astype(jnp.float32), max_val=float(max_val),
-              window=window, win_size=int(win_size), sigma=float(sigma), return_map=return_map)
-  return out[0] if squeeze else out
+  return _ssim(x.astype(jnp.float32), y.astype(jnp.float32), max_val=float(max_val),
+               window=window, win_size=int(win_size), sigma=float(sigma), return_map=return_map)
 
 
 @functools.partial(jax.jit, static_argnames=("max_val", "window", "win_size", "sigma",

@@ -6,8 +6,8 @@ windows ``j = r, r + g, r + 2g, ...`` (one *group* ``r`` per axis) are ``g * s >
 they do not overlap. In 2-D there are ``g**2`` groups (those with no window are dropped). A group's
 windows are cut out of an image ``[..., H, W, C]`` by a static slice and a reshape to
 ``[..., Ky, w, Kx, w, C]``; pixels that lie in no window of the group are simply not in it, which is
-how image sides that are not a multiple of the stride (and borders of shifted groups) are handled
-exactly.
+how the borders of shifted groups are handled exactly. These helpers take any sizes (also sides
+whose last windows stop short of the border); ``QualityBall`` refuses those (``check_size``).
 """
 
 from __future__ import annotations

@@ -67,6 +67,59 @@ def test_corrupt_shard_names_file_and_prepare_repairs_it(tmp_path, damage):
   assert fixed.images.tobytes() == good.images.tobytes()
 
 
+def _set(key, fn):
+  return lambda z: {**z, key: fn(z[key])}
+
+
+def _label_at(i, v):
+  def fn(a):
+    a = a.copy()
+    a[i] = v
+    return a
+  return fn
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (_set("labels", _label_at(0, 99)), r"label 99 at index 0 is outside \[0, 2\)"),
+    (_set("labels", _label_at(1, -1)), r"label -1 at index 1 is outside \[0, 2\)"),
+    (_set("labels", lambda a: a.astype(np.float32)), "labels have dtype float32, expected int"),
+    (_set("labels", lambda a: a[:, None]), r"labels have shape \(2, 1\), expected \[n\]"),
+    (_set("masks", lambda a: a * 255), "masks hold values up to 255, expected only 0 and 1"),
+    (_set("masks", lambda a: a.astype(np.float32)), "masks have dtype float32, expected uint8"),
+    (_set("images", lambda a: np.zeros((2, 16, 16, 3), np.uint8)),
+     r"images have shape \(2, 16, 16, 3\), expected \(2, 8, 8, 3\) \(2 examples of 8x8\)"),
+    (_set("masks", lambda a: a[:, :, :7]), r"masks have shape \(2, 8, 7\), expected \(2, 8, 8\)"),
+    (_set("ids", lambda a: a[:1]), r"ids have shape \(1,\), expected \(2,\)"),
+], ids=["label99", "label-1", "float_labels", "2d_labels", "mask255", "float_masks", "16px",
+        "mask_shape", "ids"])
+def test_valid_npz_with_wrong_content_names_file_and_problem(tmp_path, damage, problem):
+  # A well-formed .npz whose arrays break the format or meta.json: loading must refuse it by
+  # default (no verify), naming the shard and what is wrong, not return labels 99 or masks 255.
+  out = str(tmp_path / "toy" / "train_8px")
+  with pytest.warns(UserWarning):
+    _prepare(out)
+  shard = os.path.join(out, "shard-00001.npz")
+  cache.write_npz(shard, damage(cache.read_npz(shard)))
+  with pytest.raises(ValueError, match=re.escape(f"cache shard {shard}") + ".*" + problem):
+    cache.load_cached(out)
+  with pytest.raises(ValueError, match=re.escape(f"cache shard {shard}")):
+    cache.load_cached(out, verify=True)  # the SHA-256 differs too
+
+
+def test_meta_json_counts_must_match_shards(tmp_path):
+  out = str(tmp_path / "toy" / "train_8px")
+  with pytest.warns(UserWarning):
+    _prepare(out)
+  meta_path = os.path.join(out, "meta.json")
+  meta = json.load(open(meta_path))
+  for key, value, match in (("num_examples", 99, "num_examples=99 but its shards hold 6"),
+                            ("image_size", "8", "image_size='8', expected a positive integer")):
+    with open(meta_path, "w") as f:
+      json.dump({**meta, key: value}, f)
+    with pytest.raises(ValueError, match=re.escape(f"cache index {meta_path}") + ".*" + match):
+      cache.load_cached(out)
+
+
 def test_corrupt_meta_json_names_file(tmp_path):
   out = str(tmp_path / "toy" / "train_8px")
   with pytest.warns(UserWarning):
@@ -128,3 +181,25 @@ def test_load_rejects_bad_numbers_and_paths(tmp_path):
     data.load("oxford_iiit_pet", split="test", data_dir=str(tmp_path))
   with pytest.raises(ValueError, match="TFDS data_dir .*nowhere does not exist"):
     data.load("imagenet2012", split="validation", data_dir=str(tmp_path / "nowhere"))
+
+
+def test_batches_checks_its_arguments_at_the_call():
+  """A bad seed is a ValueError naming seed when ``batches`` is called, not a generator that
+  fails (or a NumPy TypeError) later; ``batch_indices`` checks its integers the same way."""
+  src = data.load("synthetic_signs", split="test", num_examples=10)
+  for seed, shown in (("k", "'k' (str)"), (1.5, "1.5 (float)"), (True, "True (bool)"),
+                      (None, "None (NoneType)")):
+    with pytest.raises(ValueError, match="^seed must be an integer, got " + re.escape(shown)):
+      data.batches(src, batch_size=4, seed=seed)
+    with pytest.raises(ValueError, match="^seed must be an integer, got " + re.escape(shown)):
+      data.batch_indices(10, 4, seed, 0)
+  with pytest.raises(ValueError, match=r"^seed must be an integer >= 0, got -1"):
+    data.batches(src, batch_size=4, seed=-1)
+  with pytest.raises(ValueError, match="^shuffle must be True or False"):
+    data.batches(src, batch_size=4, shuffle="no")
+  with pytest.raises(ValueError, match=r"^step must be an integer >= 0, got -1"):
+    data.batch_indices(10, 4, 0, -1)
+  with pytest.raises(ValueError, match=r"^batch_size must be an integer in \[1, 10\], got 11"):
+    data.batch_indices(10, 11, 0, 0)
+  got = next(data.batches(src, batch_size=4, seed=np.int64(3), prefetch=0))["label"]
+  np.testing.assert_array_equal(got, src.labels[data.batch_indices(10, 4, 3, 0)])

@@ -1,5 +1,7 @@
 """Golden tests of percadv_jax.perceptual against skimage and CVXPY, plus invariants."""
 
+import re
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -46,9 +48,9 @@ def test_ssim_matches_skimage(name):
   # The map, where skimage defines it (its border crop), against a float64 reference.
   _, full = skimage.metrics.structural_similarity(a.astype(np.float64), b.astype(np.float64),
                                                   full=True, **kw)
-  m = ssim(a, b, return_map=True)
-  chex.assert_shape(m, (86, 86, 3))
-  m = np.asarray(m)
+  m = ssim(a[None], b[None], return_map=True)
+  chex.assert_shape(m, (1, 86, 86, 3))
+  m = np.asarray(m)[0]
   np.testing.assert_allclose(m, full[5:-5, 5:-5], atol=1e-4)
 
 
@@ -144,15 +146,15 @@ def test_solve_linear_matches_cvxpy(images16):
 
 
 def test_solve_linear_odd_size_and_other_window():
-  """19x19 with window 6, stride 3: pixels in no window, 4 groups, e1 != e2."""
+  """21x21 with window 6, stride 3: an odd size, 3-pixel cells, 4 groups, e1 != e2. (At 19x19
+  the last row and column would lie in no window: the ball refuses that size.)"""
   rng = np.random.default_rng(4)
-  x = np.stack([_photo("chelsea", 19), rng.uniform(0.2, 0.9, (19, 19, 3))]).astype(np.float32)
+  x = np.stack([_photo("chelsea", 21), rng.uniform(0.2, 0.9, (21, 21, 3))]).astype(np.float32)
   g = rng.normal(size=x.shape).astype(np.float32)
   ball = QualityBall(window=6, stride=3, eps_structure=0.1, eps_luminance=0.02)
-  d = _check_lp(x, g, ball)
-  # the uncovered last row/column only see the box: they sit at the box vertex sign(g)
-  lo, hi = -x[:, 18], 1 - x[:, 18]
-  np.testing.assert_allclose(np.asarray(d)[:, 18], np.where(g[:, 18] > 0, hi, lo), atol=1e-5)
+  _check_lp(x, g, ball)
+  with pytest.raises(ValueError, match="does not cover every pixel of a 19x19 image"):
+    solve_linear(x[:, :19, :19], g[:, :19, :19], ball)
 
 
 def test_solve_linear_gapped_windows_no_luminance():
@@ -301,3 +303,101 @@ def test_numpy_scalars_accepted(images16):
                     return_info=True)
   d2 = solve_linear(images16, g, QualityBall(), return_info=True)
   chex.assert_trees_all_equal(d1, d2)
+
+
+# -- reliability: mistakes that used to give a silently wrong number ---------------------------
+
+def _logits(n_classes=4, size=16):
+  w = jnp.asarray(np.random.default_rng(9).normal(size=(size * size * 3, n_classes))
+                  .astype(np.float32)) * 0.1
+  return lambda v: v.reshape(v.shape[0], -1) @ w
+
+
+def test_ball_must_cover_every_pixel(images16):
+  """A pixel in no window is bounded by the box alone (the attack moved such pixels by up to
+  0.8): a stride larger than the window is refused at construction, an image whose last windows
+  stop short of the border wherever the ball is applied (under jit too)."""
+  x, g = images16, np.ones_like(images16)
+  with pytest.raises(ValueError, match="^stride 8 is larger than window 4: .*use a stride <= "
+                                       "window"):
+    QualityBall(window=4, stride=8)
+  ball = QualityBall(window=8, stride=5)  # fits 13 or 18 px, not 16
+  msg = (r"a QualityBall with window 8 and stride 5 does not cover every pixel of a 16x16 image:"
+         r" along its height the windows cover pixels 0-12 only, leaving 3 border pixel\(s\) in "
+         r"no window .* \(e\.g\. 13 or 18\)")
+  y = jnp.argmax(_logits()(x), -1)
+  for call in (lambda: solve_linear(x, g, ball), lambda: project(x, g, ball),
+               lambda: ball.violation(x, g * 0), lambda: ball.window_ssim(x, g * 0),
+               lambda: solve_linear_cvxpy(x[:1], g[:1], ball),
+               lambda: ssim_attack(_logits(), x, y, ball=ball, steps=2),
+               lambda: jax.jit(lambda u, v: solve_linear(u, v, ball))(x, g)):
+    with pytest.raises(ValueError, match=msg):
+      call()
+  with pytest.raises(ValueError, match="window 8 and stride 4 .* 16x18 image: along its width "
+                                       r"the windows cover pixels 0-15 only, leaving 2"):
+    QualityBall().check_size(16, 18)
+  QualityBall(window=8, stride=5).check_size(18, 13)  # sizes that fit pass
+  QualityBall(window=4, stride=4).check_size(16, 16)
+
+
+def test_ball_numbers_are_checked_at_construction():
+  for kw, match in [(dict(eps_structure="0.05"), "eps_structure must be a number, got '0.05'"),
+                    (dict(eps_luminance="0.05"), "eps_luminance must be a number, got '0.05'"),
+                    (dict(eps_structure=True), "eps_structure must be a number, got True"),
+                    (dict(eps_luminance=[0.1]), "eps_luminance must be a number"),
+                    (dict(eps_structure=None), "eps_structure is required")]:
+    with pytest.raises(ValueError, match="^" + re.escape(match)):
+      QualityBall(**kw)
+  ball = QualityBall(eps_structure=np.float32(0.05), eps_luminance=0)
+  assert type(ball.eps_structure) is float and ball.eps_luminance == 0.0 and not ball.luminance
+
+
+def test_ssim_refuses_other_ranges_and_ranks(images16):
+  x = images16
+  y = np.clip(x + 0.02, 0, 1)
+  with pytest.raises(ValueError, match=r"^x must lie in \[0, max_val\] = \[0, 1\], got values in "
+                                       r"\[0\.004845, 254\.9\]; pass max_val"):
+    ssim(255 * x, 255 * x + 1)  # was 1.0
+  with pytest.raises(ValueError, match=r"^y must lie in \[0, max_val\] = \[0, 1\], got values in "
+                                       r"\[0\.02\d*, 1\.02\]"):
+    ssim(x, x + 0.02)
+  with pytest.raises(ValueError, match=r"^x must lie in \[0, max_val\] = \[0, 1\], got values in "
+                                       r"\[-1"):
+    ssim(x - 1, y - 1)
+  # the same images in [0, 255] with max_val=255 are fine and give the same SSIM
+  np.testing.assert_allclose(np.asarray(ssim(255 * x, 255 * y, max_val=255)),
+                             np.asarray(ssim(x, y)), atol=1e-5)
+  with pytest.raises(ValueError, match=r"^x must have rank 4 \[N,H,W,C\], got shape "
+                                       r"\(3, 16, 16\); .*grayscale batch \[N,H,W\] x\[\.\.\., "
+                                       r"None\]"):
+    ssim(x[..., 0], y[..., 0])
+  with pytest.raises(ValueError, match="^x must have rank 4"):
+    ssim(x[0], y[0])  # one [H,W,C] image: x[None]
+  with pytest.raises(ValueError, match="^return_map must be True or False, got 'no'"):
+    ssim(x, y, return_map="no")
+
+
+def test_ssim_attack_flags_batch_and_warm_start(images16):
+  x = images16
+  logits_fn = _logits()
+  y = jnp.argmax(logits_fn(x), -1)
+  ball = QualityBall()
+  for kw, match in [(dict(targeted="no"), "^targeted must be True or False, got 'no'"),
+                    (dict(early_stop="no"), "^early_stop must be True or False, got 'no'"),
+                    (dict(targeted=1), "^targeted must be True or False, got 1")]:
+    with pytest.raises(ValueError, match=match):
+      ssim_attack(logits_fn, x, y, ball=ball, steps=2, **kw)
+  with pytest.raises(ValueError, match=r"^x is an empty batch \(shape \(0, 16, 16, 3\)\)"):
+    ssim_attack(logits_fn, x[:0], y[:0], ball=ball, steps=2)
+  from percadv_jax.perceptual import init_state
+  g = np.ones_like(x)
+  with pytest.raises(ValueError, match=r"^init\.d has shape \(1, 16, 16, 3\), but images x of "
+                                       r"shape \(3, 16, 16, 3\) .*\(init holds a batch of 1, x "
+                                       r"of 3\); build it with init_state\(x, ball\)"):
+    solve_linear(x, g, ball, init=init_state(x[:1], ball))
+  with pytest.raises(ValueError, match=r"^init\.v has shape .*another image size or ball"):
+    solve_linear(x, g, ball, init=init_state(x, QualityBall(window=4, stride=4)))
+  with pytest.raises(ValueError, match="^init must be an AdmmState"):
+    solve_linear(x, g, ball, init=(g, g, g))
+  with pytest.raises(ValueError, match="^return_info must be True or False"):
+    solve_linear(x, g, ball, return_info="yes")
