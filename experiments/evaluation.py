@@ -59,7 +59,7 @@ def _read(npz: str, checks_path: str | None) -> attacks_lib.Evaluation:
                      "that evaluation") from None
   checks = io.read_json(checks_path) if checks_path else None
   try:
-    return attacks_lib.Evaluation.from_arrays(arrays, checks)
+    return attacks_lib.Evaluation.from_arrays(arrays, checks=checks)
   except ValueError as e:
     raise ValueError(f"{npz} is not an evaluation record ({e}); delete it to recompute that "
                      "evaluation") from None

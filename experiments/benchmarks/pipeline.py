@@ -232,7 +232,8 @@ def run(config: Any, workdir: str) -> list[dict]:
     cols = ["stage", "images_per_sec", "seconds", "compile_and_first_s", "gflops_per_sec",
             "fraction_of_peak", "pgd_over_floor", "torch_over_ours", "speedup_vs_cvxpy",
             "objective_gap"]
-    md = io.write_table(f"{workdir}/benchmark_pipeline", rows, cols)
+    md = io.write_table(f"{workdir}/benchmark_pipeline", rows, cols,
+                        optional=cols[4:])  # filled only by the stages that ran
     print(io.markdown_table(rows, ["stage", "images_per_sec", "seconds", "fraction_of_peak"]))
     common.record(c, "benchmark_pipeline", f"Backend {meta['backend']} "
                   f"({meta['device_kind']}), {nd} device(s), measured peak {peak}.\n\n{md}")

@@ -88,9 +88,17 @@ class Evaluation:
     return out
 
   @classmethod
-  def from_arrays(cls, arrays: Mapping[str, np.ndarray],
+  def from_arrays(cls, arrays: Mapping[str, np.ndarray], *,
                   checks: Mapping[str, Any] | None = None) -> "Evaluation":
-    """The record of ``to_arrays``'s dict; ValueError names what is missing or inconsistent."""
+    """The record of ``to_arrays``'s dict.
+
+    Args:
+      arrays: ``{"clean": bool [N], "survived/<name>": bool [N], "linf/<name>": float [N],
+        "l2/<name>": float [N], ["x_adv/<name>": float32 [N,H,W,C]]}``.
+      checks: the trust checks (``diagnostics.run_all``'s dict), or None.
+    Raises:
+      ValueError: naming a missing, unknown or inconsistent field.
+    """
     if "clean" not in arrays:
       raise ValueError("an evaluation record needs 'clean'")
     groups: dict[str, dict[str, np.ndarray]] = {g: {} for g in ("survived", "linf", "l2",
