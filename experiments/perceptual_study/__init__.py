@@ -1,20 +1,35 @@
-"""The perceptual paper's study: are SSIM-constrained perturbations semantically explainable?
+"""The perceptual paper's study: do imperceptible perturbations change the regions important for
+the classification?
 
 ``run(config, workdir)`` (config: ``experiments/configs/perceptual_cam.py``), once per seed in
 ``workdir/seed_<s>/``: gets the model (``model``: Keras weights or trained here), picks correctly
 classified images and runs the SSIM quality-ball attack and Linf / L2 PGD with radii matched to it
-(``attacks``), computes Grad-CAM++ / Grad-CAM of the clean images and the agreement of each
-perturbation map (the 1 - SSIM map, as the paper compares, and |d|) with them and with the
-foreground masks, over the images each attack fooled (``agreement``). Then it pools the seeds and
-writes (``report``) into ``workdir``:
+(``attacks``), computes Grad-CAM++ / Grad-CAM of the clean images, then
+
+- the paper's question, directly (``agreement.direct``, ``question``): the share of each
+  perturbation map's energy (the 1 - SSIM map, as the paper compares, and |d|) inside the CAM's
+  top-k% region against k%, and its Spearman correlation with the CAM, each beside its null
+  baselines (``sanity``: the CAM of the model randomised layer by layer from the top, smooth
+  random maps, another image's CAM) and the CAM's own deletion check;
+- the project's addition: the agreement of each map with the CAMs and the foreground masks
+  (``agreement.per_image``) and whether the SSIM attack's maps follow the CAM more than Lp PGD's.
+
+Every agreement uses the images each attack fooled. Then it pools the seeds and writes
+(``report``, ``question``) into ``workdir``:
 
 - ``config.json``, ``metrics.jsonl``; ``seed_<s>/model/`` (a model trained here) and
   ``seed_<s>/evaluations/`` (finished attacks: a rerun skips them)
 - ``attacks.md/.csv``     success (and how many images were fooled), norms, mean standard SSIM
+- ``question.md/.csv``    the direct measures with chance, the nulls and the paired differences
+- ``question_seeds.md/.csv`` the SSIM attack's direct measures per seed (more than one seed)
+- ``cascade.md/.csv``     the cascading randomisation: CAM similarity and the measures per stage
+- ``deletion.md/.csv``    the CAMs' deletion curves' areas against a random order
 - ``agreement.md/.csv``   map agreement per attack and map, pooled over seeds, with CIs and n
 - ``replication.md/.csv`` Pearson vs Grad-CAM++ per seed
+- ``lp_comparison.md/.csv`` the direct measures, SSIM attack minus Lp PGD, paired
 - ``figures/<attack>.png``: image | CAM | |perturbation| | 1 - SSIM rows (first seed)
-- ``results.json``        every number above; ``summary.md`` opens with the answer
+- ``results.json``        every number above; ``summary.md``: the paper's question and its
+  answer first, then the project's addition
 """
 
 from __future__ import annotations
@@ -165,7 +180,7 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
                                        batch_size=bs)
   cam_mask = agreement.cam_vs_mask(cam_maps, region, top_k=config.cam.top_k) if has_masks else {}
   with common.Timer() as timer:  # the direct answer and its baselines, timed together
-    baselines = _sanity(config, module, variables, logits_fn, x, y, cam_maps, layer, seed)
+    baselines = _sanity(config, module, variables, x, y, cam_maps, layer, seed)
     direct = {name: agreement.direct(
         maps[name], cam_maps[agreement.DIRECT_CAM], baselines["refs"], adv[name]["success"],
         fractions=config.cam.energy_top_k, nulls=sanity.null_refs(config),
@@ -182,8 +197,8 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
           "lp": question.lp_differences(direct, config.cam.energy_top_k), **baselines}
 
 
-def _sanity(config: Any, module: Any, variables: Any, logits_fn: Any, x: np.ndarray,
-            y: np.ndarray, cam_maps: dict, layer: str, seed: int) -> dict:
+def _sanity(config: Any, module: Any, variables: Any, x: np.ndarray, y: np.ndarray,
+            cam_maps: dict, layer: str, seed: int) -> dict:
   """The sanity baselines of one seed: the reference maps of ``agreement.direct`` (the
   cascade's CAMs, another image's CAM), the smooth random maps' sigma, the deletion curves."""
   bs = config.attack.batch_size
@@ -199,8 +214,8 @@ def _sanity(config: Any, module: Any, variables: Any, logits_fn: Any, x: np.ndar
   if "smooth_random" in config.sanity.nulls:
     side = cam.model_info(module, variables, x[:1])[0][layer].shape[1]
     smooth = sanity.smooth_sigma(config, primary, side, seed)
-  deletion = (sanity.deletion(config, logits_fn, x, y, cam_maps, seed=seed, batch_size=bs)
-              if config.sanity.deletion_steps else None)
+  deletion = (sanity.deletion(config, module, variables, x, y, primary, seed=seed,
+                              batch_size=bs) if config.sanity.deletion_steps else None)
   return {"refs": refs, "cascade": {"layers": rnd["layers"], "similarity": rnd["similarity"]},
           "smooth": smooth, "deletion": deletion}
 

@@ -167,9 +167,9 @@ def cascade_rows(pooled: Mapping[str, dict], similarity: Mapping[str, dict],
 
 
 def deletion_rows(stats: Mapping[str, dict]) -> list[dict]:
-  """Per CAM method: the deletion curves' areas for the CAM's order and a random order."""
+  """Per CAM method checked: the deletion curves' areas for the CAM's order and a random one."""
   rows = []
-  for m in CAM_METHODS:
+  for m in [m for m in CAM_METHODS if f"{m}/prob_auc" in stats]:
     row = {"CAM": CAM_LABELS[m], "n": stats[f"{m}/prob_auc"]["n"]}
     for score, label in (("prob", "probability"), ("logit", "logit")):
       row[f"area, {label}: CAM order"] = fmt(stats[f"{m}/{score}_auc"])

@@ -199,11 +199,11 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
               md("cascade")]
   if "deletion" in t:
     s = config.sanity
-    lines += [f"The CAMs' own faithfulness: deletion curves ({s.deletion_steps} steps; removed "
-              f"pixels set to the image's {'mean colour' if s.deletion_baseline == 'mean' else 'blur'}"
-              "), area under the true class's probability and logit for the CAM's pixel order "
-              "and a random order (a faithful CAM has the smaller area), over all selected "
-              "images:", "", md("deletion")]
+    fill = "mean colour" if s.deletion_baseline == "mean" else "blur"
+    lines += [f"Grad-CAM++'s own faithfulness: deletion curves ({s.deletion_steps} steps; removed "
+              f"pixels set to the image's {fill}), area under the true class's probability and "
+              "logit for the CAM's pixel order and a random order (a faithful CAM has the "
+              "smaller area), over all selected images:", "", md("deletion")]
   lines += ["What the numbers say:", ""] + [f"- {s}" for s in results["answer"]["paper"]]
   lines += ["", "### The project's addition (not the paper's question)", "",
             f"> {results['questions']['addition']}", "",

@@ -6,7 +6,7 @@ Per seed, on the selected (clean, correctly classified) images:
   (``sanity.cascade`` and ``sanity.null_stage``), and how much each still resembles the trained
   model's CAM (Spearman per image, Adebayo et al.'s similarity measure);
 - ``smooth_sigma``: the smoothness of the smooth random maps;
-- ``deletion``: the CAMs' deletion curves against a random pixel order, and their areas.
+- ``deletion``: Grad-CAM++'s deletion curves against a random pixel order, and their areas.
 
 The agreement of each perturbation map with these references is computed in
 ``agreement.direct``.
@@ -21,7 +21,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments.configs.perceptual_cam import CAM_METHODS
 from experiments.perceptual_study import agreement
 from percadv_jax import cam, models, parallel
 
@@ -103,11 +102,12 @@ def smooth_sigma(config: Any, cam_map: np.ndarray, cam_side: int, seed: int) -> 
 
 
 @functools.lru_cache(maxsize=8)
-def _deletion_fn(steps: int, baseline: str, methods: tuple[str, ...], logits_static: Any):
+def _deletion_fn(steps: int, baseline: str, methods: tuple[str, ...], module: Any):
   """Per batch: the deletion curves of each CAM and of a random order, as one call of
-  ``cam.deletion_curve`` on the batch repeated once per order (one compiled model pass)."""
-  def f(args, batch, key):
-    fn = args if logits_static is None else logits_static
+  ``cam.deletion_curve`` on the batch repeated once per order (one compiled model pass). Keyed
+  by the module (equal modules share it, so a new seed's model compiles nothing)."""
+  def f(variables, batch, key):
+    fn = lambda z: module.apply(variables, z, train=False)
     x, y = batch["image"], batch["label"]
     orders = [batch[m] for m in methods] + [jnp.zeros(x.shape[:3], x.dtype)]  # all ties: random
     k = len(orders)
@@ -121,9 +121,11 @@ def _deletion_fn(steps: int, baseline: str, methods: tuple[str, ...], logits_sta
   return f
 
 
-def deletion(config: Any, logits_fn: Any, x: np.ndarray, y: np.ndarray, cams: dict, *, seed: int,
-             batch_size: int) -> dict:
-  """Deletion curves of each CAM (``CAM_METHODS``) and of a random pixel order, per image.
+def deletion(config: Any, module: Any, variables: Any, x: np.ndarray, y: np.ndarray,
+             cam_map: np.ndarray, *, seed: int, batch_size: int) -> dict:
+  """Deletion curves of the direct answer's CAM (Grad-CAM++, ``cam_map`` [N, H, W]) and of a
+  random pixel order, per image, for the model ``module.apply(variables, x, train=False)``:
+  ``2 (deletion_steps + 1)`` forward passes per image.
 
   Returns:
     ``{"per_image": {key: float [N]}, "curves": {name: {score: mean curve [steps + 1]}},
@@ -132,22 +134,20 @@ def deletion(config: Any, logits_fn: Any, x: np.ndarray, y: np.ndarray, cams: di
     the CAM's top pixels lowers the true class's score faster), ``score`` in ("prob", "logit").
   """
   s = config.sanity
-  if isinstance(logits_fn, jax.tree_util.Partial):
-    fn, args = _deletion_fn(s.deletion_steps, s.deletion_baseline, CAM_METHODS, None), logits_fn
-  else:
-    fn, args = _deletion_fn(s.deletion_steps, s.deletion_baseline, CAM_METHODS, logits_fn), {}
-  data = {"image": x, "label": np.asarray(y, np.int32), **{m: cams[m] for m in CAM_METHODS}}
-  out = parallel.map_examples(fn, args, data,
+  methods = (agreement.DIRECT_CAM,)
+  fn = _deletion_fn(s.deletion_steps, s.deletion_baseline, methods, module)
+  data = {"image": x, "label": np.asarray(y, np.int32), methods[0]: cam_map}
+  out = parallel.map_examples(fn, variables, data,
                               batch_size=parallel.padded_batch_size(len(x), batch_size),
                               key=jax.random.key(seed + DELETION_SEED))
   per_image, curves = {}, {}
-  for name in CAM_METHODS + ("random",):
+  for name in methods + ("random",):
     curves[name] = {}
     for score in SCORES:
       c = np.asarray(out[f"{name}/{score}"], np.float64)
       per_image[f"{name}/{score}_auc"] = np.asarray(cam.curve_auc(c), np.float64)
       curves[name][score] = c.mean(axis=0).tolist()
-  for m in CAM_METHODS:
+  for m in methods:
     for score in SCORES:
       per_image[f"{m}/{score}_auc_gain"] = (per_image[f"random/{score}_auc"]
                                             - per_image[f"{m}/{score}_auc"])
