@@ -31,15 +31,14 @@ NULL_LABELS = {"random_model": "randomised model's CAM", "smooth_random": "smoot
 STAGE_LABELS = {"logits": "the head", "above_cam": "every layer above the CAM layer",
                 "all": "every layer"}
 FAITHFUL_SCORE = "prob"  # the deletion check reads the true class's probability (RISE)
+MIN_IMAGES = 2  # a bootstrap CI of fewer images is no interval: nothing counts as positive
 
 
 def measure_label(name: str) -> str:
+  """The table label of a measure of ``agreement.measure_names``."""
   if name.startswith("energy_top"):
     return f"energy share in CAM top-{name[len('energy_top'):]}%"
   return "Spearman vs CAM"
-
-
-MIN_IMAGES = 2  # a bootstrap CI of fewer images is no interval: nothing counts as positive
 
 
 def _positive(s: Mapping[str, float]) -> bool:
@@ -60,8 +59,8 @@ def status(st: Mapping[str, dict], kind: str, measure: str, nulls: Sequence[str]
   key = f"{kind}/{measure}"
   out = {"n": st[key]["n"], "chance": _positive(st[f"{key}-chance"]),
          "nulls": {n: _positive(st[f"{key}-{n}"]) for n in nulls if f"{key}-{n}" in st}}
-  out["positive"] = out["chance"] and all(out["nulls"].values()) and len(out["nulls"]) == len(
-      nulls)
+  beats_nulls = len(out["nulls"]) == len(nulls) and all(out["nulls"].values())
+  out["positive"] = out["chance"] and beats_nulls
   return out
 
 
