@@ -79,6 +79,8 @@ def verdict(st: Mapping[str, dict], kind: str, measures: Sequence[str], nulls: S
   stat = [status(st, kind, m, nulls) for m in measures]
   if all(s["n"] == 0 for s in stat):
     return "nothing to compare"
+  if all(s["n"] < MIN_IMAGES for s in stat):
+    return "too few images"
   if all(s["positive"] for s in stat):
     return "yes" if is_faithful is not False else "not established"
   if any(s["positive"] for s in stat):
@@ -99,6 +101,8 @@ _MEANING = {
                                          "more than they follow a null baseline",
     "no": "the perturbations do not concentrate on the CAM's regions above chance",
     "nothing to compare": "the SSIM attack fooled the model on none of the images",
+    "too few images": f"the SSIM attack fooled the model on fewer than {MIN_IMAGES} images: no "
+                      "confidence interval, no claim",
 }
 
 

@@ -105,7 +105,7 @@ def test_verdict_rules():
   assert v(_stats([0.01, 0.01], [0.01, -0.01])) == "partly"
   assert v(_stats([0.01, 0.01], [-0.01, -0.01])) == "no, not beyond the null baselines"
   assert v(_stats([-0.01, -0.01], [0.01, 0.01])) == "no"  # beating a null below chance is no
-  assert v(_stats([0.01, 0.01], [0.01, 0.01], n=1)) == "no"  # one image: no interval
+  assert v(_stats([0.01, 0.01], [0.01, 0.01], n=1)) == "too few images"  # no interval
   assert v(_stats([0.01, 0.01], [0.01, 0.01], n=0)) == "nothing to compare"
   st = _stats([0.01, 0.01], [0.01, 0.01])
   del st["one_minus_ssim/spearman-other_image"]  # a null that was not computed is not beaten
