@@ -269,7 +269,8 @@ def answer_lines(pooled: Mapping[str, Mapping[str, dict]], per_seed: Sequence[Ma
     key = f"{kind}/{m}"
     s = status(st, kind, m, nulls)
     vs = [f"{NULL_LABELS[n]} {fmt(st.get(f'{key}-{n}'))}" for n in nulls]
-    what = ("beats chance and every null" if s["positive"] else
+    what = (f"no interval (fewer than {MIN_IMAGES} images)" if s["n"] < MIN_IMAGES else
+            "beats chance and every null" if s["positive"] else
             "beats chance but not every null" if s["chance"] else "does not beat chance")
     chance = ("chance " + f"{agreement.chance(m, fractions, num_pixels):.3f}"
               if m != "spearman" else "chance 0")
