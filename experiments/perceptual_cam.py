@@ -19,8 +19,10 @@ from experiments import cli
 
 
 def _report(results: dict, workdir: str) -> None:
-  for line in results["answer"]:
-    print("-", line)
+  for part in ("paper", "addition"):
+    print("The paper's question:" if part == "paper" else "The project's addition:")
+    for line in results["answer"][part]:
+      print("-", line)
   print(f"results in {os.path.abspath(workdir)}")
 
 

@@ -1,8 +1,11 @@
 r"""Configurations of the perceptual paper's study (``python -m experiments.perceptual_cam``).
 
-Question: do perturbations found inside the SSIM quality ball change the regions a class
-activation map marks as important (are they "semantically explainable"), more than Linf / L2 PGD
-perturbations of the same size do?
+The paper's question: do imperceptible perturbations (found inside the SSIM quality ball) focus
+on changing the regions a class activation map marks as important for the classification? The
+study answers it directly (the share of the 1 - SSIM map's energy inside the CAM's top-k% region
+against k%, and its rank correlation with the CAM), each number beside its sanity baselines (the
+CAM of a randomised model, smooth random maps, another image's CAM; the CAM's own deletion check).
+The project's addition: do they do so more than Linf / L2 PGD perturbations of the same size?
 
 ``--config=experiments/configs/perceptual_cam.py:<preset>`` with presets
 
@@ -31,7 +34,22 @@ Fields (override any with ``--config.<field>=<value>``):
   checks of ``percadv_jax.attacks.diagnostics`` on the first ``diagnostic_examples`` images of
   the Linf PGD evaluation, APGD with ``stronger_steps`` steps as the stronger attack).
 - ``cam``: ``layer`` ("" = the model's, or the deepest tap of at least 4x4 where the model's is
-  smaller), ``top_k`` (fraction of pixels of the top-k IoU).
+  smaller), ``top_k`` (fraction of pixels of the top-k IoU), ``energy_top_k`` (the fractions k of
+  the direct answer's energy share inside the CAM's top-k% region; our choice (0.1, 0.2): the
+  paper states no k, and the two show whether the result depends on it).
+- ``sanity`` (the baselines beside the direct answer; every value is our choice, the paper has no
+  baselines): ``nulls``, the references an agreement must beat to count as positive, any of
+  "random_model" (the CAM of the model re-initialised at the cascade stage ``null_stage``),
+  "smooth_random" (``random_maps`` Gaussian-smoothed noise maps per image), "other_image" (the
+  CAM of the next selected image: the same smoothness and centre bias, another image's content);
+  ``cascade``, the stages of the cascading randomisation (Adebayo et al. 2018) reported: "logits"
+  (the head), "above_cam" (every layer above the CAM layer: its activations stay, the weighting
+  is random), "all" (every layer); ``null_stage`` ("all": nothing learned is left);
+  ``smooth_sigma`` (the random maps' Gaussian in pixels; 0 = matched to the Grad-CAM++ maps'
+  spatial autocorrelation at a lag of one CAM cell, image side / CAM side); ``random_maps`` (8: the
+  null per image is the mean over them); ``deletion_steps`` (10 steps of 10% of the pixels; 0 =
+  no deletion check) and ``deletion_baseline`` ("mean": a removed pixel becomes the image's mean
+  colour, which removes its content without the colour shift of black; or "blur").
 - ``report``: ``bootstrap`` (resamples of the 95% CIs), ``figure_images``.
 """
 
@@ -46,6 +64,8 @@ from experiments.configs import data
 ATTACKS = ("ssim", "linf", "l2")
 MAP_KINDS = ("one_minus_ssim", "abs_d")  # the paper compares SSIM maps first
 CAM_METHODS = ("grad_cam_pp", "grad_cam")
+NULLS = ("random_model", "smooth_random", "other_image")
+CASCADE_STAGES = ("logits", "above_cam", "all")
 
 
 def default() -> ml_collections.ConfigDict:
@@ -61,7 +81,10 @@ def default() -> ml_collections.ConfigDict:
   c.attack = ml_collections.ConfigDict(dict(
       ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50, diagnostics=True,
       stronger_steps=20, diagnostic_examples=256))
-  c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1))
+  c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1, energy_top_k=(0.1, 0.2)))
+  c.sanity = ml_collections.ConfigDict(dict(
+      nulls=NULLS, cascade=CASCADE_STAGES, null_stage="all", smooth_sigma=0.0, random_maps=8,
+      deletion_steps=10, deletion_baseline="mean"))
   c.report = ml_collections.ConfigDict(dict(bootstrap=1000, figure_images=6))
   return c
 

@@ -1,20 +1,35 @@
-"""The perceptual paper's study: are SSIM-constrained perturbations semantically explainable?
+"""The perceptual paper's study: do imperceptible perturbations change the regions important for
+the classification?
 
 ``run(config, workdir)`` (config: ``experiments/configs/perceptual_cam.py``), once per seed in
 ``workdir/seed_<s>/``: gets the model (``model``: Keras weights or trained here), picks correctly
 classified images and runs the SSIM quality-ball attack and Linf / L2 PGD with radii matched to it
-(``attacks``), computes Grad-CAM++ / Grad-CAM of the clean images and the agreement of each
-perturbation map (the 1 - SSIM map, as the paper compares, and |d|) with them and with the
-foreground masks, over the images each attack fooled (``agreement``). Then it pools the seeds and
-writes (``report``) into ``workdir``:
+(``attacks``), computes Grad-CAM++ / Grad-CAM of the clean images, then
+
+- the paper's question, directly (``agreement.direct``, ``question``): the share of each
+  perturbation map's energy (the 1 - SSIM map, as the paper compares, and |d|) inside the CAM's
+  top-k% region against k%, and its Spearman correlation with the CAM, each beside its null
+  baselines (``sanity``: the CAM of the model randomised layer by layer from the top, smooth
+  random maps, another image's CAM) and the CAM's own deletion check;
+- the project's addition: the agreement of each map with the CAMs and the foreground masks
+  (``agreement.per_image``) and whether the SSIM attack's maps follow the CAM more than Lp PGD's.
+
+Every agreement uses the images each attack fooled. Then it pools the seeds and writes
+(``report``, ``question``) into ``workdir``:
 
 - ``config.json``, ``metrics.jsonl``; ``seed_<s>/model/`` (a model trained here) and
   ``seed_<s>/evaluations/`` (finished attacks: a rerun skips them)
 - ``attacks.md/.csv``     success (and how many images were fooled), norms, mean standard SSIM
+- ``question.md/.csv``    the direct measures with chance, the nulls and the paired differences
+- ``question_seeds.md/.csv`` the SSIM attack's direct measures per seed (more than one seed)
+- ``cascade.md/.csv``     the cascading randomisation: CAM similarity and the measures per stage
+- ``deletion.md/.csv``    the CAMs' deletion curves' areas against a random order
 - ``agreement.md/.csv``   map agreement per attack and map, pooled over seeds, with CIs and n
 - ``replication.md/.csv`` Pearson vs Grad-CAM++ per seed
+- ``lp_comparison.md/.csv`` the direct measures, SSIM attack minus Lp PGD, paired
 - ``figures/<attack>.png``: image | CAM | |perturbation| | 1 - SSIM rows (first seed)
-- ``results.json``        every number above; ``summary.md`` opens with the answer
+- ``results.json``        every number above; ``summary.md``: the paper's question and its
+  answer first, then the project's addition
 """
 
 from __future__ import annotations
@@ -27,13 +42,14 @@ import numpy as np
 
 from experiments import common
 from experiments.configs import data as data_config
-from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS
-from experiments.perceptual_study import agreement, attacks, model, report
+from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS, CASCADE_STAGES, NULLS
+from experiments.perceptual_study import (agreement, attacks, model, question, report,
+                                          sanity)
 from percadv_jax import cam, checks, io, models, train
 
 DATASETS = common.DATASETS + ("image_folder", "oxford_iiit_pet", "imagenet2012")
 
-__all__ = ["run", "validate", "agreement", "attacks", "model", "report"]
+__all__ = ["run", "validate", "agreement", "attacks", "model", "question", "report", "sanity"]
 
 
 def _image_size(config: Any) -> int:
@@ -84,6 +100,7 @@ def validate(config: Any) -> None:
     raise ValueError(f"ball.window ({b.window}) is larger than the images ({size} px)")
   if not 0 < config.cam.top_k <= 1:
     raise ValueError(f"cam.top_k must lie in (0, 1], got {config.cam.top_k}")
+  _validate_sanity(config)
   checks.check_positive(config.report.bootstrap, "report.bootstrap")
   checks.check_positive(config.report.figure_images, "report.figure_images")
   if d.candidates and d.candidates < d.num_images:
@@ -96,6 +113,38 @@ def validate(config: Any) -> None:
     variables = jax.eval_shape(lambda k, z: module.init(k, z, train=False), jax.random.key(0), x)
     taps, _ = cam.model_info(module, variables, x)
     cam.resolve_layer(list(taps), config.cam.layer)
+
+
+def _names(value: Any) -> tuple:
+  """A flat tuple from a tuple whose strings may hold comma lists (``--config.<field>=a,b``
+  gives ``("a,b",)``), or from one such string."""
+  items = (value,) if isinstance(value, str) else tuple(value)
+  out = []
+  for v in items:
+    out += [p.strip() for p in v.split(",") if p.strip()] if isinstance(v, str) else [v]
+  return tuple(out)
+
+
+def _validate_sanity(config: Any) -> None:
+  """Checks ``cam.energy_top_k`` and the ``sanity`` fields (normalising comma lists)."""
+  fr = _names(config.cam.energy_top_k)
+  fr = tuple(float(f) for f in fr)
+  if not fr or len(set(fr)) != len(fr) or not all(0 < f <= 1 for f in fr):
+    raise ValueError(f"cam.energy_top_k must be distinct fractions in (0, 1], got {fr}")
+  config.cam.energy_top_k = fr
+  s = config.sanity
+  s.nulls, s.cascade = _names(s.nulls), _names(s.cascade)
+  for field, allowed in (("nulls", NULLS), ("cascade", CASCADE_STAGES)):
+    values = s[field]
+    bad = [v for v in values if v not in allowed]
+    if bad or len(set(values)) != len(values):
+      raise ValueError(f"sanity.{field} must be distinct names from {allowed}, got {values}")
+  checks.check_choice(s.null_stage, "sanity.null_stage", CASCADE_STAGES)
+  checks.check_float(s.smooth_sigma, "sanity.smooth_sigma", minimum=0.0)
+  checks.check_int(s.random_maps, "sanity.random_maps",
+                   minimum=1 if "smooth_random" in s.nulls else 0)
+  checks.check_int(s.deletion_steps, "sanity.deletion_steps", minimum=0)
+  checks.check_choice(s.deletion_baseline, "sanity.deletion_baseline", cam.sanity.BASELINES)
 
 
 def _source(config: Any, seed: int):
@@ -130,11 +179,45 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
   violation = agreement.ball_violation(attacks.ball_of(config), x, adv["ssim"]["x_adv"],
                                        batch_size=bs)
   cam_mask = agreement.cam_vs_mask(cam_maps, region, top_k=config.cam.top_k) if has_masks else {}
+  with common.Timer() as timer:  # the direct answer and its baselines, timed together
+    baselines = _sanity(config, module, variables, x, y, cam_maps, layer, seed)
+    direct = {name: agreement.direct(
+        maps[name], cam_maps[agreement.DIRECT_CAM], baselines["refs"], adv[name]["success"],
+        fractions=config.cam.energy_top_k, nulls=sanity.null_refs(config),
+        smooth_sigma=baselines["smooth"]["sigma"] if baselines["smooth"] else 0.0,
+        random_maps=config.sanity.random_maps, key=jax.random.key(seed + sanity.SMOOTH_SEED),
+        batch_size=bs) for name in ATTACKS}
+  wd.log(workdir, "direct_and_sanity", seconds=timer.seconds)
+  baselines["seconds"] = timer.seconds
   return {"seed": seed, "model": {**model_info, "num_classes": int(module.num_classes),
                                   "cam_layer": layer},
           "selection": sel, "has_masks": has_masks, "x": x, "y": y, "adv": adv, "maps": maps,
           "cams": cam_maps, "per_attack": per_attack, "violation": violation,
-          "cam_mask": cam_mask, "logits_fn": logits_fn}
+          "cam_mask": cam_mask, "logits_fn": logits_fn, "direct": direct,
+          "lp": question.lp_differences(direct, config.cam.energy_top_k), **baselines}
+
+
+def _sanity(config: Any, module: Any, variables: Any, x: np.ndarray, y: np.ndarray,
+            cam_maps: dict, layer: str, seed: int) -> dict:
+  """The sanity baselines of one seed: the reference maps of ``agreement.direct`` (the
+  cascade's CAMs, another image's CAM), the smooth random maps' sigma, the deletion curves."""
+  bs = config.attack.batch_size
+  primary = cam_maps[agreement.DIRECT_CAM]
+  names = sanity.stages(config)
+  rnd = (sanity.randomized_cams(module, variables, x, y, primary, layer=layer, names=names,
+                                seed=seed, batch_size=bs)
+         if names else {"layers": {}, "cams": {}, "similarity": {}})
+  refs = {f"cascade:{k}": v for k, v in rnd["cams"].items()}
+  if "other_image" in config.sanity.nulls:
+    refs["other_image"] = agreement.other_image(primary)
+  smooth = None
+  if "smooth_random" in config.sanity.nulls:
+    side = cam.model_info(module, variables, x[:1])[0][layer].shape[1]
+    smooth = sanity.smooth_sigma(config, primary, side, seed)
+  deletion = (sanity.deletion(config, module, variables, x, y, primary, seed=seed,
+                              batch_size=bs) if config.sanity.deletion_steps else None)
+  return {"refs": refs, "cascade": {"layers": rnd["layers"], "similarity": rnd["similarity"]},
+          "smooth": smooth, "deletion": deletion}
 
 
 def run(config: Any, workdir: str) -> dict:
@@ -183,8 +266,13 @@ def run(config: Any, workdir: str) -> dict:
             "replication": {"columns": list(rep_rows[0]), "rows": rep_rows}}
   for name, t in tables.items():
     io.write_table(os.path.join(workdir, name), t["rows"], t["columns"])
-  answer = report.answer_lines(pooled, per_seed, seeds, attack_stats, cam_mask,
-                               has_masks=has_masks)
+  direct = _direct_stats(config, runs, seeds)
+  tables.update(direct.pop("tables"))
+  for name in direct["table_names"]:
+    io.write_table(os.path.join(workdir, name), tables[name]["rows"], tables[name]["columns"])
+  answer = {"paper": direct.pop("answer"),
+            "addition": report.answer_lines(pooled, per_seed, seeds, attack_stats, cam_mask,
+                                            has_masks=has_masks) + direct.pop("lp_lines")}
   first = runs[0]
   results = {
       "study": "perceptual_cam", "seeds": seeds,
@@ -199,13 +287,70 @@ def run(config: Any, workdir: str) -> dict:
       "ball": first["adv"]["ssim"]["facts"]["ball"],
       "attacks": attack_stats, "agreement": pooled, "agreement_per_seed":
           {str(s): p for s, p in zip(seeds, per_seed)},
-      "cam_vs_mask": cam_mask, "tables": tables, "figures": figures, "answer": answer,
+      "cam_vs_mask": cam_mask, "tables": tables, "figures": figures,
+      "questions": {"paper": question.PAPER_QUESTION, "addition": question.ADDITION_QUESTION},
+      "answer": answer, **{k: v for k, v in direct.items() if k != "table_names"},
   }
   io.write_json(os.path.join(workdir, "results.json"), results)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write(report.summary_markdown(config, results))
   io.log_event(workdir, "done")
   return results
+
+
+def _pool(runs: list[dict], get, *, resamples: int, seed: int) -> dict:
+  """Bootstrap stats of per-image arrays ``get(run) -> {key: [N]}`` pooled over the seeds."""
+  parts = [get(r) for r in runs]
+  return report.stats({k: np.concatenate([p[k] for p in parts]) for k in parts[0]},
+                      resamples=resamples, seed=seed)
+
+
+def _direct_stats(config: Any, runs: list[dict], seeds: list[int]) -> dict:
+  """The paper's question answered directly, its baselines and the Lp comparison on the direct
+  measures: pooled and per-seed stats, tables and answer lines (see ``question``)."""
+  boot = dict(resamples=config.report.bootstrap, seed=seeds[0])
+  pooled = {n: _pool(runs, lambda r: r["direct"][n], **boot) for n in ATTACKS}
+  per_seed = [{n: report.stats(r["direct"][n], resamples=config.report.bootstrap, seed=s)
+               for n in ATTACKS} for r, s in zip(runs, seeds)]
+  lp = {n: _pool(runs, lambda r: r["lp"][n], **boot) for n in ("linf", "l2")}
+  similarity = (_pool(runs, lambda r: r["cascade"]["similarity"], **boot)
+                if runs[0]["cascade"]["similarity"] else {})
+  deletion = per_seed_deletion = None
+  if runs[0]["deletion"] is not None:
+    deletion = _pool(runs, lambda r: r["deletion"]["per_image"], **boot)
+    per_seed_deletion = {str(s): report.stats(r["deletion"]["per_image"],
+                                              resamples=config.report.bootstrap, seed=s)
+                         for r, s in zip(runs, seeds)}
+  num_pixels = int(np.prod(runs[0]["x"].shape[1:3]))
+  first = runs[0]
+  rows = {"question": question.question_rows(pooled, config, num_pixels),
+          "lp_comparison": question.lp_rows(lp, config)}
+  if len(seeds) > 1:
+    rows["question_seeds"] = question.seed_rows(per_seed, seeds, config)
+  if similarity:
+    rows["cascade"] = question.cascade_rows(pooled["ssim"], similarity,
+                                            first["cascade"]["layers"], config)
+  if deletion is not None:
+    rows["deletion"] = question.deletion_rows(deletion)
+  tables = {k: {"columns": list(v[0]), "rows": v} for k, v in rows.items()}
+  return {
+      "direct": pooled, "direct_per_seed": {str(s): p for s, p in zip(seeds, per_seed)},
+      "lp_comparison": lp,
+      "sanity": {
+          "nulls": list(config.sanity.nulls), "null_refs": sanity.null_refs(config),
+          "cascade": {"stages": list(sanity.stages(config)), "similarity": similarity,
+                      "layers": {str(r["seed"]): r["cascade"]["layers"] for r in runs}},
+          "smooth": {str(r["seed"]): r["smooth"] for r in runs},
+          "deletion": None if deletion is None else {
+              "stats": deletion, "per_seed": per_seed_deletion,
+              "fraction": first["deletion"]["fraction"],
+              "curves": {str(r["seed"]): r["deletion"]["curves"] for r in runs}},
+          "faithful": question.faithful(deletion),
+          "seconds": float(sum(r["seconds"] for r in runs))},
+      "tables": tables, "table_names": list(tables),
+      "answer": question.answer_lines(pooled, per_seed, seeds, deletion, similarity,
+                                      [r["smooth"] for r in runs], config, num_pixels),
+      "lp_lines": question.lp_lines(rows["lp_comparison"])}
 
 
 def _figures(config: Any, workdir: str, r: dict) -> dict[str, str]:

@@ -1,4 +1,6 @@
-"""The perceptual study's tables, figures and answer (pooled over seeds, with replication)."""
+"""The perceptual study's tables and answers (pooled over seeds, with replication), and its
+summary: the paper's question answered directly (``question``), then the project's addition, the
+comparison with Lp PGD of the same size (``answer_lines``, the agreement table)."""
 
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ _MEANING = {
 def answer_lines(pooled: Mapping[str, Mapping[str, dict]], per_seed: Sequence[Mapping],
                  seeds: Sequence[int], attack_stats: Mapping[str, dict], cam_mask: Mapping,
                  *, has_masks: bool) -> list[str]:
-  """The answer to the paper's question: first from the SSIM map (as the paper compares), then
+  """The project's addition (not the paper's question): do the SSIM-constrained perturbations
+  follow Grad-CAM++ (Pearson) more than Lp PGD of the same size? First from the SSIM map, then
   from |d|; each with whether it replicates across seeds; then the evidence."""
   out = []
   for kind in MAP_KINDS:
@@ -77,10 +80,9 @@ def answer_lines(pooled: Mapping[str, Mapping[str, dict]], per_seed: Sequence[Ma
                  f"seed {s} {x}" for s, x in zip(seeds, seed_v)))
     else:
       rep = f"one seed ({seeds[0]}): replication not tested"
-    head = "Answer" if kind == MAP_KINDS[0] else "From abs(d)"
-    source = ("from the 1 - SSIM map, as the paper compares" if kind == "one_minus_ssim"
-              else "the perturbation's magnitude")
-    out.append(f"{head} ({source}): {v} — on this model and data {_MEANING[v]} ({rep}).")
+    source = "the 1 - SSIM map" if kind == "one_minus_ssim" else "abs(d)"
+    out.append(f"Versus Lp PGD (from {source}, Pearson vs Grad-CAM++): {v} — on this model and "
+               f"data {_MEANING[v]} ({rep}).")
   for kind in MAP_KINDS:
     s = pooled["ssim"][f"{kind}/{PRIMARY}"]
     sign = ("undefined for" if not np.isfinite(s["mean"]) else
@@ -164,14 +166,14 @@ def replication_rows(per_seed: Sequence[Mapping], seeds: Sequence[int]) -> list[
 
 
 def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
-  """The study's Markdown section (figure links relative to ``prefix``)."""
+  """The study's Markdown section (figure links relative to ``prefix``): the setup, the paper's
+  question answered directly with its baselines, then the project's addition."""
   d, m = results["data"], results["model"]
-  attack_md = io.markdown_table(results["tables"]["attacks"]["rows"],
-                                results["tables"]["attacks"]["columns"])
-  agree_md = io.markdown_table(results["tables"]["agreement"]["rows"],
-                               results["tables"]["agreement"]["columns"])
-  rep = results["tables"]["replication"]
+  t = results["tables"]
+  md = lambda name: io.markdown_table(t[name]["rows"], t[name]["columns"])
   b, a = config.ball, config.attack
+  ks = ", ".join(f"{round(100 * f):g}%" for f in config.cam.energy_top_k)
+  nulls = ", ".join(results["sanity"]["nulls"]) or "none"
   lines = [
       "## Perceptual perturbations vs class activation maps", "",
       f"Model: {m['source']} (CAM layer `{m['cam_layer']}`). Seeds {results['seeds']}: per "
@@ -180,14 +182,39 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
       f"{100 * d['candidate_accuracy']:.1f}% of the candidates correct). Quality ball: window "
       f"{b.window}, stride {b.stride}, e1 = {b.eps_luminance}, e2 = {b.eps_structure}; SSIM "
       f"attack {a.ssim_steps} steps; PGD {a.pgd_steps} steps (step 2.5 eps / steps). SSIM is the "
-      "standard (Gaussian 11x11) SSIM.", "", attack_md,
-      "Agreement with the clean image's CAM (target = true class) and the foreground mask, over "
-      "the images each attack fooled (n), pooled over seeds: mean [95% bootstrap CI].", "",
-      agree_md]
+      "standard (Gaussian 11x11) SSIM.", "", md("attacks"),
+      "### The paper's question", "", f"> {results['questions']['paper']}", "",
+      "Measured directly on the images each attack fooled (n), pooled over seeds, mean [95% "
+      f"bootstrap CI]: the share of the perturbation map's energy inside the top {ks} of "
+      "Grad-CAM++ of the clean image (true class; chance = k%) and the Spearman correlation "
+      "with it (chance 0). Beside each number its null baselines "
+      f"({nulls}) and the paired difference to them; 'positive' = the CIs of the differences to "
+      "chance and to every null lie above 0. The quality-ball (SSIM attack) rows answer the "
+      "question; the Lp rows are for comparison.", "", md("question")]
+  if "question_seeds" in t:
+    lines += ["The SSIM attack's direct measures per seed:", "", md("question_seeds")]
+  if "cascade" in t:
+    lines += ["Cascading model randomisation (layers re-initialised from the top; the SSIM "
+              "attack's 1 - SSIM map against the randomised model's Grad-CAM++):", "",
+              md("cascade")]
+  if "deletion" in t:
+    s = config.sanity
+    fill = "mean colour" if s.deletion_baseline == "mean" else "blur"
+    lines += [f"Grad-CAM++'s own faithfulness: deletion curves ({s.deletion_steps} steps; removed "
+              f"pixels set to the image's {fill}), area under the true class's probability and "
+              "logit for the CAM's pixel order and a random order (a faithful CAM has the "
+              "smaller area), over all selected images:", "", md("deletion")]
+  lines += ["What the numbers say:", ""] + [f"- {s}" for s in results["answer"]["paper"]]
+  lines += ["", "### The project's addition (not the paper's question)", "",
+            f"> {results['questions']['addition']}", "",
+            "Agreement with the clean image's CAM (target = true class) and the foreground mask, "
+            "over the images each attack fooled (n), pooled over seeds: mean [95% bootstrap CI].",
+            "", md("agreement")]
   if len(results["seeds"]) > 1:
-    lines += ["Pearson vs Grad-CAM++ per seed:", "",
-              io.markdown_table(rep["rows"], rep["columns"])]
+    lines += ["Pearson vs Grad-CAM++ per seed:", "", md("replication")]
+  lines += ["The direct measures, the SSIM attack minus Lp PGD, paired over the images both "
+            "fooled:", "", md("lp_comparison")]
   for name, path in results["figures"].items():
     lines += [f"![{ATTACK_LABELS[name]}]({prefix}{path})", ""]
-  lines += ["What the numbers say:", ""] + [f"- {s}" for s in results["answer"]]
+  lines += ["What the numbers say:", ""] + [f"- {s}" for s in results["answer"]["addition"]]
   return "\n".join(lines) + "\n"

@@ -9,7 +9,14 @@ Array level (:mod:`percadv_jax.cam.core`): ``grad_cam_map(A, G)`` etc. from acti
 gradients ``[N, h, w, K]``; ``postprocess(raw, size=(H, W))``.
 
 Metrics (:mod:`percadv_jax.cam.metrics`): ``agreement(perturbation_map, saliency_map,
-region=mask)`` and the perturbation maps ``perturbation_magnitude(d)``, ``dissimilarity_map``.
+region=mask)``, ``top_k_energy(m, saliency, fraction=0.1)`` (share of a map's energy in the
+saliency map's top-k% region; chance = k%) and the perturbation maps
+``perturbation_magnitude(d)``, ``dissimilarity_map``.
+
+Sanity checks (:mod:`percadv_jax.cam.sanity`): cascading model randomisation
+(``layer_order``, ``layers_after``, ``randomize_layers``, ``randomize_top_layers``), smooth
+random maps (``smooth_random_maps``, ``spatial_autocorrelation``, ``matched_sigma``) and deletion
+curves (``deletion_curve``, ``curve_auc``).
 Figures: ``plot_maps(images, cams, perturbation_maps=..., dissimilarity_maps=...,
 path=...)``.
 """
@@ -44,7 +51,10 @@ from percadv_jax.cam.metrics import (
     rank_average,
     roc_auc,
     spearman,
+    top_k_energy,
     top_k_iou,
+    top_k_size,
+    top_k_weights,
 )
 from percadv_jax.cam.model import (
     cam,
@@ -58,4 +68,15 @@ from percadv_jax.cam.model import (
     score_cam,
     tap_names,
     xgrad_cam,
+)
+from percadv_jax.cam.sanity import (
+    curve_auc,
+    deletion_curve,
+    layer_order,
+    layers_after,
+    matched_sigma,
+    randomize_layers,
+    randomize_top_layers,
+    smooth_random_maps,
+    spatial_autocorrelation,
 )

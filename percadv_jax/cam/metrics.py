@@ -6,7 +6,8 @@ returned as an array ``[N]``; ``agreement`` adds means over the batch (NaNs, e.g
 all-background region, are left out of the means).
 
 Perturbation maps: :func:`perturbation_magnitude` (per-pixel ``|d|`` over channels) and
-:func:`dissimilarity_map` (``1 - SSIM`` map).
+:func:`dissimilarity_map` (``1 - SSIM`` map). :func:`top_k_energy` is the share of a map's energy
+inside a saliency map's top-k% region (chance: k%), the perceptual study's direct measure.
 """
 
 from __future__ import annotations
@@ -126,14 +127,60 @@ def top_k_mask(m: jax.Array, k: int) -> jax.Array:
   return jax.vmap(one)(flat)
 
 
-def top_k_iou(a: jax.Array, b: jax.Array, *, fraction: float = 0.1) -> jax.Array:
-  """IoU of the top ``fraction`` (in (0, 1]) of pixels of each map, per image ``[N]``."""
+def top_k_size(num_pixels: int, fraction: float) -> int:
+  """Pixels in a top-``fraction`` region of a map of ``num_pixels``: ``max(1, round(f P))``."""
   fraction = checks.check_float(fraction, "fraction", minimum=0.0, maximum=1.0,
                                 min_inclusive=False)
-  k = max(1, int(round(fraction * a.shape[1] * a.shape[2])))
+  return max(1, int(round(fraction * num_pixels)))
+
+
+def top_k_iou(a: jax.Array, b: jax.Array, *, fraction: float = 0.1) -> jax.Array:
+  """IoU of the top ``fraction`` (in (0, 1]) of pixels of each map, per image ``[N]``."""
+  k = top_k_size(a.shape[1] * a.shape[2], fraction)
   ma, mb = top_k_mask(a, k), top_k_mask(b, k)
   inter = jnp.sum(ma * mb, axis=1)
   return inter / (2.0 * k - inter)
+
+
+def top_k_weights(m: jax.Array, k: int) -> jax.Array:
+  """Per image, membership of each pixel in the map's top-``k`` region, ``[N, P]`` float32.
+
+  1 above the ``k``-th largest value ``t``, 0 below it; the pixels equal to ``t`` share the
+  remaining places evenly (each gets ``(k - #above) / #equal``), so ties are not broken by
+  pixel order and the weights sum to exactly ``k``.
+  """
+  flat = _flat(m)
+  t = -jnp.sort(-flat, axis=1)[:, k - 1:k]
+  above = flat > t
+  equal = flat == t
+  share = (k - jnp.sum(above, axis=1, keepdims=True)) / jnp.sum(equal, axis=1, keepdims=True)
+  return jnp.where(above, 1.0, jnp.where(equal, share, 0.0)).astype(jnp.float32)
+
+
+def top_k_energy(m: jax.Array, saliency: jax.Array, *, fraction: float = 0.1) -> jax.Array:
+  """Share of a map's energy inside the top ``fraction`` of a saliency map's pixels, ``[N]``.
+
+  Args:
+    m: float ``[N, H, W]`` >= 0, e.g. a ``1 - SSIM`` map or ``|d|``.
+    saliency: float ``[N, H, W]``, e.g. a CAM; its top ``k = top_k_size(H W, fraction)``
+      pixels form the region (ties at the threshold share the places: :func:`top_k_weights`).
+    fraction: in (0, 1].
+  Returns:
+    float32 ``[N]`` in [0, 1]: ``sum(m * region) / sum(m)``; a map spread regardless of the
+    saliency map gives ``k / (H W)`` (chance, = ``fraction`` up to rounding); NaN where ``m``
+    sums to 0.
+  Raises:
+    ValueError: maps that are not ``[N, H, W]`` (or ``[N, H, W, 1]``) of one shape, NaNs, a
+      negative ``m``, ``fraction`` outside (0, 1].
+  """
+  m, saliency = _as_maps(m, "m"), _as_maps(saliency, "saliency")
+  _check_same(m, saliency, "m", "saliency")
+  _check_nonneg(m, "m")
+  k = top_k_size(m.shape[1] * m.shape[2], fraction)
+  w = top_k_weights(saliency, k)
+  m = _flat(m)
+  total = jnp.sum(m, axis=1)
+  return jnp.where(total > 0, jnp.sum(m * w, axis=1) / jnp.where(total > 0, total, 1.0), jnp.nan)
 
 
 def energy_in_region(m: jax.Array, region: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -95,6 +95,36 @@ def test_top_k_iou_against_sets():
     np.testing.assert_allclose(float(out["top_k_iou"][i]), len(sa & sb) / len(sa | sb))
 
 
+def test_top_k_energy_by_hand():
+  s = np.array([[[4, 3, 3, 3], [1, 0, 0, 2]]], np.float32)      # 8 pixels
+  m = np.arange(1, 9, dtype=np.float32).reshape(1, 2, 4)          # total 36
+  # k = 2: the 4 and one place shared by the three 3s (1/3 each): (1 + (2 + 3 + 4) / 3) / 36
+  np.testing.assert_allclose(np.asarray(cam.top_k_energy(m, s, fraction=0.25)), [4 / 36],
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(cam.top_k_weights(s, 2)),
+                             [[1, 1 / 3, 1 / 3, 1 / 3, 0, 0, 0, 0]], rtol=1e-6)
+  # k = 4: the 4 and all three 3s
+  np.testing.assert_allclose(np.asarray(cam.top_k_energy(m, s, fraction=0.5)), [10 / 36],
+                             rtol=1e-6)
+  # a uniform map is at chance k / P; a zero map has no energy to place
+  np.testing.assert_allclose(np.asarray(cam.top_k_energy(np.ones_like(m), s, fraction=0.25)),
+                             [2 / 8], rtol=1e-6)
+  assert np.isnan(float(cam.top_k_energy(np.zeros_like(m), s, fraction=0.25)[0]))
+  assert cam.top_k_size(1024, 0.1) == 102 and cam.top_k_size(8, 0.01) == 1
+  rng = np.random.default_rng(5)
+  a, b = rng.random((2, 3, 10, 10)).astype(np.float32)          # no ties: plain top-k sets
+  got = np.asarray(cam.top_k_energy(a, b, fraction=0.2))
+  for i in range(3):
+    idx = np.argsort(-b[i].ravel())[:20]
+    np.testing.assert_allclose(got[i], a[i].ravel()[idx].sum() / a[i].sum(), rtol=1e-5)
+  with pytest.raises(ValueError, match=">= 0"):
+    cam.top_k_energy(m - 5.0, s)
+  with pytest.raises(ValueError, match="same shape"):
+    cam.top_k_energy(m, s[:, :1])
+  with pytest.raises(ValueError, match="fraction"):
+    cam.top_k_energy(m, s, fraction=0.0)
+
+
 def test_empty_region_and_zero_map_give_nan_not_crash():
   r = square_region(n=2)
   r[1] = 0.0

@@ -11,7 +11,9 @@ import pytest
 from experiments import common, demo, masks_study
 from experiments.configs import attention_masks as masks_cfgs
 from experiments.configs import demo as demo_cfgs
+from experiments.configs import perceptual_cam as perceptual_cfgs
 from experiments.masks_study import report as masks_report
+from experiments.perceptual_study import agreement, question
 from percadv_jax import io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -54,7 +56,9 @@ def test_demo_writes_every_file(quick_demo):
               "attention_masks/summary.md", "perceptual_cam/results.json",
               "perceptual_cam/attacks.md", "perceptual_cam/attacks.csv",
               "perceptual_cam/agreement.md", "perceptual_cam/agreement.csv",
-              "perceptual_cam/replication.csv",
+              "perceptual_cam/replication.csv", "perceptual_cam/question.md",
+              "perceptual_cam/question.csv", "perceptual_cam/cascade.csv",
+              "perceptual_cam/deletion.csv", "perceptual_cam/lp_comparison.csv",
               "perceptual_cam/figures/ssim.png", "perceptual_cam/figures/linf.png",
               "perceptual_cam/figures/l2.png", "perceptual_cam/summary.md"]:
     assert os.path.getsize(os.path.join(w, rel)) > 0, rel
@@ -120,9 +124,56 @@ def test_perceptual_tables_equal_results_json(quick_demo):
     e = entry[f"{kind}/mask_energy_ratio"]
     if np.isfinite(e["mean"]):
       assert e["lo"] <= e["mean"] <= e["hi"]
-  assert res["answer"][0].startswith("Answer (from the 1 - SSIM map")
-  assert res["answer"][1].startswith("From abs(d)")
-  assert not any(a.startswith("Reliability") for a in res["answer"])  # off in the quick preset
+  paper, addition = res["answer"]["paper"], res["answer"]["addition"]
+  assert paper[0].startswith("Answer (from the 1 - SSIM map")
+  assert paper[1].startswith("From abs(d)")
+  assert addition[0].startswith("Versus Lp PGD (from the 1 - SSIM map")
+  assert not any(a.startswith("Reliability") for a in addition)  # off in the quick preset
+  summary = open(os.path.join(d, "summary.md")).read()  # the paper's question first, then ours
+  first, second = summary.index("### The paper's question"), summary.index("### The project's")
+  assert first < second
+  assert all(0 <= summary.index(line) < second for line in paper)
+  assert all(summary.index(line) > second for line in addition)
+
+
+def test_perceptual_direct_answer_and_baselines(quick_demo):
+  d = os.path.join(quick_demo, "perceptual_cam")
+  res = io.read_json(os.path.join(d, "results.json"))
+  rows = _csv(os.path.join(d, "question.csv"))
+  config = perceptual_cfgs.get_config("quick")
+  measures = agreement.measure_names(config.cam.energy_top_k)
+  assert len(rows) == 3 * 2 * len(measures)
+  names = {"SSIM quality ball": "ssim", "Linf PGD": "linf", "L2 PGD": "l2"}
+  kinds = {"abs(d)": "abs_d", "1 - SSIM map": "one_minus_ssim"}
+  nulls = res["sanity"]["nulls"]
+  assert nulls == list(perceptual_cfgs.NULLS)
+  for row in rows:
+    name, kind = names[row["attack"]], kinds[row["map"]]
+    m = next(m for m in measures if question.measure_label(m) == row["measure"])
+    st = res["direct"][name]
+    key = f"{kind}/{m}"
+    assert row["value"] == question.fmt(st[key])
+    assert int(row["n"]) == st[key]["n"] <= res["attacks"][name]["successes"]
+    for null in nulls:
+      assert row[f"value - {question.NULL_LABELS[null]}"] == question.fmt(st.get(f"{key}-{null}"))
+    positive = question.status(st, kind, m, nulls)["positive"]
+    assert row["positive"] == ("yes" if positive else "no")
+    if np.isfinite(st[key]["mean"]) and m != "spearman":
+      assert 0 <= st[key]["mean"] <= 1
+  san = res["sanity"]
+  for layers in san["cascade"]["layers"].values():
+    assert layers["logits"] == ["predictions"]
+    assert 1 < len(layers["above_cam"]) < len(layers["all"])
+    assert layers["above_cam"] == layers["all"][-len(layers["above_cam"]):]
+  for curves in san["deletion"]["curves"].values():  # step 0 is the clean image for every order
+    start = {name: c["logit"][0] for name, c in curves.items()}
+    assert max(start.values()) - min(start.values()) < 1e-4 * max(1.0, abs(start["random"]))
+  assert san["deletion"]["fraction"][0] == 0 and san["deletion"]["fraction"][-1] == 1
+  for seed, smooth in san["smooth"].items():
+    assert smooth["sigma"] >= 0 and smooth["lag"] >= 1, seed
+  dele = _csv(os.path.join(d, "deletion.csv"))
+  assert [r["CAM"] for r in dele] == ["Grad-CAM++"]  # the direct answer's CAM
+  assert dele[0]["faithful"] == ("yes" if san["faithful"] else "no")
 
 
 def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):

@@ -58,6 +58,23 @@ def test_perceptual_validation_needs_no_training():
   c.data.split = "val2"
   with pytest.raises(ValueError, match="data.split"):
     perceptual_study.validate(c)
+  for field, value, msg in [("cam.energy_top_k", (0.1, 1.5), "cam.energy_top_k"),
+                            ("sanity.nulls", ("random_model", "noise"), "sanity.nulls"),
+                            ("sanity.cascade", ("all", "all"), "sanity.cascade"),
+                            ("sanity.null_stage", "half", "sanity.null_stage"),
+                            ("sanity.random_maps", 0, "sanity.random_maps"),
+                            ("sanity.deletion_steps", -1, "sanity.deletion_steps"),
+                            ("sanity.deletion_baseline", "black", "sanity.deletion_baseline")]:
+    c = perceptual_cam.get_config("quick")
+    group, name = field.split(".")
+    c[group][name] = value
+    with pytest.raises(ValueError, match=msg):
+      perceptual_study.validate(c)
+  c = perceptual_cam.get_config("quick")  # comma lists, as --config.sanity.nulls=a,b gives
+  c.sanity.nulls, c.cam.energy_top_k = ("smooth_random,other_image",), ("0.05,0.25",)
+  perceptual_study.validate(c)
+  assert c.sanity.nulls == ("smooth_random", "other_image")
+  assert c.cam.energy_top_k == (0.05, 0.25)
 
 
 def test_models_override_accepts_a_comma_list():

@@ -248,12 +248,16 @@ def test_imagenet_paper_on_photographs(imagenet):
   rows = _csv(os.path.join(w, "attacks.csv"))
   for row, name in zip(rows, ("ssim", "linf", "l2")):
     assert int(row["fooled"]) == res["attacks"][name]["successes"]
-  answer = res["answer"]
-  assert answer[0].startswith("Answer (from the 1 - SSIM map")
-  assert "nothing to compare" not in answer[0] and "nothing to compare" not in answer[1]
+  paper, addition = res["answer"]["paper"], res["answer"]["addition"]
+  assert paper[0].startswith("Answer (from the 1 - SSIM map")
+  assert "nothing to compare" not in paper[0] and "nothing to compare" not in paper[1]
+  assert "nothing to compare" not in addition[0] and "nothing to compare" not in addition[1]
   assert f"n = {res['agreement']['ssim']['one_minus_ssim/grad_cam_pp_pearson']['n']}" \
-      in answer[2]
-  for line in answer:
+      in addition[2]
+  assert f"n = {res['direct']['ssim']['one_minus_ssim/energy_top10']['n']}" in paper[2]
+  for layers in res["sanity"]["cascade"]["layers"].values():  # above out_relu: the head only
+    assert layers["above_cam"] == ["predictions"] == layers["logits"]
+  for line in paper + addition:
     assert line in imagenet["stdout"]
   for name in ("ssim", "linf", "l2"):
     with open(os.path.join(w, "figures", f"{name}.png"), "rb") as f:
