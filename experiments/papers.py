@@ -137,8 +137,6 @@ GTSRB_SEGMENTER = ('"random sampling of pixels near the center of the image alon
 MODEL = "VGG-19"
 THREAT = ("an Linf PGD adversary (eps, steps and step size not given); on masked models the "
           "adversary only gets the foreground pixels")
-FIGURES = {"figure2": ("GTSRB-IC", ("image", "computed mask", "masked image")),
-           "figure3": ("MS-COCO-IC", ("original image", "cropped image", "final image"))}
 FUTURE_WORK = ("Simon-Gabriel et al.: first-order adversarial vulnerability grows with the input "
                "dimension, so masking may help by removing input features")
 

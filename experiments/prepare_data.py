@@ -12,7 +12,7 @@ same ``data`` fields. Besides the cache it writes into ``--workdir`` (default:
 
 - ``table1.md/.csv``: images per class and split; with ``data.num_train`` a column for the random
   training subset the study draws (``seed``); beside them the reference counts and our count
-  minus theirs: the masks paper's Table 1 for MS-COCO-IC (per class, by class name; its test
+  minus theirs: the masks paper's Table 1 for MS-COCO-IC of its ten classes (per class; its test
   column is our ``val``), GTSRB's official totals for GTSRB-IC (39,209 / 12,630; ``experiments/
   papers.py``);
 - ``foreground_share.md/.csv`` and ``examples_<dataset>.png`` (image | mask | masked image);
@@ -88,19 +88,18 @@ def run(config: Any, workdir: str | None) -> dict:
 
 def table1_reference(dataset: str, sources: dict) -> dict:
   """Table 1's reference columns (``percadv_jax.data.stats.table1``): the masks paper's counts of
-  MS-COCO-IC per class name (its test split is our ``val``), GTSRB's official totals."""
+  MS-COCO-IC per class name when the classes are its ten (its test split is our ``val``),
+  GTSRB's official totals."""
   from experiments import papers
   if dataset == "gtsrb_ic":
     return {s: {"name": f"official {s}", "per_class": {}, "total": papers.GTSRB_OFFICIAL[s]}
             for s in ("train", "test") if s in sources}
-  names = set(next(iter(sources.values())).info.class_names)
-  out = {}
-  for k, (ours, theirs) in enumerate((("train", "train"), ("val", "test"))):
-    if ours in sources:
-      per_class = {c: n[k] for c, n in papers.TABLE1_COCO.items() if c in names}
-      total = papers.TABLE1_COCO_TOTAL[k] if names == set(papers.TABLE1_COCO) else None
-      out[ours] = {"name": f"paper {theirs}", "per_class": per_class, "total": total}
-  return out
+  if set(next(iter(sources.values())).info.class_names) != set(papers.TABLE1_COCO):
+    return {}  # another class list than the paper's: nothing to set beside it
+  return {ours: {"name": f"paper {theirs}", "total": papers.TABLE1_COCO_TOTAL[k],
+                 "per_class": {c: n[k] for c, n in papers.TABLE1_COCO.items()}}
+          for k, (ours, theirs) in enumerate((("train", "train"), ("val", "test")))
+          if ours in sources}
 
 
 def _report(out: dict, workdir: str | None) -> None:

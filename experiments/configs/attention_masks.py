@@ -220,7 +220,8 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
       "train.attack.eps": ("ours", f"8/255: {madry}"),
       "train.attack.steps": ("ours", f"7: {madry}"),
       "train.attack.step_factor": ("ours", f"1.75 = step 2/255 at 7 steps: {madry}"),
-      "eval.eps": ("ours", f"8/255, the training radius: {madry}"),
+      "eval.eps": ("ours", f"8/255, the training radius: {madry} (the paper: "
+                           f"{papers.THREAT})"),
       "eval.steps": ("ours", "PGD-20 with step 2.5 eps / steps; the paper's PGD is not "
                              "specified"),
       "eval.apgd_steps": ("ours", "APGD-CE-100 (AutoAttack's budget): our second attack"),
@@ -256,7 +257,7 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
                                   "images"),
         "data.classes": ("paper", f"Table 1's ten classes ({r['classes']})"),
         "data.num_classes": ("paper", "ten (equal to the classes given)"),
-        "data.crop": ("paper", f"object: {r['one_object_mask']}"),
+        "data.crop": ("paper", f"object: {r['one_object_mask']}; {r['square']}"),
         "data.blackout": ("inferred", f"other_labels: {r['one_label']}; other objects of the "
                                       "same label may stay visible"),
         "data.min_area": ("ours", "1024 px^2, COCO's 'small' limit: smaller objects are skipped "

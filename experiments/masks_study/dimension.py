@@ -204,6 +204,7 @@ def markdown(section: Mapping[str, Any], prefix: str = "") -> list[str]:
   finding lines are among the study's findings)."""
   b, r = section["binned"], section["rescaled"]
   return [
+      f"The paper's future work: {papers.FUTURE_WORK}.", "",
       "PGD accuracy per quartile of the images' foreground size (full-image models: every "
       "pixel attacked; masked models: the foreground):", "",
       io.markdown_table(b["rows"], b["columns"], 2),
