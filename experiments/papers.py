@@ -69,7 +69,8 @@ class Claim:
     metric: ``"natural"`` (accuracy without attack) or ``"pgd"`` (under the PGD adversary).
     kind: ``"gain"`` (masking raises the metric, by the paper's figure) or ``"no_loss"`` (masking
       does not lower it).
-    words: what the paper says, quoted where the wording is the paper's.
+    words: what the paper says, quoted where the wording is the paper's (the others read its
+      Table 4).
   """
   dataset: str
   regime: str
@@ -92,13 +93,13 @@ CLAIMS = (
     Claim("gtsrb_ic", "natural", "pgd", "gain",
           'with natural training, masking raises PGD accuracy "around 19.69% on GTSRB"'),
     Claim("coco_ic", "adversarial", "natural", "gain",
-          "with adversarial training, masking raises natural accuracy on MS-COCO-IC (Table 4)"),
+          "with adversarial training, masking raises natural accuracy on MS-COCO-IC"),
     Claim("coco_ic", "adversarial", "pgd", "gain",
           'with adversarial training, masking raises PGD accuracy "over 20%" on MS-COCO (the '
           "abstract)"),
     Claim("gtsrb_ic", "adversarial", "pgd", "gain",
           "with adversarial training, masking raises PGD accuracy on GTSRB-IC, by less than on "
-          "MS-COCO-IC (Table 4)"),
+          "MS-COCO-IC"),
     Claim("coco_ic", "natural", "natural", "no_loss", f"with natural training, {_NO_LOSS}"),
     Claim("gtsrb_ic", "natural", "natural", "no_loss", f"with natural training, {_NO_LOSS}"),
     Claim("coco_ic", "adversarial", "natural", "no_loss", f"with adversarial training, {_NO_LOSS}"),
