@@ -1,10 +1,20 @@
-r"""The masks paper's two-dataset Table 4 from several finished ``attention_masks`` workdirs.
+r"""The masks paper's two-dataset Table 4 from finished ``attention_masks`` workdirs, beside the
+paper's.
 
   python -m experiments.report --workdir=runs/table4 \
       --config=experiments/configs/report.py --config.studies="('runs/gtsrb','runs/coco')"
 
-Writes ``table4.md/.csv`` (rows: the four models; columns: natural and PGD accuracy per
-dataset), ``results.json`` (the table and each study's findings) and ``summary.md``.
+Rule (``experiments.masks_study.report.check_combinable``): at most one study per dataset, each
+of a dataset of the paper's Table 4 (MS-COCO-IC, GTSRB-IC), all of one family (the same model,
+training attack and evaluation attacks, as the ``gtsrb_paper`` and ``coco_paper`` presets are);
+otherwise one error names the studies. Writes:
+
+- ``table4.md/.csv``: rows N X, N X_F, A X, A X_F; per dataset (MS-COCO-IC first, as the paper)
+  natural and PGD accuracy as ours, the paper's and ours minus the paper's (points), then our
+  APGD and worst-case columns;
+- ``results.json``: the table, the studies, each study's findings and judged claims, and the
+  claim across the datasets (GTSRB-IC's adversarial masking gain is the smaller);
+- ``summary.md``: the table and the finding lines.
 """
 
 from __future__ import annotations
@@ -25,25 +35,47 @@ def validate(config: Any) -> None:
       raise ValueError(f"{w} holds no finished attention_masks run (no results.json)")
 
 
-def run(config: Any, workdir: str) -> dict:
-  from experiments.masks_study import report
+def load_studies(workdirs: Any) -> list[dict]:
+  """``[{"workdir", "results", "config"}]`` of finished ``attention_masks`` workdirs."""
   from percadv_jax import io
-  validate(config)
-  io.lock_config(workdir, config)
-  results = [io.read_json(os.path.join(w, "results.json")) for w in config.studies]
-  for w, r in zip(config.studies, results):
+  studies = []
+  for w in workdirs:
+    r = io.read_json(os.path.join(w, "results.json"))
     if r.get("study") != "attention_masks":
       raise ValueError(f"{w}/results.json is not an attention_masks result")
+    c = io.read_json(os.path.join(w, "config.json"))
+    studies.append({"workdir": w, "results": r, "config": c.get("config", c)})
+  return studies
+
+
+def run(config: Any, workdir: str) -> dict:
+  from experiments.masks_study import claims, evaluate, report
+  from percadv_jax import io
+  validate(config)
+  studies = load_studies(config.studies)
+  report.check_combinable(studies)
+  io.lock_config(workdir, config)
+  results = [s["results"] for s in studies]
   columns, rows = report.combined_table(results)
   io.write_table(os.path.join(workdir, "table4"), rows, columns, digits=2)
   findings = {r["dataset"]["name"]: r["findings"] for r in results}
+  per_example = {s["results"]["dataset"]["name"]: evaluate.load_per_example(
+      s["workdir"], s["results"]["models"]) for s in studies}
+  across = claims.cross_dataset(per_example)
   out = {"table": {"columns": columns, "rows": rows}, "studies": list(config.studies),
-         "findings": findings}
+         "findings": findings,
+         "claims": {r["dataset"]["name"]: r.get("claims", []) for r in results},
+         "cross_dataset": across}
   io.write_json(os.path.join(workdir, "results.json"), out)
-  lines = ["# Table 4: foreground attention masks, natural and PGD accuracy (%)", "",
+  lines = ["# Table 4: foreground attention masks, natural and PGD accuracy (%), ours beside "
+           "the paper's", "",
+           "Rows as the paper (N = natural training, A = adversarial; X = full image, X_F = "
+           "foreground only); 'ours - paper' in points; APGD and worst case are ours only.", "",
            io.markdown_table(rows, columns, 2)]
+  if across is not None:
+    lines += ["Across the datasets:", "", f"- {across['text']}", ""]
   for name, fs in findings.items():
-    lines += [f"On {report.DATASET_LABELS.get(name, name)}:", ""] + [f"- {s}" for s in fs] + [""]
+    lines += [f"On {report.label(name)}:", ""] + [f"- {s}" for s in fs] + [""]
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write("\n".join(lines))
   return out
@@ -51,6 +83,11 @@ def run(config: Any, workdir: str) -> dict:
 
 def _report(out: dict, workdir: str) -> None:
   print(open(os.path.join(workdir, "table4.md")).read())
+  if out["cross_dataset"] is not None:
+    print("-", out["cross_dataset"]["text"])
+  for fs in out["findings"].values():
+    for s in fs:
+      print("-", s)
 
 
 if __name__ == "__main__":

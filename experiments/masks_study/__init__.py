@@ -3,16 +3,26 @@
 ``run(config, workdir)`` (config: ``experiments/configs/attention_masks.py``) trains
 {full image, masked} x {natural, adversarial} models (``train``), evaluates natural accuracy and
 robust accuracy under Linf PGD and APGD and their pointwise worst case, plus accuracy-vs-eps
-curves (``evaluate``), and writes Table 4, the curves, the figure and the findings (``report``)
-into ``workdir``:
+curves (``evaluate``), and writes into ``workdir``:
 
 - ``config.json``       the run's configuration (a workdir of another configuration is refused)
-- ``table.md/.csv``     Table 4's layout: rows = models, columns = natural / PGD / APGD accuracy (%)
+- ``table.md/.csv``     Table 4 in the paper's layout (rows N X, N X_F, A X, A X_F): natural and
+                        PGD accuracy (%), each as ours, the paper's and ours minus the paper's on
+                        its datasets; then our APGD and worst-case accuracy (``report``)
 - ``curves.png``        PGD accuracy vs eps for each model; ``curves.md/.csv`` the same numbers
-- ``results.json``      every number above (accuracies as fractions; tables show percentages)
-- ``summary.md``        the tables, the figure and what the numbers say
+- ``dimension.md/.csv``, ``dimension_curves.md/.csv``, ``dimension.png``: the paper's future
+                        work, PGD robustness against the number of attacked pixels and the curves
+                        against eps x sqrt(d) (``dimension``)
+- ``results.json``      every number above (accuracies as fractions; tables show percentages),
+                        the paper's Table 4 (``paper``), its claims judged with paired bootstrap
+                        intervals over the test images (``claims``), the findings
+- ``summary.md``        the tables, the figures and the findings: the paper's claims (``claims``:
+                        holds / direction holds / does not hold), the input-dimension finding,
+                        then what our point estimates show; on a dataset the paper does not use,
+                        the paper's Table 4 beside ours, labelled as other datasets
 - ``metrics.jsonl``     stage events; ``models/<name>/`` each model's config, metrics, checkpoints
-- ``eval/<name>.json``, ``evaluations/``: finished evaluations (a rerun skips them)
+- ``eval/<name>.json``, ``evaluations/``: finished evaluations (a rerun skips them);
+  ``per_example/<name>.npz``: each model's per-image outcomes and attacked pixels
 """
 
 from __future__ import annotations
@@ -20,16 +30,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from experiments import common
+from experiments import common, papers
 from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
-from experiments.masks_study import report
-from experiments.masks_study.evaluate import evaluate_model
+from experiments.masks_study import claims, dimension, report
+from experiments.masks_study.evaluate import evaluate_model, load_per_example
 from experiments.masks_study.train import train_config, train_model
 from percadv_jax import checks, io, models as models_lib
 from percadv_jax import train as train_lib
 
-__all__ = ["run", "validate", "train_config", "train_model", "evaluate_model", "report"]
+__all__ = ["run", "validate", "train_config", "train_model", "evaluate_model", "report",
+           "claims", "dimension"]
 
 
 def validate(config: Any) -> None:
@@ -126,14 +137,25 @@ def run(config: Any, workdir: str) -> dict:
 
 def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, num_train: int,
                  num_eval: int) -> dict:
-  """Writes table, curves, figure, results.json and summary.md; returns the results dict."""
+  """Writes the tables, curves, figures, results.json and summary.md; returns the results."""
   ds = config.data.dataset
   columns, rows = report.table(ds, results_models)
   io.write_table(os.path.join(workdir, "table"), rows, columns, digits=2)
   ccols, crows = report.curve_table(config.eval.curve_eps, results_models)
   io.write_table(os.path.join(workdir, "curves"), crows, ccols, digits=2)
+  title = f"on {report.label(ds)} ({config.model.name})"
   report.figure(results_models, os.path.join(workdir, "curves.png"), eps=config.eval.eps,
-                steps=config.eval.steps, title=f"Robustness on {ds} ({config.model.name})")
+                steps=config.eval.steps, title=f"Robustness {title}")
+  per_example = load_per_example(workdir, results_models)
+  judged = claims.judge(ds, results_models, per_example)
+  curve_examples = min(config.eval.curve_examples or num_eval, num_eval)
+  dim = dimension.write(workdir, results_models, per_example, eps=config.eval.eps,
+                        examples=curve_examples,
+                        title=f"Input dimension {title}")
+  beside = None
+  if ds not in papers.TABLE4:
+    bcols, brows = report.paper_beside(ds, results_models)
+    beside = {"columns": bcols, "rows": brows}
   results = {
       "study": "attention_masks",
       "dataset": {"name": ds, "num_classes": info.num_classes, "image_size": info.image_size,
@@ -146,9 +168,14 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
                        "restarts": config.eval.restarts},
       "models": results_models,
       "table": {"columns": columns, "rows": rows},
-      "curves": {"columns": ccols, "rows": crows,
-                 "examples": min(config.eval.curve_examples or num_eval, num_eval)},
-      "findings": report.findings(results_models, ds),
+      "curves": {"columns": ccols, "rows": crows, "examples": curve_examples},
+      "paper": {"table4": papers.TABLE4.get(ds)},
+      "paper_beside": beside,
+      "claims": judged,
+      "dimension": dim,
+      "findings": ([c["text"] for c in judged]
+                   + [f["text"] for f in (dim or {}).get("findings", [])]
+                   + report.findings(results_models)),
   }
   io.write_json(os.path.join(workdir, "results.json"), results)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:

@@ -1,14 +1,24 @@
-"""Evaluating a Table 4 model: natural, PGD, APGD and worst-case accuracy, and the eps curves."""
+"""Evaluating a Table 4 model: natural, PGD, APGD and worst-case accuracy, and the eps curves.
+
+Besides the summaries, each model's per-example outcomes are kept in
+``<workdir>/per_example/<name>.npz`` (``save_per_example`` / ``load_per_example``): the bootstrap
+confidence intervals of the claims (``claims``) and the input-dimension analysis (``dimension``)
+read them, so neither runs an attack.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import jax
+import numpy as np
 
 from experiments import common, evaluation
-from percadv_jax import attacks, train
+from percadv_jax import attacks, io, train
+
+# The per-example record's arrays, each [N] over the evaluation images in their order.
+PER_EXAMPLE_KEYS = ("clean", "pgd", "apgd", "robust", "foreground", "attacked", "label")
 
 
 def eval_attacks(config: Any, masked: bool) -> dict[str, attacks.Attack]:
@@ -58,6 +68,7 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
                                  stronger_steps=e.stronger_steps,
                                  large_eps_steps=e.stronger_steps) if e.diagnostics else None))
   out = {**ev.summary(), "seconds": t.seconds}
+  save_per_example(per_example_path(workdir, name), per_example_record(ev, data, masked))
   if ev.checks is not None:
     out["trust_checks"] = ev.checks
   with common.Timer() as t:
@@ -66,4 +77,53 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
         logits_fn=logits_fn, data={k: v[:m] for k, v in data.items()}, key=key,
         batch_size=bs)
   out["curve_seconds"] = t.seconds
+  return out
+
+
+def per_example_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, "per_example", f"{name}.npz")
+
+
+def attacked_pixels(mask: np.ndarray, masked: bool, image_shape: tuple[int, ...],
+                    chunk: int = 1024) -> np.ndarray:
+  """int64 [N]: the pixels the attack may change per image (``attacks.free_pixels``: the
+  foreground in the masked setting, every pixel otherwise)."""
+  n = int(image_shape[0])
+  out = np.zeros(n, np.int64)
+  for i in range(0, n, chunk):
+    j = min(n, i + chunk)
+    free = attacks.free_pixels(mask[i:j], masked, (j - i,) + tuple(image_shape[1:]))
+    out[i:j] = np.asarray(free).reshape(j - i, -1).sum(1).round().astype(np.int64)
+  return out
+
+
+def per_example_record(ev: attacks.Evaluation, data: dict, masked: bool) -> dict[str, Any]:
+  """The arrays of ``PER_EXAMPLE_KEYS`` (bool outcomes; pixel counts; labels) and ``channels``.
+
+  ``foreground`` counts each image's mask pixels, ``attacked`` the pixels its attack may change.
+  """
+  mask = np.asarray(data["mask"])
+  shape = tuple(np.shape(data["image"]))
+  return {"clean": ev.clean, "pgd": ev.survived["pgd"], "apgd": ev.survived["apgd"],
+          "robust": ev.robust,
+          "foreground": mask.reshape(len(mask), -1).sum(1).round().astype(np.int64),
+          "attacked": attacked_pixels(mask, masked, shape),
+          "label": np.asarray(data["label"], np.int64), "channels": np.int64(shape[-1])}
+
+
+def save_per_example(path: str, record: dict[str, Any]) -> None:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with io.atomic_open(path, "wb") as f:
+    np.savez(f, **record)
+
+
+def load_per_example(workdir: str, names: Iterable[str]) -> dict[str, dict[str, np.ndarray]]:
+  """``{name: record}`` of the models whose per-example record exists (a run that finished its
+  evaluations before these records were kept has none: the report then gives no CIs)."""
+  out = {}
+  for name in names:
+    path = per_example_path(workdir, name)
+    if os.path.exists(path):
+      with np.load(path, allow_pickle=False) as z:
+        out[name] = {k: z[k] for k in z.files}
   return out

@@ -1,23 +1,26 @@
-"""Table 4, the accuracy-vs-eps curves and figure, the findings and the study's Markdown."""
+"""Table 4 beside the paper's, the curves and figure, the findings and the study's Markdown.
+
+``table4`` writes Table 4 in the paper's layout: rows N X, N X_F, A X, A X_F (``papers.
+TABLE4_ROWS``), per dataset (MS-COCO-IC before GTSRB-IC, as the paper) natural and PGD accuracy,
+each as ours, the paper's and ours minus the paper's (points); our extra columns (APGD, the
+pointwise worst case) follow. A dataset the paper does not use gets our columns only, and
+``paper_beside`` sets the paper's Table 4 beside ours, labelled as other datasets.
+
+``check_combinable`` is the combined report's rule: at most one study per dataset, every dataset
+one of the paper's, and all studies of one family (the same model, training attack and
+evaluation attacks: ``FAMILY_FIELDS``), as the paper presets are; anything else is one error
+naming the studies.
+"""
 
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from experiments import common
-from experiments.configs.attention_masks import MODEL_LABELS, MODEL_NAMES
+from experiments import common, papers
+from experiments.configs.attention_masks import MODEL_LABELS
 from percadv_jax import io
 
-DATASET_LABELS = {"gtsrb_ic": "GTSRB-IC", "coco_ic": "MS-COCO-IC",
-                  "synthetic_signs": "synthetic signs"}
-# What the masks paper states that our Table 4 can be held against. Its per-cell values are not
-# reproduced here; its abstract states the effect of masking under adversarial training on
-# MS-COCO-IC: PGD accuracy rises by over 20 points.
-PAPER_CLAIMS = {
-    "coco_ic": {"adversarial_masking_gain": 20.0,
-                "text": "masking raises the PGD accuracy of adversarially trained models by "
-                        "over 20 points (the paper's abstract)"},
-}
+DATASET_LABELS = {**papers.DATASET_LABELS, "synthetic_signs": "synthetic signs"}
 
 
 # A model's numbers are its ``Evaluation.summary()`` (PGD and APGD), read in place.
@@ -37,18 +40,91 @@ def worst(m: Mapping[str, Any]) -> float:
   return m["robust"]
 
 
-TABLE_METRICS = (("natural", natural), ("PGD", pgd), ("APGD", apgd), ("worst case", worst))
+# The paper's two columns per dataset (label, accessor, key in papers.TABLE4), then ours.
+PAPER_METRICS = (("natural", natural, "natural"), ("PGD", pgd, "pgd"))
+EXTRA_METRICS = (("APGD", apgd), ("worst case", worst))
+TABLE_METRICS = tuple((label, fn) for label, fn, _ in PAPER_METRICS) + EXTRA_METRICS
+
+
+def label(dataset: str) -> str:
+  return DATASET_LABELS.get(dataset, dataset)
+
+
+def ours_column(dataset: str, metric: str) -> str:
+  return f"{label(dataset)} {metric} (%)"
+
+
+def paper_column(dataset: str, metric: str) -> str:
+  return f"{label(dataset)} {metric}, paper (%)"
+
+
+def diff_column(dataset: str, metric: str) -> str:
+  return f"{label(dataset)} {metric}, ours - paper"
+
+
+def _ordered(studies: Sequence[tuple[str, Mapping[str, dict]]]
+             ) -> list[tuple[str, Mapping[str, dict]]]:
+  rank = {ds: i for i, ds in enumerate(papers.TABLE4_DATASETS)}
+  return sorted(studies, key=lambda s: rank.get(s[0], len(rank)))  # stable for the others
+
+
+def table4(studies: Sequence[tuple[str, Mapping[str, dict]]]) -> tuple[list[str], list[dict]]:
+  """Table 4 in the paper's layout from ``[(dataset, {name: summary})]``: ``(columns, rows)``.
+
+  Rows: the models present, in the paper's order (``model``: ours; ``paper row``: its name in
+  the paper). Columns per dataset: ``ours_column``, and for the paper's datasets
+  ``paper_column`` and ``diff_column`` (ours minus the paper's, in points), of natural and PGD
+  accuracy; then APGD and worst case per dataset. A model missing from a study shows "-".
+  """
+  studies = _ordered(studies)
+  columns = ["model", "paper row"]
+  for ds, _ in studies:
+    for metric, _, _ in PAPER_METRICS:
+      columns.append(ours_column(ds, metric))
+      if ds in papers.TABLE4:
+        columns += [paper_column(ds, metric), diff_column(ds, metric)]
+  for ds, _ in studies:
+    columns += [ours_column(ds, metric) for metric, _ in EXTRA_METRICS]
+  rows = []
+  for name in papers.TABLE4_ROWS:
+    if not any(name in models for _, models in studies):
+      continue
+    row: dict[str, Any] = {"model": MODEL_LABELS[name], "paper row": papers.ROW_LABELS[name]}
+    for ds, models in studies:
+      m = models.get(name)
+      for metric, fn, key in PAPER_METRICS:
+        row[ours_column(ds, metric)] = common.pct(fn(m)) if m else "-"
+        if ds in papers.TABLE4:
+          theirs = papers.TABLE4[ds][name][key]
+          row[paper_column(ds, metric)] = theirs
+          row[diff_column(ds, metric)] = (round(common.pct(fn(m)) - theirs, 2) if m else "-")
+      for metric, fn in EXTRA_METRICS:
+        row[ours_column(ds, metric)] = common.pct(fn(m)) if m else "-"
+    rows.append(row)
+  return columns, rows
 
 
 def table(dataset: str, models: Mapping[str, dict]) -> tuple[list[str], list[dict]]:
-  """Table 4's layout: one row per model, natural / PGD / APGD / worst-case accuracy (%)."""
-  ds = dataset
-  columns = ["model"] + [f"{ds} {label} (%)" for label, _ in TABLE_METRICS]
+  """One study's Table 4 (``table4`` of one dataset)."""
+  return table4([(dataset, models)])
+
+
+def paper_beside(dataset: str, models: Mapping[str, dict]) -> tuple[list[str], list[dict]]:
+  """Our natural and PGD accuracy on ``dataset`` beside the paper's Table 4 on its datasets
+  (other images: the cells are not comparable one to one; no differences are taken)."""
+  columns = ["model", "paper row", *(f"ours: {ours_column(dataset, m)}"
+                                     for m, _, _ in PAPER_METRICS)]
+  for ds in papers.TABLE4_DATASETS:
+    columns += [f"paper: {label(ds)} {m} (%)" for m, _, _ in PAPER_METRICS]
   rows = []
-  for name, m in models.items():
-    row = {"model": MODEL_LABELS[name]}
-    for label, fn in TABLE_METRICS:
-      row[f"{ds} {label} (%)"] = common.pct(fn(m))
+  for name in papers.TABLE4_ROWS:
+    row: dict[str, Any] = {"model": MODEL_LABELS[name], "paper row": papers.ROW_LABELS[name]}
+    m = models.get(name)
+    for metric, fn, _ in PAPER_METRICS:
+      row[f"ours: {ours_column(dataset, metric)}"] = common.pct(fn(m)) if m else "-"
+    for ds in papers.TABLE4_DATASETS:
+      for metric, _, key in PAPER_METRICS:
+        row[f"paper: {label(ds)} {metric} (%)"] = papers.TABLE4[ds][name][key]
     rows.append(row)
   return columns, rows
 
@@ -89,8 +165,9 @@ def figure(models: Mapping[str, dict], path: str, *, eps: float, steps: int, tit
   io.save_figure(fig, path)
 
 
-def findings(models: Mapping[str, dict], dataset: str = "") -> list[str]:
-  """Sentences stating what the numbers show (whichever way they come out)."""
+def findings(models: Mapping[str, dict]) -> list[str]:
+  """Sentences stating what our point estimates show (whichever way they come out); the
+  paper's claims, with intervals and verdicts, are ``claims.judge``'s."""
   out = []
 
   def get(n, fn):
@@ -101,12 +178,6 @@ def findings(models: Mapping[str, dict], dataset: str = "") -> list[str]:
       verb = "raises" if m > f else ("does not change" if m == f else "lowers")
       out.append(f"With {regime} training, masking the background {verb} PGD accuracy: "
                  f"{100 * f:.1f}% (full image) -> {100 * m:.1f}% (masked).")
-      claim = PAPER_CLAIMS.get(dataset, {})
-      if regime == "adversarial" and "adversarial_masking_gain" in claim:
-        gain = 100 * (m - f)
-        agrees = "agrees with" if gain > claim["adversarial_masking_gain"] else "falls short of"
-        out.append(f"The paper reports that on {DATASET_LABELS.get(dataset, dataset)} "
-                   f"{claim['text']}; ours: {gain:+.1f} points, which {agrees} it.")
   for setting in ("full", "masked"):
     n, a = get(f"{setting}_natural", pgd), get(f"{setting}_adversarial", pgd)
     if n is not None and a is not None:
@@ -129,47 +200,94 @@ def reliability_notes(models: Mapping[str, dict]) -> list[str]:
 
 def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
   """The study's Markdown section (figure links relative to ``prefix``)."""
+  from experiments.masks_study import dimension
   d, tm = results["dataset"], results["threat_model"]
   table_md = io.markdown_table(results["table"]["rows"], results["table"]["columns"], 2)
   curves_md = io.markdown_table(results["curves"]["rows"], results["curves"]["columns"], 2)
   m = config.model
   lines = [
-      f"## Foreground attention masks (Table 4 layout) on {d['name']}", "",
+      f"## Foreground attention masks (Table 4 layout) on {label(d['name'])}", "",
       f"{m.name} ({m.variant} variant, width {m.width}), {d['num_train']} training "
       f"images, {d['num_classes']} classes, {d['image_size']} px, masks: {d['mask_source']}. "
       f"Linf eps = {tm['eps'] * 255:.3g}/255; adversarial training with PGD-{tm['train_steps']}"
       f" (step {tm['train_step'] * 255:.3g}/255); evaluation on {d['num_eval']} test images "
       f"with PGD-{tm['eval_steps']} (step 2.5 eps / steps) and APGD-CE-{tm['apgd_steps']}; "
-      "'worst case' counts an image only if it survives both. Accuracies in %.", "", table_md,
-      "Accuracy under PGD vs eps (first "
-      f"{results['curves']['examples']} evaluation images):", "", curves_md,
-      f"![accuracy vs eps]({prefix}curves.png)", ""]
+      "'worst case' counts an image only if it survives both. Accuracies in %."]
+  if d["name"] in papers.TABLE4:
+    lines += ["Ours beside the paper's Table 4 (its rows N X, N X_F, A X, A X_F; 'ours - paper' "
+              "in points); APGD and worst case are ours only.", "", table_md]
+  else:
+    beside = results.get("paper_beside")
+    lines += ["", table_md]
+    if beside:
+      lines += [f"The paper's Table 4 beside ours. **Different datasets**: ours is on "
+                f"{label(d['name'])}, the paper's on MS-COCO-IC and GTSRB-IC, so only the "
+                "pattern across the four rows can be compared, not the cells:", "",
+                io.markdown_table(beside["rows"], beside["columns"], 2)]
+  lines += ["Accuracy under PGD vs eps (first "
+            f"{results['curves']['examples']} evaluation images):", "", curves_md,
+            f"![accuracy vs eps]({prefix}curves.png)", ""]
   notes = reliability_notes(results["models"])
   if notes:
     lines += ["Reliability of the evaluation (checks on the first "
               f"{config.eval.diagnostic_examples} evaluation images):", ""]
     lines += [f"- {n}" for n in notes] + [""]
-  lines += ["What the numbers say:", ""]
+  if results.get("dimension"):
+    lines += ["The paper's future work, the input dimension (rule: "
+              "`experiments/masks_study/dimension.py`):", ""]
+    lines += dimension.markdown(results["dimension"], prefix)
+  lines += ["What the numbers say (the paper's claims first, judged by the rule of "
+            "`experiments/masks_study/claims.py`; then the input dimension; then ours):", ""]
   lines += [f"- {s}" for s in results["findings"]]
   return "\n".join(lines) + "\n"
 
 
 def combined_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
-  """The paper's two-dataset Table 4 from several studies' ``results.json``: one row per model,
-  natural and PGD accuracy (%) per dataset."""
-  columns = ["model"]
-  for r in results:
-    label = DATASET_LABELS.get(r["dataset"]["name"], r["dataset"]["name"])
-    columns += [f"{label} natural (%)", f"{label} PGD (%)"]
-  rows = []
-  for name in MODEL_NAMES:
-    if not any(name in r["models"] for r in results):
-      continue
-    row: dict[str, Any] = {"model": MODEL_LABELS[name]}
-    for r in results:
-      label = DATASET_LABELS.get(r["dataset"]["name"], r["dataset"]["name"])
-      m = r["models"].get(name)
-      row[f"{label} natural (%)"] = common.pct(natural(m)) if m else "-"
-      row[f"{label} PGD (%)"] = common.pct(pgd(m)) if m else "-"
-    rows.append(row)
-  return columns, rows
+  """The paper's two-dataset Table 4 (``table4``) from several studies' ``results.json``."""
+  return table4([(r["dataset"]["name"], r["models"]) for r in results])
+
+
+# The fields that make studies one family: the same model, training attack and evaluation.
+FAMILY_FIELDS = ("model.name", "model.variant", "model.width", "model.batch_norm",
+                 "train.adversarial_init", "train.attack.kind", "train.attack.eps",
+                 "train.attack.steps", "train.attack.step_factor", "eval.eps", "eval.steps",
+                 "eval.apgd_steps", "eval.restarts")
+
+
+def _get(config: Mapping[str, Any], path: str) -> Any:
+  for k in path.split("."):
+    if not isinstance(config, Mapping) or k not in config:
+      return "<absent>"
+    config = config[k]
+  return config
+
+
+def check_combinable(studies: Sequence[Mapping[str, Any]]) -> None:
+  """The combined Table 4's rule, over ``[{"workdir", "results", "config"}]``.
+
+  Raises:
+    ValueError: a dataset that is not one of the paper's; two studies of one dataset (naming
+      both and their image sizes); or studies of different families (naming the studies and the
+      ``FAMILY_FIELDS`` that differ).
+  """
+  by_dataset: dict[str, list[Mapping[str, Any]]] = {}
+  for s in studies:
+    ds = s["results"]["dataset"]["name"]
+    if ds not in papers.TABLE4:
+      raise ValueError(f"{s['workdir']} is a study of {ds}, not of a dataset of the paper's "
+                       f"Table 4 ({', '.join(papers.TABLE4_DATASETS)})")
+    by_dataset.setdefault(ds, []).append(s)
+  for ds, group in by_dataset.items():
+    if len(group) > 1:
+      named = ", ".join(f"{s['workdir']} ({s['results']['dataset']['image_size']} px)"
+                        for s in group)
+      raise ValueError(f"{len(group)} studies of {label(ds)}: {named}; the combined Table 4 "
+                       "takes one study per dataset")
+  first = studies[0]
+  for s in studies[1:]:
+    differ = [f"{f}: {_get(first['config'], f)!r} vs {_get(s['config'], f)!r}"
+              for f in FAMILY_FIELDS if _get(first["config"], f) != _get(s["config"], f)]
+    if differ:
+      raise ValueError(f"{first['workdir']} and {s['workdir']} are studies of different "
+                       f"settings ({'; '.join(differ)}); the combined Table 4 takes studies of "
+                       "one family (e.g. the gtsrb_paper and coco_paper presets)")

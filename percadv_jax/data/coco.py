@@ -253,6 +253,14 @@ def _crop(a: np.ndarray, x0: int, y0: int, side: int) -> np.ndarray:
   return out
 
 
+def crop_square(bbox: Sequence[float], margin: float) -> tuple[int, int, int]:
+  """``(x0, y0, side)``: the square crop of a COCO box ``(x, y, w, h)``, centred on it, of side
+  ``max(w, h) * (1 + 2 * margin)`` (parts outside the image are zero-padded by the crop)."""
+  bx, by, bw, bh = bbox
+  side = max(1, int(np.ceil(max(bw, bh) * (1 + 2 * margin))))
+  return int(round(bx + bw / 2 - side / 2)), int(round(by + bh / 2 - side / 2)), side
+
+
 def process_image(coco, image_id: int, *, img_dir: str, cat_to_label: dict[int, int],
                   image_size: int, min_area: float, margin: float, crop: str = "label",
                   blackout: str = "other_labels"
@@ -322,10 +330,7 @@ def process_image(coco, image_id: int, *, img_dir: str, cat_to_label: dict[int, 
           bx, by, bw, bh = a["bbox"]
           other[int(by):int(np.ceil(by + bh)), int(bx):int(np.ceil(bx + bw))] = True
           count("blackout_by_box")
-    bx, by, bw, bh = t["bbox"]
-    side = max(1, int(np.ceil(max(bw, bh) * (1 + 2 * margin))))
-    x0 = int(round(bx + bw / 2 - side / 2))
-    y0 = int(round(by + bh / 2 - side / 2))
+    x0, y0, side = crop_square(t["bbox"], margin)
     image = img.copy()
     image[other & ~own] = 0
     ccrop = _crop(image, x0, y0, side)

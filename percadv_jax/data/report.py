@@ -13,12 +13,12 @@ from typing import Any, Mapping
 from percadv_jax import io as pio
 from percadv_jax.data import figures, stats
 
-TABLE1_COLUMNS_HEAD = ("label", "class")
-
 
 def write_dataset_artefacts(sources: Mapping[str, Any], out_dir: str, *,
                             figure_split: str | None = None, per_class: int = 2,
-                            max_classes: int | None = 8, seed: int = 0, digits: int = 4
+                            max_classes: int | None = 8, seed: int = 0, digits: int = 4,
+                            subsets: Mapping[str, Any] | None = None,
+                            reference: Mapping[str, Mapping[str, Any]] | None = None
                             ) -> dict[str, Any]:
   """Writes Table 1, the foreground-pixel share and an example figure of a dataset.
 
@@ -29,6 +29,8 @@ def write_dataset_artefacts(sources: Mapping[str, Any], out_dir: str, *,
     per_class, max_classes, seed: the figure's examples (see
       :func:`percadv_jax.data.figures.choose_examples`).
     digits: decimals of the foreground-share table.
+    subsets, reference: Table 1's subset and reference columns (see
+      :func:`percadv_jax.data.stats.table1`).
 
   Returns:
     ``{"table1": rows, "foreground_share": rows, "files": {"table1": "<out_dir>/table1.md",
@@ -41,9 +43,8 @@ def write_dataset_artefacts(sources: Mapping[str, Any], out_dir: str, *,
   if figure_split not in sources:
     raise ValueError(f"figure_split {figure_split!r} is not among the splits {list(sources)}")
   os.makedirs(out_dir, exist_ok=True)
-  table1 = stats.class_counts(sources)
-  pio.write_table(os.path.join(out_dir, "table1"), table1,
-                  columns=[*TABLE1_COLUMNS_HEAD, *sources, "total"])
+  table1, columns = stats.table1(sources, subsets=subsets, reference=reference)
+  pio.write_table(os.path.join(out_dir, "table1"), table1, columns=columns)
   share = stats.foreground_share_rows(sources)
   pio.write_table(os.path.join(out_dir, "foreground_share"), share,
                   columns=list(stats.FOREGROUND_COLUMNS), digits=digits)

@@ -1,6 +1,8 @@
 """The datasets' descriptive statistics, as plain rows for ``percadv_jax.io.write_table``.
 
-* :func:`class_counts`: the masks paper's Table 1, examples per class and split, with names.
+* :func:`class_counts`: the masks paper's Table 1, examples per class and split, with names;
+  :func:`table1` adds columns for subsets of a split (the images a study draws) and for reference
+  counts (a paper's, the official ones) with our count minus theirs.
 * :func:`foreground_share`: the share of foreground (mask) pixels per example, summarised over a
   source (mean, std, min, median, max); :func:`foreground_share_rows` does several sources.
 
@@ -131,6 +133,64 @@ def foreground_share(src: Any, *, per_class: bool = False) -> dict[str, Any]:
                    "std": float(fc.std()) if fc.size else None})
     out["per_class"] = rows
   return out
+
+
+def table1(sources: Mapping[str, Any], *, subsets: Mapping[str, Any] | None = None,
+           reference: Mapping[str, Mapping[str, Any]] | None = None
+           ) -> tuple[list[dict[str, Any]], list[str]]:
+  """Table 1 (:func:`class_counts`) with subset and reference columns.
+
+  Args:
+    sources: split name -> source (see :func:`class_counts`).
+    subsets: split name -> indices into that split's source: adds the column ``"<split>
+      (<n> drawn)"`` counting those examples per class (e.g. the training images a study draws).
+    reference: split name -> ``{"name": column name, "per_class": {class name: count},
+      "total": count or None}``: adds the column ``name`` (blank where the reference gives no
+      count) and ``"<ours> - <name>"``, where ``<ours>`` is the split's subset column when it has
+      one, else the split's column.
+
+  Returns:
+    ``(rows, columns)``: the rows of :func:`class_counts` with the added keys, and the column
+    order (``label, class``, the splits, ``total``, then per split its subset, reference and
+    difference columns).
+
+  Raises:
+    ValueError: a subset or reference of a split not in ``sources``, or subset indices out of
+      range.
+  """
+  rows = class_counts(sources)
+  columns = ["label", "class", *sources, "total"]
+  subsets, reference = dict(subsets or {}), dict(reference or {})
+  for what, d in (("subsets", subsets), ("reference", reference)):
+    unknown = sorted(set(d) - set(sources))
+    if unknown:
+      raise ValueError(f"{what} name splits {unknown} that are not among {list(sources)}")
+  names = [r["class"] for r in rows[:-1]]
+  for split in sources:
+    ours = split
+    if split in subsets:
+      labels = source_labels(sources[split])
+      idx = np.asarray(subsets[split], np.int64).reshape(-1)
+      if idx.size and (idx.min() < 0 or idx.max() >= labels.size):
+        raise ValueError(f"subsets[{split!r}] has indices outside [0, {labels.size})")
+      counts = np.bincount(labels[idx], minlength=len(names))
+      ours = f"{split} ({idx.size} drawn)"
+      for r, n in zip(rows, counts):
+        r[ours] = int(n)
+      rows[-1][ours] = int(idx.size)
+      columns.append(ours)
+    if split in reference:
+      ref = reference[split]
+      name, diff = ref["name"], f"{ours} - {ref['name']}"
+      per_class = ref.get("per_class") or {}
+      for r, cls in zip(rows, names):
+        r[name] = per_class.get(cls, "")
+        r[diff] = r[ours] - r[name] if r[name] != "" else ""
+      total = ref.get("total")
+      rows[-1][name] = "" if total is None else int(total)
+      rows[-1][diff] = "" if total is None else rows[-1][ours] - int(total)
+      columns += [name, diff]
+  return rows, columns
 
 
 FOREGROUND_COLUMNS = ("dataset", "split", "examples", "mean", "std", "min", "median", "max",

@@ -119,3 +119,75 @@ def test_write_dataset_artefacts(tmp_path):
   assert cv2.imread(out["files"]["figure"]) is not None
   with pytest.raises(ValueError, match="figure_split 'val'"):
     report.write_dataset_artefacts({"train": train}, str(tmp_path / "e"), figure_split="val")
+
+
+def test_table1_subsets_and_reference():
+  train = _toy("train", [0, 0, 1, 0, 2], [1] * 5)
+  test = _toy("test", [1, 1], [1, 1])
+  rows, columns = stats.table1(
+      {"train": train, "test": test}, subsets={"train": [0, 2, 4]},
+      reference={"train": {"name": "paper train", "per_class": {"stop": 10, "yield": 1},
+                           "total": 20},
+                 "test": {"name": "official test", "per_class": {}, "total": 5}})
+  assert columns == ["label", "class", "train", "test", "total", "train (3 drawn)",
+                     "paper train", "train (3 drawn) - paper train", "official test",
+                     "test - official test"]
+  # Drawn: examples 0 (stop), 2 (yield), 4 (priority).
+  assert [r["train (3 drawn)"] for r in rows] == [1, 1, 1, 3]
+  assert [r["paper train"] for r in rows] == [10, 1, "", 20]
+  assert [r["train (3 drawn) - paper train"] for r in rows] == [-9, 0, "", -17]
+  assert [r["official test"] for r in rows] == ["", "", "", 5]
+  assert [r["test - official test"] for r in rows] == ["", "", "", -3]
+  with pytest.raises(ValueError, match="not among"):
+    stats.table1({"train": train}, reference={"val": {"name": "x", "total": 1}})
+  with pytest.raises(ValueError, match="outside"):
+    stats.table1({"train": train}, subsets={"train": [5]})
+
+
+def _png_shape(path):
+  png = cv2.imread(path)
+  assert png is not None, path
+  return png.shape
+
+
+def test_figure2_panels_and_png(tmp_path):
+  src = _toy("test", [0, 1, 2, 1], [30, 40, 50, 60])
+  panels = figures.figure2_panels(src, [0, 3])
+  for i, (image, mask, masked) in zip([0, 3], panels):
+    np.testing.assert_array_equal(image, src.images[i])
+    assert set(np.unique(mask)) == {0, 255}  # the computed mask, not the image
+    np.testing.assert_array_equal(masked, image * (mask[..., None] > 0))
+    assert (masked == 0).all(-1).sum() == image.shape[0] * image.shape[1] - mask.sum() // 255
+  out = figures.figure2(src, str(tmp_path / "f2.png"), examples=3)
+  assert src.labels[out["examples"]].tolist() == [0, 1, 2]  # one of each of the first classes
+  h, w, c = _png_shape(out["path"])
+  assert c == 3 and w > h > 100  # three panels side by side, three rows
+
+
+def test_figure3_panels_and_png(tmp_path):
+  from percadv_jax.data import cache, coco
+  from tests.data.coco_fixture import H, W, write_coco
+  raw = str(tmp_path / "raw")
+  truth = write_coco(raw, year=2014, splits=("val",), per_class=1)
+  src = cache.load_cached(coco.prepare(
+      raw_dir=raw, data_dir=str(tmp_path / "c"), split="val", year=2014,
+      classes=coco.PAPER_CLASSES, crop="object", image_size=32, progress=False))
+  panels = figures.figure3_panels(src, [0, 1], raw_dir=raw)
+  boxes = {t["ann_id"]: t["bbox"] for t in truth["val"]}
+  for i, (original, crop, final) in zip([0, 1], panels):
+    assert original.shape == (H, W, 3) and crop.shape == final.shape == (32, 32, 3)
+    np.testing.assert_array_equal(crop, src.images[i])  # the dataset's image
+    np.testing.assert_array_equal(final, crop * src.masks[i][..., None])
+    assert (final == 0).all(-1).sum() > (crop == 0).all(-1).sum()  # the background is gone
+    # The box and the crop square are drawn on the original, in BOX_COLOUR.
+    x, y, w, h = boxes[int(str(src.ids[i]).split(":")[1])]
+    x0, y0, side = coco.crop_square((x, y, w, h), 0.1)
+    assert tuple(original[y, x + w // 2]) == figures.BOX_COLOUR
+    assert tuple(original[max(0, y0), x0 + side // 2]) == figures.BOX_COLOUR
+    assert not (original == figures.BOX_COLOUR).all(-1)[y + h // 2, x + w // 2]  # inside: not
+  out = figures.figure3(src, str(tmp_path / "f3.png"), raw_dir=raw, examples=2)
+  assert len(out["examples"]) == 2
+  h, w, c = _png_shape(out["path"])
+  assert c == 3 and w > 300 and h > 150
+  with pytest.raises(ValueError, match="MS-COCO-IC"):
+    figures.figure3_panels(_toy("test", [0], [1]), [0], raw_dir=raw)

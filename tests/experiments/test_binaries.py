@@ -8,10 +8,11 @@ import sys
 import numpy as np
 import pytest
 
-from experiments import common, demo, masks_study
+from experiments import common, demo, masks_study, papers
 from experiments.configs import attention_masks as masks_cfgs
 from experiments.configs import demo as demo_cfgs
 from experiments.configs import perceptual_cam as perceptual_cfgs
+from experiments.masks_study import claims
 from experiments.masks_study import report as masks_report
 from experiments.perceptual_study import agreement, question
 from percadv_jax import io
@@ -53,6 +54,8 @@ def test_demo_writes_every_file(quick_demo):
               "attention_masks/config.json", "attention_masks/results.json",
               "attention_masks/table.md", "attention_masks/table.csv",
               "attention_masks/curves.png", "attention_masks/curves.csv",
+              "attention_masks/dimension.md", "attention_masks/dimension.csv",
+              "attention_masks/dimension_curves.csv", "attention_masks/dimension.png",
               "attention_masks/summary.md", "perceptual_cam/results.json",
               "perceptual_cam/attacks.md", "perceptual_cam/attacks.csv",
               "perceptual_cam/agreement.md", "perceptual_cam/agreement.csv",
@@ -64,22 +67,25 @@ def test_demo_writes_every_file(quick_demo):
     assert os.path.getsize(os.path.join(w, rel)) > 0, rel
   report = open(os.path.join(w, "report.md")).read()
   assert "(attention_masks/curves.png)" in report and "(perceptual_cam/figures/ssim.png)" in report
+  assert "(attention_masks/dimension.png)" in report
   with open(os.path.join(w, "attention_masks", "curves.png"), "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   for name in masks_cfgs.MODEL_NAMES:
     assert os.path.isdir(os.path.join(w, "attention_masks", "models", name, "checkpoints"))
+    assert os.path.getsize(os.path.join(w, "attention_masks", "per_example", f"{name}.npz"))
 
 
 def test_masks_table_equals_results_json(quick_demo):
   d = os.path.join(quick_demo, "attention_masks")
   res = io.read_json(os.path.join(d, "results.json"))
   rows = _csv(os.path.join(d, "table.csv"))
-  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in masks_cfgs.MODEL_NAMES]
+  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in papers.TABLE4_ROWS]
   ds = res["dataset"]["name"]
-  for row, name in zip(rows, masks_cfgs.MODEL_NAMES):
+  assert not any("paper" in c for c in list(rows[0])[2:])  # no paper numbers of this dataset
+  for row, name in zip(rows, papers.TABLE4_ROWS):
     m = res["models"][name]
     for label, fn in masks_report.TABLE_METRICS:
-      assert float(row[f"{ds} {label} (%)"]) == common.pct(fn(m)), (name, label)
+      assert float(row[masks_report.ours_column(ds, label)]) == common.pct(fn(m)), (name, label)
     assert m["robust"] <= min(m["per_attack"].values())
     assert max(m["per_attack"].values()) <= m["clean"]
     acc = [c["per_attack"]["pgd"] for c in m["curve"]]
@@ -87,7 +93,7 @@ def test_masks_table_equals_results_json(quick_demo):
     assert acc[0] >= acc[-1]
   md = open(os.path.join(d, "table.md")).read()
   for row in rows:
-    for v in list(row.values())[1:]:
+    for v in list(row.values())[2:]:
       assert f"{float(v):.2f}" in md
   assert res["dataset"]["num_classes"] == 10 and res["dataset"]["image_size"] == 32
   summary = open(os.path.join(d, "summary.md")).read()  # the trust checks, in the notes
@@ -95,6 +101,28 @@ def test_masks_table_equals_results_json(quick_demo):
     checks = res["models"][name]["trust_checks"]
     assert set(checks) == {"gradients", "randomness", "stronger_attack", "large_eps"}
     assert res["models"][name]["checks"] in summary
+
+
+def test_demo_report_sets_the_papers_table_beside_ours(quick_demo):
+  d = os.path.join(quick_demo, "attention_masks")
+  res = io.read_json(os.path.join(d, "results.json"))
+  report = open(os.path.join(quick_demo, "report.md")).read()
+  assert "**Different datasets**" in report
+  beside = res["paper_beside"]
+  assert [r["paper row"] for r in beside["rows"]] == ["N, X", "N, X_F", "A, X", "A, X_F"]
+  for row, name in zip(beside["rows"], papers.TABLE4_ROWS):
+    for ds in papers.TABLE4_DATASETS:
+      for metric, key in (("natural", "natural"), ("PGD", "pgd")):
+        cell = row[f"paper: {papers.DATASET_LABELS[ds]} {metric} (%)"]
+        assert cell == papers.TABLE4[ds][name][key]
+        assert f"| {cell:.2f} |" in report
+  # The claims' directions, with intervals over the demo's test images, among the findings.
+  for c in res["claims"]:
+    assert c["paper"] is None and c["verdict"] in claims.VERDICTS
+    assert c["ours"]["n"] == res["dataset"]["num_eval"]
+    assert c["text"] in report
+  for f in res["dimension"]["findings"]:
+    assert f["text"] in report
 
 
 def test_perceptual_tables_equal_results_json(quick_demo):

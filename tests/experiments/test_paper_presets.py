@@ -1,11 +1,14 @@
 """End-to-end: the paper presets at the papers' sizes, through the binaries, with counts cut down.
 
 - GTSRB-IC (``attention_masks.py:gtsrb_paper``): a 43-class GTSRB tree in the official layout ->
-  ``prepare_data`` (Table 1, foreground share, example figure) -> the Table 4 study with the
-  Keras-style VGG-19 (fully connected head) at 32 px, adversarial training from scratch.
+  ``prepare_data`` (the paper's centre-seeded segmenter; Table 1 beside the official counts,
+  foreground share, example figure, Figure 2) -> the Table 4 study with the Keras-style VGG-19
+  (fully connected head) at 32 px, adversarial training from scratch: our cells beside the
+  paper's, its claims judged, the input-dimension table.
 - MS-COCO-IC (``coco_paper``): a COCO-2014 instances-JSON tree with the paper's ten classes ->
-  one crop per kept object -> the study at 64 px; then ``experiments.report`` combines both
-  workdirs into the two-dataset Table 4.
+  one crop per kept object (Table 1 beside the paper's, Figure 3) -> the study at 64 px; then
+  ``experiments.report`` combines both workdirs into the two-dataset Table 4 beside the paper's
+  and refuses two studies of one dataset.
 - The perceptual study (``perceptual_cam.py:imagenet_paper``): scikit-image's photographs as an
   image folder at 224 px, a Keras MobileNetV2 1.0 ``.h5`` (random weights, BatchNorm statistics
   recalibrated on the photographs so that its logits depend on the input), CAM at ``out_relu``.
@@ -28,6 +31,8 @@ from experiments import common
 from experiments.configs import attention_masks as masks_cfgs
 from experiments.configs import data as data_config
 from experiments.configs import prepare_data as prep_cfgs
+from experiments import papers
+from experiments.masks_study import claims
 from experiments.masks_study import report as masks_report
 from percadv_jax import data as pdata
 from percadv_jax import io
@@ -102,7 +107,8 @@ def coco(tmp_path_factory):
 
 
 def _check_dataset_artefacts(preset, data_dir, reports, splits, names):
-  """Table 1 == the caches' labels, foreground share == the caches' masks, the figure."""
+  """Table 1 == the caches' labels beside the paper's / official counts, foreground share == the
+  caches' masks, the example figure and the paper's figure of the dataset."""
   table = _csv(os.path.join(reports, "table1.csv"))
   assert [r["class"] for r in table[:-1]] == list(names)
   assert table[-1]["class"] == "total"
@@ -120,9 +126,22 @@ def _check_dataset_artefacts(preset, data_dir, reports, splits, names):
     assert float(share[split]["min"]) == pytest.approx(fg.min(), abs=1e-4)
     assert 0 < fg.min() and fg.max() < 1  # masks mark an object, not the whole image
   assert [int(r["total"]) for r in table[:-1]] == sum(counts.values()).tolist()
-  figure = os.path.join(reports, f"examples_{prep_cfgs.get_config(preset).data.dataset}.png")
-  with open(figure, "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  dataset = prep_cfgs.get_config(preset).data.dataset
+  for name in (f"examples_{dataset}.png",
+               "figure2_gtsrb_ic.png" if dataset == "gtsrb_ic" else "figure3_coco_ic.png"):
+    with open(os.path.join(reports, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+  if dataset == "gtsrb_ic":  # GTSRB's official totals beside ours
+    for split in splits:
+      assert int(table[-1][f"official {split}"]) == papers.GTSRB_OFFICIAL[split]
+      assert int(table[-1][f"{split} - official {split}"]) == (
+          counts[split].sum() - papers.GTSRB_OFFICIAL[split])
+  else:  # the paper's Table 1 beside ours, per class
+    for k, (ours, theirs) in enumerate((("train", "train"), ("val", "test"))):
+      for row in table[:-1]:
+        assert int(row[f"paper {theirs}"]) == papers.TABLE1_COCO[row["class"]][k]
+        assert int(row[f"{ours} - paper {theirs}"]) == int(row[ours]) - int(row[f"paper {theirs}"])
+      assert int(table[-1][f"paper {theirs}"]) == papers.TABLE1_COCO_TOTAL[k]
   return counts
 
 
@@ -137,12 +156,17 @@ def _check_study(workdir, *, dataset, num_classes, image_size, stdout):
   assert (d["name"], d["num_classes"], d["image_size"]) == (dataset, num_classes, image_size)
   assert d["num_train"] == 16 and d["num_eval"] == 8
   rows = _csv(os.path.join(workdir, "table.csv"))
-  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in masks_cfgs.MODEL_NAMES]
-  for row, name in zip(rows, masks_cfgs.MODEL_NAMES):
+  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in papers.TABLE4_ROWS]
+  for row, name in zip(rows, papers.TABLE4_ROWS):
     m = res["models"][name]
     assert m["n"] == 8 and m["train_steps"] == 2  # 16 images / batch 8, one epoch
     for label, fn in masks_report.TABLE_METRICS:
-      assert float(row[f"{dataset} {label} (%)"]) == common.pct(fn(m)), (name, label)
+      assert float(row[masks_report.ours_column(dataset, label)]) == common.pct(fn(m)), name
+    for label, fn, key in masks_report.PAPER_METRICS:  # the paper's cell and the difference
+      theirs = papers.TABLE4[dataset][name][key]
+      assert float(row[masks_report.paper_column(dataset, label)]) == theirs
+      assert float(row[masks_report.diff_column(dataset, label)]) == pytest.approx(
+          common.pct(fn(m)) - theirs, abs=0.006)
     assert m["robust"] <= min(m["per_attack"].values())
     assert max(m["per_attack"].values()) <= m["clean"]
     assert [c["eps"] for c in m["curve"]] == pytest.approx([0.0, 8 / 255])
@@ -150,13 +174,25 @@ def _check_study(workdir, *, dataset, num_classes, image_size, stdout):
     tc = tc.get("config", tc)
     assert tc["model"] == "vgg19" and tc["model_kwargs"]["variant"] == "imagenet"
     assert tc["adversarial"] == name.endswith("adversarial") and not tc["init_from"]
-  for s in masks_report.findings(res["models"], dataset):
+  for s in masks_report.findings(res["models"]):
     assert s in res["findings"]
+  judged = res["claims"]  # the paper's claims on this dataset, with intervals over 8 images
+  assert [(c["regime"], c["metric"], c["kind"]) for c in judged] == [
+      (c.regime, c.metric, c.kind) for c in papers.CLAIMS if c.dataset == dataset]
+  for c in judged:
+    assert c["verdict"] in claims.VERDICTS and c["ours"]["n"] == 8
+    assert c["text"] in res["findings"]
   summary = open(os.path.join(workdir, "summary.md")).read()
   for s in res["findings"]:
     assert s in summary and s in stdout
-  with open(os.path.join(workdir, "curves.png"), "rb") as f:
-    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  for name in ("curves.png", "dimension.png"):
+    with open(os.path.join(workdir, name), "rb") as f:
+      assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+  dims = _csv(os.path.join(workdir, "dimension.csv"))
+  assert [int(r["images"]) for r in dims] == [2, 2, 2, 2]
+  for r in dims:  # full-image models attack every pixel, masked models the foreground
+    assert float(r["N, X attacked px"]) == image_size ** 2
+    assert float(r["N, X_F attacked px"]) < image_size ** 2
   return res
 
 
@@ -191,16 +227,29 @@ def test_report_combines_both_datasets(gtsrb, coco, tmp_path):
       "experiments.report", "--config=experiments/configs/report.py",
       f"--config.studies={studies!r}", f"--workdir={out}"))
   rows = _csv(os.path.join(out, "table4.csv"))
-  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in masks_cfgs.MODEL_NAMES]
-  for w, label in zip(studies, ("GTSRB-IC", "MS-COCO-IC")):
+  assert [r["model"] for r in rows] == [masks_cfgs.MODEL_LABELS[n] for n in papers.TABLE4_ROWS]
+  assert list(rows[0])[2].startswith("MS-COCO-IC")  # the paper's column order
+  for w, ds, label in zip(studies, ("gtsrb_ic", "coco_ic"), ("GTSRB-IC", "MS-COCO-IC")):
     res = io.read_json(os.path.join(w, "results.json"))
-    for row, name in zip(rows, masks_cfgs.MODEL_NAMES):
+    for row, name in zip(rows, papers.TABLE4_ROWS):
       m = res["models"][name]
       assert float(row[f"{label} natural (%)"]) == common.pct(m["clean"])
       assert float(row[f"{label} PGD (%)"]) == common.pct(m["per_attack"]["pgd"])
+      assert float(row[f"{label} PGD, paper (%)"]) == papers.TABLE4[ds][name]["pgd"]
   combined = io.read_json(os.path.join(out, "results.json"))
   assert set(combined["findings"]) == {"gtsrb_ic", "coco_ic"}
+  assert combined["cross_dataset"]["paper"] == -13.5
+  assert combined["cross_dataset"]["text"] in proc.stdout
   assert open(os.path.join(out, "table4.md")).read().strip() in proc.stdout
+  # Two studies of one dataset: one error naming both, nothing written.
+  bad = str(tmp_path / "bad")
+  proc = paper_fixtures.run_binary(
+      "experiments.report", "--config=experiments/configs/report.py",
+      f"--config.studies={(gtsrb['workdir'], gtsrb['workdir'])!r}", f"--workdir={bad}")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  (line,) = [l for l in proc.stderr.splitlines() if l.startswith("error:")]
+  assert "2 studies of GTSRB-IC" in line and gtsrb["workdir"] in line
+  assert not os.path.exists(bad)
 
 
 @pytest.fixture(scope="module")
