@@ -84,7 +84,8 @@ def test_drop_records_after_keeps_the_lines_as_written(tmp_path):
   assert open(path).read().splitlines() == before
   with open(path, "a") as f:
     f.write('{"step": 8, "lo')
-  io.drop_records_after(path, 3)  # the records of steps 4 and 6 and the torn line go
+  with pytest.warns(UserWarning, match=r"m\.jsonl: dropping line 5, a record torn"):
+    io.drop_records_after(path, 3)  # the records of steps 4 and 6 and the torn line go
   assert open(path).read().splitlines() == [before[0], before[3]]
   io.drop_records_after(str(tmp_path / "missing.jsonl"), 0)
 
