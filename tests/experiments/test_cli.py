@@ -83,13 +83,15 @@ def test_comma_lists_are_split_once_by_the_command_line():
     ("sweep", "quick", "checkpoints", "init:0,init:1"),
     ("sweep", "quick", "attacks", "pgd,fgsm"),
     ("report", None, "studies", "runs/a,runs/b"),
+    ("benchmark", "pipeline_quick", "stages", "pgd,train"),
 ])
 def test_validate_changes_nothing(tmp_path, module, preset, field, value):
-  from experiments import report, sweep_grid
+  from experiments import benchmarks, report, sweep_grid
+  from experiments.configs import benchmark as bench_cfgs
   from experiments.configs import report as report_cfgs
   from experiments.configs import sweep as sweep_cfgs
   mod, cfgs = {"masks": (masks_study, attention_masks), "sweep": (sweep_grid, sweep_cfgs),
-               "report": (report, report_cfgs)}[module]
+               "report": (report, report_cfgs), "benchmark": (benchmarks, bench_cfgs)}[module]
   c = cfgs.get_config(preset)
   c[field] = (value,)  # what ml_collections makes of --config.<field>=<value>
   before = c.to_dict()
