@@ -50,10 +50,10 @@ def weights_hash(logits_fn: Callable) -> str:
   return h.hexdigest()[:16]
 
 
-def _read(npz: str, checks_path: str | None, names: Sequence[str],
-          n: int) -> attacks_lib.Evaluation:
+def _read(npz: str, checks_path: str | None, names: Sequence[str], n: int,
+          adversarial: bool) -> attacks_lib.Evaluation:
   """The record at ``npz`` (and its trust checks), checked to be the one asked for: the attacks
-  ``names`` on ``n`` examples.
+  ``names`` on ``n`` examples, with their adversarial images when ``adversarial``.
 
   Raises:
     ValueError: a corrupt file, or one of another schema or another evaluation (naming the
@@ -78,6 +78,9 @@ def _read(npz: str, checks_path: str | None, names: Sequence[str],
     raise ValueError(f"{npz} is not this evaluation (it holds attacks {sorted(ev.names)} on "
                      f"{ev.clean.size} examples, this one runs {sorted(names)} on {n}); delete "
                      "it to recompute that evaluation")
+  if adversarial and sorted(ev.x_adv or {}) != sorted(names):
+    raise ValueError(f"{npz} lacks the adversarial images of {sorted(names)} (it holds "
+                     f"{sorted(ev.x_adv or {})}); delete it to recompute that evaluation")
   return ev
 
 
@@ -112,7 +115,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
       store, f"{eid}.checks.json")
   if npz is not None and os.path.exists(npz) and (checks_path is None
                                                  or os.path.exists(checks_path)):
-    return _read(npz, checks_path, list(attacks), int(len(data["label"])))
+    return _read(npz, checks_path, list(attacks), int(len(data["label"])),
+                 bool(return_adversarial))
   ev = attacks_lib.robust_accuracy(logits_fn, data["image"], data["label"], attacks, key=key,
                                    mask=data.get("mask"), batch_size=batch_size, mesh=mesh,
                                    return_adversarial=return_adversarial, desc=desc,

@@ -28,6 +28,7 @@ from experiments.configs import attention_masks as masks_cfgs
 from experiments.configs import perceptual_cam as perc_cfgs
 from experiments.configs import report as report_cfgs
 from experiments.configs import sweep as sweep_cfgs
+from experiments.perceptual_study import attacks as perc_attacks
 from percadv_jax import attacks, io
 from tests.data.coco_fixture import write_coco
 from tests.data.gtsrb_fixture import write_gtsrb
@@ -385,6 +386,11 @@ def test_files_of_another_schema_are_named(tmp_path):
   io.write_json(str(ckpt / "config.json"), {"modell": "vgg19"})
   with pytest.raises(ValueError, match=r"is not a training configuration \(.*'modell'"):
     sweep_grid.train_config(str(ckpt))
+  seed_dir = tmp_path / "seed_0"
+  io.write_json(str(seed_dir / "stages" / "selection.json"), {"indices": [3]})
+  with pytest.raises(ValueError, match=rf"{seed_dir}/stages/selection.json is not an image "
+                     r"selection of this study \(it lacks labels, label_source"):
+    perc_attacks.select(perc_cfgs.get_config("quick"), str(seed_dir), None, None, 10, 0)
 
 
 def test_an_evaluation_record_of_another_evaluation_is_named(tmp_path):
@@ -406,6 +412,16 @@ def test_an_evaluation_record_of_another_evaluation_is_named(tmp_path):
   with pytest.raises(ValueError, match=rf"{npz} is not this evaluation \(it holds attacks "
                      r"\['pgd'\] on 8 examples, this one runs \['apgd', 'pgd'\] on 8\)"):
     evaluation.evaluate(store, {"m": 1}, attacks=both, **kw)
+  # The perceptual study's records hold the adversarial images; one without them is refused.
+  evaluation.evaluate(store, {"m": 2}, attacks={"pgd": both["pgd"]}, return_adversarial=True,
+                      **kw)
+  (npz,) = [os.path.join(store, f) for f in os.listdir(store)
+            if f.endswith(".npz") and f != os.path.basename(npz)]
+  with io.atomic_open(npz, "wb") as f:
+    np.savez(f, **one.to_arrays())
+  with pytest.raises(ValueError, match=rf"{npz} lacks the adversarial images of \['pgd'\]"):
+    evaluation.evaluate(store, {"m": 2}, attacks={"pgd": both["pgd"]}, return_adversarial=True,
+                        **kw)
 
 
 def test_bad_list_entries_and_presets_name_the_field():
