@@ -7,18 +7,18 @@ Python literals, ``--config.models="('full_natural','masked_natural')"``, or for
 strings as a comma list, ``--config.models=full_natural,masked_natural``), and ``--workdir``.
 ``main(run, ...)`` then normalises the configuration (``split_comma_lists``: the one place where
 the command line's comma lists become tuples), validates it (``validate`` only checks: it never
-changes the configuration) and calls ``run(config, workdir)``.
+changes the configuration) and calls ``run(config, workdir)``. A binary that runs over several
+processes (``experiments.sweep``, the pipeline benchmark of ``experiments.benchmark``) also
+takes ``--coordinator_address``, ``--num_processes`` and ``--process_id``
+(``define_flags(..., multihost=True)``, then ``initialize_multihost()``).
 
-Everything checkable is checked before the workdir is locked. ``validate`` checks the fields;
-``run`` then opens what the run reads (the prepared data, the weights, the checkpoints, the
-results of other runs) and checks the sizes the data decides (image size against the model,
-batch size against the training set) before it writes ``config.json`` (``io.lock_config``).
-So a run refused for its input writes nothing into its workdir, and the corrected command is
-never refused as "a different configuration". A workdir is held by one run at a time
-(``<workdir>/.lock``): a second run started in it is refused. A binary that runs over several processes (``experiments.sweep``,
-the pipeline benchmark of ``experiments.benchmark``) also takes ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` (``define_flags(..., multihost=True)``, then
-``initialize_multihost()``).
+The workdir rule: everything checkable is checked before the workdir is locked. ``validate``
+checks the fields; ``run`` then opens what the run reads (the prepared data, the weights, the
+checkpoints, the results of other runs) and checks what they decide (image size against the
+model, batch size against the training set), and only then writes ``config.json``
+(``io.lock_config``). So a run refused for its input writes nothing into its workdir, and the
+corrected command is never refused as "a different configuration". A workdir is held by one
+run at a time (``<workdir>/.lock``): a second run started in it is refused.
 
 Every error a user can cause (a bad flag or field, a missing or corrupt file, a workdir of
 another configuration or in use, a full disk, a read-only workdir) ends the program with one

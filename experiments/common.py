@@ -161,7 +161,8 @@ def check_prepared(d: Any, splits: Any) -> None:
   """Raises ValueError when a cache that ``load_split(d.dataset, split, ...)`` reads is missing
   (GTSRB-IC, MS-COCO-IC), naming the folders and the ``prepare_data`` command that builds them.
 
-  Other datasets, and caches that exist, pass (their loader checks the rest).
+  Other datasets, splits the dataset does not have, and caches that exist, pass (their loader
+  checks the rest).
   """
   if d.dataset not in PREPARED:
     return
@@ -172,15 +173,15 @@ def check_prepared(d: Any, splits: Any) -> None:
   if d.dataset == "gtsrb_ic":
     seg = opts["segmenter"]
     variant = gtsrb.cache_variant(seg, gtsrb.segmenter_options(seg, None))
-    names = {s: s for s in splits}
+    names = [s for s in splits if s in gtsrb.SPLITS]  # the loader refuses other splits
     download = gtsrb.DOWNLOAD
   else:
     variant = coco.cache_variant(coco.settings(**opts))
-    names = {s: coco.SPLITS.get(s, s) for s in splits}
+    names = [coco.SPLITS[s] for s in splits if s in coco.SPLITS]  # "test" is "val"
     download = coco.DOWNLOAD.format(year=opts["year"])
   size = _cache_fields(d)["image_size"]
   missing = []
-  for split, name in names.items():
+  for name in dict.fromkeys(names):
     if not d.image_size and cache.cached_sizes(d.data_dir, d.dataset, name, variant):
       continue  # image_size 0: the loader takes the cached size
     folder = cache.split_dir(d.data_dir, d.dataset, name, size, variant)

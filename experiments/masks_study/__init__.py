@@ -32,7 +32,8 @@ from experiments.masks_study.train import train_config, train_model
 from percadv_jax import checks, io, models as models_lib
 from percadv_jax import train as train_lib
 
-__all__ = ["run", "validate", "train_config", "train_model", "evaluate_model", "report"]
+__all__ = ["run", "validate", "check_inputs", "read_evaluation", "train_config", "train_model",
+           "evaluate_model", "report"]
 
 
 def validate(config: Any) -> None:

@@ -33,7 +33,8 @@ from percadv_jax import cam, checks, io, models, train
 
 DATASETS = common.DATASETS + ("image_folder", "oxford_iiit_pet", "imagenet2012")
 
-__all__ = ["run", "validate", "agreement", "attacks", "model", "report"]
+__all__ = ["run", "validate", "check_inputs", "seeds_of", "agreement", "attacks", "model",
+           "report"]
 
 
 def _image_size(config: Any) -> int:

@@ -68,7 +68,8 @@ class _QuietFailure:
   traceback, each failed writer task once more when it is garbage-collected, and TensorStore
   prints a traceback for every write that completes after orbax closed its event loop: dozens
   of tracebacks on stderr around the one error that ``save`` raises. ``failed()`` drops them
-  (after letting the writes still in flight finish); ``passed()`` writes them out as usual.
+  (after letting the writes still in flight finish); else the end of the block writes them out
+  as usual.
   """
 
   def __enter__(self) -> "_QuietFailure":
@@ -115,28 +116,27 @@ def save(mngr: ocp.CheckpointManager, state: TrainState) -> None:
 
   Raises:
     OSError: the write failed in the file system (disk full, read-only, no permission): one
-      line, ``filename`` the checkpoint directory. The unfinished step is left in orbax's
-      temporary directory, which orbax ignores; the previous checkpoints are intact.
-    ValueError: any other failure of the save, one line naming the directory.
+      line, ``filename`` the checkpoint directory, and nothing more on stderr. The unfinished
+      step is left in orbax's temporary directory, which orbax ignores; the previous
+      checkpoints are intact. Any other failure propagates as orbax raised it.
   """
   step = int(jax.device_get(state.step))
   if step in mngr.all_steps():
     return
-  failure = None
+  code = None
   with _QuietFailure() as quiet:
     try:
       mngr.save(step, args=ocp.args.StandardSave(state_arrays(state)), force=True)
       mngr.wait_until_finished()
     except Exception as e:  # pylint: disable=broad-except
-      failure = (_os_error(e), _summary(e))
-    if failure is not None:
-      quiet.failed()
-  if failure is not None:
-    code, summary = failure
-    where = os.fspath(mngr.directory)
+      code = _os_error(e)
+      if code is None:
+        raise
     if code is not None:
-      raise OSError(code, f"{os.strerror(code)} (saving checkpoint step {step})", where)
-    raise ValueError(f"cannot save checkpoint step {step} in {where} ({summary})")
+      quiet.failed()
+  if code is not None:
+    raise OSError(code, f"{os.strerror(code)} (saving checkpoint step {step})",
+                  os.fspath(mngr.directory))
 
 
 def _summary(e: BaseException) -> str:
