@@ -170,3 +170,23 @@ def test_read_json_corrupt_names_the_file(tmp_path, content, what):
   assert e.value.__cause__ is None and e.value.__suppress_context__
   with pytest.raises(FileNotFoundError):
     io.read_json(str(tmp_path / "missing.json"))
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+  """A full disk fails ``write``/``fsync`` with an OSError that names no file: the writers name
+  the one they were writing, and the old file stays as it was."""
+  import errno
+  path = str(tmp_path / "results.json")
+  io.write_json(path, {"v": 1})
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(io.os, "fsync", full)
+  for write in (lambda: io.write_json(path, {"v": 2}),
+                lambda: io.append_jsonl(str(tmp_path / "m.jsonl"), {"step": 1})):
+    with pytest.raises(OSError) as e:
+      write()
+    assert e.value.errno == errno.ENOSPC and e.value.filename is not None
+    assert str(tmp_path) in e.value.filename
+  assert io.read_json(path) == {"v": 1}
+  assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []
