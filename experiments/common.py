@@ -157,18 +157,20 @@ def prepare_command(d: Any, splits: Any) -> str:
   return shlex.join(args)
 
 
-def check_prepared(d: Any, splits: Any) -> None:
+def check_prepared(d: Any, splits: Any, *, any_variant: bool = False) -> None:
   """Raises ValueError when a cache that ``load_split(d.dataset, split, ...)`` reads is missing
   (GTSRB-IC, MS-COCO-IC), naming the folders and the ``prepare_data`` command that builds them.
 
   Other datasets, splits the dataset does not have, and caches that exist, pass (their loader
-  checks the rest).
+  checks the rest). With ``any_variant`` (a reader that passes no preparation options and so
+  loads the split's only cache), a cache of any options passes.
   """
   if d.dataset not in PREPARED:
     return
   import os
   from percadv_jax.data import cache, coco, gtsrb
-  check_data_dir(d.dataset, d.data_dir)
+  if not any_variant:
+    check_data_dir(d.dataset, d.data_dir)
   opts = data_config.options(d)
   if d.dataset == "gtsrb_ic":
     seg = opts["segmenter"]
@@ -184,12 +186,14 @@ def check_prepared(d: Any, splits: Any) -> None:
   for name in dict.fromkeys(names):
     if not d.image_size and cache.cached_sizes(d.data_dir, d.dataset, name, variant):
       continue  # image_size 0: the loader takes the cached size
+    if any_variant and cache.cached_variants(d.data_dir, d.dataset, name, d.image_size or None):
+      continue
     folder = cache.split_dir(d.data_dir, d.dataset, name, size, variant)
     if not os.path.exists(os.path.join(folder, "meta.json")):
       missing.append((name, folder))
   if missing:
     title = PREPARED[d.dataset][1]
     raise ValueError(
-        f"no prepared {title} cache of split {', '.join(n for n, _ in missing)} for these "
+        f"no prepared {title} cache of split {', '.join(n for n, _ in missing)} with these "
         f"data fields (expected {', '.join(f for _, f in missing)}). Download {download}, unzip "
         f"into RAW, then run `{prepare_command(d, [n for n, _ in missing])}`")

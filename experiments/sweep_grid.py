@@ -185,8 +185,15 @@ def check_inputs(config: Any) -> tuple[Any, dict, dict[str, tuple]]:
     ValueError: an unknown split or model, data that is missing, images too small for a
       model, a checkpoint workdir without a checkpoint or with a bad ``config.json``.
   """
+  from experiments import common
+  from experiments.configs import data as data_config
   from percadv_jax import data as data_lib
+  from percadv_jax.data import raw
   d = config.data
+  if d.dataset in common.PREPARED:  # read with the cache's own options: any prepared cache
+    fields = data_config.get(d.dataset)
+    fields.update(data_dir=d.data_dir or raw.default_data_dir(), image_size=d.image_size)
+    common.check_prepared(fields, (d.split,), any_variant=True)
   kw = {"num_classes": d.num_classes} if d.num_classes else {}
   if d.num_examples:
     kw["num_examples"] = d.num_examples

@@ -95,6 +95,11 @@ def _bad_inputs(tmp):
       ("perceptual_empty_pets", perceptual_study.run,
        _perc(**{"data.dataset": "oxford_iiit_pet", "data.data_dir": str(empty)}),
        rf"no prepared TFDS dataset 'oxford_iiit_pet' under {empty}"),
+      ("sweep_missing_cache", sweep_grid.run,
+       _sweep(**{"data.dataset": "gtsrb_ic", "data.data_dir": str(empty)}),
+       rf"no prepared GTSRB-IC cache of split test .*`python -m experiments.prepare_data "
+       rf"--config=experiments/configs/prepare_data.py:gtsrb --config.raw_dir=RAW "
+       rf"--config.data.data_dir={empty} --config.splits=test`"),
       ("sweep_dataset", sweep_grid.run, _sweep(**{"data.dataset": "mnist"}),
        r"unknown data.dataset 'mnist'"),
       ("sweep_split", sweep_grid.run, _sweep(**{"data.split": "validation"}),
@@ -113,7 +118,8 @@ def _bad_inputs(tmp):
 
 @pytest.mark.parametrize("name", [
     "masks_missing_cache", "masks_image_size_8", "masks_seed", "masks_batch_size",
-    "perceptual_seeds", "perceptual_keras_weights", "perceptual_empty_pets", "sweep_dataset",
+    "perceptual_seeds", "perceptual_keras_weights", "perceptual_empty_pets",
+    "sweep_missing_cache", "sweep_dataset",
     "sweep_split", "sweep_model", "sweep_image_size_4", "sweep_checkpoint_config",
     "report_results"])
 def test_refused_runs_write_nothing(tmp_path, name):
