@@ -3,16 +3,27 @@ r"""The command line of every experiment binary: a config file, overrides, one-l
 As in flax's examples, a binary takes ``--config=experiments/configs/<study>.py:<preset>``
 (an ``ml_collections`` config file whose ``get_config(preset)`` returns a ``ConfigDict``),
 ``--config.<field>=<value>`` overrides of any field (``--config.train.epochs=3``; tuples as
-Python literals, ``--config.models="('full_natural','masked_natural')"``), and ``--workdir``.
-``main(run, ...)`` then validates the whole configuration before any work and calls
-``run(config, workdir)``. A binary that runs over several processes (``experiments.sweep``,
-the pipeline benchmark of ``experiments.benchmark``) also takes ``--coordinator_address``,
-``--num_processes`` and ``--process_id`` (``define_flags(..., multihost=True)``, then
-``initialize_multihost()``).
+Python literals, ``--config.models="('full_natural','masked_natural')"``, or for a tuple of
+strings as a comma list, ``--config.models=full_natural,masked_natural``), and ``--workdir``.
+``main(run, ...)`` then normalises the configuration (``split_comma_lists``: the one place where
+the command line's comma lists become tuples), validates it (``validate`` only checks: it never
+changes the configuration) and calls ``run(config, workdir)``. A binary that runs over several
+processes (``experiments.sweep``, the pipeline benchmark of ``experiments.benchmark``) also
+takes ``--coordinator_address``, ``--num_processes`` and ``--process_id``
+(``define_flags(..., multihost=True)``, then ``initialize_multihost()``).
+
+The workdir rule: everything checkable is checked before the workdir is locked. ``validate``
+checks the fields; ``run`` then opens what the run reads (the prepared data, the weights, the
+checkpoints, the results of other runs) and checks what they decide (image size against the
+model, batch size against the training set), and only then writes ``config.json``
+(``io.lock_config``). So a run refused for its input writes nothing into its workdir, and the
+corrected command is never refused as "a different configuration". A workdir is held by one
+run at a time (``<workdir>/.lock``): a second run started in it is refused.
 
 Every error a user can cause (a bad flag or field, a missing or corrupt file, a workdir of
-another configuration) ends the program with one line ``error: ...`` on stderr and exit status 2
-(usage) or 1 (anything else); ``--traceback`` shows the full traceback instead.
+another configuration or in use, a full disk, a read-only workdir) ends the program with one
+line ``error: ...`` on stderr and exit status 2 (usage) or 1 (anything else); a file-system error
+names its path. ``--traceback`` shows the full traceback instead.
 """
 
 from __future__ import annotations
@@ -98,6 +109,22 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   return rest
 
 
+def split_comma_lists(config: Any) -> None:
+  """Splits the comma lists of every tuple-of-strings field of ``config`` (in place, recursively).
+
+  ``ml_collections`` parses ``--config.models=a,b`` for a tuple field into the 1-tuple
+  ``("a,b",)``: each entry is split at commas and stripped, empty pieces dropped, so it becomes
+  ``("a", "b")``. Tuples holding anything but strings are left as they are.
+  """
+  for key, value in config.items():
+    if hasattr(value, "items"):
+      split_comma_lists(value)
+    elif isinstance(value, (tuple, list)) and value and all(isinstance(v, str) for v in value):
+      parts = tuple(p.strip() for v in value for p in v.split(",") if p.strip())
+      if parts != tuple(value):
+        config[key] = type(value)(parts)
+
+
 def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | None = None,
          report: Callable[[Any, Any], None] | None = None, needs_workdir: bool = True) -> None:
   """Runs ``run(config, workdir)`` under absl with this module's flag parsing and errors.
@@ -118,12 +145,12 @@ def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | No
     workdir = FLAGS["workdir"].value if "workdir" in FLAGS else None
     if needs_workdir and not workdir:
       _fail("--workdir is required (the output directory)", 2)
+    split_comma_lists(config)
     try:
       if validate is not None:
         validate(config)
       result = run(config, workdir)
-    except (ValueError, FileNotFoundError, PermissionError, NotADirectoryError,
-            IsADirectoryError, FileExistsError) as e:
+    except (ValueError, OSError) as e:
       if FLAGS.traceback:
         raise
       _fail(_describe(e), 1)
@@ -136,7 +163,10 @@ def main(run: Callable[[Any, str], Any], *, validate: Callable[[Any], None] | No
 
 
 def _describe(e: BaseException) -> str:
+  """One line: ``PATH: reason`` for a file-system error, else the exception's message."""
   if isinstance(e, OSError) and e.filename is not None:
     reason = e.strerror or type(e).__name__
     return f"{e.filename}: {reason}"
+  if isinstance(e, OSError) and e.strerror:
+    return f"{e.strerror} ({type(e).__name__})"
   return str(e) or type(e).__name__

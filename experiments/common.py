@@ -7,6 +7,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from experiments.configs import data as data_config
 from percadv_jax import data as pdata
 
 DATASETS = ("synthetic_signs", "gtsrb_ic", "coco_ic")
@@ -153,3 +154,107 @@ def check_data_dir(dataset: str, data_dir: str) -> None:
                      "python -m experiments.prepare_data)")
   if not os.path.isdir(data_dir):
     raise ValueError(f"data.data_dir {data_dir} does not exist or is not a directory")
+
+
+def check_names(value: Any, field: str) -> None:
+  """Raises ValueError unless ``value`` is a tuple (or list) of names without commas.
+
+  The command line splits comma lists (``experiments.cli.split_comma_lists``); a string, or an
+  entry holding a comma, can only come from the Python API, where a tuple is needed.
+  """
+  if isinstance(value, str):
+    raise ValueError(f"{field} must be a tuple of names, got the string {value!r}: pass "
+                     f"{tuple(s.strip() for s in value.split(',') if s.strip())!r}")
+  for v in value:
+    if not isinstance(v, str) or not v.strip():
+      raise ValueError(f"{field} entries must be non-empty strings, got {v!r}")
+    if "," in v:
+      raise ValueError(f"{field} entry {v!r} holds a comma: give each name as its own entry, "
+                       f"{tuple(s.strip() for s in v.split(',') if s.strip())!r}")
+
+
+# The datasets prepared once by experiments.prepare_data: their preset there and title.
+PREPARED = {"gtsrb_ic": ("gtsrb", "GTSRB-IC"), "coco_ic": ("coco", "COCO-IC")}
+
+
+def _cache_fields(d: Any) -> dict:
+  """The ``data`` fields that select the prepared cache (with the dataset's default size)."""
+  from percadv_jax.data import coco, gtsrb
+  if d.dataset == "gtsrb_ic":
+    return {"image_size": d.image_size or gtsrb.DEFAULT_IMAGE_SIZE, "segmenter": d.segmenter}
+  out = {"image_size": d.image_size or coco.DEFAULT_IMAGE_SIZE, "year": int(d.year),
+         "classes": tuple(d.classes), "crop": d.crop, "blackout": d.blackout,
+         "min_area": float(d.min_area), "margin": float(d.margin)}
+  if not d.classes:
+    out["num_classes"] = int(d.num_classes)
+  return out
+
+
+def _flag(value: Any) -> str:
+  """A field's value as ``--config`` parses it (a tuple of names as a Python literal: names may
+  hold spaces, "dining table")."""
+  if isinstance(value, tuple):
+    return "(" + ", ".join(f'"{v}"' for v in value) + ("," if len(value) == 1 else "") + ")"
+  return str(value)
+
+
+def prepare_command(d: Any, splits: Any) -> str:
+  """The ``experiments.prepare_data`` command that builds the caches of ``splits`` which a
+  study with ``data`` fields ``d`` reads: the preset of ``configs/prepare_data.py`` closest to
+  ``d``, the overrides of every field that selects the cache, ``RAW`` for the raw folder."""
+  import shlex
+  from experiments.configs import prepare_data as prep
+  want = _cache_fields(d)
+  base = PREPARED[d.dataset][0]
+
+  def overrides(preset: str) -> list[str]:
+    have = _cache_fields(prep.get_config(preset).data)
+    return [f"--config.data.{k}={_flag(v)}" for k, v in want.items() if have.get(k) != v]
+  preset = min((base, base + "_paper"), key=lambda p: len(overrides(p)))
+  args = ["python", "-m", "experiments.prepare_data",
+          f"--config=experiments/configs/prepare_data.py:{preset}", "--config.raw_dir=RAW",
+          f"--config.data.data_dir={d.data_dir}", *overrides(preset),
+          f"--config.splits={','.join(splits)}"]
+  return shlex.join(args)
+
+
+def check_prepared(d: Any, splits: Any, *, any_variant: bool = False) -> None:
+  """Raises ValueError when a cache that ``load_split(d.dataset, split, ...)`` reads is missing
+  (GTSRB-IC, MS-COCO-IC), naming the folders and the ``prepare_data`` command that builds them.
+
+  Other datasets, splits the dataset does not have, and caches that exist, pass (their loader
+  checks the rest). With ``any_variant`` (a reader that passes no preparation options and so
+  loads the split's only cache), a cache of any options passes.
+  """
+  if d.dataset not in PREPARED:
+    return
+  import os
+  from percadv_jax.data import cache, coco, gtsrb
+  if not any_variant:
+    check_data_dir(d.dataset, d.data_dir)
+  opts = data_config.options(d)
+  if d.dataset == "gtsrb_ic":
+    seg = opts["segmenter"]
+    variant = gtsrb.cache_variant(seg, gtsrb.segmenter_options(seg, None))
+    names = [s for s in splits if s in gtsrb.SPLITS]  # the loader refuses other splits
+    download = gtsrb.DOWNLOAD
+  else:
+    variant = coco.cache_variant(coco.settings(**opts))
+    names = [coco.SPLITS[s] for s in splits if s in coco.SPLITS]  # "test" is "val"
+    download = coco.DOWNLOAD.format(year=opts["year"])
+  size = _cache_fields(d)["image_size"]
+  missing = []
+  for name in dict.fromkeys(names):
+    if not d.image_size and cache.cached_sizes(d.data_dir, d.dataset, name, variant):
+      continue  # image_size 0: the loader takes the cached size
+    if any_variant and cache.cached_variants(d.data_dir, d.dataset, name, d.image_size or None):
+      continue
+    folder = cache.split_dir(d.data_dir, d.dataset, name, size, variant)
+    if not os.path.exists(os.path.join(folder, "meta.json")):
+      missing.append((name, folder))
+  if missing:
+    title = PREPARED[d.dataset][1]
+    raise ValueError(
+        f"no prepared {title} cache of split {', '.join(n for n, _ in missing)} with these "
+        f"data fields (expected {', '.join(f for _, f in missing)}). Download {download}, unzip "
+        f"into RAW, then run `{prepare_command(d, [n for n, _ in missing])}`")

@@ -22,6 +22,11 @@ from percadv_jax import io
 
 
 def validate(config: Any) -> None:
+  """Checks both studies' configurations and the preset named in the report."""
+  from experiments.configs import demo as presets
+  if config.preset not in presets.PRESETS:
+    raise ValueError(f"unknown preset {config.preset!r}; choose one of "
+                     f"{', '.join(presets.PRESETS)}")
   masks_study.validate(config.masks)
   perceptual_study.validate(config.perceptual)
 
@@ -33,6 +38,8 @@ def run(config: Any, workdir: str) -> dict:
     ``{"attention_masks": results, "perceptual_cam": results, "seconds": {...}, "report": path}``
   """
   validate(config)
+  masks_study.check_inputs(config.masks)  # both studies' inputs, before anything is written
+  perceptual_study.check_inputs(config.perceptual)
   io.lock_config(workdir, config)
   seconds = {}
   t0 = time.perf_counter()

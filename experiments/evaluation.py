@@ -50,7 +50,15 @@ def weights_hash(logits_fn: Callable) -> str:
   return h.hexdigest()[:16]
 
 
-def _read(npz: str, checks_path: str | None) -> attacks_lib.Evaluation:
+def _read(npz: str, checks_path: str | None, names: Sequence[str], n: int,
+          adversarial: bool) -> attacks_lib.Evaluation:
+  """The record at ``npz`` (and its trust checks), checked to be the one asked for: the attacks
+  ``names`` on ``n`` examples, with their adversarial images when ``adversarial``.
+
+  Raises:
+    ValueError: a corrupt file, or one of another schema or another evaluation (naming the
+      file and what differs; deleting it makes the rerun compute that evaluation again).
+  """
   try:
     with np.load(npz, allow_pickle=False) as z:
       arrays = {k: z[k] for k in z.files}
@@ -58,11 +66,22 @@ def _read(npz: str, checks_path: str | None) -> attacks_lib.Evaluation:
     raise ValueError(f"{npz} is corrupt ({type(e).__name__}: {e}); delete it to recompute "
                      "that evaluation") from None
   checks = io.read_json(checks_path) if checks_path else None
+  if checks_path and not isinstance(checks, dict):
+    raise ValueError(f"{checks_path} is not a record of trust checks (a JSON object expected, "
+                     f"got {type(checks).__name__}); delete it to recompute that evaluation")
   try:
-    return attacks_lib.Evaluation.from_arrays(arrays, checks=checks)
+    ev = attacks_lib.Evaluation.from_arrays(arrays, checks=checks)
   except ValueError as e:
     raise ValueError(f"{npz} is not an evaluation record ({e}); delete it to recompute that "
                      "evaluation") from None
+  if sorted(ev.names) != sorted(names) or ev.clean.size != n:
+    raise ValueError(f"{npz} is not this evaluation (it holds attacks {sorted(ev.names)} on "
+                     f"{ev.clean.size} examples, this one runs {sorted(names)} on {n}); delete "
+                     "it to recompute that evaluation")
+  if adversarial and sorted(ev.x_adv or {}) != sorted(names):
+    raise ValueError(f"{npz} lacks the adversarial images of {sorted(names)} (it holds "
+                     f"{sorted(ev.x_adv or {})}); delete it to recompute that evaluation")
+  return ev
 
 
 def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
@@ -97,7 +116,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
       store, f"{eid}.checks.json")
   if npz is not None and os.path.exists(npz) and (checks_path is None
                                                  or os.path.exists(checks_path)):
-    return _read(npz, checks_path)
+    return _read(npz, checks_path, list(attacks), int(len(data["label"])),
+                 bool(return_adversarial))
   ev = attacks_lib.robust_accuracy(logits_fn, data["image"], data["label"], attacks, key=key,
                                    mask=data.get("mask"), batch_size=batch_size, mesh=mesh,
                                    return_adversarial=return_adversarial, desc=desc,

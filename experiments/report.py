@@ -26,8 +26,9 @@ from experiments import cli
 
 
 def validate(config: Any) -> None:
-  if isinstance(config.studies, str):
-    config.studies = tuple(s.strip() for s in config.studies.split(",") if s.strip())
+  """Checks the configuration (changing nothing); ``read_study`` reads the results."""
+  from experiments import common
+  common.check_names(config.studies, "studies")
   if not config.studies:
     raise ValueError("studies is empty: give the workdirs of finished attention_masks runs")
   for w in config.studies:
@@ -35,14 +36,49 @@ def validate(config: Any) -> None:
       raise ValueError(f"{w} holds no finished attention_masks run (no results.json)")
 
 
+def read_study(workdir: str) -> dict:
+  """The ``results.json`` of the finished ``attention_masks`` run in ``workdir``, checked to
+  hold what the combined table reads.
+
+  Raises:
+    ValueError: the file is corrupt or of another schema (naming it and what is missing).
+  """
+  from percadv_jax import io
+  path = os.path.join(workdir, "results.json")
+  try:
+    r = io.read_json(path)
+  except ValueError as e:
+    raise ValueError(f"{e} by running the attention_masks study in {workdir} again") from None
+  if not isinstance(r, dict):
+    raise ValueError(f"{path} is not an attention_masks result (a JSON object expected, got "
+                     f"{type(r).__name__})")
+  if r.get("study") != "attention_masks":
+    raise ValueError(f"{path} is not an attention_masks result (its study is "
+                     f"{r.get('study')!r})")
+  missing = [] if "findings" in r else ["findings"]
+  if not isinstance(r.get("dataset"), dict) or "name" not in r["dataset"]:
+    missing.append("dataset.name")
+  models = r.get("models")
+  if not isinstance(models, dict):
+    missing.append("models")
+  else:
+    for n, m in models.items():
+      m = m if isinstance(m, dict) else {}
+      missing += [f"models.{n}.clean"] if "clean" not in m else []
+      per_attack = m.get("per_attack") if isinstance(m.get("per_attack"), dict) else {}
+      missing += [f"models.{n}.per_attack.pgd"] if "pgd" not in per_attack else []
+  if missing:
+    raise ValueError(f"{path} lacks {', '.join(missing)}: not a finished attention_masks "
+                     "result; run that study again to rewrite it")
+  return r
+
+
 def load_studies(workdirs: Any) -> list[dict]:
   """``[{"workdir", "results", "config"}]`` of finished ``attention_masks`` workdirs."""
   from percadv_jax import io
   studies = []
   for w in workdirs:
-    r = io.read_json(os.path.join(w, "results.json"))
-    if r.get("study") != "attention_masks":
-      raise ValueError(f"{w}/results.json is not an attention_masks result")
+    r = read_study(w)
     c = io.read_json(os.path.join(w, "config.json"))
     studies.append({"workdir": w, "results": r, "config": c.get("config", c)})
   return studies

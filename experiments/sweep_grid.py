@@ -66,10 +66,12 @@ def setup(config: Any) -> dict:
 
 
 def validate(config: Any) -> None:
-  """Checks the whole configuration before any work; raises ValueError naming the field."""
+  """Checks the whole configuration before any work (changing nothing); raises ValueError
+  naming the field. The data and the checkpoints are opened by ``check_inputs``."""
+  from experiments import common
+  from percadv_jax import data as data_lib
   for f in ("checkpoints", "attacks"):
-    if isinstance(config[f], str):
-      config[f] = tuple(s.strip() for s in config[f].split(",") if s.strip())
+    common.check_names(config[f], f)
   if not config.checkpoints:
     raise ValueError("checkpoints is empty: give at least one training workdir or init:SEED")
   if not config.attacks or not config.eps or not config.steps:
@@ -79,8 +81,9 @@ def validate(config: Any) -> None:
   for e in config.eps:
     checks.check_positive(e, "eps entry", allow_zero=True)
   for s in config.steps:
-    if isinstance(s, bool) or int(s) != s or s < 1:
-      raise ValueError(f"steps entries must be positive integers, got {s!r}")
+    checks.check_int(s, "steps entry", minimum=1)
+  checks.check_choice(config.data.dataset, "data.dataset", data_lib.known_datasets())
+  checks.check_positive(config.data.image_size, "data.image_size", allow_zero=True)
   checks.check_choice(config.norm, "norm", ("linf", "l2"))
   checks.check_positive(config.restarts, "restarts")
   checks.check_positive(config.step_factor, "step_factor")
@@ -104,7 +107,11 @@ def make_model(name: str, *, num_classes: int, **kwargs: Any) -> Any:
   if ":" in name:
     import importlib
     mod, attr = name.split(":", 1)
-    return getattr(importlib.import_module(mod), attr)(num_classes=num_classes, **kwargs)
+    try:
+      factory = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError) as e:
+      raise ValueError(f"model.name {name!r}: cannot import {attr} from {mod} ({e})") from None
+    return factory(num_classes=num_classes, **kwargs)
   from percadv_jax import models
   return models.get_model(name, num_classes=num_classes, **kwargs)
 
@@ -130,7 +137,7 @@ def load_checkpoint(spec: str, config: Any, *, num_classes: int,
                         **dict(config.model.kwargs))
     variables = _init_fn(module, tuple(image_shape))(jax.random.PRNGKey(int(spec[5:])))
     return module, variables, bool(config.masked), 0
-  tc = train.TrainConfig.from_dict(io.read_json(os.path.join(spec, "config.json")))
+  tc = train_config(spec)
   state = train.build(tc, num_classes=num_classes, image_shape=image_shape, total=1)
   mngr = train.checkpoint.manager(os.path.join(spec, "checkpoints"))
   try:
@@ -141,6 +148,63 @@ def load_checkpoint(spec: str, config: Any, *, num_classes: int,
     mngr.close()
   module = models.get_model(tc.model, num_classes=num_classes, **tc.model_kwargs)
   return module, state.variables(), tc.masked, int(jax.device_get(state.step))
+
+
+def train_config(spec: str) -> train.TrainConfig:
+  """The ``TrainConfig`` of the training workdir ``spec`` (its ``config.json``).
+
+  Raises:
+    ValueError: the file is not valid JSON, or not a training configuration (naming it and
+      what is wrong).
+  """
+  path = os.path.join(spec, "config.json")
+  try:
+    stored = io.read_json(path)
+  except ValueError as e:
+    raise ValueError(f"checkpoint {spec!r}: {e}") from None
+  if not isinstance(stored, dict):
+    raise ValueError(f"checkpoint {spec!r}: {path} is not a training configuration (a JSON "
+                     f"object expected, got {type(stored).__name__})")
+  try:
+    tc = train.TrainConfig.from_dict(stored)
+    tc.validate()
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"checkpoint {spec!r}: {path} is not a training configuration "
+                     f"({e})") from None
+  return tc
+
+
+def check_inputs(config: Any) -> tuple[Any, dict, dict[str, tuple]]:
+  """Opens the data and every checkpoint before the workdir is locked.
+
+  Returns:
+    ``(source, arrays, loaded)``: the evaluation data and ``{checkpoint: load_checkpoint(...)}``
+    (an ``init:`` model initialised at the data's image size).
+
+  Raises:
+    ValueError: an unknown split or model, data that is missing, images too small for a
+      model, a checkpoint workdir without a checkpoint or with a bad ``config.json``.
+  """
+  from experiments import common
+  from experiments.configs import data as data_config
+  from percadv_jax import data as data_lib
+  from percadv_jax.data import raw
+  d = config.data
+  if d.dataset in common.PREPARED:  # read with the cache's own options: any prepared cache
+    fields = data_config.get(d.dataset)
+    fields.update(data_dir=d.data_dir or raw.default_data_dir(), image_size=d.image_size)
+    common.check_prepared(fields, (d.split,), any_variant=True)
+  kw = {"num_classes": d.num_classes} if d.num_classes else {}
+  if d.num_examples:
+    kw["num_examples"] = d.num_examples
+  src = data_lib.load(d.dataset, split=d.split, data_dir=d.data_dir or None,
+                      image_size=d.image_size or None, **kw)
+  arrays = data_lib.to_arrays(src)
+  loaded = {}
+  for c in dict.fromkeys(config.checkpoints):
+    loaded[c] = load_checkpoint(c, config, num_classes=src.info.num_classes,
+                                image_shape=arrays["image"].shape[1:])
+  return src, arrays, loaded
 
 
 def cell_key(seed: int, cell: Cell) -> jax.Array:
@@ -166,31 +230,19 @@ def run(config: Any, workdir: str, *, mesh: Any = None) -> list[dict]:
     robust (correct clean and under the attack), distance (mean attack distance in ``norm``),
     count.
   """
-  from percadv_jax import data as data_lib
   validate(config)
   mesh = parallel.make_mesh() if mesh is None else mesh
   main = parallel.is_main_process()
+  _, arrays, loaded = check_inputs(config)
   if main:
     io.lock_config(workdir, setup(config), name="setup.json")
     io.write_json(os.path.join(workdir, "config.json"), io.config_dict(config))  # accepted
-  d = config.data
-  kw = {"num_classes": d.num_classes} if d.num_classes else {}
-  if d.num_examples:
-    kw["num_examples"] = d.num_examples
-  src = data_lib.load(d.dataset, split=d.split, data_dir=d.data_dir or None,
-                      image_size=d.image_size or None, **kw)
-  arrays = data_lib.to_arrays(src)
   store = os.path.join(workdir, "evaluations")
   rows = []
-  loaded: dict[str, tuple] = {}
   cells = grid(config)
   bar = io.progress(total=len(cells), desc="sweep", unit="cell")
   try:
     for cell in cells:
-      if cell.checkpoint not in loaded:
-        loaded[cell.checkpoint] = load_checkpoint(
-            cell.checkpoint, config, num_classes=src.info.num_classes,
-            image_shape=arrays["image"].shape[1:])
       module, variables, masked, step = loaded[cell.checkpoint]
       logits_fn = train.make_logits_fn(_apply(module, config.precision), variables)
       data = {"image": train.model_input(arrays["image"], arrays["mask"], masked),

@@ -4,7 +4,12 @@ a workdir's configuration lock and finished stages, tables.
 A file written here is either absent or complete: each write goes to a temporary file in the same
 directory and is renamed over the target (``os.replace`` is atomic on POSIX). The one exception is
 a JSON-lines log (``metrics.jsonl``), appended line by line: a crash can tear only its last line,
-which readers skip and the next append cuts off.
+which readers skip and the next append cuts off. A write that fails (disk full, read-only file
+system) raises an ``OSError`` that names the file.
+
+A run owns its workdir: :func:`lock_config` also takes ``<workdir>/.lock`` (an exclusive
+``fcntl.flock``) for the rest of the process, so a second run started in the same workdir is
+refused instead of interleaving its records with the first one's.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import errno
+import fcntl
 import io
 import json
 import os
@@ -32,20 +39,38 @@ def _default(o: Any):
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
-  """Opens a temporary file beside ``path``; renames it over ``path`` on success only."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
-                             suffix=".tmp")
+def _naming(path: str) -> Iterator[None]:
+  """Re-raises an ``OSError`` that names no file (``write`` on a full disk) as one naming
+  ``path``."""
   try:
-    with os.fdopen(fd, mode) as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
+    yield
+  except OSError as e:
+    if e.filename is not None or e.errno is None:
+      raise
+    raise OSError(e.errno, e.strerror or os.strerror(e.errno), path) from None
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w") -> Iterator[Any]:
+  """Opens a temporary file beside ``path``; renames it over ``path`` on success only.
+
+  Raises:
+    OSError: the file cannot be written (``filename`` is ``path`` or its directory).
+  """
+  directory = os.path.dirname(os.path.abspath(path))
+  with _naming(path):
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix="." + os.path.basename(path) + ".",
+                               suffix=".tmp")
+  try:
+    with _naming(path):
+      with os.fdopen(fd, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, path)
   except BaseException:
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(OSError):
       os.remove(tmp)
     raise
 
@@ -85,18 +110,19 @@ def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
   """
   record = dict(record)
   record.setdefault("time", time.time())
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   line = (json.dumps(record, sort_keys=True, default=_default) + "\n").encode("utf-8")
-  with open(path, "ab+") as f:
-    start, tail = _unterminated_tail(f)
-    if tail:
-      if _parse(tail) is None:
-        f.truncate(start)
-      else:
-        line = b"\n" + line
-    f.write(line)
-    f.flush()
-    os.fsync(f.fileno())
+  with _naming(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "ab+") as f:
+      start, tail = _unterminated_tail(f)
+      if tail:
+        if _parse(tail) is None:
+          f.truncate(start)
+        else:
+          line = b"\n" + line
+      f.write(line)
+      f.flush()
+      os.fsync(f.fileno())
 
 
 def _unterminated_tail(f) -> tuple[int, bytes]:
@@ -142,9 +168,11 @@ def _lines(path: str) -> tuple[list[tuple[bytes, dict]], int | None]:
     except (UnicodeDecodeError, json.JSONDecodeError):
       if k == len(lines) - 1:
         return out, number
-      raise ValueError(f"{path}: line {number} is not valid JSON") from None
+      raise ValueError(f"{path}: line {number} is not valid JSON (a damaged record: only a "
+                       "crash's last line can be torn; repair or delete that line)") from None
     if not isinstance(rec, dict):
-      raise ValueError(f"{path}: line {number} is not a JSON object")
+      raise ValueError(f"{path}: line {number} is not a JSON object (a damaged record; repair "
+                       "or delete that line)")
     out.append((line, rec))
   return out, None
 
@@ -168,7 +196,7 @@ def read_jsonl(path: str) -> list[dict]:
 
 def drop_records_after(path: str, step: int) -> None:
   """Drops the records of the JSON-lines file ``path`` whose ``step`` is > ``step``, and a torn
-  last line.
+  last line (with a warning naming it, as :func:`read_jsonl`).
 
   A run resumed from a checkpoint at ``step`` calls it: the steps after it run again and write
   their records again. Records without an integer ``step`` are kept, each line as written. The
@@ -180,6 +208,9 @@ def drop_records_after(path: str, step: int) -> None:
   if not os.path.exists(path):
     return
   lines, torn = _lines(path)
+  if torn is not None:
+    warnings.warn(f"{path}: dropping line {torn}, a record torn by an interrupted write",
+                  stacklevel=2)
   keep = [line for line, rec in lines
           if not (isinstance(rec.get("step"), int) and rec["step"] > step)]
   if torn is not None or len(keep) < len(lines):
@@ -225,12 +256,48 @@ def _differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]:
   return out
 
 
+_HELD: dict[str, int] = {}  # real path of a workdir -> the open descriptor of its .lock
+
+
+def hold_workdir(workdir: str) -> None:
+  """Makes this process the only run in ``workdir`` until it exits.
+
+  Takes an exclusive, non-blocking ``fcntl.flock`` on ``<workdir>/.lock`` (created if missing;
+  it holds the owner's pid) and keeps it open: the kernel releases it when the process ends,
+  however it ends. Calling it again in the same process is a no-op.
+
+  Raises:
+    ValueError: another process holds the lock (a run in progress in ``workdir``).
+    OSError: ``workdir`` or its ``.lock`` cannot be created or opened.
+  """
+  key = os.path.realpath(workdir)
+  if key in _HELD:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, ".lock")
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError as e:
+    owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    os.close(fd)
+    if e.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+      who = f"process {owner}" if owner.isdigit() else "another process"
+      raise ValueError(f"{workdir} is in use by another run ({who} holds {path}); wait for it "
+                       "to finish, or use another workdir") from None
+    raise OSError(e.errno, e.strerror, path) from None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+  _HELD[key] = fd
+
+
 def lock_config(workdir: str, config: Any, *, name: str = "config.json",
                 upgrade: Callable[[dict], Any] | None = None) -> dict:
   """Locks ``workdir`` to ``config``: writes ``workdir/name`` the first time, checks it after.
 
   So a resumed run never mixes settings: a workdir that holds another configuration is refused,
-  naming the fields that differ, and nothing is written then.
+  naming the fields that differ, and nothing is written then. An accepted workdir is also held
+  (:func:`hold_workdir`): a second process running in it is refused.
 
   Args:
     workdir: the run's directory (created when missing).
@@ -244,23 +311,29 @@ def lock_config(workdir: str, config: Any, *, name: str = "config.json",
 
   Raises:
     ValueError: ``workdir`` holds a run of another configuration (the message names the
-      differing fields).
+      differing fields), its ``name`` is not a JSON object, or another process runs in it.
     OSError: ``workdir`` is a file or cannot be written.
   """
   d = config_dict(config)
   path = os.path.join(workdir, name)
   if os.path.exists(path):
     stored = read_json(path)
+    if not isinstance(stored, dict):
+      raise ValueError(f"{path}: not a configuration (a JSON object expected, got "
+                       f"{type(stored).__name__} {json.dumps(stored)[:60]}); delete it only if "
+                       f"{workdir} holds nothing you need, or use another workdir")
     changes = _differences(config_dict(upgrade(stored) if upgrade else stored), d)
     if changes:
       shown = "; ".join(changes[:6]) + (f"; and {len(changes) - 6} more" if len(changes) > 6
                                        else "")
       raise ValueError(f"{workdir} holds a run with a different configuration ({shown}); pass "
                        "the same configuration to resume it, or use another workdir")
+    hold_workdir(workdir)
     return d
   os.makedirs(workdir, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(13, "not writable", workdir)
+  hold_workdir(workdir)
   write_json(path, d)
   return d
 

@@ -84,7 +84,8 @@ def test_drop_records_after_keeps_the_lines_as_written(tmp_path):
   assert open(path).read().splitlines() == before
   with open(path, "a") as f:
     f.write('{"step": 8, "lo')
-  io.drop_records_after(path, 3)  # the records of steps 4 and 6 and the torn line go
+  with pytest.warns(UserWarning, match=r"m\.jsonl: dropping line 5, a record torn"):
+    io.drop_records_after(path, 3)  # the records of steps 4 and 6 and the torn line go
   assert open(path).read().splitlines() == [before[0], before[3]]
   io.drop_records_after(str(tmp_path / "missing.jsonl"), 0)
 
@@ -184,3 +185,23 @@ def test_write_table_refuses_a_column_no_row_has(tmp_path):
   assert (tmp_path / "t.csv").read_text().splitlines() == ["model,acc,torch_s", "a,0.9,",
                                                            "b,,"]
   io.write_table(stem, [], ["model", "acc"])
+
+
+def test_a_failed_write_names_the_file(tmp_path, monkeypatch):
+  """A full disk fails ``write``/``fsync`` with an OSError that names no file: the writers name
+  the one they were writing, and the old file stays as it was."""
+  import errno
+  path = str(tmp_path / "results.json")
+  io.write_json(path, {"v": 1})
+
+  def full(fd):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(io.os, "fsync", full)
+  for write in (lambda: io.write_json(path, {"v": 2}),
+                lambda: io.append_jsonl(str(tmp_path / "m.jsonl"), {"step": 1})):
+    with pytest.raises(OSError) as e:
+      write()
+    assert e.value.errno == errno.ENOSPC and e.value.filename is not None
+    assert str(tmp_path) in e.value.filename
+  assert io.read_json(path) == {"v": 1}
+  assert [f for f in os.listdir(tmp_path) if f.endswith(".tmp")] == []

@@ -35,19 +35,19 @@ def median_time(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
 
 
 def names(config: Any, field: str, choices: Iterable[str], *, allow_empty: bool = False) -> tuple:
-  """Normalises the name list ``config[field]`` in place and checks each name.
+  """Checks the name list ``config[field]`` (changing nothing) and returns it as a tuple.
 
-  ``--config.models=a,b`` arrives as ``"a,b"`` or ``("a,b",)``; both become ``("a", "b")``.
+  The command line splits ``--config.models=a,b`` into ``("a", "b")``
+  (``experiments.cli.split_comma_lists``); a string or a comma entry is refused.
 
   Raises:
-    ValueError: an unknown name (the message names the field and lists the choices), or an
-      empty list unless ``allow_empty``.
+    ValueError: a string or an entry with a comma, an unknown name (the message names the
+      field and lists the choices), or an empty list unless ``allow_empty``.
   """
+  from experiments import common as studies_common
   value = config[field]
-  if isinstance(value, str):
-    value = (value,)
-  value = tuple(s.strip() for v in value for s in str(v).split(",") if s.strip())
-  config[field] = value
+  studies_common.check_names(value, field)
+  value = tuple(value)
   if not value and not allow_empty:
     raise ValueError(f"{field} is empty: choose some of {', '.join(choices)}")
   for v in value:

@@ -41,15 +41,10 @@ def validate(config: Any) -> None:
   common.positive_ints(config, ("batch", "window", "stride", "repeats", "cvxpy_batch"))
   common.positive_ints(config, ("seed",), allow_zero=True)
   sizes = config.sizes
-  if isinstance(sizes, (int, str)):
-    sizes = (sizes,)
-  try:
-    sizes = tuple(int(s) for v in sizes for s in str(v).split(",") if s.strip())
-  except ValueError:
-    raise ValueError(f"sizes must be image sides (integers), got {config.sizes!r}") from None
+  if not isinstance(sizes, (tuple, list)):
+    raise ValueError(f"sizes must be a tuple of image sides (integers), got {sizes!r}")
   if not sizes:
     raise ValueError("sizes is empty: give at least one image side")
-  config.sizes = sizes
   for s in sizes:
     checks.check_int(s, "sizes entry", minimum=config.window)
   checks.check_float(config.eps, "eps", minimum=0, min_inclusive=False)

@@ -28,7 +28,10 @@ curves (``evaluate``), and writes into ``workdir``:
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
+
+import numpy as np
 
 from experiments import common, papers
 from experiments.configs import data as data_config
@@ -39,21 +42,20 @@ from experiments.masks_study.train import train_config, train_model
 from percadv_jax import checks, io, models as models_lib
 from percadv_jax import train as train_lib
 
-__all__ = ["run", "validate", "train_config", "train_model", "evaluate_model", "report",
-           "claims", "dimension"]
+__all__ = ["run", "validate", "check_inputs", "read_evaluation", "train_config", "train_model",
+           "evaluate_model", "report", "claims", "dimension"]
 
 
 def validate(config: Any) -> None:
-  """Checks the whole configuration before any work; raises ValueError naming the field."""
-  if isinstance(config.models, str):
-    config.models = tuple(s.strip() for s in config.models.split(",") if s.strip())
-  if any("," in m for m in config.models):
-    config.models = tuple(s.strip() for m in config.models for s in m.split(",") if s.strip())
+  """Checks the whole configuration before any work (changing nothing); raises ValueError
+  naming the field. What the data decides is checked by ``check_inputs``."""
+  common.check_names(config.models, "models")
   checks.check_choice(config.data.dataset, "data.dataset", common.DATASETS)
   if not config.models:
     raise ValueError("models is empty: choose some of " + ", ".join(MODEL_NAMES))
   for name in config.models:
     checks.check_choice(name, "models entry", MODEL_NAMES)
+  checks.check_int(config.seed, "seed", minimum=0)
   if config.data.dataset != "synthetic_signs":
     common.check_data_dir(config.data.dataset, config.data.data_dir)
   for f in ("num_train", "num_test", "image_size"):
@@ -83,6 +85,7 @@ def validate(config: Any) -> None:
 
 def _load(config: Any):
   d = config.data
+  common.check_prepared(d, ("train", "test"))
   size, opts = d.image_size or None, data_config.options(d)
   train_src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
                                 image_size=size, num_examples=d.num_train, seed=config.seed,
@@ -98,12 +101,88 @@ def _load(config: Any):
   return train_src, train_data, eval_arrays
 
 
+def check_inputs(config: Any) -> tuple:
+  """Opens the data and checks what it decides, before the workdir is locked: every model
+  trains on this many images (batch size, guard split) and accepts their size.
+
+  Returns:
+    ``_load(config)``: the training source, the training data and the evaluation arrays.
+
+  Raises:
+    ValueError: a missing cache (with the command that prepares it), a batch size larger
+      than the training set, images too small for the model.
+  """
+  loaded = _load(config)
+  train_src, train_data, _ = loaded
+  image_shape = train_data.batch(np.arange(1))["image"].shape[1:]
+  for name in config.models:
+    tc = train_config(config, name)
+    train_idx, _ = train_lib.split_guard(tc, len(train_data))
+    try:
+      train_lib.total_steps(tc, len(train_idx))
+    except ValueError as e:
+      raise ValueError(f"train.batch_size: {e}") from None
+    train_lib.build(tc, num_classes=train_src.info.num_classes, image_shape=image_shape,
+                    total=1, abstract=True)  # the model's own size checks, nothing computed
+  return loaded
+
+
+EVAL_KEYS = ("clean", "robust", "per_attack", "curve", "masked", "adversarial")
+
+
+def read_evaluation(path: str) -> dict:
+  """A finished model's ``eval/<name>.json``, checked to hold what the report reads.
+
+  Raises:
+    ValueError: not valid JSON, or a JSON of another schema (naming the file and the missing
+      keys; deleting it makes the rerun evaluate the model again).
+  """
+  r = io.read_json(path)
+  missing = ([k for k in EVAL_KEYS if k not in r] if isinstance(r, dict) else list(EVAL_KEYS))
+  if not missing:
+    attacks = r["per_attack"] if isinstance(r["per_attack"], dict) else {}
+    missing = [f"per_attack.{a}" for a in ("pgd", "apgd") if a not in attacks]
+    if not isinstance(r["curve"], list) or not all(
+        isinstance(c, dict) and "eps" in c and "pgd" in c.get("per_attack", {})
+        for c in r["curve"]):
+      missing.append("curve[].eps / curve[].per_attack.pgd")
+  if missing:
+    what = (f"lacks {', '.join(missing)}" if isinstance(r, dict)
+            else f"is a {type(r).__name__}, not an object")
+    raise ValueError(f"{path} is not a finished evaluation of this study (it {what}); delete "
+                     "it to evaluate that model again")
+  return r
+
+
+def _final_record(workdir: str, name: str, steps: int) -> dict:
+  """The model's last training record (loss, accuracy) and its step, from its metrics.jsonl.
+
+  A run stopped by the overfitting guard logs its last step before ``steps``; any other
+  finished run logs step ``steps``. When the log's last record is of another step (lost or
+  damaged), the loss of the step it has is reported with a warning naming the file.
+  """
+  path = os.path.join(workdir, "models", name, "metrics.jsonl")
+  records = io.read_jsonl(path)
+  hist = [r for r in records if "loss" in r]
+  stops = [r["step"] for r in records if r.get("event") == "catastrophic_overfitting"]
+  expected = stops[-1] if stops else steps
+  last = hist[-1] if hist else {}
+  if last.get("step") != expected:
+    found = f"ends at step {last['step']}" if hist else "holds no training record"
+    warnings.warn(f"{path} {found}, but training ended at step {expected} (the record of the "
+                  "last step is missing or damaged); final_train_loss and final_train_accuracy "
+                  f"are {'those of step ' + str(last['step']) if hist else 'None'} "
+                  "(final_train_step says which)", stacklevel=2)
+  return {"final_train_loss": last.get("loss"), "final_train_accuracy": last.get("accuracy"),
+          "final_train_step": last.get("step")}
+
+
 def run(config: Any, workdir: str) -> dict:
   """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
   validate(config)
+  train_src, train_data, eval_arrays = check_inputs(config)
   io.lock_config(workdir, config)
   io.log_event(workdir, "start")
-  train_src, train_data, eval_arrays = _load(config)
   info = train_src.info
   results_models: dict[str, Any] = {}
   for index, name in enumerate(MODEL_NAMES):
@@ -111,20 +190,18 @@ def run(config: Any, workdir: str) -> dict:
       continue
     eval_path = os.path.join(workdir, "eval", f"{name}.json")
     if os.path.exists(eval_path):
-      results_models[name] = io.read_json(eval_path)
+      results_models[name] = read_evaluation(eval_path)
       io.log_event(workdir, "skip", model=name, reason="evaluation finished earlier")
       continue
     state = train_model(config, name, workdir, train_data, info.num_classes)
     tc = train_config(config, name, workdir)
-    hist = [r for r in io.read_jsonl(os.path.join(workdir, "models", name, "metrics.jsonl"))
-            if "loss" in r]
+    final = _final_record(workdir, name, int(state.step))
 
-    def compute(state=state, tc=tc, index=index, hist=hist, name=name):
+    def compute(state=state, tc=tc, index=index, final=final, name=name):
       r = evaluate_model(config, state, name=name, masked=tc.masked, eval_arrays=eval_arrays,
                          index=index, workdir=workdir)
       r.update(masked=tc.masked, adversarial=tc.adversarial, train_steps=int(state.step),
-               final_train_loss=hist[-1]["loss"] if hist else None,
-               final_train_accuracy=hist[-1]["accuracy"] if hist else None)
+               **final)
       return r
 
     results_models[name] = io.cached(eval_path, compute)

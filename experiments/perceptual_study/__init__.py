@@ -49,7 +49,8 @@ from percadv_jax import cam, checks, io, models, train
 
 DATASETS = common.DATASETS + ("image_folder", "oxford_iiit_pet", "imagenet2012")
 
-__all__ = ["run", "validate", "agreement", "attacks", "model", "question", "report", "sanity"]
+__all__ = ["run", "validate", "check_inputs", "seeds_of", "agreement", "attacks", "model",
+           "question", "report", "sanity"]
 
 
 def _image_size(config: Any) -> int:
@@ -59,14 +60,22 @@ def _image_size(config: Any) -> int:
   return 224 if d.dataset in ("image_folder", "oxford_iiit_pet", "imagenet2012") else 32
 
 
+def seeds_of(config: Any) -> list[int]:
+  """``config.seeds`` as a list (a single integer is one seed)."""
+  seeds = config.seeds
+  return [seeds] if isinstance(seeds, int) and not isinstance(seeds, bool) else list(seeds)
+
+
 def validate(config: Any) -> None:
-  """Checks the whole configuration before any work; raises ValueError naming the field."""
+  """Checks the whole configuration before any work (changing nothing); raises ValueError
+  naming the field. What the data and the weights decide is checked by ``check_inputs``."""
   d, b = config.data, config.ball
   checks.check_choice(d.dataset, "data.dataset", DATASETS)
-  if isinstance(config.seeds, int):
-    config.seeds = (config.seeds,)
-  if not config.seeds or len(set(config.seeds)) != len(config.seeds):
+  seeds = seeds_of(config)
+  if not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f"seeds must be distinct integers, got {config.seeds}")
+  for s in seeds:
+    checks.check_int(s, "seeds entry", minimum=0)
   if d.dataset != "synthetic_signs":
     common.check_data_dir(d.dataset, d.data_dir)
   if d.dataset in ("image_folder", "imagenet2012") and not config.model.keras_weights:
@@ -220,12 +229,52 @@ def _sanity(config: Any, module: Any, variables: Any, x: np.ndarray, y: np.ndarr
           "smooth": smooth, "deletion": deletion}
 
 
+def check_inputs(config: Any) -> None:
+  """Opens the data and the weights and checks what they decide, before the workdir is locked:
+  the Keras weights load, the data is prepared, the images fit the quality ball's window and
+  the model, and the model trained here has enough training images for its batch size.
+
+  The sources of the first seed are opened (for the built-in data this renders them once; the
+  run reuses them); the other seeds read the same prepared data.
+
+  Raises:
+    ValueError: naming the file or the field.
+  """
+  d, seed = config.data, seeds_of(config)[0]
+  common.check_prepared(d, (d.split,) if config.model.keras_weights else ("train", d.split))
+  if config.model.keras_weights:
+    models.load_keras_weights("mobilenet_v2", config.model.keras_weights,
+                              width=config.model.width)
+  src = _source(config, seed)
+  if not len(src):
+    raise ValueError(f"data.split {d.split!r} of {d.dataset} holds no images"
+                     + (f" (data.data_dir {d.data_dir})" if d.data_dir else ""))
+  size = int(src[0]["image"].shape[0])
+  if config.ball.window > size:
+    raise ValueError(f"ball.window ({config.ball.window}) is larger than the images ({size} px)")
+  if not config.model.keras_weights:
+    t = config.train
+    src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
+                            image_size=d.image_size or None, num_examples=t.num_train,
+                            seed=seed, **data_config.options(d))
+    n = len(src) if d.dataset == "synthetic_signs" else min(t.num_train or len(src), len(src))
+    tc = model.train_config(config, seed)
+    try:
+      train.total_steps(tc, n)
+    except ValueError as e:
+      raise ValueError(f"train.batch_size: {e}") from None
+    image_shape = tuple(src[0]["image"].shape)
+    train.build(tc, num_classes=src.info.num_classes, image_shape=image_shape, total=1,
+                abstract=True)  # the model's own size checks, nothing computed
+
+
 def run(config: Any, workdir: str) -> dict:
   """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
   validate(config)
+  check_inputs(config)
   io.lock_config(workdir, config)
   io.log_event(workdir, "start")
-  seeds = [int(s) for s in config.seeds]
+  seeds = [int(s) for s in seeds_of(config)]
   runs = [run_seed(config, os.path.join(workdir, f"seed_{s}"), s) for s in seeds]
   boot = dict(resamples=config.report.bootstrap, seed=seeds[0])
   pooled_values = {n: {k: np.concatenate([r["per_attack"][n][k] for r in runs])

@@ -68,7 +68,14 @@ def select(config: Any, workdir: str, logits_fn: Any, src: Any, num_classes: int
     return {"indices": all_idx[chosen].tolist(), "labels": labels[chosen].astype(int).tolist(),
             "label_source": label_source, "candidates": int(n),
             "candidate_accuracy": float(np.mean(pred == labels))}
-  return io.cached(os.path.join(workdir, "stages", "selection.json"), compute)
+  path = os.path.join(workdir, "stages", "selection.json")
+  sel = io.cached(path, compute)
+  keys = ("indices", "labels", "label_source", "candidates", "candidate_accuracy")
+  missing = [k for k in keys if k not in sel] if isinstance(sel, dict) else list(keys)
+  if missing:
+    raise ValueError(f"{path} is not an image selection of this study (it lacks "
+                     f"{', '.join(missing)}); delete it to select the images again")
+  return sel
 
 
 def gather(src: Any, indices: Any) -> dict:

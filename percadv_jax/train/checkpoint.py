@@ -6,7 +6,13 @@ into a freshly created state of the same model and optimiser continues the run b
 
 from __future__ import annotations
 
+import gc
+import io
+import logging
 import os
+import re
+import sys
+import time
 import warnings
 
 import jax
@@ -22,13 +28,115 @@ def manager(directory: str, *, max_to_keep: int = 2) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
+class _HoldErrors(logging.Filter):
+  """Keeps back the error records (with their tracebacks) that orbax's writer threads log."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.ERROR:
+      self.records.append(record)
+      return False
+    return True
+
+
+class _HeldStream(io.TextIOBase):
+  """A stand-in for ``sys.stderr`` that keeps what is written to it."""
+
+  def __init__(self):
+    super().__init__()
+    self.parts: list[str] = []
+
+  def write(self, text: str) -> int:
+    self.parts.append(text)
+    return len(text)
+
+  def writable(self) -> bool:
+    return True
+
+
+# orbax logs through absl (the "absl" logger); its threads' futures and event loops through these.
+_THREAD_LOGGERS = ("absl", "concurrent.futures", "asyncio")
+
+
+class _QuietFailure:
+  """While saving, what orbax's threads report on stderr is held back.
+
+  When a write fails (a full disk), each of orbax's writer threads logs the failure with its
+  traceback, each failed writer task once more when it is garbage-collected, and TensorStore
+  prints a traceback for every write that completes after orbax closed its event loop: dozens
+  of tracebacks on stderr around the one error that ``save`` raises. ``failed()`` drops them
+  (after letting the writes still in flight finish); else the end of the block writes them out
+  as usual.
+  """
+
+  def __enter__(self) -> "_QuietFailure":
+    self.hold = _HoldErrors()
+    self.loggers = [logging.getLogger(n) for n in _THREAD_LOGGERS]
+    for lg in self.loggers:
+      lg.addFilter(self.hold)
+    self.stderr, self.held = sys.stderr, _HeldStream()
+    sys.stderr = self.held
+    return self
+
+  def failed(self) -> None:
+    gc.collect()  # the failed writer tasks log "exception never retrieved" now
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:  # until the late writes stop reporting
+      n = len(self.held.parts)
+      time.sleep(0.25)
+      if len(self.held.parts) == n:
+        break
+    self.hold.records.clear()
+    self.held.parts.clear()
+
+  def __exit__(self, *exc) -> None:
+    sys.stderr = self.stderr
+    for lg in self.loggers:
+      lg.removeFilter(self.hold)
+    if self.held.parts:
+      self.stderr.write("".join(self.held.parts))
+    for record in self.hold.records:
+      logging.getLogger(record.name).handle(record)
+
+
+def _os_error(e: BaseException) -> int | None:
+  """The errno of a failed write: an ``OSError``'s, or the ``os_error_code`` TensorStore puts in
+  its message (``[os_error_code='28']``: disk full), else None."""
+  if isinstance(e, OSError) and e.errno:
+    return e.errno
+  m = re.search(r"os_error_code='?(\d+)", str(e))
+  return int(m.group(1)) if m else None
+
+
 def save(mngr: ocp.CheckpointManager, state: TrainState) -> None:
-  """Saves ``state`` under its step (overwriting nothing; a no-op if that step exists)."""
+  """Saves ``state`` under its step (overwriting nothing; a no-op if that step exists).
+
+  Raises:
+    OSError: the write failed in the file system (disk full, read-only, no permission): one
+      line, ``filename`` the checkpoint directory, and nothing more on stderr. The unfinished
+      step is left in orbax's temporary directory, which orbax ignores; the previous
+      checkpoints are intact. Any other failure propagates as orbax raised it.
+  """
   step = int(jax.device_get(state.step))
   if step in mngr.all_steps():
     return
-  mngr.save(step, args=ocp.args.StandardSave(state_arrays(state)), force=True)
-  mngr.wait_until_finished()
+  code = None
+  with _QuietFailure() as quiet:
+    try:
+      mngr.save(step, args=ocp.args.StandardSave(state_arrays(state)), force=True)
+      mngr.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      code = _os_error(e)
+      if code is None:
+        raise
+    if code is not None:
+      quiet.failed()
+  if code is not None:
+    raise OSError(code, f"{os.strerror(code)} (saving checkpoint step {step})",
+                  os.fspath(mngr.directory))
 
 
 def _summary(e: BaseException) -> str:

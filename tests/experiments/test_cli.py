@@ -1,8 +1,9 @@
 """The command line: config files, overrides, validation before any work, one-line errors."""
 
+import ml_collections
 import pytest
 
-from experiments import masks_study, perceptual_study
+from experiments import cli, masks_study, perceptual_study
 from experiments.configs import attention_masks, perceptual_cam
 from tests.experiments.test_binaries import run_binary
 
@@ -77,11 +78,64 @@ def test_perceptual_validation_needs_no_training():
   assert c.cam.energy_top_k == (0.05, 0.25)
 
 
-def test_models_override_accepts_a_comma_list():
+def test_comma_lists_are_split_once_by_the_command_line():
+  """``--config.models=a,b`` arrives as ``("a,b",)``: ``cli.split_comma_lists`` splits every
+  tuple of strings; ``validate`` only checks (it refuses a comma entry, changing nothing)."""
   c = attention_masks.get_config("quick")
   c.models = ("full_natural,masked_natural",)
-  masks_study.validate(c)
-  assert tuple(c.models) == ("full_natural", "masked_natural")
+  c.data.classes = (" car , dining table",)
+  with pytest.raises(ValueError, match=r"models entry 'full_natural,masked_natural' holds a "
+                     r"comma: give each name as its own entry, \('full_natural', "
+                     r"'masked_natural'\)"):
+    masks_study.validate(c)
+  assert c.models == ("full_natural,masked_natural",)  # unchanged
+  cli.split_comma_lists(c)
+  assert c.models == ("full_natural", "masked_natural")
+  assert c.data.classes == ("car", "dining table")
+  assert c.eval.curve_eps == attention_masks.get_config("quick").eval.curve_eps  # not strings
+
+
+@pytest.mark.parametrize("module,preset,field,value", [
+    ("masks", "quick", "models", "full_natural,masked_natural"),
+    ("sweep", "quick", "checkpoints", "init:0,init:1"),
+    ("sweep", "quick", "attacks", "pgd,fgsm"),
+    ("report", None, "studies", "runs/a,runs/b"),
+    ("benchmark", "pipeline_quick", "stages", "pgd,train"),
+])
+def test_validate_changes_nothing(tmp_path, module, preset, field, value):
+  from experiments import benchmarks, report, sweep_grid
+  from experiments.configs import benchmark as bench_cfgs
+  from experiments.configs import report as report_cfgs
+  from experiments.configs import sweep as sweep_cfgs
+  mod, cfgs = {"masks": (masks_study, attention_masks), "sweep": (sweep_grid, sweep_cfgs),
+               "report": (report, report_cfgs), "benchmark": (benchmarks, bench_cfgs)}[module]
+  c = cfgs.get_config(preset)
+  c[field] = (value,)  # what ml_collections makes of --config.<field>=<value>
+  before = c.to_dict()
+  with pytest.raises(ValueError, match=rf"{field} entry '{value}' holds a comma"):
+    mod.validate(c)
+  assert c.to_dict() == before
+  if module != "report":  # report.validate also looks for the studies on disk
+    cli.split_comma_lists(c)
+    after = c.to_dict()
+    mod.validate(c)
+    assert c.to_dict() == after
+  c = ml_collections.ConfigDict(before, type_safe=False)
+  c[field] = value  # a string through the Python API: refused, not split
+  with pytest.raises(ValueError, match=rf"{field} must be a tuple of names, got the string"):
+    mod.validate(c)
+  assert c[field] == value
+
+
+def test_perceptual_validate_changes_nothing():
+  c = perceptual_cam.get_config("quick")
+  c.seeds = (1, 0)
+  before = c.to_dict()
+  perceptual_study.validate(c)
+  assert c.to_dict() == before
+  c.seeds = (-1,)
+  with pytest.raises(ValueError, match=r"seeds entry must be an integer >= 0, got -1"):
+    perceptual_study.validate(c)
 
 
 def test_presets_and_help():

@@ -80,11 +80,12 @@ def test_kill_after_checkpoint_and_resume_gives_the_same_parameters(toy, tmp_pat
     if step == 7:  # checkpoint 6 exists; step 7 is lost
       raise _Killed()
 
-  with pytest.raises(_Killed):
+  with pytest.raises(_Killed), pytest.warns(UserWarning, match=r"dropping line 4, a record"):
     train.fit(cfg, wd, data, num_classes=2, on_step=kill7)
   with open(metrics, "a") as f:
     f.write('{"step": 8, "lo')
-  resumed = train.fit(cfg, wd, data, num_classes=2)
+  with pytest.warns(UserWarning, match=rf"{metrics}: dropping line 5, a record torn"):
+    resumed = train.fit(cfg, wd, data, num_classes=2)
   assert int(resumed.step) == 8
   for a, b in zip(jax.tree.leaves((full.params, full.batch_stats, full.opt_state, full.key)),
                   jax.tree.leaves((resumed.params, resumed.batch_stats, resumed.opt_state,
