@@ -74,6 +74,9 @@ def test_guarantees(rand, kind, norm):
   # It breaks some examples (the larger radii), and returns x for the others (AutoAttack).
   assert 0 < broken.sum() < N, kind
   np.testing.assert_array_equal(xa[~broken], x[~broken])
+  # Deterministic from the key (FAB-T with one restart uses none).
+  np.testing.assert_array_equal(np.asarray(run(kind, f, x, y, eps=eps, norm=norm, mask=mask)),
+                                xa)
 
 
 def test_fab_restarts_keep_the_guarantees(rand):
@@ -88,7 +91,7 @@ def test_fab_restarts_keep_the_guarantees(rand):
   assert np.all(_robust(f, two, y) <= _robust(f, one, y))
 
 
-def test_kinds_through_robust_accuracy_and_the_cascade(rand):
+def test_kinds_through_robust_accuracy_and_the_cascade(rand, tmp_path):
   f, x, y, mask = rand["f"], rand["x"], rand["y"], rand["mask"]
   # Budgets of more than CPU_UNROLL_MAX_STEPS steps in all: loops, quick to compile.
   kinds = {"fab_t": A.Attack("fab_t", eps=0.1, steps=22, masked=True),
@@ -99,14 +102,20 @@ def test_kinds_through_robust_accuracy_and_the_cascade(rand):
   key, outside = jax.random.key(0), np.broadcast_to(mask == 0, x.shape)
   # Batches of 8 in both: the cascade's compacted survivors run in batches of 8 too, so the
   # two evaluations share their compiles.
+  from experiments import evaluation as store  # the experiments' store keeps cascades too
   runs = [A.robust_accuracy(f, x, y, kinds, key=key, mask=mask, batch_size=8,
-                            return_adversarial=True, cascade=c) for c in (False, True, True)]
-  full, cas, again = runs
+                            return_adversarial=True, cascade=False)]
+  runs += [store.evaluate(str(tmp_path), {"model": "tiny"}, logits_fn=f, attacks=kinds, key=key,
+                          data={"image": x, "label": y, "mask": mask}, batch_size=8,
+                          return_adversarial=True, cascade=True) for _ in range(2)]
+  full, cas, again = runs  # again: read back from the store
   for ev in runs:
     for name, xa in ev.x_adv.items():
       assert np.all(ev.linf[name] <= 0.1 + 1e-6)
       assert np.array_equal(xa[outside], x[outside])
-  np.testing.assert_array_equal(cas.robust, again.robust)  # deterministic from the key
+  assert len(list(tmp_path.glob("*.npz"))) == 1
+  for name in kinds:
+    np.testing.assert_array_equal(cas.survived[name], again.survived[name])
   # The first attack (FAB-T: deterministic) sees every example in both; then only survivors.
   np.testing.assert_array_equal(cas.survived["fab_t"], full.survived["fab_t"])
   assert np.all(cas.survived["apgd_t"] <= cas.survived["fab_t"])
