@@ -49,7 +49,7 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 RAND = ("apgd-ce", "apgd-dlr")
 
 
-def autoattack_attacks(eps: float, norm: str = "linf", version: str = "standard", *,
+def autoattack_attacks(eps: float, *, norm: str = "linf", version: str = "standard",
                        masked: bool = False, attacks: Sequence[Any] | None = None
                        ) -> dict[str, Attack]:
   """The attacks of an AutoAttack version, in AutoAttack's order: ``{name: Attack}``.
@@ -143,6 +143,6 @@ def autoattack(logits_fn: Callable, x: Any, y: Any, *, key: jax.Array, eps: floa
     raise ValueError("autoattack needs key= (its attacks start at random"
                      + ("; the 'rand' version also draws the randomised model from it)"
                         if version == "rand" else ")"))
-  named = autoattack_attacks(eps, norm, version, masked=masked, attacks=attacks)
+  named = autoattack_attacks(eps, norm=norm, version=version, masked=masked, attacks=attacks)
   return robust_accuracy(logits_fn, x, y, named, key=key, mask=mask, batch_size=batch_size,
                          cascade=True)
