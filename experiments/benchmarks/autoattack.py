@@ -192,5 +192,9 @@ def run(config: Any, workdir: str) -> list[dict]:
       f"{first:.1f} s). Robust accuracy after each attack of the cascade in the `after_` "
       "columns.", "", md.strip(), "",
       "| ratio (same round, faster torch / ours) | value |", "|---|---|",
-      *[f"| {k} | {v:.2f} |" for k, v in ratios.items()]]))
+      *[f"| {k} | {v:.2f} |" for k, v in ratios.items()], "",
+      "Ours runs every attack's iterations inside XLA loops and conditionals (fixed shapes, "
+      "early stops, the cascade over targets): on XLA:CPU a convolution's gradient inside a loop "
+      "or a conditional runs several times slower than in straight-line code (`ours_scan` vs "
+      "`ours_unroll` in benchmark_attacks), while torchattacks runs eager steps."]))
   return rows

@@ -62,8 +62,9 @@ class Evaluation:
 
   def summary(self) -> dict[str, Any]:
     """``{"n", "clean", "robust", "per_attack", "linf_mean", "l2_mean"}`` (accuracies as
-    fractions, ``per_attack`` = ``{name: accuracy under that attack alone}``), plus
-    ``"checks"`` (one line, ``diagnostics.summary``) when the trust checks ran."""
+    fractions, ``per_attack`` = ``{name: accuracy under that attack alone}``, or after the
+    attacks up to it for a cascade), plus ``"checks"`` (one line, ``diagnostics.summary``) when
+    the trust checks ran."""
     out = {"n": int(self.clean.size), "clean": float(self.clean.mean()),
            "robust": float(self.robust.mean()),
            "per_attack": {n: float(s.mean()) for n, s in self.survived.items()},
