@@ -118,7 +118,9 @@ def autoattack(logits_fn: Callable, x: Any, y: Any, *, key: jax.Array, eps: floa
     in ``apgd.apgd_t``, ``fab.fab_t`` and ``square.square``;
   - the model checks AutoAttack runs first (randomness, output range, dynamic graph) are
     ``attacks.diagnostics`` (``robust_accuracy``'s ``trust_checks``), not run here;
-  - "rand" takes a randomised model as ``logits_fn(x, keys)`` (JAX has no hidden global RNG).
+  - "rand" takes a randomised model as ``logits_fn(x, keys)`` (JAX has no hidden global RNG);
+  - AutoAttack's "plus" version and its L1 attacks are not provided (the library's attacks are
+    Linf and L2); "custom" runs any list of the kinds, with any budgets.
 
   Args:
     logits_fn: ``x [N,H,W,C] -> logits [N,K]`` in eval mode (a ``jax.tree_util.Partial`` shares
