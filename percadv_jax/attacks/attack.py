@@ -160,6 +160,13 @@ class Attack:
       object.__setattr__(self, "steps", 1)
       object.__setattr__(self, "restarts", 1)
 
+  def __repr__(self) -> str:
+    # The experiments' store hashes this repr into an evaluation's id: ``targets`` and ``eot``
+    # appear only when set, so the ids of attacks that use neither do not depend on them.
+    fields = [f for f in dataclasses.fields(self)
+              if f.name not in ("targets", "eot") or getattr(self, f.name) is not None]
+    return "Attack(" + ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in fields) + ")"
+
   @property
   def factor(self) -> float | None:
     """The step factor in use (``step_factor`` or the kind's default; None for APGD)."""

@@ -340,3 +340,13 @@ def test_functions_validate(rand):
     A.apgd_t(three, x, y % 3, key=jax.random.key(0), eps=0.1)
   with pytest.raises(ValueError, match="targets"):
     A.robust_accuracy(f, x, y, {"t": A.Attack("fab_t", targets=M.NUM_CLASSES)})
+
+
+def test_repr_names_targets_and_eot_only_when_set():
+  # The repr is an evaluation's id in the experiments' store.
+  assert repr(A.Attack("pgd", eps=0.5)) == (
+      "Attack(kind='pgd', eps=0.5, steps=10, norm='linf', restarts=1, loss='ce', "
+      "step_factor=None, masked=False)")
+  assert repr(A.Attack("fab_t", eps=0.5, targets=3)).endswith("masked=False, targets=3)")
+  assert repr(A.Attack("apgd", eps=0.5, eot=20)).endswith("masked=False, eot=20)")
+  assert A.Attack("apgd", eot=20) != A.Attack("apgd") and hash(A.Attack("apgd_t", targets=2))
