@@ -259,7 +259,6 @@ def test_random_attacks_match_torchattacks_within_the_seed_spread(golden, kind, 
   assert _spread_agrees(ours, theirs, len(y)), (ours, theirs)
 
 
-@pytest.mark.slow
 def test_autoattack_matches_torchattacks(golden):
   """torchattacks' AutoAttack (its standard version) with its budgets cut the same way on both
   sides, and its Square's schedule unrescaled as AutoAttack's."""
