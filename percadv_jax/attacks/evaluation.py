@@ -202,8 +202,8 @@ def _subset_batch_size(m: int, batch_size: int, mesh: Any) -> int:
   """The batch size of a cascade's attack on its ``m`` surviving examples: ``batch_size``, or
   the power of two >= max(m, 8) below it (few distinct shapes, so few compiles; a few padding
   rows cost less than a compile), rounded to the mesh."""
-  return parallel.padded_batch_size(
-      max(m, 8), min(batch_size, 1 << (max(m, 8) - 1).bit_length()), mesh=mesh)
+  size = min(batch_size, 1 << (max(m, 8) - 1).bit_length())
+  return parallel.padded_batch_size(size, size, mesh=mesh)
 
 
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
