@@ -88,8 +88,8 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
              data: Mapping[str, np.ndarray], attacks: Mapping[str, Any],
              key: jax.Array | None = None, batch_size: int = 128,
              return_adversarial: bool = False, mesh: Any = None, desc: str | None = None,
-             trust_checks: attacks_lib.diagnostics.Options | None = None
-             ) -> attacks_lib.Evaluation:
+             trust_checks: attacks_lib.diagnostics.Options | None = None,
+             cascade: bool = False) -> attacks_lib.Evaluation:
   """The ``Evaluation`` of one model under ``attacks``, kept in ``store`` under ``spec``.
 
   Args:
@@ -102,14 +102,17 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
     data: ``{"image": [N,H,W,C], "label": [N], "mask": [N,H,W,1]}``; a masked ``Attack``
       changes only pixels where the mask is 1.
     attacks: ``{name: attacks.Attack}`` (see ``attacks.robust_accuracy``).
-    key, batch_size, return_adversarial, mesh, desc, trust_checks: see
-      ``attacks.robust_accuracy``.
+    key, batch_size, return_adversarial, mesh, desc, trust_checks, cascade: see
+      ``attacks.robust_accuracy`` (``cascade=True`` with ``attacks.autoattack_attacks(...)`` is
+      AutoAttack).
   """
   full_spec = {**spec, "weights": weights_hash(logits_fn),
                "attacks": {n: repr(a) for n, a in attacks.items()},
                "n": int(len(data["label"])), "batch_size": batch_size,
                "return_adversarial": bool(return_adversarial),
                "trust_checks": None if trust_checks is None else dataclasses.asdict(trust_checks)}
+  if cascade:  # only when set: a plain evaluation's id does not depend on the option
+    full_spec["cascade"] = True
   eid = evaluation_id(full_spec)
   npz = None if store is None else os.path.join(store, f"{eid}.npz")
   checks_path = None if store is None or trust_checks is None else os.path.join(
@@ -121,7 +124,7 @@ def evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
   ev = attacks_lib.robust_accuracy(logits_fn, data["image"], data["label"], attacks, key=key,
                                    mask=data.get("mask"), batch_size=batch_size, mesh=mesh,
                                    return_adversarial=return_adversarial, desc=desc,
-                                   trust_checks=trust_checks)
+                                   trust_checks=trust_checks, cascade=cascade)
   if npz is not None and parallel.is_main_process():
     with io.atomic_open(npz, "wb") as f:
       np.savez(f, **ev.to_arrays())

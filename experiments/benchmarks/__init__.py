@@ -3,6 +3,7 @@
 ``experiments/configs/benchmark.py``.
 
 - ``attacks``: PGD vs its floor, Foolbox's LinfPGD and a PyTorch loop;
+- ``autoattack``: AutoAttack's standard cascade vs torchattacks' AutoAttack;
 - ``cam``: one CAM call vs one jitted forward + backward pass;
 - ``conv``: the convolution variants vs PyTorch and Foolbox, each contender in its own pinned
   worker process, interleaved rounds;
@@ -19,7 +20,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("attacks", "cam", "conv", "perceptual", "pipeline", "training")
+BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "perceptual", "pipeline", "training")
 
 
 def module(config: Any):

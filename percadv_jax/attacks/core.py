@@ -19,6 +19,9 @@ from percadv_jax.attacks import losses
 
 NORMS = ("linf", "l2")
 
+# AutoAttack's number of target classes of APGD-T and FAB-T (standard version).
+DEFAULT_TARGETS = 9
+
 # On XLA:CPU a convolution's input gradient inside a while-loop body runs many times slower than
 # the same ops outside one (measured 35x; PGD-10 in a plain fori_loop: 3.5-4.6x its floor), so on
 # CPU the step loop is unrolled into straight-line code up to this many steps in total. Beyond it
@@ -129,8 +132,13 @@ def finite_or_zero(g: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
 
 
-def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool) -> None:
-  """Shared argument checks of the attacks; raises ValueError with a clear message."""
+def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool,
+             randomised: bool = False) -> None:
+  """Shared argument checks of the attacks; raises ValueError with a clear message.
+
+  ``randomised``: ``logits_fn`` is a randomised model ``logits_fn(x, keys [N])`` (see
+  ``logits_shape``).
+  """
   if not callable(logits_fn):
     raise ValueError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
   checks.check_images(x, "x", channels=None, allow_empty=False)
@@ -142,11 +150,12 @@ def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool
   if mask is not None:
     checks.check_mask(mask, tuple(x.shape), "mask")
   if need_key and key is None:
-    raise ValueError("a jax.random key is needed (random_start=True or restarts > 1): pass key=")
+    raise ValueError("a jax.random key is needed (random_start=True, restarts > 1 or a "
+                     "randomised model): pass key=")
   if key is not None:
     key_shape(key, n)
   if checks.is_concrete(x) and checks.is_concrete(y):
-    out_shape = logits_shape(logits_fn, tuple(x.shape))
+    out_shape = logits_shape(logits_fn, tuple(x.shape), randomised=randomised)
     if len(out_shape) != 2 or out_shape[0] != n:
       raise ValueError(f"logits_fn must return logits of shape [N, num_classes] = [{n}, K], "
                        f"got {out_shape}")
@@ -156,21 +165,30 @@ def validate(logits_fn, x, y, *, mask, norm, loss, targeted, key, need_key: bool
 _SHAPES: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
 
 
-def logits_shape(logits_fn, x_shape: tuple[int, ...]) -> tuple[int, ...]:
-  """Shape of ``logits_fn``'s output for float32 inputs of ``x_shape`` (traced once, cached)."""
+def logits_shape(logits_fn, x_shape: tuple[int, ...], *, randomised: bool = False
+                 ) -> tuple[int, ...]:
+  """Shape of ``logits_fn``'s output for float32 inputs of ``x_shape`` (traced once, cached).
+
+  ``randomised``: ``logits_fn`` is a randomised model, ``logits_fn(x, keys)`` with one
+  ``jax.random`` key per example (``keys`` typed [N]) that draws example i's randomness from
+  ``keys[i]``.
+  """
   try:
     cache = _SHAPES.setdefault(logits_fn, {})
   except TypeError:  # not weak-referenceable: no cache
     cache = {}
-  if x_shape not in cache:
+  if (x_shape, randomised) not in cache:
+    args = [jax.ShapeDtypeStruct(x_shape, jnp.float32)]
+    if randomised:
+      args.append(jax.eval_shape(lambda: jax.random.split(jax.random.key(0), x_shape[0])))
     try:
-      out = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(x_shape, jnp.float32))
+      out = jax.eval_shape(logits_fn, *args)
     except (TypeError, ValueError) as e:  # e.g. 1-channel images for a 3-channel model
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       raise ValueError(f"logits_fn cannot take images of shape {x_shape} (does the model "
                        f"expect another size or number of channels?): {first}") from None
-    cache[x_shape] = tuple(getattr(out, "shape", ()))
-  return cache[x_shape]
+    cache[x_shape, randomised] = tuple(getattr(out, "shape", ()))
+  return cache[x_shape, randomised]
 
 
 def key_shape(key: Any, n: int) -> bool:
@@ -368,8 +386,12 @@ def objective(logits_fn, loss, targeted, y):
 
 
 def prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_start, restarts,
-            targeted, loss, needs_step=False):
-  """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core."""
+            targeted, loss, needs_step=False, randomised=False):
+  """Validates the public arguments; returns (x, y, keys, mask) ready for the jitted core.
+
+  ``keys`` (per example) are drawn when the attack starts at random or ``randomised`` (a
+  randomised model, see ``logits_shape``), else None.
+  """
   steps = checks.check_int(steps, "steps", minimum=1)
   restarts = checks.check_int(restarts, "restarts", minimum=1)
   random_start = checks.check_bool(random_start, "random_start")
@@ -377,7 +399,7 @@ def prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_s
     raise ValueError("restarts > 1 needs random_start=True (restarts from x would repeat the "
                      "same deterministic attack)")
   validate(logits_fn, x, y, mask=mask, norm=norm, loss=loss, targeted=targeted, key=key,
-             need_key=random_start)
+             need_key=random_start or randomised, randomised=randomised)
   n = x.shape[0]
   check_per_example(eps, "eps", n, allow_zero=True)
   if step_size is None and needs_step:
@@ -385,7 +407,35 @@ def prepare(logits_fn, x, y, *, key, eps, step_size, steps, norm, mask, random_s
                      "attacks.step_size(eps, steps))")
   if step_size is not None:
     check_per_example(step_size, "step_size", n, allow_zero=False)
-  keys = example_keys(key, n) if random_start else None
+  keys = example_keys(key, n) if random_start or randomised else None
   x = checks.as_float(x)
   mask = None if mask is None else jnp.asarray(mask, jnp.float32)
   return x, jnp.asarray(y, jnp.int32), keys, mask, steps, restarts
+
+
+def resolve_targets(targets: int | None, num_classes: int) -> int:
+  """The number of target classes of APGD-T / FAB-T on a ``num_classes``-way model.
+
+  None gives AutoAttack's standard 9, or ``num_classes - 1`` when there are fewer other classes.
+  Raises ValueError when ``targets`` exceeds ``num_classes - 1`` (targets are the other classes,
+  ranked by the clean logits).
+  """
+  if num_classes < 2:
+    raise ValueError(f"targeted attacks need at least 2 classes, the logits have {num_classes}")
+  if targets is None:
+    return min(DEFAULT_TARGETS, num_classes - 1)
+  targets = checks.check_int(targets, "targets", minimum=1)
+  if targets > num_classes - 1:
+    raise ValueError(f"targets must be at most num_classes - 1 = {num_classes - 1} (the other "
+                     f"classes of a {num_classes}-class model), got {targets}")
+  return targets
+
+
+def target_ranks(logits: jax.Array, rank: jax.Array) -> jax.Array:
+  """int [N]: per example the class with the ``rank``-th highest logit (rank 2 = runner-up).
+
+  AutoAttack's targets: ``logits.sort()[1][:, -rank]`` for ranks 2, ..., targets + 1 of the
+  clean logits; ``rank`` may be traced.
+  """
+  order = jnp.argsort(logits, axis=1)
+  return lax.dynamic_index_in_dim(order, logits.shape[1] - rank, axis=1, keepdims=False)

@@ -34,7 +34,8 @@ class Evaluation:
 
   Attributes:
     clean: bool [N], classified correctly without attack.
-    survived: ``{attack name: bool [N]}``, correct clean *and* after that attack.
+    survived: ``{attack name: bool [N]}``, correct clean *and* after that attack (after every
+      attack up to it when ``robust_accuracy`` ran them as a cascade).
     linf, l2: ``{attack name: float32 [N]}``, the perturbation's norms.
     x_adv: ``{attack name: float32 [N,H,W,C]}`` adversarial images, or None.
     checks: the trust checks (``diagnostics.run_all``'s ``{name: result}``), or None.
@@ -61,8 +62,9 @@ class Evaluation:
 
   def summary(self) -> dict[str, Any]:
     """``{"n", "clean", "robust", "per_attack", "linf_mean", "l2_mean"}`` (accuracies as
-    fractions, ``per_attack`` = ``{name: accuracy under that attack alone}``), plus
-    ``"checks"`` (one line, ``diagnostics.summary``) when the trust checks ran."""
+    fractions, ``per_attack`` = ``{name: accuracy under that attack alone}``, or after the
+    attacks up to it for a cascade), plus ``"checks"`` (one line, ``diagnostics.summary``) when
+    the trust checks ran."""
     out = {"n": int(self.clean.size), "clean": float(self.clean.mean()),
            "robust": float(self.robust.mean()),
            "per_attack": {n: float(s.mean()) for n, s in self.survived.items()},
@@ -147,18 +149,31 @@ def _named(attacks: Mapping[str, Any]) -> dict[str, Any]:
   return dict(attacks)
 
 
+def _draw(logits_fn: Callable, x: jax.Array, key: jax.Array | None, stream: int) -> jax.Array:
+  """Logits of ``x``: ``logits_fn(x)``, or one draw of a randomised model (``key`` not None):
+  ``logits_fn(x, keys)`` with per-example keys split from ``fold_in(key, stream)``."""
+  if key is None:
+    return logits_fn(x)
+  return logits_fn(x, jax.random.split(jax.random.fold_in(key, stream), x.shape[0]))
+
+
+# Streams of a randomised model's evaluation draws (the attacks draw from the batch key itself).
+_CLEAN_DRAW, _ADVERSARIAL_DRAW = 1, 2
+
+
 @functools.lru_cache(maxsize=64)
-def _clean_fn(logits_static: Any) -> Callable:
+def _clean_fn(logits_static: Any, randomised: bool = False) -> Callable:
   """``f(args, batch, key) -> {"clean": bool [B]}`` (cached per logits function)."""
   def f(args, batch, key):
-    del key
     logits_fn = args["logits_fn"] if logits_static is None else logits_static
-    return {"clean": jnp.argmax(logits_fn(batch["image"]), -1) == batch["label"]}
+    z = _draw(logits_fn, batch["image"], key if randomised else None, _CLEAN_DRAW)
+    return {"clean": jnp.argmax(z, -1) == batch["label"]}
   return f
 
 
 @functools.lru_cache(maxsize=64)
-def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool) -> Callable:
+def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool,
+               randomised: bool = False) -> Callable:
   """``f(args, batch, key) -> per-example results`` of one attack (cached: each attack compiles
   once per architecture, whatever other attacks it is evaluated with).
 
@@ -182,7 +197,8 @@ def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool) -> Cal
                      axis=tuple(range(1, x.ndim)))
     outside = jnp.broadcast_to(mask, x.shape) == 0
     inside &= ~jnp.any(outside & (x_adv != x), axis=tuple(range(1, x.ndim)))
-    out = {"correct": jnp.argmax(logits_fn(x_adv), -1) == y, "valid": inside,
+    z_adv = _draw(logits_fn, x_adv, key if randomised else None, _ADVERSARIAL_DRAW)
+    out = {"correct": jnp.argmax(z_adv, -1) == y, "valid": inside,
            "linf": jnp.max(jnp.abs(d), -1), "l2": jnp.linalg.norm(d, axis=-1)}
     if return_adversarial:
       out["x_adv"] = x_adv
@@ -190,11 +206,20 @@ def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool) -> Cal
   return f
 
 
+def _subset_batch_size(m: int, batch_size: int, mesh: Any) -> int:
+  """The batch size of a cascade's attack on its ``m`` surviving examples: ``batch_size``, or
+  the power of two >= max(m, 8) below it (few distinct shapes, so few compiles; a few padding
+  rows cost less than a compile), rounded to the mesh."""
+  size = min(batch_size, 1 << (max(m, 8) - 1).bit_length())
+  return parallel.padded_batch_size(size, size, mesh=mesh)
+
+
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
                     attacks: Mapping[str, Attack], *, key: jax.Array | None = None,
                     mask: jax.Array | None = None, batch_size: int | None = None,
                     mesh: Any = None, return_adversarial: bool = False, desc: str | None = None,
-                    trust_checks: D.Options | None = None) -> Evaluation:
+                    trust_checks: D.Options | None = None,
+                    cascade: bool = False) -> Evaluation:
   """Accuracy under a set of untargeted attacks, worst case per example.
 
   An example counts as robust only if it is classified correctly clean *and* after every attack
@@ -205,7 +230,9 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   Args:
     logits_fn: ``x [N,H,W,C] -> logits [N,K]`` (eval mode). A ``jax.tree_util.Partial`` has its
       arrays traced (models of one architecture share the compiled evaluation); a plain function
-      is compiled in.
+      is compiled in. With attacks of ``eot`` set, a randomised model ``logits_fn(x, keys)``
+      (one ``jax.random`` key per example): the clean and the adversarial predictions are one
+      draw each (keys from ``key``), as AutoAttack's single forward pass.
     x: float [N,H,W,C] in [0, 1]; y: int [N] true labels in [0, K).
     attacks: ``{name: Attack}``. Another hashable callable with the signature
       ``attack(logits_fn, x, y, *, key, mask) -> x_adv [N,H,W,C]`` may stand in for an
@@ -222,15 +249,33 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
     trust_checks: run the trust checks of ``attacks.diagnostics.run_all`` with these
       ``diagnostics.Options`` against this evaluation's worst case, at the first attack's eps
       and norm (which must be an ``Attack``). Needs ``key``. None: no checks.
+    cascade: AutoAttack's cascade: each attack runs, in order, only on the examples that are
+      still robust (correct clean and after every earlier attack), compacted into batches of
+      ``batch_size`` (or of the power of two >= max(survivors, 8) when smaller: few shapes,
+      few compiles). ``survived[name]`` is then robust after the attacks up to ``name``
+      (AutoAttack's reported accuracy after each attack; ``robust`` is the same worst case),
+      and the norms of examples an attack skipped are 0 (their ``x_adv``: ``x``).
 
   Returns:
     an ``Evaluation``.
 
   Raises:
-    ValueError: on bad input (labels outside [0, K), shapes, NaN, ...) or an attack output
-      outside [0, 1] / changed where the attack may not change pixels.
+    ValueError: on bad input (labels outside [0, K), shapes, NaN, an attack that needs more
+      classes than the model has, ...) or an attack output outside [0, 1] / changed where the
+      attack may not change pixels.
   """
   named = _named(attacks)
+  cascade = checks.check_bool(cascade, "cascade")
+  randomised = any(isinstance(a, Attack) and a.eot is not None for a in named.values())
+  if randomised:
+    if not all(isinstance(a, Attack) and a.eot is not None for a in named.values()):
+      raise ValueError("a randomised model (attacks with eot set) needs every attack to be an "
+                       "Attack with eot set")
+    if key is None:
+      raise ValueError("a randomised model (attacks with eot set) needs key=")
+    if trust_checks is not None:
+      raise ValueError("trust_checks take a deterministic model; the attacks have eot set (a "
+                       "randomised model)")
   if trust_checks is not None:
     if not isinstance(trust_checks, D.Options):
       raise TypeError("trust_checks must be None or a diagnostics.Options, got "
@@ -248,13 +293,18 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   if not callable(logits_fn):
     raise TypeError(f"logits_fn must be callable, got {type(logits_fn).__name__}")
   shape = tuple(np.shape(x))
-  out_shape = C.logits_shape(logits_fn, shape)
+  out_shape = C.logits_shape(logits_fn, shape, randomised=randomised)
   if len(out_shape) != 2 or out_shape[0] != n:
     raise ValueError(f"logits_fn must return logits of shape [N, num_classes] = [{n}, K], got "
                      f"{out_shape}")
   checks.check_labels(y, n, out_shape[1], "y")
+  for a in named.values():
+    if isinstance(a, Attack):
+      a.check_num_classes(out_shape[1])
   if mask is not None:
     checks.check_mask(mask, shape, "mask")
+  frees = [np.asarray(free_pixels(mask, a.masked if isinstance(a, Attack) else mask is not None,
+                                  shape)) for a in named.values()]
   if mesh is not None and not isinstance(mesh, jax.sharding.Mesh):
     raise TypeError(f"mesh must be a jax.sharding.Mesh (parallel.make_mesh()), got {mesh!r}")
   data = {"image": np.asarray(x, np.float32), "label": np.asarray(y, np.int32)}
@@ -266,28 +316,38 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
   bs = parallel.padded_batch_size(
       n, n if batch_size is None else checks.check_int(batch_size, "batch_size", minimum=1),
       mesh=mesh)
-  clean = parallel.map_examples(_clean_fn(static), args, data, batch_size=bs,
-                                mesh=mesh)["clean"].astype(bool)
+  clean = parallel.map_examples(_clean_fn(static, randomised), args, data, batch_size=bs,
+                                mesh=mesh, key=key if randomised else None)["clean"].astype(bool)
   survived, linf, l2, x_adv = {}, {}, {}, {}
-  for i, (name, attack) in enumerate(named.items()):
+  alive = clean.copy()
+  for i, ((name, attack), free) in enumerate(zip(named.items(), frees)):
     a_args = dict(args)
     if isinstance(attack, Attack):
-      free = np.asarray(free_pixels(mask, attack.masked, shape))
       a_args["eps"] = jnp.float32(attack.eps)
       attack = dataclasses.replace(attack, eps=0.0, masked=True)
-    else:
-      free = np.asarray(free_pixels(mask, mask is not None, shape))
     k = None if key is None else jax.random.fold_in(key, i)  # per batch: fold_in(k, batch)
-    out = parallel.map_examples(_attack_fn(static, attack, bool(return_adversarial)), a_args,
-                                {**data, "mask": free}, batch_size=bs, mesh=mesh, key=k,
-                                desc=None if desc is None else f"{desc}: {name}")
+    rows = np.flatnonzero(alive) if cascade else np.arange(n)
+    out = {"correct": np.zeros(0, bool), "linf": np.zeros(0, np.float32),
+           "l2": np.zeros(0, np.float32), "x_adv": data["image"][:0], "valid": np.ones(0, bool)}
+    if rows.size:
+      sub = {**data, "mask": free}
+      sub = sub if rows.size == n else {f: v[rows] for f, v in sub.items()}
+      out = parallel.map_examples(
+          _attack_fn(static, attack, bool(return_adversarial), randomised), a_args, sub,
+          batch_size=_subset_batch_size(rows.size, bs, mesh) if cascade else bs, mesh=mesh,
+          key=k, desc=None if desc is None else f"{desc}: {name}")
     if not out["valid"].all():
       raise ValueError(f"attack {name!r} returned values outside [0, 1] (or NaN) or changed "
                        "pixels it may not change")
-    survived[name] = clean & out["correct"].astype(bool)
-    linf[name], l2[name] = out["linf"], out["l2"]
+    correct = np.zeros(n, bool)
+    correct[rows] = out["correct"].astype(bool)
+    survived[name] = (alive if cascade else clean) & correct
+    alive = alive & correct
+    linf[name], l2[name] = np.zeros(n, np.float32), np.zeros(n, np.float32)
+    linf[name][rows], l2[name][rows] = out["linf"], out["l2"]
     if return_adversarial:
-      x_adv[name] = out["x_adv"]
+      x_adv[name] = data["image"].copy()
+      x_adv[name][rows] = out["x_adv"]
   ev = Evaluation(clean, survived, linf, l2, x_adv if return_adversarial else None)
   if trust_checks is None:
     return ev

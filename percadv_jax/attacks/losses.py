@@ -13,6 +13,9 @@ float32 [N] objective that the attacker maximises:
   class ``y`` where this has ``argmax_{j != t} z_j``; both agree while ``y`` is the top non-target
   class (e.g. at the start of an attack on a correctly classified point). The API takes only the
   target labels, hence this form.
+- ``dlr_targeted(z, y, t)``: AutoAttack's targeted DLR itself (``dlr_loss_targeted``),
+  ``(z_t - z_y) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12)`` with both the true class ``y`` and
+  the target ``t``: the objective of APGD-T (``percadv_jax.attacks.apgd.apgd_t``).
 """
 
 from __future__ import annotations
@@ -61,6 +64,21 @@ def dlr(z: jax.Array, y: jax.Array, *, targeted: bool = False) -> jax.Array:
   if targeted:
     return m / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3]) + 1e-12)
   return -m / (zs[:, 0] - zs[:, 2] + 1e-12)
+
+
+def dlr_targeted(z: jax.Array, y: jax.Array, t: jax.Array) -> jax.Array:
+  """AutoAttack's targeted DLR objective, float32 [N] (to maximise; needs K >= 4).
+
+  Args:
+    z: logits float [N, K]; y: true labels int [N]; t: target classes int [N].
+  """
+  z = z.astype(jnp.float32)
+  if z.shape[1] < 4:
+    raise ValueError(f"the targeted DLR loss needs at least 4 classes, the logits have "
+                     f"{z.shape[1]}")
+  zs = jnp.sort(z, axis=1)[:, ::-1]
+  return (_label_logit(z, t) - _label_logit(z, y)) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3])
+                                                      + 1e-12)
 
 
 def get_loss(name: str) -> Callable[..., jax.Array]:

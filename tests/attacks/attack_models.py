@@ -89,3 +89,35 @@ def trained_model(steps: int = 300, seed: int = 0):
     variables, state = step(variables, state, x[idx], y[idx])
   x_test, y_test = synthetic_task(256, seed + 1)
   return module, variables, jax.jit(lambda x: module.apply(variables, x)), (x_test, y_test)
+
+
+def torch_tiny_cnn(variables):
+  """``TinyCNN`` in PyTorch (NCHW in, logits out, eval mode) with the Flax ``variables``.
+
+  For golden comparisons with PyTorch attack libraries; torch is imported here, so importing
+  this module needs no torch.
+  """
+  import torch
+  from torch import nn
+
+  p = variables["params"]
+
+  def load(layer, name, transpose):
+    layer.weight.data = torch.from_numpy(np.asarray(p[name]["kernel"]).transpose(*transpose)
+                                         .copy())
+    layer.bias.data = torch.from_numpy(np.asarray(p[name]["bias"]).copy())
+
+  class Torch(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.conv1, self.conv2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 16, 3, padding=1)
+      self.fc = nn.Linear(16, p["Dense_0"]["kernel"].shape[1])
+      load(self.conv1, "Conv_0", (3, 2, 0, 1))
+      load(self.conv2, "Conv_1", (3, 2, 0, 1))
+      load(self.fc, "Dense_0", (1, 0))
+
+    def forward(self, x):
+      x = nn.functional.max_pool2d(torch.relu(self.conv1(x - 0.5)), 2)
+      return self.fc(torch.relu(self.conv2(x)).mean(dim=(2, 3)))
+
+  return Torch().eval()

@@ -210,6 +210,10 @@ def test_losses_against_numpy():
   np.testing.assert_allclose(losses.dlr(z, y), -(zy - other) / (zs[:, 0] - zs[:, 2]), rtol=1e-5)
   np.testing.assert_allclose(losses.dlr(z, y, targeted=True),
                              (zy - other) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3])), rtol=1e-5)
+  t = (y + 1) % 5
+  np.testing.assert_allclose(losses.dlr_targeted(z, y, t),
+                             (z[np.arange(6), t] - zy) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3])),
+                             rtol=1e-5)
   np.testing.assert_array_equal(losses.is_success(z, y), z.argmax(1) != y)
   with pytest.raises(ValueError, match="at least 3 classes"):
     losses.dlr(z[:, :2], np.zeros(6, int))

@@ -53,6 +53,7 @@ def test_every_benchmark_has_a_quick_preset_that_validates():
 @pytest.mark.parametrize("preset,field,value", [
     ("attacks_quick", "skip", ("torch", "jax")),
     ("attacks_quick", "eps", -0.1),
+    ("autoattack_quick", "targets", 4),
     ("cam_quick", "layer", "nope"),
     ("perceptual_quick", "sizes", (4,)),
     ("pipeline_quick", "stages", ("pgd,warp",)),
@@ -107,6 +108,26 @@ def test_attacks(tmp_path):
   assert "| ours_unroll |" in open(os.path.join(w, "benchmark_attacks.md")).read()
   assert "| a_ours_over_floor |" in _section(c.results_file, "benchmark_attacks")
   assert json.load(open(os.path.join(w, "config.json")))["steps"] == 2
+
+
+def test_autoattack(tmp_path):
+  skip = () if HAS_TORCH else ("torch",)
+  c = _quick("autoattack", tmp_path, skip=skip)
+  w = str(tmp_path / "w")
+  rows = benchmarks.run(c, w)
+  names = [r["contender"] for r in rows]
+  assert names[0] == "ours" and any(n.startswith("torch_") for n in names) == HAS_TORCH
+  for r in rows:
+    assert _finite(r["median_s"]) and r["min_s"] <= r["median_s"] <= r["max_s"], r
+    after = [r[f"after_{a}"] for a in ("apgd_ce", "apgd_t", "fab_t", "square")]
+    assert after == sorted(after, reverse=True) and r["robust"] == after[-1]  # a cascade
+  res = io.read_json(os.path.join(w, "results.json"))
+  if HAS_TORCH:  # the PyTorch port computes the Flax model's logits
+    assert res["torch_max_logit_diff"] < 1e-4
+    assert all(_finite(v) and v > 0 for v in res["ratios"].values())
+    assert "| torch_over_ours_median |" in _section(c.results_file, "benchmark_autoattack")
+  assert "| ours |" in open(os.path.join(w, "benchmark_autoattack.md")).read()
+  assert json.load(open(os.path.join(w, "config.json")))["queries"] == 5
 
 
 def test_perceptual(tmp_path):
