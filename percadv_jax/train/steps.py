@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, Sharding
 
-from percadv_jax import attacks, compiler
+from percadv_jax import attacks, compiler, parallel
 from percadv_jax.train.state import TrainState, make_variables
 
 
@@ -124,33 +125,51 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
 
 
 def jit_train_step(*, adversarial: bool = False, masked: bool = False,
-                   attack: attacks.Attack = attacks.Attack("pgd", steps=7)) -> Callable:
+                   attack: attacks.Attack = attacks.Attack("pgd", steps=7),
+                   mesh: Mesh | None = None) -> Callable:
   """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``.
 
   The full-image setting runs the masked step with a mask of ones (``x * 1 == x`` and a mask of
   ones changes nothing in an attack, bit for bit), so the full and masked models share one
   compile. The attack's setting must be the model's (``attack.masked == masked``).
+
+  With a ``mesh`` (``percadv_jax.parallel.make_mesh``) the step is data-parallel: it takes and
+  returns the state replicated on every device of the mesh (``parallel.replicate``) and takes the
+  batch split along its ``"data"`` axis (``parallel.shard_batch``); the metrics come back
+  replicated. The program is the same ``train_step``: the loss and BatchNorm's batch statistics
+  are means over the whole global batch, so the compiler all-reduces the gradient and the
+  statistics across devices, and the values equal the one-device step's up to float summation
+  order. Without a mesh the step runs where its arguments are (one device).
   """
   if adversarial and attack.masked != masked:
     raise ValueError(f"the training attack's masked={attack.masked} differs from the model's "
                      f"masked={masked}: the masked setting attacks only the foreground")
-  step = _jit_masked_step(adversarial, dataclasses.replace(attack, masked=True))
+  step = _jit_masked_step(adversarial, dataclasses.replace(attack, masked=True), mesh)
   if masked:
     return step
+  ones_sharding = None if mesh is None else parallel.data_sharding(mesh=mesh)
 
   def full_step(state, batch):
-    return step(state, {**batch, "mask": _ones(tuple(np.shape(batch["image"])[:-1]) + (1,))})
+    shape = tuple(np.shape(batch["image"])[:-1]) + (1,)
+    return step(state, {**batch, "mask": _ones(shape, ones_sharding)})
   return full_step
 
 
 @functools.lru_cache(maxsize=8)
-def _ones(shape: tuple[int, ...]) -> jax.Array:
-  """A device array of ones (made once per shape, not copied to the device every step)."""
-  return jnp.ones(shape, jnp.float32)
+def _ones(shape: tuple[int, ...], sharding: Sharding | None = None) -> jax.Array:
+  """A device array of ones (made once per shape, not copied to the device every step), split
+  like the batch when ``sharding`` is given (made on the devices, so every process can)."""
+  if sharding is None:
+    return jnp.ones(shape, jnp.float32)
+  return jax.jit(lambda: jnp.ones(shape, jnp.float32), out_shardings=sharding)()
 
 
 @functools.lru_cache(maxsize=32)
-def _jit_masked_step(adversarial: bool, attack: attacks.Attack) -> Callable:
+def _jit_masked_step(adversarial: bool, attack: attacks.Attack, mesh: Mesh | None) -> Callable:
   def step(state, batch):
     return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack)
-  return compiler.jit(step)
+  if mesh is None:
+    return compiler.jit(step)
+  replicated = parallel.replicated_sharding(mesh=mesh)
+  return compiler.jit(step, in_shardings=(replicated, parallel.data_sharding(mesh=mesh)),
+                      out_shardings=(replicated, replicated))
