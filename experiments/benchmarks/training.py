@@ -55,7 +55,8 @@ LIMIT = """\
 - What limits the training step: the small VGG-19 at width 0.125 has 8-64 channels, and
   XLA:CPU runs convolutions below 32 channels on Eigen's spatial convolution rather than YNNPACK
   (see `benchmark_conv`). On one device ours uses both cores only through XLA's intra-op
-  threads, while PyTorch gains about 1.7x from its second thread. The `_dp` rows split the
+  threads, while PyTorch gained 1.7x from its second thread on an otherwise idle machine
+  (2026-11-29: PGD-7 433 vs 252 images/s; ours 284, ratio 0.66). The `_dp` rows split the
   batch over the JAX devices (one per core; state replicated, batch split along the `"data"`
   mesh axis): `train.fit` runs that step with `TrainConfig(data_parallel=True)`. It stays
   opt-in: the sharded step's float rounding depends on the device count, and the batch must
@@ -321,6 +322,10 @@ def markdown(c: Any, results: dict, runs: list[str], threads_all: int) -> list[s
       lines.append(f"- {kind} training step, ours ({where}) / best PyTorch, same round: "
                    f"**{statistics.median(ratios):.2f}** [{min(ratios):.2f}, {max(ratios):.2f}]"
                    + (" (target >= 1)." if kind == pname else "."))
+    for kind in dict.fromkeys(name.removesuffix("_dp") for name in steps["ratios"]):
+      gain = [rd[f"{kind}_ours_dp"] / rd[f"{kind}_ours"] for rd in steps["rounds"]]
+      lines.append(f"- {kind} training step, data-parallel / one device, same round: "
+                   f"**{statistics.median(gain):.2f}x** [{min(gain):.2f}, {max(gain):.2f}].")
     lines.append(LIMIT)
   lines.append(
       f"- The guard (PGD-{c.guard_steps} accuracy on {c.guard_examples} held-out training images "
