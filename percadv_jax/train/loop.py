@@ -58,8 +58,8 @@ from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
 from percadv_jax.train import batchnorm
-from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
-                                     model_input)
+from percadv_jax.train.steps import (PRECISIONS, adversarial_examples, jit_train_step,
+                                     make_logits_fn, model_input)
 
 
 GUARDS = ("off", "stop", "rollback")
@@ -102,6 +102,10 @@ class TrainConfig:
     data_parallel: train on every device of every process, the batch split over them and the
       state replicated (see the module docstring); ``batch_size`` must then be a multiple of
       ``jax.device_count()``. False (the default) trains on the first device only.
+    precision: "float32" (the default) or "bfloat16": mixed-precision training steps (bf16
+      compute, float32 master weights, optimiser state, BatchNorm statistics and loss; no loss
+      scaling, see ``steps.train_step``). The guard and the BatchNorm recalibration evaluate in
+      float32.
   """
   model: str = "vgg19"
   model_kwargs: Mapping[str, Any] = dataclasses.field(
@@ -124,6 +128,7 @@ class TrainConfig:
   guard_steps: int = 10
   guard_drop: float = 0.2
   data_parallel: bool = False
+  precision: str = "float32"
 
   def validate(self) -> None:
     """Raises ``ValueError`` naming the first field out of range (attack and optimiser too)."""
@@ -140,6 +145,7 @@ class TrainConfig:
     checks.check_positive(self.guard_steps, "guard_steps")
     checks.check_positive(self.guard_drop, "guard_drop")
     checks.check_bool(self.data_parallel, "data_parallel")
+    checks.check_choice(self.precision, "precision", set(PRECISIONS))
     if not isinstance(self.attack, attacks.Attack):
       raise TypeError(f"attack must be an attacks.Attack, got {type(self.attack).__name__}")
     if self.adversarial and self.attack.masked != self.masked:
@@ -354,7 +360,8 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   # outputs are all committed. One placement for all keeps the step at one compile.
   state = placement.state(state)
   step_fn = jit_train_step(adversarial=config.adversarial, masked=config.masked,
-                           attack=config.attack, mesh=placement.mesh)
+                           attack=config.attack, mesh=placement.mesh,
+                           precision=config.precision)
   schedule = make_schedule(config.optimizer, total)
   guard = (_Guard(config, placement.whole(data.batch(guard_idx)), write=main)
            if guard_idx is not None else None)
