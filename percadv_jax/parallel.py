@@ -420,7 +420,8 @@ def auto_batch_size(per_example_fn: Callable, args: Any, data: Any, *,
   doubling while twice it does).
 
   Args:
-    per_example_fn, args, data, mesh, key, weight_key: as ``map_examples``.
+    per_example_fn, args, mesh, key, weight_key: as ``map_examples``.
+    data: as ``map_examples``: a dict of arrays ``[N, ...]`` or ``(fetch, N)``.
     memory: bytes per device; default ``device_memory`` of the mesh's first device. When neither
       gives a figure (the CPU reports none), ``r = AUTO_CPU_ROWS_PER_DEVICE``, compiling nothing.
 
