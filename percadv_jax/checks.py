@@ -113,7 +113,7 @@ def check_images(x: Any, name: str = "x", *, channels: int | None = 3, rank: int
     raise ValueError(f"{name} must have {channels} channels in the last axis (NHWC RGB), "
                      f"got shape {tuple(shape)}")
   dtype = np.dtype(x.dtype)
-  if not np.issubdtype(dtype, np.floating):
+  if not jnp.issubdtype(dtype, jnp.floating):  # bfloat16 included
     raise ValueError(f"{name} must be a float array with values in [0, 1], got dtype {dtype}"
                      + (" (convert uint8 images with x.astype(np.float32) / 255)"
                         if dtype == np.uint8 else ""))

@@ -20,7 +20,10 @@ model variables are replicated, batches are split along their leading axis.
   and returns the per-example outputs in example order. It pads the last batch to the full global
   batch size (``iterate_padded``), so one compiled shape serves every batch and the random
   streams are the same for any device count; ``padded_batch_size`` picks a batch size that
-  splits over the devices.
+  splits over the devices. ``batch_size=0`` picks one automatically (``auto_batch_size``): the
+  device count times the largest power of two rows per device whose compiled program fits in
+  the device's memory (XLA's memory analysis of the compiled program against the device's
+  reported limit; on the CPU, which reports none, ``AUTO_CPU_ROWS_PER_DEVICE`` rows per device).
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ from percadv_jax import checks, compiler
 
 DATA_AXIS = "data"
 WEIGHT_KEY = "weight"
+# batch_size=0 (auto_batch_size): the share of a device's reported memory the program may use,
+# and the rows per device on backends that report no memory limit (the CPU).
+AUTO_MEMORY_FRACTION = 0.75
+AUTO_CPU_ROWS_PER_DEVICE = 256
 
 _ENV = {
     "coordinator_address": "JAX_COORDINATOR_ADDRESS",
@@ -336,7 +343,8 @@ def iterate_padded(data: Any, *, batch_size: int, mesh: Mesh | None = None,
   nd = num_devices(mesh=mesh)
   if batch_size <= 0 or batch_size % nd:
     raise ValueError(f"evaluation batch size {batch_size} must be a positive multiple of the "
-                     f"device count {nd} (the last, partial batch is padded)")
+                     f"device count {nd} (the last, partial batch is padded; map_examples also "
+                     "takes 0: automatic)")
   if isinstance(data, tuple):
     fetch, total = data
   else:
@@ -370,6 +378,91 @@ def _map_jit(per_example_fn: Callable, mesh: Mesh) -> Callable:
                       out_shardings=data_sharding(mesh=mesh))
 
 
+def device_memory(device: jax.Device) -> int | None:
+  """The bytes a program may use on ``device`` (``memory_stats()["bytes_limit"]``), or None when
+  the backend reports no limit (the CPU)."""
+  try:
+    stats = device.memory_stats()
+  except Exception:  # noqa: BLE001 - backends without memory statistics raise or return None
+    stats = None
+  limit = (stats or {}).get("bytes_limit")
+  return int(limit) if limit else None
+
+
+def program_bytes(compiled: Any) -> int:
+  """Per-device bytes of a compiled program: arguments + outputs + temporaries - aliased
+  (``compiled.memory_analysis()``)."""
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+             - m.alias_size_in_bytes)
+
+
+def _example_shapes(data: Any, weight_key: str) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """``{name: (shape of one row, dtype)}`` of ``data``'s batches, the weight entry included."""
+  row = data[0](np.array([0])) if isinstance(data, tuple) else {
+      k: np.asarray(v)[:1] for k, v in data.items()}
+  out = {k: (np.shape(v)[1:], np.asarray(v).dtype) for k, v in row.items()}
+  out[weight_key] = ((), np.dtype(np.float32))
+  return out
+
+
+def auto_batch_size(per_example_fn: Callable, args: Any, data: Any, *,
+                    mesh: Mesh | None = None, key: jax.Array | None = None,
+                    weight_key: str = WEIGHT_KEY, memory: int | None = None) -> int:
+  """The global batch size of ``map_examples(..., batch_size=0)``.
+
+  The device count times the largest power of two ``r`` of rows per device whose compiled
+  ``per_example_fn`` (sharded as ``map_examples`` runs it) needs at most
+  ``AUTO_MEMORY_FRACTION`` of ``memory`` per device (XLA's ``memory_analysis`` of the compiled
+  program, ``program_bytes``), with ``r`` no larger than the dataset needs. The program's memory
+  is nearly affine in ``r``: it is compiled at 1 and 2 rows per device, ``r`` is read off the
+  line, and compiles at ``r`` and its neighbours confirm it (halving while it does not fit,
+  doubling while twice it does).
+
+  Args:
+    per_example_fn, args, mesh, key, weight_key: as ``map_examples``.
+    data: as ``map_examples``: a dict of arrays ``[N, ...]`` or ``(fetch, N)``.
+    memory: bytes per device; default ``device_memory`` of the mesh's first device. When neither
+      gives a figure (the CPU reports none), ``r = AUTO_CPU_ROWS_PER_DEVICE``, compiling nothing.
+
+  Raises:
+    ValueError: one row per device does not fit in ``memory``.
+  """
+  mesh = _mesh(mesh)
+  nd = num_devices(mesh=mesh)
+  total = data[1] if isinstance(data, tuple) else _leading(data)
+  needed = 1 << max(0, (-(-total // nd) - 1).bit_length())  # rows per device for every example
+  memory = device_memory(mesh.devices.flat[0]) if memory is None else memory
+  if memory is None:
+    return nd * min(AUTO_CPU_ROWS_PER_DEVICE, needed)
+  budget = AUTO_MEMORY_FRACTION * memory
+  jitted = _map_jit(per_example_fn, mesh)
+  args = replicate(args, mesh=mesh)
+  k = None if key is None else replicate(key, mesh=mesh)
+  rows = _example_shapes(data, weight_key)
+  split = data_sharding(mesh=mesh)
+
+  def need(r: int) -> int:
+    batch = {name: jax.ShapeDtypeStruct((r * nd, *shape), dtype, sharding=split)
+             for name, (shape, dtype) in rows.items()}
+    return program_bytes(jitted.lower(args, batch, k).compile())
+
+  one = need(1)
+  if one > budget:
+    raise ValueError(f"one example per device needs {one} bytes, more than "
+                     f"{AUTO_MEMORY_FRACTION:g} of the device's {memory} bytes: use a smaller "
+                     "model or input, or pass a batch_size")
+  per_row = max(need(2) - one, 1) if needed > 1 else 1
+  r = 1
+  while r < needed and one + (2 * r - 1) * per_row <= budget:  # the line's estimate
+    r *= 2
+  while r > 1 and need(r) > budget:
+    r //= 2
+  while r < needed and need(2 * r) <= budget:
+    r *= 2
+  return nd * r
+
+
 def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: int,
                  mesh: Mesh | None = None, key: jax.Array | None = None,
                  weight_key: str = WEIGHT_KEY, desc: str | None = None) -> dict[str, np.ndarray]:
@@ -387,7 +480,9 @@ def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: 
       from ``data`` plus the ``weight`` entry.
     args: replicated pytree (model variables, ...).
     data: a dict of arrays ``[N, ...]`` or ``(fetch, N)`` (see ``iterate_padded``).
-    batch_size: global batch size, a multiple of the device count.
+    batch_size: global batch size, a multiple of the device count; 0 picks the largest that
+      fits the device's memory (``auto_batch_size``; the CPU: ``AUTO_CPU_ROWS_PER_DEVICE`` rows
+      per device), at most the dataset.
     mesh: the mesh (default: all devices).
     key: PRNG key for random attacks.
     weight_key: name of the weight entry.
@@ -403,6 +498,10 @@ def map_examples(per_example_fn: Callable, args: Any, data: Any, *, batch_size: 
   total = data[1] if isinstance(data, tuple) else _leading(data)
   if total == 0:
     raise ValueError("the evaluation got an empty dataset (0 examples)")
+  batch_size = checks.check_int(batch_size, "batch_size", minimum=0)
+  if batch_size == 0:
+    batch_size = padded_batch_size(total, auto_batch_size(
+        per_example_fn, args, data, mesh=mesh, key=key, weight_key=weight_key), mesh=mesh)
   jitted = _map_jit(per_example_fn, mesh)
   args = replicate(args, mesh=mesh)
   parts: dict[str, list[np.ndarray]] = {}

@@ -18,10 +18,13 @@ the catastrophic-overfitting guard (``guard="rollback"``, PGD-``guard_steps`` 10
 - natural and PGD-``eval_pgd_steps`` 10 accuracy (step 2/255, one restart) of the natural,
   PGD-7 and FGSM-RS models on the first ``eval_examples`` test images;
 - images/s of one adversarial training step (PGD-7 and FGSM-RS: attack in eval mode, then an
-  Adam update on the adversarial batch), ours (``train.jit_train_step``) against eager PyTorch
-  on the same architecture and weights with 1 thread and one thread per CPU the process may
-  use, in ``rounds`` interleaved rounds of ``torch_steps`` timed steps each (``step_rates``),
-  and the same-round ratio ours / best PyTorch; ``skip=('torch',)`` leaves PyTorch out.
+  Adam update on the adversarial batch), ours on one device (``train.jit_train_step``, the step
+  of ``train.fit``) and data-parallel over every JAX device (``jit_train_step(mesh=...)``, the
+  step of ``train.fit`` with ``data_parallel=True``; the binaries give JAX one CPU device per
+  core) against eager PyTorch on the same architecture and weights with 1 thread and one thread
+  per CPU the process may use, in ``rounds`` interleaved rounds of ``torch_steps`` timed steps
+  each (``step_rates``), and the same-round ratios ours / best PyTorch; ``skip=('torch',)``
+  leaves PyTorch out.
 
 Writes the workdir's ``config.json`` and ``results.json``, the training runs under its ``runs/``
 (resumable: a rerun reuses finished runs) and, with ``record``, the ``benchmark_training``
@@ -51,12 +54,13 @@ SKIPPABLE = ("torch",)
 LIMIT = """\
 - What limits the training step: the small VGG-19 at width 0.125 has 8-64 channels, and
   XLA:CPU runs convolutions below 32 channels on Eigen's spatial convolution rather than YNNPACK
-  (see `benchmark_conv`). Ours, with XLA's intra-op threads on both cores, beats PyTorch with
-  one thread (1.13x), but PyTorch gains 1.7x from its second thread. The step split over two
-  JAX CPU devices (state replicated, batch split along a `"data"` mesh axis) runs 1.33x faster
-  in a separate measurement (375 vs 281 images/s, about 0.87 of PyTorch's best), but
-  `train.fit` keeps one device: a sharded step makes the training's float rounding depend on
-  the core count and needs batches divisible by it."""
+  (see `benchmark_conv`). On one device ours uses both cores only through XLA's intra-op
+  threads, while PyTorch gained 1.7x from its second thread on an otherwise idle machine
+  (2026-11-29: PGD-7 433 vs 252 images/s; ours 284, ratio 0.66). The `_dp` rows split the
+  batch over the JAX devices (one per core; state replicated, batch split along the `"data"`
+  mesh axis): `train.fit` runs that step with `TrainConfig(data_parallel=True)`. It stays
+  opt-in: the sharded step's float rounding depends on the device count, and the batch must
+  divide over the devices."""
 CONV_IMPLS = ("auto", "xla", "patches")
 
 
@@ -131,19 +135,22 @@ def step_rates(c: Any, *, threads_all: int) -> dict:
 
   Both start from the same weights and train on the same random batch (``batch_size`` images of
   32 px). In each of ``rounds`` rounds every contender runs ``torch_steps`` timed steps (after
-  two warm-up steps before the first round) and its median counts: ours
-  (``train.jit_train_step``, the step ``train.fit`` runs), PyTorch with 1 thread and with
-  ``threads_all`` threads, for PGD-``pgd_steps`` and FGSM-RS training.
+  two warm-up steps before the first round) and its median counts: ours on one device
+  (``train.jit_train_step``, the step ``train.fit`` runs), ours data-parallel over every JAX
+  device (``jit_train_step(mesh=parallel.make_mesh())``, the step of ``train.fit`` with
+  ``data_parallel=True``; ``batch_size`` must divide over the devices), PyTorch with 1 thread
+  and with ``threads_all`` threads, for PGD-``pgd_steps`` and FGSM-RS training.
 
   Returns:
-    ``{"rounds": [{contender: images/s}], "ratios": {kind: [ours / best PyTorch per round]}}``
-    with contenders ``<kind>_ours`` and ``<kind>_torch_<threads>thr``.
+    ``{"rounds": [{contender: images/s}], "ratios": {name: [ours / best PyTorch per round]},
+    "devices": JAX device count}`` with contenders ``<kind>_ours``, ``<kind>_ours_dp`` and
+    ``<kind>_torch_<threads>thr``, and ratios ``<kind>`` (one device) and ``<kind>_dp``.
   """
   import jax
   import numpy as np
   import optax
   import torch
-  from percadv_jax import train
+  from percadv_jax import parallel, train
   from percadv_jax.models import get_model
   from percadv_jax.train.state import create_train_state
   module = get_model("vgg19", num_classes=10, variant="small", width=c.width,
@@ -153,6 +160,11 @@ def step_rates(c: Any, *, threads_all: int) -> dict:
   x = rng.uniform(0, 1, (c.batch_size, 32, 32, 3)).astype(np.float32)
   y = rng.integers(0, 10, c.batch_size).astype(np.int32)
   batch = {"image": jax.numpy.asarray(x), "label": jax.numpy.asarray(y)}
+  mesh = parallel.make_mesh()
+  if c.batch_size % parallel.num_devices(mesh=mesh):
+    raise ValueError(f"batch_size={c.batch_size} does not split over the "
+                     f"{parallel.num_devices(mesh=mesh)} JAX devices of the data-parallel step")
+  sharded_batch = parallel.shard_batch({"image": x, "label": y}, mesh=mesh)
   attacks = {"pgd": _pgd(c.pgd_steps), "fgsm_rs": Attack("fgsm_rs", eps=EPS)}
   names = {"pgd": f"pgd{c.pgd_steps}", "fgsm_rs": "fgsm_rs"}
   contenders = {}
@@ -164,6 +176,13 @@ def step_rates(c: Any, *, threads_all: int) -> dict:
       holder["state"], m = jax_step(holder["state"], batch)
       jax.block_until_ready(m)
     contenders[f"{names[kind]}_ours"] = (ours, None)
+    dp_step = train.jit_train_step(adversarial=True, attack=attack, mesh=mesh)
+    dp_holder = {"state": parallel.replicate(state0, mesh=mesh)}
+
+    def ours_dp(dp_step=dp_step, holder=dp_holder):
+      holder["state"], m = dp_step(holder["state"], sharded_batch)
+      jax.block_until_ready(m)
+    contenders[f"{names[kind]}_ours_dp"] = (ours_dp, None)
     torch_step = _torch_step(c, jax.device_get(state0.params), x, y, kind=kind)
     for threads in sorted({1, threads_all}):
       contenders[f"{names[kind]}_torch_{threads}thr"] = (torch_step, threads)
@@ -191,10 +210,10 @@ def step_rates(c: Any, *, threads_all: int) -> dict:
     print("training step round", r, {k: round(v, 1) for k, v in rounds[-1].items()}, flush=True)
   ratios = {}
   for kind in names.values():
-    ratios[kind] = [rd[f"{kind}_ours"] / max(v for k, v in rd.items()
-                                             if k.startswith(f"{kind}_torch"))
-                    for rd in rounds]
-  return {"rounds": rounds, "ratios": ratios}
+    for suffix in ("", "_dp"):
+      ratios[kind + suffix] = [rd[f"{kind}_ours{suffix}"] / max(
+          v for k, v in rd.items() if k.startswith(f"{kind}_torch")) for rd in rounds]
+  return {"rounds": rounds, "ratios": ratios, "devices": parallel.num_devices(mesh=mesh)}
 
 
 def run(config: Any, workdir: str) -> dict:
@@ -295,11 +314,18 @@ def markdown(c: Any, results: dict, runs: list[str], threads_all: int) -> list[s
     for n in names:
       v = [rd[n] for rd in steps["rounds"]]
       lines.append(f"| {n} | {min(v):.1f} | {statistics.median(v):.1f} | {max(v):.1f} |")
-    for kind, ratios in steps["ratios"].items():
-      lines.append("")
-      lines.append(f"- {kind} training step, ours / best PyTorch, same round: "
+    lines.append("")
+    for name, ratios in steps["ratios"].items():
+      kind, dp = name.removesuffix("_dp"), name.endswith("_dp")
+      where = (f"data-parallel over {steps.get('devices', '?')} JAX devices" if dp
+               else "one device")
+      lines.append(f"- {kind} training step, ours ({where}) / best PyTorch, same round: "
                    f"**{statistics.median(ratios):.2f}** [{min(ratios):.2f}, {max(ratios):.2f}]"
                    + (" (target >= 1)." if kind == pname else "."))
+    for kind in dict.fromkeys(name.removesuffix("_dp") for name in steps["ratios"]):
+      gain = [rd[f"{kind}_ours_dp"] / rd[f"{kind}_ours"] for rd in steps["rounds"]]
+      lines.append(f"- {kind} training step, data-parallel / one device, same round: "
+                   f"**{statistics.median(gain):.2f}x** [{min(gain):.2f}, {max(gain):.2f}].")
     lines.append(LIMIT)
   lines.append(
       f"- The guard (PGD-{c.guard_steps} accuracy on {c.guard_examples} held-out training images "

@@ -1,5 +1,5 @@
-"""Small building blocks shared by the models: fast max pooling, Keras-style padding and
-convolution implementations (``conv_impl``)."""
+"""Small building blocks shared by the models: the input's compute dtype, fast max pooling,
+Keras-style padding and convolution implementations (``conv_impl``)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,17 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+
+
+def compute_input(x: jax.Array) -> jax.Array:
+  """A model's input as float32, or kept in bfloat16 / float16.
+
+  Mixed precision (``percadv_jax.precision``) hands a model bf16 inputs and variables; keeping
+  the input's half dtype makes every layer compute in it (Flax layers compute in the promoted
+  dtype of inputs and parameters). Any other float input becomes float32.
+  """
+  x = jnp.asarray(x)
+  return x if x.dtype in (jnp.bfloat16, jnp.float16) else x.astype(jnp.float32)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:

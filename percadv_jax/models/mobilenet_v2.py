@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from percadv_jax import checks
 from percadv_jax.models.common import tap
-from percadv_jax.models.layers import conv_fn, stride2_pad
+from percadv_jax.models.layers import compute_input, conv_fn, stride2_pad
 
 # (filters, stride, expansion) of Keras' 17 inverted-residual blocks, block_id 0..16.
 BLOCKS: tuple[tuple[int, int, int], ...] = (
@@ -80,7 +80,8 @@ class MobileNetV2(nn.Module):
       elsewhere), "xla" (XLA's convolution) or "patches" (dense convolutions as im2col patches
       times a matrix with a custom VJP, depthwise ones as shifted multiply-adds); same
       parameters and the same values up to float32 rounding.
-  Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
+  Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits (bfloat16 when
+  the inputs and variables are, as under ``percadv_jax.precision``: ``layers.compute_input``).
   """
   num_classes: int
   width: float = 1.0
@@ -98,7 +99,7 @@ class MobileNetV2(nn.Module):
                        f"{tuple(x.shape)}")
     plan = channel_plan(self.width)
     conv = conv_fn(self.conv_impl)
-    x = jnp.asarray(x, jnp.float32) * 2.0 - 1.0
+    x = compute_input(x) * 2.0 - 1.0
     pad = (stride2_pad(x.shape[1]), stride2_pad(x.shape[2]))
     x = nn.Conv(plan["first"], (3, 3), strides=(2, 2), padding=pad, use_bias=False,
                 conv_general_dilated=conv, name="Conv1")(x)

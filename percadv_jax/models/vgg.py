@@ -36,7 +36,7 @@ import numpy as np
 
 from percadv_jax import checks
 from percadv_jax.models.common import tap
-from percadv_jax.models.layers import conv_fn, max_pool_2x2
+from percadv_jax.models.layers import compute_input, conv_fn, max_pool_2x2
 
 # Channels and number of convolutions of VGG-19's five blocks.
 BLOCKS: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 4), (512, 4), (512, 4))
@@ -54,8 +54,8 @@ def scaled(channels: int, width: float) -> int:
 def preprocess(x: jax.Array, variant: str) -> jax.Array:
   """The model's preprocessing of RGB inputs in [0, 1] (see module docstring)."""
   if variant == "imagenet":
-    return x[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, jnp.float32)
-  return (x - jnp.asarray(SMALL_MEAN_RGB, jnp.float32)) / jnp.asarray(SMALL_STD_RGB, jnp.float32)
+    return x[..., ::-1] * 255.0 - jnp.asarray(CAFFE_MEAN_BGR, x.dtype)
+  return (x - jnp.asarray(SMALL_MEAN_RGB, x.dtype)) / jnp.asarray(SMALL_STD_RGB, x.dtype)
 
 
 class VGG19(nn.Module):
@@ -72,7 +72,8 @@ class VGG19(nn.Module):
       the faster per convolution of XLA's and patches, ``layers.conv_auto``; XLA's elsewhere),
       "xla" (XLA's convolution) or "patches" (im2col patches times a matrix, custom VJP); same
       parameters and the same values up to float32 rounding.
-  Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits.
+  Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits (bfloat16 when
+  the inputs and variables are, as under ``percadv_jax.precision``: ``layers.compute_input``).
   """
   num_classes: int
   width: float = 1.0
@@ -93,7 +94,7 @@ class VGG19(nn.Module):
       raise ValueError(f"VGG19 needs inputs of at least 32x32 pixels (five 2x2 poolings), got "
                        f"shape {tuple(x.shape)}")
     conv = conv_fn(self.conv_impl)
-    x = preprocess(jnp.asarray(x, jnp.float32), self.variant)
+    x = preprocess(compute_input(x), self.variant)
     for b, (channels, n_convs) in enumerate(BLOCKS, start=1):
       for k in range(1, n_convs + 1):
         name = f"block{b}_conv{k}"

@@ -10,7 +10,8 @@
 - ``TrainConfig`` / ``fit(config, workdir, source)``: the loop with orbax checkpoints every N
   steps, exact resume (the data order ``percadv_jax.data.batch_indices`` is a function of
   (seed, step)), ``metrics.jsonl``, progress, and the catastrophic-overfitting guard
-  (``TrainConfig.guard``).
+  (``TrainConfig.guard``); ``TrainConfig.data_parallel`` splits each batch over every device of
+  every process (off by default), ``TrainConfig.precision="bfloat16"`` trains in mixed precision.
 
 Evaluation is ``percadv_jax.attacks.robust_accuracy`` over ``make_logits_fn(...)``.
 """

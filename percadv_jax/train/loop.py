@@ -23,6 +23,21 @@ When it falls by more than ``guard_drop`` below the previous epoch's, a
 ``{"event": "catastrophic_overfitting", ...}`` record is written and the run ends: with
 ``guard="rollback"`` with the previous epoch's parameters, with ``guard="stop"`` with the current
 ones. The final state is saved with ``step = total`` so the workdir counts as finished.
+
+Data parallelism (``TrainConfig.data_parallel``, off by default): the run uses the ``"data"``
+mesh of ``percadv_jax.parallel`` over every device of every process (start a multi-process run
+with ``parallel.initialize`` first). The state is replicated on every device, each global batch
+of ``batch_size`` rows is split along the mesh (each process reads only its rows,
+``parallel.local_slice``, and assembles its part with ``parallel.shard_batch``), and the step is
+the same ``train_step``, jitted for the mesh: the loss and BatchNorm's batch statistics are means
+over the whole global batch, so the compiler all-reduces gradients and statistics, and the run
+follows the one-device run up to float summation order (the data order, keys and batch
+statistics do not depend on the device count). ``batch_size`` must be a multiple of the device
+count (refused otherwise: padding rows would enter BatchNorm's statistics). Checkpoints hold
+whole arrays, so a run saved on N devices resumes on M. Process 0 writes ``metrics.jsonl``; every
+process takes part in the checkpoints (the workdir must be on a file system they share). Off,
+the run stays on the first device (``jax.devices()[0]``) whatever the device count, as the
+binaries' one-device-per-core CPU setting would otherwise change the results' rounding.
 """
 
 from __future__ import annotations
@@ -37,14 +52,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from percadv_jax import attacks, checks, io, models
+from percadv_jax import attacks, checks, io, models, parallel
 from percadv_jax.data.source import batch_indices
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
 from percadv_jax.train import batchnorm
-from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
-                                     model_input)
+from percadv_jax.train.steps import (PRECISIONS, adversarial_examples, jit_train_step,
+                                     make_logits_fn, model_input)
 
 
 GUARDS = ("off", "stop", "rollback")
@@ -84,6 +99,13 @@ class TrainConfig:
       step rule ``attacks.step_size`` (2/255 at eps 8/255 and 10 steps).
     guard_drop: a collapse is a fall of the guard's PGD accuracy (a fraction) by more than this
       below the previous epoch's.
+    data_parallel: train on every device of every process, the batch split over them and the
+      state replicated (see the module docstring); ``batch_size`` must then be a multiple of
+      ``jax.device_count()``. False (the default) trains on the first device only.
+    precision: "float32" (the default) or "bfloat16": mixed-precision training steps (bf16
+      compute, float32 master weights, optimiser state, BatchNorm statistics and loss; no loss
+      scaling, see ``steps.train_step``). The guard and the BatchNorm recalibration evaluate in
+      float32.
   """
   model: str = "vgg19"
   model_kwargs: Mapping[str, Any] = dataclasses.field(
@@ -105,6 +127,8 @@ class TrainConfig:
   guard_examples: int = 256
   guard_steps: int = 10
   guard_drop: float = 0.2
+  data_parallel: bool = False
+  precision: str = "float32"
 
   def validate(self) -> None:
     """Raises ``ValueError`` naming the first field out of range (attack and optimiser too)."""
@@ -120,6 +144,8 @@ class TrainConfig:
     checks.check_positive(self.guard_examples, "guard_examples")
     checks.check_positive(self.guard_steps, "guard_steps")
     checks.check_positive(self.guard_drop, "guard_drop")
+    checks.check_bool(self.data_parallel, "data_parallel")
+    checks.check_choice(self.precision, "precision", set(PRECISIONS))
     if not isinstance(self.attack, attacks.Attack):
       raise TypeError(f"attack must be an attacks.Attack, got {type(self.attack).__name__}")
     if self.adversarial and self.attack.masked != self.masked:
@@ -203,16 +229,18 @@ def total_steps(config: TrainConfig, n: int) -> int:
 
 
 def build(config: TrainConfig, *, num_classes: int, image_shape: Sequence[int],
-          total: int, abstract: bool = False) -> TrainState:
+          total: int, abstract: bool = False,
+          sharding: jax.sharding.Sharding | None = None) -> TrainState:
   """A fresh ``TrainState`` for ``config`` (model from ``get_model``, optax optimiser).
 
   ``abstract=True`` gives ``jax.ShapeDtypeStruct`` leaves: a restore target that costs no
-  initialisation (``checkpoint.restore`` fills in the arrays).
+  initialisation (``checkpoint.restore`` fills in the arrays, placed by ``sharding``: default
+  the first device).
   """
   module = _model(config.model, num_classes, tuple(sorted(dict(config.model_kwargs).items())))
   tx = _optimizer(config.optimizer, total)
   return create_train_state(jax.random.PRNGKey(config.seed), module, tx,
-                            input_shape=(1, *image_shape), abstract=abstract)
+                            input_shape=(1, *image_shape), abstract=abstract, sharding=sharding)
 
 
 @functools.lru_cache(maxsize=16)
@@ -225,6 +253,47 @@ def _model(name: str, num_classes: int, kwargs: tuple) -> Any:
 @functools.lru_cache(maxsize=16)
 def _optimizer(config: OptimizerConfig, total: int) -> Any:
   return make_optimizer(config, total)
+
+
+class _Placement:
+  """Where a run's arrays live: the first device, or the ``"data"`` mesh of ``data_parallel``.
+
+  Raises:
+    ValueError: ``data_parallel`` and a ``batch_size`` that is not a multiple of the device count.
+  """
+
+  def __init__(self, config: TrainConfig):
+    self.mesh = parallel.make_mesh() if config.data_parallel else None
+    if self.mesh is None:
+      self.sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+      return
+    count = parallel.num_devices(mesh=self.mesh)
+    if config.batch_size % count:
+      raise ValueError(
+          f"batch_size={config.batch_size} does not split over the {count} devices of "
+          f"data-parallel training (data_parallel=True uses every device of every process): use "
+          f"a batch_size that is a multiple of {count}, or data_parallel=False")
+    self.sharding = parallel.replicated_sharding(mesh=self.mesh)
+
+  def state(self, state: TrainState) -> TrainState:
+    """``state`` on the first device, or replicated on every device of the mesh."""
+    if self.mesh is None:
+      return jax.device_put(state, jax.devices()[0])
+    return parallel.replicate(state, mesh=self.mesh)
+
+  def batch(self, data: ArrayData, indices: np.ndarray) -> dict:
+    """The batch of the global example ``indices``: NumPy arrays on one device; with the mesh,
+    global arrays split along it, of which this process reads only its rows."""
+    if self.mesh is None:
+      return data.batch(indices)
+    local = data.batch(indices[parallel.local_slice(len(indices))])
+    return parallel.shard_batch(local, mesh=self.mesh)
+
+  def whole(self, batch: dict) -> dict:
+    """A batch every device holds whole (the guard's): device arrays, replicated on the mesh."""
+    if self.mesh is None:
+      return {k: jnp.asarray(v) for k, v in batch.items()}
+    return parallel.replicate(batch, mesh=self.mesh)
 
 
 def _lock_config(workdir: str, config: TrainConfig) -> None:
@@ -259,7 +328,9 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
     The final ``TrainState`` (from the last checkpoint when the run had already finished).
   """
   config.validate()
+  placement = _Placement(config)
   _lock_config(workdir, config)
+  main = parallel.is_main_process()
   data = source if isinstance(source, ArrayData) else ArrayData(source)
   num_classes = num_classes or info_get(data.source, "num_classes")
   if num_classes is None:
@@ -273,23 +344,27 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
                             max_to_keep=config.keep_checkpoints)
   resume = mngr.latest_step() is not None
   state = build(config, num_classes=num_classes, image_shape=image_shape, total=total,
-                abstract=resume)
+                abstract=resume, sharding=placement.sharding)
   state = checkpoint.restore(mngr, state)
   if not resume and config.init_from:
     state = _init_from(state, config.init_from)
   start = int(jax.device_get(state.step))
   metrics_path = os.path.join(workdir, "metrics.jsonl")
-  io.drop_records_after(metrics_path, start)
+  if main:
+    io.drop_records_after(metrics_path, start)
+  parallel.sync("percadv_jax.train.fit: metrics")  # others read them after the drop (guard)
   if start >= total:
     mngr.close()
     return state
   # Fresh, restored and fine-tuning states mix committed and uncommitted arrays; the step's
   # outputs are all committed. One placement for all keeps the step at one compile.
-  state = jax.device_put(state, jax.devices()[0])
+  state = placement.state(state)
   step_fn = jit_train_step(adversarial=config.adversarial, masked=config.masked,
-                           attack=config.attack)
+                           attack=config.attack, mesh=placement.mesh,
+                           precision=config.precision)
   schedule = make_schedule(config.optimizer, total)
-  guard = _Guard(config, data.batch(guard_idx)) if guard_idx is not None else None
+  guard = (_Guard(config, placement.whole(data.batch(guard_idx)), write=main)
+           if guard_idx is not None else None)
   if guard is not None:
     guard.resume(metrics_path, state, mngr)
   pending: list[dict] = []
@@ -297,7 +372,8 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   bar = io.progress(total=total, initial=start, desc=desc, unit="step")
   try:
     for step in range(start, total):
-      batch = data.batch(train_idx[batch_indices(n, config.batch_size, config.seed, step)])
+      batch = placement.batch(data, train_idx[batch_indices(n, config.batch_size, config.seed,
+                                                            step)])
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       done = step + 1
@@ -305,21 +381,20 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
       if guard is not None and done % steps_per_epoch == 0:
         state, stopped = guard.check(state, done, metrics_path)
         if stopped:
-          _flush(metrics_path, pending, done, schedule(step), t0)
+          _flush(metrics_path, pending, done, schedule(step), t0, write=main)
           if config.bn_recalibration_batches and state.batch_stats:
-            state = state.replace(batch_stats=_recalibrated(config, state, data, train_idx,
-                                                            total))
+            state = _recalibrated(config, state, data, train_idx, total, placement)
           state = state.replace(step=jnp.asarray(total, jnp.int32))
           checkpoint.save(mngr, state)
           break
       is_ckpt = (done % config.checkpoint_every == 0 or done == total
                  or (guard is not None and done % steps_per_epoch == 0))
       if done % config.log_every == 0 or is_ckpt:
-        means = _flush(metrics_path, pending, done, schedule(step), t0)
+        means = _flush(metrics_path, pending, done, schedule(step), t0, write=main)
         bar.set_postfix(loss=f"{means['loss']:.3f}", acc=f"{means['accuracy']:.3f}")
         pending, t0 = [], time.perf_counter()
       if done == total and config.bn_recalibration_batches and state.batch_stats:
-        state = state.replace(batch_stats=_recalibrated(config, state, data, train_idx, total))
+        state = _recalibrated(config, state, data, train_idx, total, placement)
       if is_ckpt:
         checkpoint.save(mngr, state)
       if on_step is not None:
@@ -330,11 +405,14 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   return state
 
 
-def _flush(path: str, pending: list[dict], done: int, lr: Any, t0: float) -> dict:
-  """Appends the record of the steps in ``pending`` (means) ending at step ``done``."""
+def _flush(path: str, pending: list[dict], done: int, lr: Any, t0: float, *,
+           write: bool = True) -> dict:
+  """The means of the steps in ``pending`` (ending at step ``done``); appends their record when
+  ``write`` (process 0)."""
   means = {k: float(np.mean([jax.device_get(m[k]) for m in pending])) for k in pending[0]}
   rate = len(pending) / max(time.perf_counter() - t0, 1e-9)
-  io.append_jsonl(path, {"step": done, **means, "lr": float(lr), "steps_per_sec": rate})
+  if write:
+    io.append_jsonl(path, {"step": done, **means, "lr": float(lr), "steps_per_sec": rate})
   return means
 
 
@@ -355,11 +433,16 @@ def split_guard(config: TrainConfig, n: int) -> tuple[np.ndarray, np.ndarray | N
 
 
 class _Guard:
-  """PGD accuracy on the held-out guard batch after each epoch; detects a collapse."""
+  """PGD accuracy on the held-out guard batch after each epoch; detects a collapse.
 
-  def __init__(self, config: TrainConfig, batch: dict):
+  ``batch`` holds device arrays (replicated in a data-parallel run); ``write``: whether this
+  process appends the guard's records (process 0).
+  """
+
+  def __init__(self, config: TrainConfig, batch: dict, *, write: bool = True):
     self.config = config
-    self.batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    self.batch = batch
+    self.write = write
     self.attack = attacks.Attack("pgd", eps=config.attack.eps, steps=config.guard_steps,
                                  norm=config.attack.norm, masked=config.masked)
     self.key = jax.random.fold_in(jax.random.PRNGKey(config.seed), 0x6A617264)
@@ -391,14 +474,16 @@ class _Guard:
   def check(self, state: TrainState, done: int, path: str) -> tuple[TrainState, bool]:
     """Records the epoch's guard accuracy; returns (state to keep, whether the run stops)."""
     acc = self.accuracy(state)
-    io.append_jsonl(path, {"step": done, "event": "guard", "guard_pgd_accuracy": acc})
+    if self.write:
+      io.append_jsonl(path, {"step": done, "event": "guard", "guard_pgd_accuracy": acc})
     prev = self.previous
     if prev is not None and acc < prev[0] - self.config.guard_drop:
       rollback = self.config.guard == "rollback" and prev[1] is not None
-      io.append_jsonl(path, {
-          "step": done, "event": "catastrophic_overfitting", "guard_pgd_accuracy": acc,
-          "previous_guard_pgd_accuracy": prev[0], "action": "rollback" if rollback else "stop",
-          "restored_step": int(jax.device_get(prev[1].step)) if rollback else done})
+      if self.write:
+        io.append_jsonl(path, {
+            "step": done, "event": "catastrophic_overfitting", "guard_pgd_accuracy": acc,
+            "previous_guard_pgd_accuracy": prev[0], "action": "rollback" if rollback else "stop",
+            "restored_step": int(jax.device_get(prev[1].step)) if rollback else done})
       return (prev[1] if rollback else state), True
     self.previous = (acc, state)
     return state, False
@@ -418,12 +503,15 @@ def _init_from(state: TrainState, workdir: str) -> TrainState:
 
 
 def _recalibrated(config: TrainConfig, state: TrainState, data: ArrayData,
-                  train_idx: np.ndarray, total: int) -> Any:
-  """Precise BatchNorm statistics over the batches that steps total, total+1, ... would use."""
+                  train_idx: np.ndarray, total: int, placement: _Placement) -> TrainState:
+  """``state`` with precise BatchNorm statistics over the batches that steps total, total+1, ...
+  would use (placed as the run's state)."""
   n = len(train_idx)
 
   def inputs():
     for j in range(config.bn_recalibration_batches):
-      b = data.batch(train_idx[batch_indices(n, config.batch_size, config.seed, total + j)])
+      b = placement.batch(data, train_idx[batch_indices(n, config.batch_size, config.seed,
+                                                        total + j)])
       yield jnp.asarray(model_input(b["image"], b["mask"], config.masked))
-  return batchnorm.recalibrate(state.apply_fn, state.params, state.batch_stats, inputs())
+  stats = batchnorm.recalibrate(state.apply_fn, state.params, state.batch_stats, inputs())
+  return placement.state(state.replace(batch_stats=stats))

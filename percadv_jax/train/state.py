@@ -126,7 +126,8 @@ def _raw_key(key: Any) -> jax.Array:
 
 
 def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransformation, *,
-                       input_shape: tuple[int, ...], abstract: bool = False) -> TrainState:
+                       input_shape: tuple[int, ...], abstract: bool = False,
+                       sharding: jax.sharding.Sharding | None = None) -> TrainState:
   """Initialises ``module`` on zeros of ``input_shape`` (NHWC, float32) and builds the state.
 
   Args:
@@ -137,6 +138,9 @@ def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransforma
     input_shape: ``(N, H, W, 3)``; ``N`` may be 1.
     abstract: return a state of ``jax.ShapeDtypeStruct`` leaves (no initialisation compiled or
       run): the restore target for a checkpoint.
+    sharding: where the abstract leaves say their arrays live, hence where a checkpoint restores
+      them (default: the first device; data-parallel training passes the replicated sharding of
+      its mesh). Ignored unless ``abstract``.
 
   Returns:
     A ``TrainState`` at step 0.
@@ -145,7 +149,7 @@ def create_train_state(key: Any, module: nn.Module, tx: optax.GradientTransforma
   init_key, train_key = jax.random.split(key)
   init = _jit_init(module, tuple(input_shape))
   if abstract:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])
     def spec(a):
       return jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding)
     variables = dict(jax.tree.map(spec, jax.eval_shape(init, init_key)))

@@ -26,8 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, Sharding
 
-from percadv_jax import attacks, compiler
+from percadv_jax import attacks, checks, compiler, parallel, precision as mixed
 from percadv_jax.train.state import TrainState, make_variables
 
 
@@ -84,9 +85,21 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
+PRECISIONS = ("float32", "bfloat16")
+
+
+@functools.lru_cache(maxsize=64)
+def _compute_in(apply_fn: Callable, precision: str) -> Callable:
+  """``apply_fn`` computing in ``precision`` (``percadv_jax.precision.mixed_precision``: float32
+  in and out; for "float32" ``apply_fn`` itself), one wrapper per pair so caches keyed on the
+  function keep hitting."""
+  checks.check_choice(precision, "precision", PRECISIONS)
+  return mixed.mixed_precision(apply_fn, dtype=precision)
+
+
 def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
-               masked: bool = False, attack: attacks.Attack = attacks.Attack("pgd", steps=7)
-               ) -> tuple[TrainState, dict]:
+               masked: bool = False, attack: attacks.Attack = attacks.Attack("pgd", steps=7),
+               precision: str = "float32") -> tuple[TrainState, dict]:
   """One optimiser update (pure; jit it with ``jit_train_step``).
 
   Args:
@@ -95,6 +108,11 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
     adversarial: adversarial training with ``attack``.
     masked: the masked setting (model sees ``x * mask``).
     attack: the training attack (ignored unless ``adversarial``).
+    precision: "float32", or "bfloat16" for mixed precision: the model (in the attack and in
+      the update) computes in bfloat16 on bfloat16 copies of the parameters and inputs, while
+      the parameters, optimiser state, BatchNorm statistics, perturbations, logits and loss stay
+      float32 (``percadv_jax.precision``). No loss scaling: bfloat16 has float32's exponent
+      range, so small gradients do not underflow as in float16 (which is not offered).
 
   Returns:
     ``(new_state, metrics)`` with scalar float32 metrics ``loss`` and ``accuracy`` (on the
@@ -102,17 +120,17 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
   """
   key, attack_key, dropout_key = jax.random.split(state.key, 3)
   x, y, mask = batch["image"], batch["label"], batch.get("mask")
+  apply_fn = _compute_in(state.apply_fn, precision)
   if adversarial:
-    x_in = adversarial_examples(state.apply_fn, state.variables(), x, y, mask, key=attack_key,
+    x_in = adversarial_examples(apply_fn, state.variables(), x, y, mask, key=attack_key,
                                 attack=attack, masked=masked)
   else:
     x_in = model_input(x, mask, masked)
   x_in = model_input(x_in, mask, masked)
 
   def loss_fn(params):
-    logits, updates = state.apply_fn(make_variables(params, state.batch_stats), x_in,
-                                     train=True, mutable=["batch_stats"],
-                                     rngs={"dropout": dropout_key})
+    logits, updates = apply_fn(make_variables(params, state.batch_stats), x_in, train=True,
+                               mutable=["batch_stats"], rngs={"dropout": dropout_key})
     return cross_entropy(logits, y), (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -124,33 +142,56 @@ def train_step(state: TrainState, batch: dict, *, adversarial: bool = False,
 
 
 def jit_train_step(*, adversarial: bool = False, masked: bool = False,
-                   attack: attacks.Attack = attacks.Attack("pgd", steps=7)) -> Callable:
+                   attack: attacks.Attack = attacks.Attack("pgd", steps=7),
+                   mesh: Mesh | None = None, precision: str = "float32") -> Callable:
   """``train_step`` with its static hyper-parameters bound, jitted: ``(state, batch) -> ...``.
 
   The full-image setting runs the masked step with a mask of ones (``x * 1 == x`` and a mask of
   ones changes nothing in an attack, bit for bit), so the full and masked models share one
   compile. The attack's setting must be the model's (``attack.masked == masked``).
+
+  With a ``mesh`` (``percadv_jax.parallel.make_mesh``) the step is data-parallel: it takes and
+  returns the state replicated on every device of the mesh (``parallel.replicate``) and takes the
+  batch split along its ``"data"`` axis (``parallel.shard_batch``); the metrics come back
+  replicated. The program is the same ``train_step``: the loss and BatchNorm's batch statistics
+  are means over the whole global batch, so the compiler all-reduces the gradient and the
+  statistics across devices, and the values equal the one-device step's up to float summation
+  order. Without a mesh the step runs where its arguments are (one device). ``precision``: see
+  ``train_step``.
   """
   if adversarial and attack.masked != masked:
     raise ValueError(f"the training attack's masked={attack.masked} differs from the model's "
                      f"masked={masked}: the masked setting attacks only the foreground")
-  step = _jit_masked_step(adversarial, dataclasses.replace(attack, masked=True))
+  checks.check_choice(precision, "precision", PRECISIONS)
+  step = _jit_masked_step(adversarial, dataclasses.replace(attack, masked=True), mesh,
+                          precision)
   if masked:
     return step
+  ones_sharding = None if mesh is None else parallel.data_sharding(mesh=mesh)
 
   def full_step(state, batch):
-    return step(state, {**batch, "mask": _ones(tuple(np.shape(batch["image"])[:-1]) + (1,))})
+    shape = tuple(np.shape(batch["image"])[:-1]) + (1,)
+    return step(state, {**batch, "mask": _ones(shape, ones_sharding)})
   return full_step
 
 
 @functools.lru_cache(maxsize=8)
-def _ones(shape: tuple[int, ...]) -> jax.Array:
-  """A device array of ones (made once per shape, not copied to the device every step)."""
-  return jnp.ones(shape, jnp.float32)
+def _ones(shape: tuple[int, ...], sharding: Sharding | None = None) -> jax.Array:
+  """A device array of ones (made once per shape, not copied to the device every step), split
+  like the batch when ``sharding`` is given (made on the devices, so every process can)."""
+  if sharding is None:
+    return jnp.ones(shape, jnp.float32)
+  return jax.jit(lambda: jnp.ones(shape, jnp.float32), out_shardings=sharding)()
 
 
 @functools.lru_cache(maxsize=32)
-def _jit_masked_step(adversarial: bool, attack: attacks.Attack) -> Callable:
+def _jit_masked_step(adversarial: bool, attack: attacks.Attack, mesh: Mesh | None,
+                     precision: str) -> Callable:
   def step(state, batch):
-    return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack)
-  return compiler.jit(step)
+    return train_step(state, batch, adversarial=adversarial, masked=True, attack=attack,
+                      precision=precision)
+  if mesh is None:
+    return compiler.jit(step)
+  replicated = parallel.replicated_sharding(mesh=mesh)
+  return compiler.jit(step, in_shardings=(replicated, parallel.data_sharding(mesh=mesh)),
+                      out_shardings=(replicated, replicated))

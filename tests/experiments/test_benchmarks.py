@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import jax
 import pytest
 
 from experiments import benchmarks
@@ -186,12 +187,14 @@ def test_training_step_rates():
   assert len(steps["rounds"]) == 1
   for rd in steps["rounds"]:
     assert set(rd) == {f"{k}_{who}" for k in ("pgd2", "fgsm_rs")
-                       for who in ("ours", "torch_1thr", "torch_2thr")}
+                       for who in ("ours", "ours_dp", "torch_1thr", "torch_2thr")}
     assert all(_finite(v) and v > 0 for v in rd.values())
+  assert steps["devices"] == jax.device_count()
   for kind in ("pgd2", "fgsm_rs"):
-    assert steps["ratios"][kind] == pytest.approx(
-        [rd[f"{kind}_ours"] / max(rd[f"{kind}_torch_1thr"], rd[f"{kind}_torch_2thr"])
-         for rd in steps["rounds"]])
+    for suffix in ("", "_dp"):  # one device; data-parallel over every device
+      assert steps["ratios"][kind + suffix] == pytest.approx(
+          [rd[f"{kind}_ours{suffix}"] / max(rd[f"{kind}_torch_1thr"], rd[f"{kind}_torch_2thr"])
+           for rd in steps["rounds"]])
 
 
 def test_conv_workers_and_summary(tmp_path):

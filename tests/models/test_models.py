@@ -263,3 +263,29 @@ def test_patches_and_auto_models_equal_xla_models(name, kw, size):
     np.testing.assert_allclose(l1, l0, atol=1e-5 * float(jnp.max(jnp.abs(l0))))
     for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
       np.testing.assert_allclose(b, a, atol=1e-5 * float(jnp.max(jnp.abs(a))) + 1e-12)
+
+
+@pytest.mark.parametrize("platform", ["gpu", "tpu"])
+def test_conv_auto_uses_xla_convolutions_off_cpu(platform, monkeypatch):
+  # conv_auto reads the backend when traced: on CPU depthwise, 1x1 and tiny-map convolutions are
+  # patches / shifted multiply-adds (no convolution op), on accelerators all of them are XLA's.
+  from percadv_jax.models import layers
+  dn = ("NHWC", "HWIO", "NHWC")
+  x, tiny = jnp.zeros((2, 8, 8, 6)), jnp.zeros((2, 2, 2, 6))
+  cases = [(x, jnp.zeros((3, 3, 1, 6)), 6), (x, jnp.zeros((1, 1, 6, 4)), 1),
+           (tiny, jnp.zeros((3, 3, 6, 4)), 1)]
+
+  def conv_ops(x, k, groups):
+    jaxpr = jax.make_jaxpr(lambda x, k: layers.conv_auto(
+        x, k, (1, 1), "SAME", dimension_numbers=dn, feature_group_count=groups))(x, k)
+    return str(jaxpr).count("conv_general_dilated")
+  assert jax.default_backend() == "cpu"
+  assert [conv_ops(*c) for c in cases] == [0, 0, 0]
+  monkeypatch.setattr(jax, "default_backend", lambda: platform)
+  assert [conv_ops(*c) for c in cases] == [1, 1, 1]
+  # A whole model: as many XLA convolutions as conv_impl="xla" has.
+  kw = {"num_classes": 4, "width": 0.35}
+  count = lambda impl: str(jax.make_jaxpr(lambda x: get_model(  # noqa: E731
+      "mobilenet_v2", conv_impl=impl, **kw).init(jax.random.key(0), x))(
+          jnp.zeros((1, 35, 35, 3)))).count("conv_general_dilated")
+  assert count("auto") == count("xla") > 30

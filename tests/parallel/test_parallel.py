@@ -137,3 +137,37 @@ def test_sizes_are_checked():
     parallel.local_slice(-1)
   assert parallel.padded_batch_size(10, 4) % parallel.num_devices() == 0
   assert parallel.local_slice(6) == slice(0, 6)  # one process reads every row
+
+
+def test_auto_batch_size_is_the_largest_power_of_two_that_fits():
+  module, variables = _tiny.init_variables(seed=0)
+  data = _tiny.toy_data(300, seed=2)
+  small = {k: v[:21] for k, v in data.items()}
+
+  def fn(v, batch, _):
+    return {"logits": module.apply(v, batch["image"], train=False)}
+  # The CPU reports no memory limit: the documented rows per device, at most the dataset's.
+  assert parallel.device_memory(jax.devices()[0]) is None
+  assert parallel.auto_batch_size(fn, variables, data) == parallel.AUTO_CPU_ROWS_PER_DEVICE
+  assert parallel.auto_batch_size(fn, variables, small) == 32
+  # With a memory figure: the compiled program's memory analysis decides.
+  mesh = parallel.make_mesh()
+
+  def need(rows):
+    batch = {k: jax.ShapeDtypeStruct((rows, *v.shape[1:]), v.dtype,
+                                     sharding=parallel.data_sharding(mesh=mesh))
+             for k, v in {**data, "weight": np.zeros(300, np.float32)}.items()}
+    return parallel.program_bytes(parallel._map_jit(fn, mesh).lower(
+        parallel.replicate(variables, mesh=mesh), batch, None).compile())
+  assert need(128) > need(64) > need(1) > 0
+  memory = int(need(64) / parallel.AUTO_MEMORY_FRACTION) + 1
+  assert parallel.auto_batch_size(fn, variables, data, memory=memory) == 64
+  with pytest.raises(ValueError, match="one example per device"):
+    parallel.auto_batch_size(fn, variables, data, memory=need(1) // 2)
+  # batch_size=0 in map_examples: the same outputs as a fixed batch size.
+  auto = parallel.map_examples(fn, variables, small, batch_size=0)
+  fixed = parallel.map_examples(fn, variables, small, batch_size=8)
+  np.testing.assert_allclose(auto["logits"], fixed["logits"], rtol=1e-6, atol=1e-6)
+  assert auto["logits"].shape == (21, _tiny.NUM_CLASSES)
+  with pytest.raises(ValueError, match="batch_size"):
+    parallel.map_examples(fn, variables, small, batch_size=-8)

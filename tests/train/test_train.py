@@ -290,3 +290,40 @@ def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
     loop._lock_config(str(tmp_path), dataclasses.replace(cfg, guard="stop"))
   with pytest.raises(ValueError, match="guard"):
     dataclasses.replace(cfg, guard="sometimes").validate()
+
+
+def test_bfloat16_training_follows_float32(toy, tmp_path):
+  # Mixed precision (precision="bfloat16"): the model computes in bf16, the master weights,
+  # optimiser state, BatchNorm statistics and losses stay float32, and training follows the
+  # float32 run within bf16's rounding. On the tiny CNN of the sharding tests (well conditioned):
+  import optax
+  from tests.parallel import _tiny
+  batch = {k: jnp.asarray(v) for k, v in _tiny.toy_data(64, seed=0).items()}
+  runs = {}
+  for p in ("float32", "bfloat16"):
+    state = init = train.create_train_state(0, _tiny.TinyCNN(), optax.sgd(0.1, momentum=0.9),
+                                            input_shape=(1, _tiny.SIZE, _tiny.SIZE, 3))
+    step, losses = train.jit_train_step(precision=p), []
+    for _ in range(5):
+      state, metrics = step(state, batch)
+      losses.append(float(metrics["loss"]))
+    update = np.concatenate([np.ravel(a - b) for a, b in zip(jax.tree.leaves(state.params),
+                                                               jax.tree.leaves(init.params))])
+    runs[p] = state, losses, update
+  (_, l32, u32), (b16, l16, u16) = runs["float32"], runs["bfloat16"]
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(
+      (b16.params, b16.batch_stats, b16.opt_state)) if jnp.issubdtype(leaf.dtype, jnp.floating))
+  assert l16 != l32 and l16[-1] < 0.8 * l16[0]  # it computed in bf16, and it trained
+  np.testing.assert_allclose(l16, l32, rtol=0.01)
+  assert u16 @ u32 / np.linalg.norm(u16) / np.linalg.norm(u32) > 0.99
+  # TrainConfig.precision reaches fit's step (the small VGG-19 takes bf16 inputs): the first
+  # loss, of the same weights, within bf16's rounding.
+  first = {}
+  for p in ("float32", "bfloat16"):
+    cfg = _config(precision=p, adversarial=False, steps=1, checkpoint_every=1)
+    train.fit(cfg, str(tmp_path / p), toy[0], num_classes=2)
+    first[p] = io.read_jsonl(str(tmp_path / p / "metrics.jsonl"))[0]["loss"]
+  assert first["bfloat16"] != first["float32"]
+  np.testing.assert_allclose(first["bfloat16"], first["float32"], rtol=0.02)
+  with pytest.raises(ValueError, match="precision"):
+    _config(precision="float16").validate()
