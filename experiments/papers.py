@@ -219,4 +219,14 @@ PERCEPTUAL_CAM_FIELD_SOURCES = {"imagenet_paper": {
     "cam.top_k": ("ours", "the share of pixels of our top-k IoU"),
     "report.bootstrap": ("ours", "bootstrap resamples of our confidence intervals"),
     "report.figure_images": ("ours", "images drawn in our figures"),
+    "cam.energy_top_k": ("ours", "the CAM regions of the direct answer (top 10% and 20%); the "
+                                 "paper's abstract states no region size"),
+    "sanity.nulls": ("ours", "null baselines of our sanity checks (Adebayo et al. 2018 for the "
+                             "model randomisation), not in the paper"),
+    "sanity.cascade": ("ours", "cascade stages of our model-randomisation test"),
+    "sanity.null_stage": ("ours", "the randomisation stage used as the null (every layer)"),
+    "sanity.smooth_sigma": ("ours", "0 = matched to the CAMs' autocorrelation"),
+    "sanity.random_maps": ("ours", "smooth random maps per image: a cheap null"),
+    "sanity.deletion_steps": ("ours", "steps of our CAM deletion check"),
+    "sanity.deletion_baseline": ("ours", "deleted pixels take the image mean, a common choice"),
 }}

@@ -206,7 +206,7 @@ def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool,
   return f
 
 
-def _subset_batch_size(m: int, batch_size: int, mesh: Any) -> int:
+def subset_batch_size(m: int, batch_size: int, mesh: Any) -> int:
   """The batch size of a cascade's attack on its ``m`` surviving examples: ``batch_size``, or
   the power of two >= max(m, 8) below it (few distinct shapes, so few compiles; a few padding
   rows cost less than a compile), rounded to the mesh."""
@@ -334,7 +334,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       sub = sub if rows.size == n else {f: v[rows] for f, v in sub.items()}
       out = parallel.map_examples(
           _attack_fn(static, attack, bool(return_adversarial), randomised), a_args, sub,
-          batch_size=_subset_batch_size(rows.size, bs, mesh) if cascade else bs, mesh=mesh,
+          batch_size=subset_batch_size(rows.size, bs, mesh) if cascade else bs, mesh=mesh,
           key=k, desc=None if desc is None else f"{desc}: {name}")
     if not out["valid"].all():
       raise ValueError(f"attack {name!r} returned values outside [0, 1] (or NaN) or changed "

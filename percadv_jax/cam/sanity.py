@@ -135,6 +135,7 @@ def layers_after(module, variables: PyTree, x: jax.Array, layer: str, *,
                  model_kwargs: Mapping[str, Any] | None = None) -> list[str]:
   """The layers (as :func:`layer_order`) first called after the tap ``layer``: randomising them
   leaves that tap's activations unchanged and changes only what the model does with them.
+  ``x`` is a float32 [N,H,W,C] batch in [0, 1] (its shape is all that is used).
 
   ``layer`` is a tap name as in :func:`percadv_jax.cam.compute_cam` (full path or unique last
   component); the other arguments as in :func:`layer_order`.
@@ -364,7 +365,7 @@ def deletion_curve(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y:
           "logit": logit.T, "prob": prob.T}
 
 
-def curve_auc(values: jax.Array, fractions: jax.Array | None = None) -> jax.Array:
+def curve_auc(values: jax.Array, *, fractions: jax.Array | None = None) -> jax.Array:
   """Area under curves sampled at ``fractions`` (default: evenly on [0, 1]), trapezoidal, along
   the last axis: ``[..., T] -> [...]`` (for a deletion curve on [0, 1]: its mean height)."""
   v = jnp.asarray(values, jnp.float32)

@@ -352,8 +352,8 @@ def test_repr_names_targets_and_eot_only_when_set():
 
 
 def test_cascade_batches_take_few_shapes():
-  from percadv_jax.attacks.evaluation import _subset_batch_size
+  from percadv_jax.attacks.evaluation import subset_batch_size
   # Survivors run in batches of batch_size, or of the power of two >= max(survivors, 8).
-  assert [_subset_batch_size(m, 32, None) for m in (1, 5, 8, 9, 20, 32)] == [8, 8, 8, 16, 32, 32]
-  assert [_subset_batch_size(m, 8, None) for m in (1, 20)] == [8, 8]
-  assert _subset_batch_size(3, 4, None) == 4
+  assert [subset_batch_size(m, 32, None) for m in (1, 5, 8, 9, 20, 32)] == [8, 8, 8, 16, 32, 32]
+  assert [subset_batch_size(m, 8, None) for m in (1, 20)] == [8, 8]
+  assert subset_batch_size(3, 4, None) == 4

@@ -224,7 +224,7 @@ def test_deletion_curve_refusals(tiny):
 def test_curve_auc_by_hand():
   v = jnp.asarray([[1.0, 0.5, 0.0], [1.0, 1.0, 1.0]])
   np.testing.assert_allclose(np.asarray(cam.curve_auc(v)), [0.5, 1.0])
-  np.testing.assert_allclose(np.asarray(cam.curve_auc(v, jnp.asarray([0.0, 0.8, 1.0]))),
+  np.testing.assert_allclose(np.asarray(cam.curve_auc(v, fractions=jnp.asarray([0.0, 0.8, 1.0]))),
                              [0.6 + 0.05, 1.0], rtol=1e-6)
   with pytest.raises(ValueError, match="fractions"):
-    cam.curve_auc(v, jnp.asarray([0.0, 1.0]))
+    cam.curve_auc(v, fractions=jnp.asarray([0.0, 1.0]))
