@@ -79,7 +79,8 @@ def load_studies(workdirs: Any) -> list[dict]:
   studies = []
   for w in workdirs:
     r = read_study(w)
-    c = io.read_json(os.path.join(w, "config.json"))
+    path = os.path.join(w, "config.json")  # written by every study; absent fields compare unequal
+    c = io.read_json(path) if os.path.exists(path) else {}
     studies.append({"workdir": w, "results": r, "config": c.get("config", c)})
   return studies
 

@@ -231,8 +231,8 @@ def _panel_figure(rows: Sequence[Sequence[np.ndarray]], row_labels: Sequence[str
 def _paper_figure(src: Any, path: str, panels_fn, titles, title, *, examples: int, seed: int,
                   panel_inches: float, dpi: int) -> dict[str, Any]:
   from percadv_jax import io as pio
-  raw.check_int("examples", examples, minimum=1)
-  raw.check_float("panel_inches", panel_inches, minimum=0.0, strict_minimum=True)
+  checks.check_int(examples, "examples", minimum=1)
+  checks.check_float(panel_inches, "panel_inches", minimum=0.0, min_inclusive=False)
   chosen = choose_examples(src, per_class=1, max_classes=examples, seed=seed)
   indices = [idx[0] for _, idx in chosen]
   rows = panels_fn(indices)

@@ -322,7 +322,7 @@ def _write_study(path):
   """A minimal finished attention_masks results.json in ``path``."""
   model = {"clean": 0.9, "robust": 0.1, "per_attack": {"pgd": 0.2, "apgd": 0.1}}
   io.write_json(os.path.join(path, "results.json"), {
-      "study": "attention_masks", "dataset": {"name": "synthetic_signs"},
+      "study": "attention_masks", "dataset": {"name": "gtsrb_ic"},
       "models": {"full_natural": model}, "findings": ["a finding"]})
 
 
