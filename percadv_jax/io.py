@@ -292,7 +292,7 @@ def hold_workdir(workdir: str) -> None:
 
 
 def lock_config(workdir: str, config: Any, *, name: str = "config.json",
-                upgrade: Callable[[dict], Any] | None = None) -> dict:
+                upgrade: Callable[[dict], Any] | None = None, hold: bool = True) -> dict:
   """Locks ``workdir`` to ``config``: writes ``workdir/name`` the first time, checks it after.
 
   So a resumed run never mixes settings: a workdir that holds another configuration is refused,
@@ -305,6 +305,8 @@ def lock_config(workdir: str, config: Any, *, name: str = "config.json",
     name: the lock file inside ``workdir``.
     upgrade: applied to the stored configuration before the comparison (e.g. to give the fields
       added since it was written their defaults); None compares it as stored.
+    hold: hold the workdir (False for the other processes of one multi-process run, which
+      share the workdir with process 0).
 
   Returns:
     ``config_dict(config)``.
@@ -328,12 +330,14 @@ def lock_config(workdir: str, config: Any, *, name: str = "config.json",
                                        else "")
       raise ValueError(f"{workdir} holds a run with a different configuration ({shown}); pass "
                        "the same configuration to resume it, or use another workdir")
-    hold_workdir(workdir)
+    if hold:
+      hold_workdir(workdir)
     return d
   os.makedirs(workdir, exist_ok=True)
   if not os.access(workdir, os.W_OK):
     raise PermissionError(13, "not writable", workdir)
-  hold_workdir(workdir)
+  if hold:
+    hold_workdir(workdir)
   write_json(path, d)
   return d
 

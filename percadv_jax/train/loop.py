@@ -304,7 +304,8 @@ def _lock_config(workdir: str, config: TrainConfig) -> None:
       return TrainConfig.from_dict(stored).to_dict()
     except TypeError:  # a field this version does not know: compared as stored
       return stored
-  io.lock_config(workdir, config.to_dict(), upgrade=with_defaults)
+  io.lock_config(workdir, config.to_dict(), upgrade=with_defaults,
+                 hold=jax.process_index() == 0)  # the other processes share process 0's run
 
 
 def fit(config: TrainConfig, workdir: str, source: Any, *,
