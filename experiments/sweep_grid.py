@@ -21,7 +21,6 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import evaluation
 from percadv_jax import attacks as attacks_lib

@@ -196,7 +196,7 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
         smooth_sigma=baselines["smooth"]["sigma"] if baselines["smooth"] else 0.0,
         random_maps=config.sanity.random_maps, key=jax.random.key(seed + sanity.SMOOTH_SEED),
         batch_size=bs) for name in ATTACKS}
-  wd.log(workdir, "direct_and_sanity", seconds=timer.seconds)
+  io.log_event(workdir, "direct_and_sanity", seconds=timer.seconds)
   baselines["seconds"] = timer.seconds
   return {"seed": seed, "model": {**model_info, "num_classes": int(module.num_classes),
                                   "cam_layer": layer},

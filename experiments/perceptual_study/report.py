@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from experiments import common
-from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS, MAP_KINDS
+from experiments.configs.perceptual_cam import ATTACKS, MAP_KINDS
 from percadv_jax import io
 
 ATTACK_LABELS = {"ssim": "SSIM quality ball", "linf": "Linf PGD", "l2": "L2 PGD"}

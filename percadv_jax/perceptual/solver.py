@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from percadv_jax import checks
 from percadv_jax.perceptual import admm
-from percadv_jax.perceptual.admm import AdmmState, ProjectionInfo
+from percadv_jax.perceptual.admm import AdmmState
 from percadv_jax.perceptual.ball import QualityBall, check_ball
 
 # Iterations between checks (residuals, penalty update, certified gap), both solvers.

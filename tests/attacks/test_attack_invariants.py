@@ -5,7 +5,6 @@ steps and eps, APGD at least as strong as PGD, restarts keep the worst case, rob
 pointwise worst case, and clear errors on bad input.
 """
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -1,7 +1,6 @@
 """AutoAttack's kinds (APGD-T, FAB-T, Square) and ``autoattack``: guarantees, gradient masking,
 golden comparisons with torchattacks 3.5.1 on the same weights, the cascade, bad input."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,6 @@ the device/process counts). ``compute()`` is the same evaluation in-process.
 from __future__ import annotations
 
 import argparse
-import json
 
 BATCH_SIZE = 8
 NUM_EXAMPLES = 21
