@@ -39,6 +39,123 @@ def _spec(tree: PyTree):
   return treedef, tuple(jax.ShapeDtypeStruct(np.shape(l), jnp.result_type(l)) for l in leaves)
 
 
+# Collections that are not model state: the taps' zero perturbations and sown values.
+NOT_STATE = ("perturbations", "intermediates")
+
+
+@functools.lru_cache(maxsize=64)
+def _init_shapes(module, x_spec, kwargs_items) -> dict[str, tuple[int, ...]]:
+  """``{"collection/.../leaf": shape}`` of ``module.init`` on inputs like ``x_spec`` (traced by
+  ``jax.eval_shape``: nothing is computed), model state only (``NOT_STATE`` left out)."""
+  init = functools.partial(module.init, **dict(kwargs_items))
+  shapes = jax.eval_shape(init, jax.random.key(0), x_spec)
+  flat = _flatten_names({c: t for c, t in flax.core.unfreeze(shapes).items()
+                         if c not in NOT_STATE})
+  return {k: tuple(s.shape) for k, s in flat.items()}
+
+
+def _check_variables(module, variables: PyTree, x_spec, kwargs: dict) -> None:
+  """Raises unless ``variables`` hold exactly the model-state leaves and shapes of
+  ``module.init`` on inputs like ``x_spec`` (extra collections such as ``NOT_STATE`` aside)."""
+  name = type(module).__name__
+  if not isinstance(variables, Mapping):
+    raise TypeError(f"variables must be a dict of collections ({{'params': ..., "
+                    f"'batch_stats': ...}}, as {name}.init returns), got "
+                    f"{type(variables).__name__}")
+  init_spec = jax.ShapeDtypeStruct((1,) + tuple(x_spec.shape[1:]), x_spec.dtype)
+  want = _init_shapes(module, init_spec, tuple(sorted(kwargs.items())))
+  collections = sorted({k.split("/")[0] for k in want})
+  for c in collections:
+    if c not in variables:
+      hint = (f"; pass the whole variables dict ({{{c!r}: ...}}), not variables[{c!r}]"
+              if any(k.split("/")[1] in variables for k in want if k.startswith(c + "/"))
+              else "")
+      raise ValueError(f"variables lack the collection {c!r} that {name} has (variables has "
+                       f"{sorted(variables)}){hint}")
+  have = _flatten_names({c: variables[c] for c in collections})
+  where = f"on inputs [N, {', '.join(str(d) for d in x_spec.shape[1:])}]"
+  for path, shape in want.items():
+    if path not in have:
+      raise ValueError(f"variables lack {path} (shape {shape}) that {name} has {where}: "
+                       "variables of another model?")
+    got = tuple(np.shape(have[path]))
+    if got != shape:
+      raise ValueError(f"variables do not fit {name} {where}: {path} has shape {got}, the "
+                       f"module expects {shape} (variables of another head, width or model, or "
+                       "images of another channel count?)")
+  for path in have:
+    if path not in want:
+      raise ValueError(f"variables hold {path} (shape {tuple(np.shape(have[path]))}), which "
+                       f"{name} does not have {where}: variables of another model?")
+
+
+def check_model_arguments(module, variables: PyTree, x: Any, *,
+                          model_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """Checks the ``(module, variables, x, model_kwargs)`` of a model-level entry point, before
+  anything of the model is run: every public function of :mod:`percadv_jax.cam` that takes a
+  model calls it first.
+
+  Args:
+    module: a ``flax.linen.Module`` instance.
+    variables: its variables, a dict of collections (``params``, ``batch_stats``) whose leaves
+      have the shapes ``module.init`` gives them for inputs like ``x`` (arrays or
+      ``jax.ShapeDtypeStruct``; collections of ``NOT_STATE`` and others that ``init`` does not
+      make are ignored). Only shapes are compared, with ``jax.eval_shape(module.init, ...)``
+      (traced once per module and input shape, nothing computed).
+    x: float ``[N, H, W, C]`` images in [0, 1]: values are checked when ``x`` is a NumPy or
+      concrete JAX array, shape and dtype only for a tracer or a ``jax.ShapeDtypeStruct``.
+    model_kwargs: keyword arguments of ``module.apply`` (a dict or None: ``{"train": False}``).
+  Returns:
+    the keyword arguments of ``module.apply``.
+  Raises:
+    TypeError: ``module`` is not a Flax module instance (a function, or the class itself),
+      ``variables`` not a dict, ``model_kwargs`` not a dict.
+    ValueError: bad images (rank, dtype, NaN/inf, range); ``variables`` lacking a collection or
+      a leaf, holding a leaf the module does not have, or of another shape (the first such
+      path and both shapes are named).
+  """
+  if not isinstance(module, flax.linen.Module):
+    what = (f"the class {module.__name__} (construct it: {module.__name__}(...))"
+            if isinstance(module, type) else repr(module))
+    raise TypeError(f"module must be a flax.linen.Module instance, got {what}")
+  if model_kwargs is not None and not isinstance(model_kwargs, Mapping):
+    raise TypeError("model_kwargs must be a dict of keyword arguments of module.apply or None, "
+                    f"got {type(model_kwargs).__name__}")
+  values = isinstance(x, np.ndarray) or (isinstance(x, jax.Array) and checks.is_concrete(x))
+  checks.check_images(x, "x", channels=None, check_range=values)
+  kwargs = _kwargs(model_kwargs)
+  _check_variables(module, variables, jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x)),
+                   kwargs)
+  return kwargs
+
+
+def _check_target(target: Any, n: int, num_classes: int) -> jax.Array:
+  """``target`` (an int, or int ``[n]`` labels; a tracer is checked for shape and dtype) as
+  int32 ``[n]`` in ``[0, num_classes)``; raises TypeError / ValueError naming ``target``."""
+  expected = (f"target must be a class index (an int) or integer class labels (int [{n}]) in "
+              f"[0, {num_classes})")
+  if isinstance(target, (bool, np.bool_)):
+    raise ValueError(f"{expected}, got {target!r}")
+  if isinstance(target, (int, np.integer)):
+    target = np.full((n,), int(target), np.int64)
+  elif isinstance(target, (float, np.floating)):
+    raise ValueError(f"{expected}, got the float {target!r}")
+  elif isinstance(target, (list, tuple)):
+    target = np.asarray(target)
+  elif not hasattr(target, "dtype") or not hasattr(target, "shape"):
+    raise TypeError(f"{expected}, got {target!r} ({type(target).__name__})")
+  dtype = np.dtype(target.dtype)
+  if dtype == np.bool_ or dtype.kind in "fc":
+    raise ValueError(f"{expected}, got dtype {dtype}")
+  if dtype.kind not in "iu":
+    raise TypeError(f"{expected}, got {target!r} (dtype {dtype})")
+  if np.ndim(target) == 0:
+    target = (jnp.broadcast_to(target, (n,)) if not checks.is_concrete(target)
+              else np.full((n,), np.asarray(target).item(), np.int64))
+  checks.check_labels(target, n, num_classes, name="target")
+  return jnp.asarray(target, jnp.int32)
+
+
 @functools.lru_cache(maxsize=64)
 def _model_info(module, var_treedef, var_leaves, x_spec, kwargs_items):
   """(tap shapes {path: ShapeDtypeStruct}, logits shape) of ``module`` for inputs like ``x_spec``."""
@@ -71,8 +188,16 @@ def model_info(module, variables: PyTree, x: jax.Array, *,
     ``({tap_name: ShapeDtypeStruct}, logits_shape)``: each tap's shape (``[N,h,w,K]`` for
     convolutional features) and dtype, in the model's order, and the ``[N, num_classes]``
     logits shape.
+  Raises:
+    TypeError, ValueError: bad arguments, as :func:`check_model_arguments`.
   """
-  kwargs = _kwargs(model_kwargs)
+  kwargs = check_model_arguments(module, variables, x, model_kwargs=model_kwargs)
+  return _taps(module, variables, x, kwargs)
+
+
+def _taps(module, variables: PyTree, x: Any, kwargs: dict[str, Any]) -> tuple[dict, tuple]:
+  """:func:`model_info` of arguments already checked by :func:`check_model_arguments` (which
+  returned ``kwargs``)."""
   treedef, leaves = _spec(variables)
   x_spec = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
   return _model_info(module, treedef, leaves, x_spec, tuple(sorted(kwargs.items())))
@@ -83,7 +208,8 @@ def tap_names(module, variables: PyTree, x: jax.Array, *,
   """All layer names usable as ``layer=`` (the module's taps), in the model's order.
 
   ``x`` is a ``[N,H,W,C]`` input (only its shape and dtype are used); ``model_kwargs`` as in
-  ``model_info``.
+  ``model_info``. Raises TypeError / ValueError on bad arguments, as
+  :func:`check_model_arguments`.
   """
   return list(model_info(module, variables, x, model_kwargs=model_kwargs)[0])
 
@@ -93,7 +219,15 @@ def _kwargs(model_kwargs):
 
 
 def resolve_layer(names: list[str], layer: str) -> str:
-  """Maps a user's layer name (full path or unique last component) to a tap path."""
+  """Maps a user's layer name (full path or unique last component) to a tap path of ``names``.
+
+  Raises:
+    TypeError: ``layer`` is not a str.
+    ValueError: an unknown or ambiguous layer (the message lists the matches or the taps).
+  """
+  if not isinstance(layer, str):
+    raise TypeError(f"layer must be a str (a tap name, one of {names}), got {layer!r} "
+                    f"({type(layer).__name__})")
   if layer in names:
     return layer
   hits = [n for n in names if n.split("/")[-1] == layer or n.endswith("/" + layer)]
@@ -209,13 +343,16 @@ def compute_cam(method: str, module, variables: PyTree, x: jax.Array, *,
   Returns:
     float32 ``[N, H, W]`` maps in [0, 1] (``[N, h, w]`` without upsampling).
   Raises:
-    ValueError: unknown method or layer (listing the available ones), target out of range,
-      bad images.
+    TypeError: ``module`` not a Flax module instance, ``variables`` or ``model_kwargs`` not a
+      dict, ``layer`` not a str, ``target`` not a number or an array (e.g. a str).
+    ValueError: unknown method or layer (listing the available ones); ``target`` a float, a
+      bool, of another length than the batch or outside ``[0, num_classes)``; bad images;
+      ``variables`` of another model, head or width (the first mismatching path and both
+      shapes are named; see :func:`check_model_arguments`).
   """
   checks.check_choice(method, "method", core.METHODS)
-  checks.check_images(x, "x", channels=None)
-  kwargs = _kwargs(model_kwargs)
-  shapes, logits_shape = model_info(module, variables, x, model_kwargs=kwargs)
+  kwargs = check_model_arguments(module, variables, x, model_kwargs=model_kwargs)
+  shapes, logits_shape = _taps(module, variables, x, kwargs)
   names = list(shapes)
   if not names:
     raise ValueError(f"{type(module).__name__} has no taps (percadv_jax.models.common.tap); "
@@ -233,15 +370,7 @@ def compute_cam(method: str, module, variables: PyTree, x: jax.Array, *,
     raise ValueError(f"the model must return logits [N, classes], got shape {logits_shape}")
   n, num_classes = logits_shape
   if target is not None:
-    if isinstance(target, (bool, np.bool_)):
-      raise ValueError(f"target must be a class index (int) or int [N], got {target!r}")
-    if isinstance(target, (int, np.integer)):
-      target = jnp.full((n,), int(target), jnp.int32)
-    target = jnp.asarray(target) if checks.is_concrete(target) else target
-    if target.ndim == 0:
-      target = jnp.broadcast_to(target, (n,))
-    checks.check_labels(target, n, num_classes, name="target")
-    target = target.astype(jnp.int32)
+    target = _check_target(target, n, num_classes)
   score_chunk = checks.check_int(score_chunk, "score_chunk", minimum=1)
   upsample = checks.check_bool(upsample, "upsample")
   return_aux = checks.check_bool(return_aux, "return_aux")

@@ -37,8 +37,6 @@ from percadv_jax import checks
 from percadv_jax.cam import metrics, model
 
 PyTree = Any
-# Collections that are not model state: the taps' zero perturbations and sown values.
-_NOT_STATE = ("perturbations", "intermediates")
 BASELINES = ("mean", "blur")
 
 
@@ -79,7 +77,7 @@ def _call_order(module, var_treedef, var_leaves, x_spec, kwargs_items):
 
 
 def _state(variables: PyTree) -> dict:
-  return {k: v for k, v in flax.core.unfreeze(variables).items() if k not in _NOT_STATE}
+  return {k: v for k, v in flax.core.unfreeze(variables).items() if k not in model.NOT_STATE}
 
 
 def _owners(variables: PyTree) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
@@ -93,8 +91,7 @@ def _owners(variables: PyTree) -> dict[str, list[tuple[str, tuple[str, ...]]]]:
   return out
 
 
-def _order(module, variables, x, model_kwargs):
-  kwargs = model._kwargs(model_kwargs)
+def _order(module, variables, x, kwargs):
   state = _state(variables)
   treedef, leaves = model._spec(state)
   x_spec = jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
@@ -126,9 +123,12 @@ def layer_order(module, variables: PyTree, x: jax.Array, *,
   Returns:
     e.g. ``["Conv1", "bn_Conv1", ..., "Conv_1_bn", "predictions"]`` for MobileNetV2.
   Raises:
+    TypeError, ValueError: bad arguments, as :func:`percadv_jax.cam.model.check_model_arguments`
+      (a module that is not a Flax module, variables of another model, bad images).
     ValueError: a module owns variables but is never called through ``__call__``.
   """
-  return _layers_in_order(_order(module, variables, x, model_kwargs), _owners(variables))
+  kwargs = model.check_model_arguments(module, variables, x, model_kwargs=model_kwargs)
+  return _layers_in_order(_order(module, variables, x, kwargs), _owners(variables))
 
 
 def layers_after(module, variables: PyTree, x: jax.Array, layer: str, *,
@@ -141,10 +141,13 @@ def layers_after(module, variables: PyTree, x: jax.Array, layer: str, *,
   component); the other arguments as in :func:`layer_order`.
 
   Raises:
-    ValueError: an unknown layer (the message lists the taps).
+    TypeError: ``layer`` not a str; bad arguments as :func:`layer_order`.
+    ValueError: an unknown layer (the message lists the taps); bad arguments as
+      :func:`layer_order`.
   """
-  entries = _order(module, variables, x, model_kwargs)
-  taps = list(model.model_info(module, _state(variables), x, model_kwargs=model_kwargs)[0])
+  kwargs = model.check_model_arguments(module, variables, x, model_kwargs=model_kwargs)
+  entries = _order(module, variables, x, kwargs)
+  taps = list(model._taps(module, _state(variables), x, kwargs)[0])
   path = model.resolve_layer(taps, layer)
   where = next(i for i, (kind, p) in enumerate(entries) if kind == "tap" and p == path)
   order = _layers_in_order(entries, _owners(variables))
