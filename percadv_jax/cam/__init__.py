@@ -5,6 +5,12 @@ Model level (one jitted forward + backward per batch; see :mod:`percadv_jax.cam.
   maps = cam.grad_cam(module, variables, x)              # [N, H, W] in [0, 1], predicted class
   maps = cam.compute_cam("layer_cam", module, variables, x, layer="block_16", target=y)
 
+Every function taking ``(module, variables, x)`` checks them first
+(:func:`percadv_jax.cam.model.check_model_arguments`: a Flax module instance; variables whose
+shapes are those ``module.init`` gives, else the first mismatching path and both shapes are named;
+float ``[N,H,W,C]`` images in [0, 1]), then ``layer`` (a str naming a tap) and ``target`` (an int or
+int ``[N]`` in ``[0, num_classes)``), raising a TypeError or ValueError that names the argument.
+
 Array level (:mod:`percadv_jax.cam.core`): ``grad_cam_map(A, G)`` etc. from activations and
 gradients ``[N, h, w, K]``; ``postprocess(raw, size=(H, W))``.
 

@@ -145,7 +145,7 @@ def _check_target(target: Any, n: int, num_classes: int) -> jax.Array:
   elif not hasattr(target, "dtype") or not hasattr(target, "shape"):
     raise TypeError(f"{expected}, got {target!r} ({type(target).__name__})")
   dtype = np.dtype(target.dtype)
-  if dtype == np.bool_ or dtype.kind in "fc":
+  if dtype == np.bool_ or jnp.issubdtype(dtype, jnp.inexact):  # floats (bfloat16 too), complex
     raise ValueError(f"{expected}, got dtype {dtype}")
   if dtype.kind not in "iu":
     raise TypeError(f"{expected}, got {target!r} (dtype {dtype})")
@@ -388,7 +388,8 @@ def _method(name: str, doc: str):
     return compute_cam(name, module, variables, x, layer=layer, target=target, **kw)
   fn.__name__ = fn.__qualname__ = name
   fn.__doc__ = (f"{doc}\n\n  ``{name}(module, variables, x, *, layer=None, target=None, **kw)`` "
-                f"-> float32 ``[N, H, W]`` in [0, 1]; see :func:`compute_cam`.")
+                f"-> float32 ``[N, H, W]`` in [0, 1]; arguments and the errors raised (TypeError, "
+                f"ValueError) as :func:`compute_cam`.")
   return fn
 
 
