@@ -300,12 +300,8 @@ def local_slice(global_size: int) -> slice:
   Raises:
     ValueError: ``global_size`` is not an integer >= 0 or not a multiple of the process count.
   """
-  global_size = checks.check_int(global_size, "global_size", minimum=0)
-  pc, pi = jax.process_count(), jax.process_index()
-  if global_size % pc:
-    raise ValueError(f"global batch size {global_size} does not split over {pc} processes")
-  n = global_size // pc
-  return slice(pi * n, (pi + 1) * n)
+  from percadv_jax.data.source import host_rows  # the data package, imported when first needed
+  return host_rows(global_size, jax.process_index(), jax.process_count())
 
 
 def process_indices(start: int, global_size: int, total: int) -> tuple[np.ndarray, int]:

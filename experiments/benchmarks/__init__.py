@@ -7,6 +7,8 @@
 - ``cam``: one CAM call vs one jitted forward + backward pass;
 - ``conv``: the convolution variants vs PyTorch and Foolbox, each contender in its own pinned
   worker process, interleaved rounds;
+- ``loader``: images/s of the input pipeline over a prepared cache beside the training step's,
+  and the peak memory of training on a split larger than memory;
 - ``perceptual``: the quality-ball LP solver vs CVXPY and a jaxopt variant;
 - ``pipeline``: images/s of every stage, sharded over the devices;
 - ``training``: FGSM-RS vs PGD adversarial training, and PyTorch.
@@ -20,7 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "perceptual", "pipeline", "training")
+BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "loader", "perceptual", "pipeline",
+              "training")
 
 
 def module(config: Any):

@@ -2,8 +2,9 @@ r"""Configuration of the benchmarks (``python -m experiments.benchmark``): a pre
 
 ``--config=experiments/configs/benchmark.py:<preset>``; the preset's ``benchmark`` field picks
 the module of ``experiments/benchmarks/`` that runs it. Presets: ``conv``, ``attacks``,
-``autoattack``, ``cam``, ``perceptual``, ``pipeline``, ``training`` (the published figures'
-settings); ``conv_variants`` (the XLA-flag and patches variants on the small VGG-19, section
+``autoattack``, ``cam``, ``loader``, ``perceptual``, ``pipeline``, ``training`` (the published
+figures' settings); ``loader_memory`` (section ``benchmark_loader_memory``);
+``conv_variants`` (the XLA-flag and patches variants on the small VGG-19, section
 ``benchmark_conv_vgg32_variants``), ``conv_gpu`` (one GPU, PyTorch on CUDA, sections
 ``benchmark_conv_<model>_gpu``), ``training_xla`` (``conv_impl="xla"``, section
 ``benchmark_training_xla``); and ``<benchmark>_quick`` (tiny sizes that finish in seconds; their
@@ -48,6 +49,14 @@ count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``, ``train_pgd_s
 ``repeats``, ``ssim_size``, ``ssim_batch``, ``cvxpy`` (time the CVXPY reference on one image),
 ``precision`` ("float32" or "bfloat16"), ``stages`` (some of "peak", "pgd", "train", "ssim",
 "cam", "torch").
+
+``loader`` (the input pipeline's images/s beside the training step's; ``loader_memory``: the
+peak resident memory of training on 100,000 images of 224 px, section
+``benchmark_loader_memory``): ``sizes`` (image sides of the synthetic caches),
+``num_examples`` (per cache), ``shard_size``, ``batch_size``, ``batches`` (timed loader
+batches), ``width`` (of the small VGG-19), ``repeats`` (timed steps), ``stages`` (some of
+"loader", "train", "memory"), ``memory_steps`` and ``memory_batch_size`` (the ``train.fit``
+run of "memory", on the largest size), ``delete_cache`` (remove each cache after its size).
 
 ``training`` (FGSM-RS vs PGD training, and PyTorch): ``num_train``, ``num_test``,
 ``eval_examples``, ``width``, ``batch_size``, ``epochs`` (natural), ``adv_epochs``
@@ -161,6 +170,33 @@ def training_quick() -> ml_collections.ConfigDict:
   return c
 
 
+def loader() -> ml_collections.ConfigDict:
+  """The loader's images/s beside the training step's at 32, 64 and 224 px. 4096 examples a
+  size (600 MB at 224 px: in the page cache of most machines) and 20 batches of 128 keep the run
+  to minutes on 2 cores (our choice)."""
+  return _base("loader", sizes=(32, 64, 224), num_examples=4096, shard_size=1000,
+               batch_size=128, batches=20, width=0.25, repeats=3, stages=("loader", "train"),
+               memory_steps=300, memory_batch_size=32, delete_cache=False)
+
+
+def loader_memory() -> ml_collections.ConfigDict:
+  """Peak resident memory of training on a COCO-IC-size split: 100,000 examples at 224 px
+  (~19 GB on disk: more than the page cache of a 23 GB machine), 300 steps of 32 on a width
+  1/16 model (our choice: loader-bound steps, minutes on 2 cores); the cache is deleted."""
+  c = loader()
+  c.update(dict(sizes=(224,), num_examples=100_000, width=0.0625, stages=("loader", "memory"),
+                delete_cache=True, tag="_memory"))
+  return c
+
+
+def loader_quick() -> ml_collections.ConfigDict:
+  c = loader()
+  c.update(dict(sizes=(32,), num_examples=64, shard_size=16, batch_size=8, batches=2,
+                width=0.0625, repeats=1, stages=("loader", "train", "memory"), memory_steps=2,
+                memory_batch_size=8))
+  return c
+
+
 def conv() -> ml_collections.ConfigDict:
   return _base("conv", models=("vgg32", "mnv2_64", "mnv2_224"),
                contenders=("jax_xla", "jax_auto_emitters", "jax_auto", "torch_1", "torch_all",
@@ -198,6 +234,7 @@ PRESETS = {
     "perceptual": perceptual, "perceptual_quick": perceptual_quick,
     "pipeline": pipeline, "pipeline_quick": pipeline_quick,
     "training": training, "training_xla": training_xla, "training_quick": training_quick,
+    "loader": loader, "loader_memory": loader_memory, "loader_quick": loader_quick,
 }
 
 

@@ -20,9 +20,20 @@ Each shard is an uncompressed ``.npz`` (read with ``allow_pickle=False``) holdin
 ``<variant>`` names preparation options other than a dataset's defaults (e.g. COCO-IC's year,
 class list and crop mode), so differently prepared caches never share a folder.
 
+Reading (:func:`load_cached`): since the members are stored uncompressed, a loaded split is a
+:class:`CachedSource` whose ``images`` and ``masks`` stay on disk: their headers give each
+array's offset in the shard (:func:`open_npz`) and a batch reads only its rows (``os.preadv``),
+so a split larger than memory (COCO-IC's ~15 GB of training images at 224 px) trains in a few
+GB. Labels, ids and the JSON records are read into memory whole (their zip CRC checked).
+Every cache of format 1 has this layout.
+
 A corrupt shard or JSON file is reported as a ``ValueError`` naming the file. Every load checks
-each shard as it is opened against this format and ``meta.json`` (shapes, dtypes, the image size,
-labels in ``[0, num_classes)``, masks in {0, 1}); the SHA-256 is compared only with ``verify``.
+each shard as it is opened against this format and ``meta.json`` without reading its images:
+the zip directory and the array headers (shapes, dtypes, the image size, members inside the
+file), every label in ``[0, num_classes)``, and the masks of a sample (each shard's first,
+middle and last example) in {0, 1}; every gathered batch's masks are checked as they are read.
+``verify`` also compares each shard's SHA-256 with ``meta.json`` and checks every mask (it reads
+the whole split).
 Re-running the preparation recomputes shards whose SHA-256 no longer matches ``meta.json`` (or
 that cannot be read), so ``prepare_data`` repairs a damaged cache.
 
@@ -37,15 +48,17 @@ from __future__ import annotations
 
 import hashlib
 import io as _io
+import dataclasses
 import json
 import os
+import struct
 import zipfile
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from percadv_jax import checks, io as pio
-from percadv_jax.data.source import ArraySource, DatasetInfo
+from percadv_jax.data.source import DatasetInfo, IndexOutOfRangeError
 
 FORMAT_VERSION = 1
 MAX_NAMED = 20  # skipped inputs named per reason (per shard, and in meta.json)
@@ -75,23 +88,26 @@ def write_npz(path: str, arrays: Mapping[str, np.ndarray]) -> None:
     f.write(buf.getvalue())
 
 
-def read_npz(path: str, *, required: Sequence[str] = ()) -> dict[str, np.ndarray]:
-  """Reads every array of an ``.npz``; ``ValueError`` naming ``path`` if it is corrupt.
+def read_npz(path: str, *, required: Sequence[str] = (), only: Sequence[str] | None = None
+             ) -> dict[str, np.ndarray]:
+  """Reads the arrays of an ``.npz``; ``ValueError`` naming ``path`` if it is corrupt.
 
   Args:
     path: the file.
     required: array names that must be present.
+    only: read just these arrays (those present); ``None`` = every array.
   """
   try:
     with np.load(path, allow_pickle=False) as z:
-      out = {k: z[k] for k in z.files}
+      out = {k: z[k] for k in z.files if only is None or k in only}
+      present = set(z.files)
   except FileNotFoundError:
     raise
   except Exception as e:  # BadZipFile, truncated members, zlib/CRC errors, bad headers ...
     raise ValueError(f"cache shard {path} is corrupt or truncated ({type(e).__name__}: {e}); "
                      "re-run experiments.prepare_data with the same arguments to rebuild it"
                      ) from None
-  missing = [k for k in required if k not in out]
+  missing = [k for k in required if k not in present]
   if missing:
     raise ValueError(f"cache shard {path} lacks the arrays {missing}; re-run "
                      "experiments.prepare_data with the same arguments to rebuild it")
@@ -284,7 +300,7 @@ def prepare(out_dir: str, items: Sequence[Any], process: Callable[[Any], tuple],
   shards, total, skipped, named_all = [], 0, {}, {}
   for k in range(num_shards):
     path = os.path.join(out_dir, _shard_name(k))
-    z = read_npz(path, required=_SHARD_KEYS)
+    z = read_npz(path, required=_SHARD_KEYS, only=("labels", "stats", "skipped_files"))
     for key, v in _shard_json(z, "stats", path).items():
       skipped[key] = skipped.get(key, 0) + int(v)
     for key, paths in _shard_json(z, "skipped_files", path).items():
@@ -341,7 +357,7 @@ def cached_variants(data_dir: str, dataset: str, split: str, image_size: int | N
 
 
 def load_only_cache(*, dataset: str, title: str, split: str, data_dir: str | None,
-                    image_size: int | None, verify: bool = False) -> ArraySource | None:
+                    image_size: int | None, verify: bool = False) -> "CachedSource | None":
   """Loads the split's only cache whatever its preparation options; ``None`` when there is none.
 
   Raises:
@@ -359,16 +375,23 @@ def load_only_cache(*, dataset: str, title: str, split: str, data_dir: str | Non
   return load_cached(os.path.join(root, dataset, found[0]), verify=verify)
 
 
-def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
-  """Loads a complete cached split into memory.
+def load_cached(out_dir: str, *, verify: bool = False) -> "CachedSource":
+  """Opens a complete cached split: a :class:`CachedSource` reading its shards' rows on demand.
+
+  Cheap checks run on every load and read no image: each shard's zip directory and array
+  headers against ``meta.json``, every label, and the masks of each shard's first, middle and
+  last example (:func:`_check_shard`); a gathered batch's masks are checked as it is read.
+  ``verify`` also compares every shard's SHA-256 with ``meta.json`` and checks every mask,
+  reading the whole split once.
 
   Raises:
     FileNotFoundError: no ``meta.json`` (never prepared, or the preparation did not finish);
       a :class:`percadv_jax.data.raw.DataPathError`, so also a ``ValueError``.
-    ValueError: ``meta.json`` or a shard is missing, corrupt, inconsistent with ``meta.json``
-      (shapes, dtypes, image size, example counts), holds a label outside
-      ``[0, info.num_classes)`` or a mask value other than 0 and 1, or (with ``verify``) differs
-      from the SHA-256 in ``meta.json``; the message names the file and the problem.
+    ValueError: ``meta.json`` or a shard is missing, corrupt, truncated, inconsistent with
+      ``meta.json`` (shapes, dtypes, image size, example counts), holds a label outside
+      ``[0, info.num_classes)`` or a (checked) mask value other than 0 and 1, stores its images
+      compressed, or (with ``verify``) differs from the SHA-256 in ``meta.json``; the message
+      names the file and the problem.
   """
   from percadv_jax.data import raw
   meta_path = os.path.join(out_dir, "meta.json")
@@ -387,7 +410,7 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
     raise ValueError(f"{meta_path} has cache format {meta.get('format_version')}, expected "
                      f"{FORMAT_VERSION}; re-run experiments.prepare_data")
   size, num_classes = _meta_numbers(meta, meta_path)
-  images, masks, labels, ids = [], [], [], []
+  shards = []
   for sh in meta["shards"]:
     if not isinstance(sh, dict) or not isinstance(sh.get("file"), str):
       raise ValueError(f"cache index {meta_path} lists a shard without a file name ({sh!r}); "
@@ -397,29 +420,101 @@ def load_cached(out_dir: str, *, verify: bool = False) -> ArraySource:
       raise ValueError(f"cache shard {path} listed in {meta_path} is missing")
     if verify and _sha256(path) != sh.get("sha256"):
       raise ValueError(f"cache shard {path} does not match the SHA-256 in {meta_path}")
-    z = read_npz(path, required=_SHARD_KEYS[:4])
-    _check_shard(z, path, meta_path, size=size, num_classes=num_classes,
-                 num_examples=sh.get("num_examples"))
-    images.append(z["images"])
-    masks.append(z["masks"])
-    labels.append(z["labels"])
-    ids.append(z["ids"])
-  total = sum(len(a) for a in labels)
+    shard = _Shard(path)
+    _check_shard(shard, meta_path, size=size, num_classes=num_classes,
+                 num_examples=sh.get("num_examples"), all_masks=verify)
+    shards.append(shard)
+  total = sum(len(s.labels) for s in shards)
   if total != meta["num_examples"]:
     raise ValueError(f"cache index {meta_path} says num_examples={meta['num_examples']} but its "
                      f"shards hold {total}; re-run experiments.prepare_data with the same "
                      "arguments to rebuild it")
-  s = meta["image_size"]
-  src = ArraySource(
-      np.concatenate(images) if images else np.zeros((0, s, s, 3), np.uint8),
-      np.concatenate(masks) if masks else np.zeros((0, s, s), np.uint8),
-      np.concatenate(labels) if labels else np.zeros((0,), np.int64),
-      _info_from_meta(meta, out_dir))
-  src.ids = np.concatenate(ids) if ids else np.zeros((0,), "<U1")
-  return src
+  return CachedSource(shards, _info_from_meta(meta, out_dir), image_size=size,
+                      meta_path=meta_path)
 
 
 _REBUILD = "re-run experiments.prepare_data with the same arguments to rebuild it"
+_LAZY = ("images", "masks")  # the members read row by row, when a batch asks for them
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredArray:
+  """Where an array of an uncompressed ``.npz`` lies in the file: C-order rows from ``offset``."""
+  shape: tuple[int, ...]
+  dtype: np.dtype
+  offset: int
+
+  @property
+  def row_bytes(self) -> int:
+    """Bytes of one row (one example): the product of ``shape[1:]`` times the item size."""
+    return int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+
+def open_npz(path: str, *, required: Sequence[str] = (), lazy: Sequence[str] = _LAZY
+             ) -> tuple[dict[str, np.ndarray], dict[str, StoredArray]]:
+  """Opens an uncompressed ``.npz``: the ``lazy`` arrays' places in the file, the others read.
+
+  The ``lazy`` members (those present) are not read: their header gives shape, dtype and the
+  file offset of their data (:class:`StoredArray`), so rows can be read with ``os.preadv``. The
+  other members are read whole through ``zipfile`` (CRC checked). ``.npz`` files of
+  :func:`write_npz` (stored members, C order, no objects) qualify.
+
+  Returns:
+    ``(arrays, stored)``: the read arrays and the lazy ones' places, by name.
+
+  Raises:
+    ValueError: naming ``path``: not a readable zip, truncated (a member past the end of the
+      file), a missing ``required`` array, a bad array header, or a ``lazy`` member stored
+      compressed, in Fortran order or holding objects (with how to rebuild the cache).
+  """
+  def corrupt(problem: str) -> ValueError:
+    return ValueError(f"cache shard {path} is corrupt or truncated ({problem}); " + _REBUILD)
+
+  with open(path, "rb") as f:
+    try:
+      with zipfile.ZipFile(f) as zf:
+        members = {i.filename[:-4]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+        out = {k: np.lib.format.read_array(_io.BytesIO(zf.read(i)), allow_pickle=False)
+               for k, i in members.items() if k not in lazy}
+    except Exception as e:  # BadZipFile, CRC errors, truncated members, bad headers ...
+      raise corrupt(f"{type(e).__name__}: {e}") from None
+    missing = [k for k in required if k not in members]
+    if missing:
+      raise ValueError(f"cache shard {path} lacks the arrays {missing}; " + _REBUILD)
+    size = os.fstat(f.fileno()).st_size
+    stored = {}
+    for k in lazy:
+      if k not in members:
+        continue
+      info = members[k]
+      if info.compress_type != zipfile.ZIP_STORED:
+        raise ValueError(
+            f"cache shard {path} stores {k!r} compressed, so its rows cannot be read alone; "
+            f"delete {os.path.dirname(path)} and re-run experiments.prepare_data to rebuild it")
+      try:
+        f.seek(info.header_offset)
+        local = f.read(30)
+        if len(local) != 30 or local[:4] != b"PK\x03\x04":
+          raise ValueError(f"no local header of member {k!r}")
+        start = info.header_offset + 30 + sum(struct.unpack("<HH", local[26:30]))
+        f.seek(start)
+        version = np.lib.format.read_magic(f)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f)
+      except ValueError as e:
+        raise corrupt(f"member {k!r}: {e}") from None
+      if fortran or dtype.hasobject or not shape:
+        raise ValueError(f"cache shard {path}: {k!r} is not a C-order array of numbers with "
+                         f"rows; delete {os.path.dirname(path)} and re-run "
+                         "experiments.prepare_data")
+      arr = StoredArray(tuple(shape), dtype, f.tell())
+      end = arr.offset + shape[0] * arr.row_bytes
+      if end > start + info.file_size or end > size:
+        raise corrupt(f"member {k!r} ends at byte {end}, past its member or the file's "
+                      f"{size} bytes")
+      stored[k] = arr
+  return out, stored
 
 
 def _meta_numbers(meta: Mapping[str, Any], meta_path: str) -> tuple[int, int]:
@@ -434,34 +529,49 @@ def _meta_numbers(meta: Mapping[str, Any], meta_path: str) -> tuple[int, int]:
   return got["image_size"], got["info.num_classes"]
 
 
-def _check_shard(z: Mapping[str, np.ndarray], path: str, meta_path: str, *, size: int,
-                 num_classes: int, num_examples: Any) -> None:
-  """Checks one shard's arrays against the format (module docstring) and ``meta.json``.
+def _shard_problem(path: str, meta_path: str, problem: str) -> ValueError:
+  return ValueError(f"cache shard {path} does not hold what {meta_path} lists: {problem}; "
+                    + _REBUILD)
 
-  Cheap checks, run on every load: shapes and dtypes (images uint8 ``[n,S,S,3]``, masks uint8
-  ``[n,S,S]``, integer labels ``[n]``, ids ``[n]``, with ``S`` the index's ``image_size`` and
-  ``n`` its count for the shard), labels in ``[0, num_classes)`` and masks in {0, 1}.
+
+def _check_masks(masks: np.ndarray, path: str, meta_path: str) -> None:
+  """``ValueError`` naming ``path`` when ``masks`` hold a value other than 0 and 1."""
+  if masks.size and masks.max() > 1:
+    raise _shard_problem(path, meta_path,
+                         f"masks hold values up to {masks.max()}, expected only 0 and 1")
+
+
+def _check_shard(shard: "_Shard", meta_path: str, *, size: int, num_classes: int,
+                 num_examples: Any, all_masks: bool = False) -> None:
+  """Checks one opened shard against the format (module docstring) and ``meta.json``.
+
+  Cheap checks, run on every load, reading no image: shapes and dtypes (images uint8
+  ``[n,S,S,3]``, masks uint8 ``[n,S,S]``, integer labels ``[n]``, ids ``[n]``, with ``S`` the
+  index's ``image_size`` and ``n`` its count for the shard), every label in
+  ``[0, num_classes)``, and the masks of the first, middle and last example (every mask with
+  ``all_masks``, read 256 examples at a time) in {0, 1}.
 
   Raises:
-    ValueError: naming ``path`` and the first problem found.
+    ValueError: naming the shard's path and the first problem found.
   """
   def bad(problem: str) -> ValueError:
-    return ValueError(f"cache shard {path} does not hold what {meta_path} lists: {problem}; "
-                      + _REBUILD)
+    return _shard_problem(shard.path, meta_path, problem)
 
-  labels = z["labels"]
+  labels = shard.labels
   if labels.ndim != 1:
     raise bad(f"labels have shape {labels.shape}, expected [n]")
   n = len(labels)
   if num_examples is not None and n != num_examples:
     raise bad(f"{n} examples, the index lists {num_examples}")
+  shapes = {"images": shard.stored["images"].shape, "masks": shard.stored["masks"].shape,
+            "ids": shard.ids.shape}
   for key, shape in (("images", (n, size, size, 3)), ("masks", (n, size, size)), ("ids", (n,))):
-    if z[key].shape != shape:
-      raise bad(f"{key} have shape {z[key].shape}, expected {shape} ({n} examples of "
+    if shapes[key] != shape:
+      raise bad(f"{key} have shape {shapes[key]}, expected {shape} ({n} examples of "
                 f"{size}x{size})")
   for key in ("images", "masks"):
-    if z[key].dtype != np.uint8:
-      raise bad(f"{key} have dtype {z[key].dtype}, expected uint8")
+    if shard.stored[key].dtype != np.uint8:
+      raise bad(f"{key} have dtype {shard.stored[key].dtype}, expected uint8")
   if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
     raise bad(f"labels have dtype {labels.dtype}, expected integers")
   out = np.flatnonzero((labels < 0) | (labels >= num_classes))
@@ -469,8 +579,151 @@ def _check_shard(z: Mapping[str, np.ndarray], path: str, meta_path: str, *, size
     i = int(out[0])
     raise bad(f"label {labels[i]} at index {i} is outside [0, {num_classes}) "
               f"({out.size} label(s) out of range)")
-  if z["masks"].size and z["masks"].max() > 1:
-    raise bad(f"masks hold values up to {z['masks'].max()}, expected only 0 and 1")
+  rows = (range(n) if all_masks else sorted({0, n // 2, n - 1}) if n else [])
+  rows = np.asarray(list(rows), np.int64)
+  for start in range(0, len(rows), 256):
+    _check_masks(shard.read("masks", rows[start:start + 256]), shard.path, meta_path)
+
+
+class _Shard:
+  """One opened shard: its labels and ids in memory, its images and masks read by row.
+
+  Holds a file descriptor of the shard (closed when the object is collected or ``close``d).
+  """
+
+  def __init__(self, path: str):
+    self._fd: int | None = None
+    arrays, self.stored = open_npz(path, required=_SHARD_KEYS[:4])
+    self.path = path
+    self.labels = arrays["labels"]
+    self.ids = arrays["ids"]
+    self._fd = os.open(path, os.O_RDONLY)
+
+  def read(self, name: str, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Rows ``rows`` of the stored array ``name`` (``[len(rows), *shape[1:]]``), into ``out``.
+
+    Raises:
+      ValueError: the file ends before a row (truncated after it was opened), naming it.
+    """
+    arr = self.stored[name]
+    if out is None:
+      out = np.empty((len(rows),) + arr.shape[1:], arr.dtype)
+    if self._fd is None:
+      raise ValueError(f"cache shard {self.path} is closed")
+    size = arr.row_bytes
+    for j, r in enumerate(rows):
+      view = memoryview(out[j]).cast("B")
+      got = os.preadv(self._fd, [view], arr.offset + int(r) * size)
+      if got != size:
+        raise ValueError(f"cache shard {self.path} is truncated: {name} row {int(r)} read "
+                         f"{got} of {size} bytes; " + _REBUILD)
+    return out
+
+  def close(self) -> None:
+    """Closes the file descriptor (idempotent)."""
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+
+  def __del__(self):
+    self.close()
+
+
+class CachedSource:
+  """A prepared split whose images and masks stay on disk (what :func:`load_cached` returns).
+
+  :meth:`get_batch` and ``src[i]`` read only the rows asked for, one ``os.preadv`` per
+  example and array straight into the batch's buffer: nothing of a shard is mapped or held, so
+  iterating over a split larger than memory keeps the resident set to a few batches (the
+  operating system's page cache keeps what it can). Shards are opened at load; the cache
+  writer replaces files by renaming, so a re-preparation never changes an opened source. Every
+  gathered batch's masks are checked to be in {0, 1}, and a file shortened after the load is
+  reported (``ValueError`` naming the shard). Thread-safe for reading.
+
+  Attributes:
+    info: the :class:`DatasetInfo`.
+    labels: int64 ``[N]`` (in memory).
+    ids: ``[N]`` strings, where each example came from (in memory).
+    image_size: the side ``S`` of the square images.
+    shards: the opened shards (``path``, ``labels``, ``stored``: the places of ``images``
+      uint8 ``[n,S,S,3]`` and ``masks`` uint8 ``[n,S,S]`` in the file).
+  """
+
+  def __init__(self, shards: Sequence[_Shard], info: DatasetInfo, *, image_size: int,
+               meta_path: str):
+    self.shards = list(shards)
+    self.info = info
+    self.image_size = int(image_size)
+    self.meta_path = meta_path
+    counts = [len(s.labels) for s in self.shards]
+    self._starts = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    self.labels = (np.concatenate([s.labels for s in self.shards]).astype(np.int64)
+                   if self.shards else np.zeros((0,), np.int64))
+    self.ids = (np.concatenate([s.ids for s in self.shards]) if self.shards
+                else np.zeros((0,), "<U1"))
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def get_batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """Reads the rows ``indices`` (integers ``[B]`` in ``[-N, N)``, any order, repeats allowed).
+
+    Returns:
+      ``{"image": uint8 [B,S,S,3], "mask": uint8 [B,S,S], "label": int64 [B]}`` (new arrays).
+
+    Raises:
+      IndexOutOfRangeError: an index outside ``[-N, N)``.
+      ValueError: a gathered mask value other than 0 and 1, or a shard shortened since the
+        load (naming the shard).
+    """
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    n = len(self)
+    bad = idx[(idx < -n) | (idx >= n)]
+    if bad.size:
+      raise IndexOutOfRangeError(f"index {int(bad[0])} out of range for a source of {n} "
+                                 "examples")
+    idx = idx % max(n, 1)
+    shard = np.searchsorted(self._starts, idx, side="right") - 1
+    row = idx - self._starts[shard]
+    s = self.image_size
+    images = np.empty((len(idx), s, s, 3), np.uint8)
+    masks = np.empty((len(idx), s, s), np.uint8)
+    for k in np.unique(shard):
+      sel = np.flatnonzero(shard == k)
+      sh = self.shards[int(k)]
+      got_images = sh.read("images", row[sel])
+      got_masks = sh.read("masks", row[sel])
+      _check_masks(got_masks, sh.path, self.meta_path)
+      images[sel], masks[sel] = got_images, got_masks
+    return {"image": images, "mask": masks, "label": self.labels[idx]}
+
+  def __getitem__(self, i: int) -> dict[str, Any]:
+    if not isinstance(i, (int, np.integer)):
+      raise TypeError(f"index must be an int, got {type(i).__name__}")
+    b = self.get_batch(np.asarray([i]))
+    return {"image": b["image"][0], "mask": b["mask"][0], "label": int(b["label"][0])}
+
+  @property
+  def images(self) -> np.ndarray:
+    """Every image, uint8 ``[N,S,S,3]``, read into memory (for small splits; large ones
+    gather batches)."""
+    return self.get_batch(np.arange(len(self)))["image"]
+
+  @property
+  def masks(self) -> np.ndarray:
+    """Every mask, uint8 ``[N,S,S]``, read into memory (for small splits; large ones gather
+    batches)."""
+    return self.get_batch(np.arange(len(self)))["mask"]
+
+  def close(self) -> None:
+    """Closes the shards' files (the source cannot read afterwards)."""
+    for sh in self.shards:
+      sh.close()
+
+  def __repr__(self) -> str:
+    return (f"CachedSource({self.info.name!r}, split={self.info.split!r}, n={len(self)}, "
+            f"image_size={self.image_size}, num_classes={self.info.num_classes}, "
+            f"shards={len(self.shards)})")
 
 
 def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
@@ -490,7 +743,7 @@ def _info_from_meta(meta: Mapping[str, Any], out_dir: str) -> DatasetInfo:
 def load_or_prepare(*, dataset: str, title: str, download: str, split: str,
                     data_dir: str | None, image_size: int | None, default_size: int,
                     raw_dir: str | None, prepare_split: Callable[..., Any], verify: bool = False,
-                    variant: str = "", **prepare_kw) -> ArraySource:
+                    variant: str = "", **prepare_kw) -> "CachedSource":
   """Loads a prepared split of ``dataset``; prepares it first when ``raw_dir`` is given.
 
   ``image_size=None`` picks the only cached size (``default_size`` when none is cached or when

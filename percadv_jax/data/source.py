@@ -204,76 +204,51 @@ def batch_indices(n: int, batch_size: int, seed: int, step: int) -> np.ndarray:
   return perm[i * batch_size:(i + 1) * batch_size]
 
 
-def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
-            drop_remainder: bool = True, epochs: int | None = 1, prefetch: int = 2
-            ) -> Iterator[dict[str, np.ndarray]]:
-  """Batches of a source in :func:`batch_indices`' order, gathered on a background thread.
+def host_rows(global_size: int, process_index: int = 0, process_count: int = 1) -> slice:
+  """The rows of a global batch of ``global_size`` that host ``process_index`` of
+  ``process_count`` reads: ``[p * global_size / count, (p + 1) * global_size / count)``.
 
-  Args:
-    src: a source (``len``, ``__getitem__``; ``get_batch`` is used when present).
-    batch_size: examples per batch (> 0).
-    seed: the data order's integer seed: with ``shuffle``, the ``s``-th full batch holds the
-      examples ``batch_indices(len(src), batch_size, seed, s)``, as ``train.fit`` would use them.
-    shuffle: permute the examples every epoch (else every epoch is in index order).
-    drop_remainder: drop the last incomplete batch of every epoch (else yield it smaller: the
-      rest of the epoch's order).
-    epochs: passes over the data; ``None`` repeats forever.
-    prefetch: batches prepared ahead by a background thread (0 = gather in the caller's thread).
-
-  Returns:
-    A generator of ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
-    "label": int32 [B]}`` (NumPy arrays, ready for ``jax.device_put`` or a jitted step).
+  The hosts' slices partition the batch in order (``percadv_jax.parallel.local_slice`` is this
+  for JAX's process).
 
   Raises:
-    ValueError: naming the argument, at the call (not at the first ``next``): a non-integer or
-      negative ``seed``, a bad ``batch_size`` / ``epochs`` / ``prefetch``, a non-bool flag, an
-      empty source, or ``batch_size`` above the source's size with ``drop_remainder``.
+    ValueError: naming the argument: a negative ``global_size``, ``process_count`` < 1,
+      ``process_index`` outside ``[0, process_count)``, or a ``global_size`` that is not a
+      multiple of ``process_count``.
   """
-  batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
-  seed = checks.check_int(seed, "seed", minimum=0)
-  shuffle = checks.check_bool(shuffle, "shuffle")
-  drop_remainder = checks.check_bool(drop_remainder, "drop_remainder")
-  epochs = checks.check_int(epochs, "epochs", minimum=0, allow_none=True)
-  prefetch = checks.check_int(prefetch, "prefetch", minimum=0)
-  n = len(src)
-  if n == 0:
-    raise ValueError("the source is empty")
-  if drop_remainder and n < batch_size:
-    raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of the source and "
-                     "drop_remainder=True would yield nothing; lower batch_size or pass "
-                     "drop_remainder=False")
-  # The checks above run at the call; the generator below only starts at the first ``next``.
-  return _batches(src, n, batch_size=batch_size, seed=seed, shuffle=shuffle,
-                  drop_remainder=drop_remainder, epochs=epochs, prefetch=prefetch)
+  global_size = checks.check_int(global_size, "global_size", minimum=0)
+  process_count = checks.check_int(process_count, "process_count", minimum=1)
+  process_index = checks.check_int(process_index, "process_index", minimum=0,
+                                   maximum=process_count - 1)
+  if global_size % process_count:
+    raise ValueError(f"global batch size {global_size} does not split over {process_count} "
+                     "processes")
+  n = global_size // process_count
+  return slice(process_index * n, (process_index + 1) * n)
 
 
-def _batches(src: Any, n: int, *, batch_size: int, seed: int, shuffle: bool,
-             drop_remainder: bool, epochs: int | None, prefetch: int
-             ) -> Iterator[dict[str, np.ndarray]]:
-  """:func:`batches`' generator, on checked arguments."""
+def prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+  """Runs the iterator ``items`` on a background thread, ``depth`` items ahead of the caller.
 
-  def index_batches() -> Iterator[np.ndarray]:
-    epoch = 0
-    while epochs is None or epoch < epochs:
-      order = batch_indices(n, n, seed, epoch) if shuffle else np.arange(n)
-      stop = n - n % batch_size if drop_remainder else n
-      for start in range(0, stop, batch_size):
-        yield order[start:start + batch_size]
-      epoch += 1
+  Yields ``items``' values in order; an exception raised by ``items`` is raised at the caller's
+  ``next``. Closing the returned generator (or dropping it) stops the thread after at most the
+  item it is computing. ``depth=0`` iterates ``items`` in the caller's thread.
+  """
+  depth = checks.check_int(depth, "depth", minimum=0)
+  return _prefetch(items, depth)
 
-  if prefetch == 0:
-    for idx in index_batches():
-      yield _to_float(_gather(src, idx))
+
+def _prefetch(items: Iterator[Any], depth: int) -> Iterator[Any]:
+  if depth == 0:
+    yield from items
     return
-
-  q: queue.Queue = queue.Queue(maxsize=prefetch)
+  q: queue.Queue = queue.Queue(maxsize=depth)
   stop_event = threading.Event()
   done = object()
 
   def worker():
     try:
-      for idx in index_batches():
-        item = _to_float(_gather(src, idx))
+      for item in items:
         while not stop_event.is_set():
           try:
             q.put(item, timeout=0.1)
@@ -286,7 +261,7 @@ def _batches(src: Any, n: int, *, batch_size: int, seed: int, shuffle: bool,
     except BaseException as e:  # handed to the consumer, re-raised there
       q.put(e)
 
-  thread = threading.Thread(target=worker, daemon=True, name="percadv-batches")
+  thread = threading.Thread(target=worker, daemon=True, name="percadv-prefetch")
   thread.start()
   try:
     while True:
@@ -304,3 +279,68 @@ def _batches(src: Any, n: int, *, batch_size: int, seed: int, shuffle: bool,
       except queue.Empty:
         pass
       thread.join(timeout=0.05)
+
+
+def batches(src: Any, *, batch_size: int, seed: int = 0, shuffle: bool = True,
+            drop_remainder: bool = True, epochs: int | None = 1, prefetch: int = 2,
+            process_index: int = 0, process_count: int = 1
+            ) -> Iterator[dict[str, np.ndarray]]:
+  """Batches of a source in :func:`batch_indices`' order, gathered on a background thread.
+
+  Args:
+    src: a source (``len``, ``__getitem__``; ``get_batch`` is used when present).
+    batch_size: examples per global batch (> 0).
+    seed: the data order's integer seed: with ``shuffle``, the ``s``-th full batch holds the
+      examples ``batch_indices(len(src), batch_size, seed, s)``, as ``train.fit`` would use them.
+    shuffle: permute the examples every epoch (else every epoch is in index order).
+    drop_remainder: drop the last incomplete batch of every epoch (else yield it smaller: the
+      rest of the epoch's order).
+    epochs: passes over the data; ``None`` repeats forever.
+    prefetch: batches prepared ahead by a background thread (0 = gather in the caller's thread).
+    process_index, process_count: this host and the number of hosts (e.g. ``jax.process_index()``
+      and ``jax.process_count()``): each yielded batch holds only this host's rows
+      :func:`host_rows` of the global batch, and only they are read.
+
+  Returns:
+    A generator of ``{"image": float32 [B,H,W,3] in [0,1], "mask": float32 [B,H,W,1] in {0,1},
+    "label": int32 [B]}`` (NumPy arrays, ready for ``jax.device_put`` or a jitted step), with
+    ``B = batch_size / process_count``.
+
+  Raises:
+    ValueError: naming the argument, at the call (not at the first ``next``): a non-integer or
+      negative ``seed``, a bad ``batch_size`` / ``epochs`` / ``prefetch``, a non-bool flag, an
+      empty source, ``batch_size`` above the source's size with ``drop_remainder``, a bad
+      ``process_index`` / ``process_count``, or ``process_count > 1`` with a ``batch_size``
+      that is not a multiple of it or without ``drop_remainder``.
+  """
+  batch_size = checks.check_int(batch_size, "batch_size", minimum=1)
+  seed = checks.check_int(seed, "seed", minimum=0)
+  shuffle = checks.check_bool(shuffle, "shuffle")
+  drop_remainder = checks.check_bool(drop_remainder, "drop_remainder")
+  epochs = checks.check_int(epochs, "epochs", minimum=0, allow_none=True)
+  prefetch = checks.check_int(prefetch, "prefetch", minimum=0)
+  host = host_rows(batch_size, process_index, process_count)
+  if process_count > 1 and not drop_remainder:
+    raise ValueError(f"drop_remainder=False with process_count={process_count}: the last, "
+                     "smaller batch would not split evenly over the hosts; pass "
+                     "drop_remainder=True")
+  n = len(src)
+  if n == 0:
+    raise ValueError("the source is empty")
+  if drop_remainder and n < batch_size:
+    raise ValueError(f"batch_size={batch_size} exceeds the {n} examples of the source and "
+                     "drop_remainder=True would yield nothing; lower batch_size or pass "
+                     "drop_remainder=False")
+  # The checks above run at the call; the generator below only starts at the first ``next``.
+
+  def index_batches() -> Iterator[np.ndarray]:
+    epoch = 0
+    while epochs is None or epoch < epochs:
+      order = batch_indices(n, n, seed, epoch) if shuffle else np.arange(n)
+      stop = n - n % batch_size if drop_remainder else n
+      for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield idx[host] if process_count > 1 else idx
+      epoch += 1
+
+  return _prefetch((_to_float(_gather(src, idx)) for idx in index_batches()), prefetch)

@@ -24,6 +24,10 @@ When it falls by more than ``guard_drop`` below the previous epoch's, a
 ``guard="rollback"`` with the previous epoch's parameters, with ``guard="stop"`` with the current
 ones. The final state is saved with ``step = total`` so the workdir counts as finished.
 
+Input: the batches (this process's rows) are gathered :data:`PREFETCH` steps ahead on a
+background thread (``percadv_jax.data.source.prefetch``), in the same order, so reading a
+split that stays on disk (``percadv_jax.data.cache.CachedSource``) overlaps the steps.
+
 Data parallelism (``TrainConfig.data_parallel``, off by default): the run uses the ``"data"``
 mesh of ``percadv_jax.parallel`` over every device of every process (start a multi-process run
 with ``parallel.initialize`` first). The state is replicated on every device, each global batch
@@ -53,7 +57,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from percadv_jax import attacks, checks, io, models, parallel
-from percadv_jax.data.source import batch_indices
+from percadv_jax.data.source import batch_indices, prefetch
 from percadv_jax.train import checkpoint
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule)
@@ -63,6 +67,9 @@ from percadv_jax.train.steps import (PRECISIONS, adversarial_examples, jit_train
 
 
 GUARDS = ("off", "stop", "rollback")
+# Batches (this process's rows, NumPy) gathered ahead of the step on a background thread: two
+# keep the step fed when a batch's reading time varies (our choice; one more costs only memory).
+PREFETCH = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,13 +288,23 @@ class _Placement:
       return jax.device_put(state, jax.devices()[0])
     return parallel.replicate(state, mesh=self.mesh)
 
-  def batch(self, data: ArrayData, indices: np.ndarray) -> dict:
-    """The batch of the global example ``indices``: NumPy arrays on one device; with the mesh,
-    global arrays split along it, of which this process reads only its rows."""
+  def local(self, data: ArrayData, indices: np.ndarray) -> dict:
+    """This process's rows of the batch of the global example ``indices`` (NumPy arrays: all of
+    them on one device, ``parallel.local_slice`` of them with the mesh)."""
     if self.mesh is None:
       return data.batch(indices)
-    local = data.batch(indices[parallel.local_slice(len(indices))])
+    return data.batch(indices[parallel.local_slice(len(indices))])
+
+  def place(self, local: dict) -> dict:
+    """A :meth:`local` batch as the step takes it: as is on one device; with the mesh, global
+    arrays split along it."""
+    if self.mesh is None:
+      return local
     return parallel.shard_batch(local, mesh=self.mesh)
+
+  def batch(self, data: ArrayData, indices: np.ndarray) -> dict:
+    """The batch of the global example ``indices`` (:meth:`local`, then :meth:`place`)."""
+    return self.place(self.local(data, indices))
 
   def whole(self, batch: dict) -> dict:
     """A batch every device holds whole (the guard's): device arrays, replicated on the mesh."""
@@ -371,10 +388,12 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
   pending: list[dict] = []
   t0 = time.perf_counter()
   bar = io.progress(total=total, initial=start, desc=desc, unit="step")
+  host_batches = prefetch(
+      (placement.local(data, train_idx[batch_indices(n, config.batch_size, config.seed, step)])
+       for step in range(start, total)), PREFETCH)
   try:
     for step in range(start, total):
-      batch = placement.batch(data, train_idx[batch_indices(n, config.batch_size, config.seed,
-                                                            step)])
+      batch = placement.place(next(host_batches))
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
       done = step + 1
@@ -401,6 +420,7 @@ def fit(config: TrainConfig, workdir: str, source: Any, *,
       if on_step is not None:
         on_step(done, state, metrics)
   finally:
+    host_batches.close()
     bar.close()
     mngr.close()
   return state

@@ -161,6 +161,24 @@ def test_pipeline(tmp_path):
   assert not os.path.exists(c.results_file)  # record=False writes no results file
 
 
+@pytest.mark.slow  # a train.fit compile: ~20 s on 2 busy cores
+def test_loader(tmp_path):
+  c = _quick("loader", tmp_path, stages=("loader", "memory"), delete_cache=True)
+  w = str(tmp_path / "w")
+  rows = benchmarks.run(c, w)
+  assert [r["image_size"] for r in rows] == [32]
+  r = rows[0]
+  assert _finite(r["loader_images_per_sec"]) and r["loader_images_per_sec"] > 0
+  assert r["examples"] == 64 and 64 * 32 * 32 * 4 < r["cache_gb"] * 2**30 < 2 * 64 * 32 * 32 * 4
+  assert 0 < r["peak_rss_gb"] < 64 and "train_images_per_sec" not in r
+  assert not os.path.exists(os.path.join(w, "cache", "loader_benchmark", "train_32px"))
+  section = _section(c.results_file, "benchmark_loader")
+  assert "| 32 | 64 |" in section and "peak_rss_gb" in section
+  c.stages = ("pgd",)
+  with pytest.raises(ValueError, match="unknown stages entry 'pgd'"):
+    benchmarks.validate(c)
+
+
 def test_training(tmp_path):
   c = _quick("training", tmp_path, skip=("torch",))  # PyTorch: test_training_step_rates
   w = str(tmp_path / "w")
