@@ -7,6 +7,8 @@
 - ``cam``: one CAM call vs one jitted forward + backward pass;
 - ``conv``: the convolution variants vs PyTorch and Foolbox, each contender in its own pinned
   worker process, interleaved rounds;
+- ``gpu``: the GPU rows (PGD-10 ours vs PyTorch on one device, the training steps, the input
+  path, a 1-epoch ``gtsrb_paper`` smoke run on a 43-class synthetic stand-in);
 - ``perceptual``: the quality-ball LP solver vs CVXPY and a jaxopt variant;
 - ``pipeline``: images/s of every stage, sharded over the devices;
 - ``training``: FGSM-RS vs PGD adversarial training, and PyTorch.
@@ -20,7 +22,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "perceptual", "pipeline", "training")
+BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "gpu", "perceptual", "pipeline",
+              "training")
 
 
 def module(config: Any):

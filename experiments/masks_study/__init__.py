@@ -87,11 +87,13 @@ def _load(config: Any):
   d = config.data
   common.check_prepared(d, ("train", "test"))
   size, opts = d.image_size or None, data_config.options(d)
+  classes = d.num_classes if d.dataset == "synthetic_signs" else None
   train_src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
                                 image_size=size, num_examples=d.num_train, seed=config.seed,
-                                **opts)
+                                num_classes=classes, **opts)
   test_src = common.load_split(d.dataset, "test", data_dir=d.data_dir or None, image_size=size,
-                               num_examples=d.num_test, seed=config.seed, **opts)
+                               num_examples=d.num_test, seed=config.seed, num_classes=classes,
+                               **opts)
   if d.dataset != "synthetic_signs" and d.num_train:
     train_data = train_lib.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
   else:
