@@ -50,6 +50,10 @@ SKIPS = ("torch", "smoke")
 SECTION = "benchmark_gpu"
 COMMAND = ("python -m experiments.benchmark --config=experiments/configs/benchmark.py:gpu "
            "--workdir=/tmp/bench_gpu")
+# The section's text after a run on a CPU.
+NOT_MEASURED = ("GPU rows: not measured yet (no accelerator on the machine of the latest run of "
+                "this preset, which ran on the CPU at tiny sizes to check itself). On a machine "
+                f"with a GPU: `{COMMAND}`.")
 
 
 def validate(config: Any) -> None:
@@ -158,9 +162,7 @@ def run(config: Any, workdir: str) -> list[dict]:
   md = io.write_table(os.path.join(workdir, "benchmark_gpu"), rows, cols, optional=cols[4:])
   print(md)
   if backend == "cpu":
-    common.record(c, SECTION, "GPU rows: not measured yet (no accelerator on the machine of "
-                  "the latest run of this preset, which ran on the CPU at tiny sizes to check "
-                  f"itself). On a machine with a GPU: `{COMMAND}`.")
+    common.record(c, SECTION, NOT_MEASURED)
   else:
     common.record(c, SECTION, f"Backend {backend} ({meta['device_kind']}), {nd} device(s); "
                   "ours and PyTorch on the same device.\n\n" + md)
