@@ -18,14 +18,16 @@ Rows (``results.json`` ``rows``, one table):
 - ``smoke(gtsrb_paper)``: a 1-epoch sub-run of the masks study's ``gtsrb_paper`` preset (VGG-19,
   Keras layout, width ``smoke_width``; data-parallel training; the whole evaluation) on a
   43-class synthetic stand-in of GTSRB-IC (``smoke_num_train`` / ``smoke_num_test`` synthetic
-  signs at 32 px, batch ``smoke_batch_size``), the models ``smoke_models``: seconds and the
-  number of models it trained and evaluated (``models``).
+  signs at 32 px, batch ``smoke_batch_size``), the models ``smoke_models``, the evaluation
+  ``smoke_eval`` ("paper": the preset's, PGD-20, APGD-100, curves, trust checks; "quick": the
+  ``quick`` preset's attack sizes, for a CPU, where attacks unroll their steps and compile long):
+  seconds and the number of models it trained and evaluated (``models``).
 
 Fields (``experiments/configs/benchmark.py``): the pipeline rows' ``batch_size`` (global, a
 multiple of the device count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``,
 ``train_pgd_steps``, ``eps``, ``repeats``, ``precision``; the smoke run's ``smoke_models``,
-``smoke_num_train``, ``smoke_num_test``, ``smoke_batch_size``, ``smoke_width``; ``skip`` (some of
-"torch", "smoke").
+``smoke_num_train``, ``smoke_num_test``, ``smoke_batch_size``, ``smoke_width``, ``smoke_eval``;
+``skip`` (some of "torch", "smoke").
 
 The results file's section ``benchmark_gpu`` holds the table when the backend is an
 accelerator; a run on a CPU (the tests' tiny sizes) records only that the GPU rows are not
@@ -47,6 +49,7 @@ from experiments.benchmarks import common, pipeline
 from percadv_jax import checks, io, parallel
 
 SKIPS = ("torch", "smoke")
+SMOKE_EVALS = ("paper", "quick")
 SECTION = "benchmark_gpu"
 COMMAND = ("python -m experiments.benchmark --config=experiments/configs/benchmark.py:gpu "
            "--workdir=/tmp/bench_gpu")
@@ -70,6 +73,7 @@ def validate(config: Any) -> None:
   checks.check_choice(config.precision, "precision", pipeline.PRECISIONS)
   common.names(config, "skip", SKIPS, allow_empty=True)
   common.names(config, "smoke_models", attention_masks.MODEL_NAMES)
+  checks.check_choice(config.smoke_eval, "smoke_eval", SMOKE_EVALS)
   if config.smoke_num_train < config.smoke_batch_size:
     raise ValueError(f"smoke_num_train ({config.smoke_num_train}) must be at least "
                      f"smoke_batch_size ({config.smoke_batch_size}): one epoch of one step")
@@ -98,6 +102,8 @@ def smoke_config(config: Any) -> Any:
                 num_train=config.smoke_num_train, num_test=config.smoke_num_test)
   c.model.width = config.smoke_width
   c.train.update(epochs=1, batch_size=config.smoke_batch_size)
+  if config.smoke_eval == "quick":
+    c.eval = attention_masks.quick().eval
   c.seed = config.seed
   return c
 

@@ -53,8 +53,9 @@ count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``, ``train_pgd_s
 ``gpu`` (the GPU rows, ``experiments/benchmarks/gpu.py``): ``batch_size`` (global, a multiple
 of the device count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``,
 ``train_pgd_steps``, ``eps``, ``repeats``, ``precision`` (the pipeline rows); ``smoke_models``,
-``smoke_num_train``, ``smoke_num_test``, ``smoke_batch_size``, ``smoke_width`` (the 1-epoch
-``gtsrb_paper`` sub-run on 43-class synthetic signs); ``skip`` (some of "torch", "smoke").
+``smoke_num_train``, ``smoke_num_test``, ``smoke_batch_size``, ``smoke_width``, ``smoke_eval``
+("paper" or "quick": the evaluation's sizes) (the 1-epoch ``gtsrb_paper`` sub-run on 43-class
+synthetic signs); ``skip`` (some of "torch", "smoke").
 
 ``training`` (FGSM-RS vs PGD training, and PyTorch): ``num_train``, ``num_test``,
 ``eval_examples``, ``width``, ``batch_size``, ``epochs`` (natural), ``adv_epochs``
@@ -176,14 +177,14 @@ def gpu() -> ml_collections.ConfigDict:
                smoke_models=("full_natural", "full_adversarial", "masked_natural",
                              "masked_adversarial"),
                smoke_num_train=4096, smoke_num_test=512, smoke_batch_size=128, smoke_width=1.0,
-               skip=())
+               smoke_eval="paper", skip=())
 
 
 def gpu_quick() -> ml_collections.ConfigDict:
   c = gpu()
   c.update(dict(batch_size=4, width=0.0625, pgd_steps=2, train_pgd_steps=1, repeats=1,
-                smoke_models=("full_adversarial",), smoke_num_train=8, smoke_num_test=4,
-                smoke_batch_size=4, smoke_width=0.0625))
+                smoke_models=("full_natural",), smoke_num_train=8, smoke_num_test=4,
+                smoke_batch_size=4, smoke_width=0.0625, smoke_eval="quick"))
   return c
 
 

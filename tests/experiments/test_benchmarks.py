@@ -240,9 +240,9 @@ def test_gpu_rows_at_tiny_size_on_the_cpu(tmp_path):
   smoke = rows[-1]
   assert smoke["models"] == 1 and smoke["num_classes"] == 43 and _finite(smoke["seconds"])
   study = io.read_json(os.path.join(w, "smoke", "results.json"))
-  assert study["dataset"]["num_classes"] == 43 and list(study["models"]) == ["full_adversarial"]
-  assert 0 <= study["models"]["full_adversarial"]["clean"] <= 1
-  smoke_train = io.read_json(os.path.join(w, "smoke", "models", "full_adversarial",
+  assert study["dataset"]["num_classes"] == 43 and list(study["models"]) == ["full_natural"]
+  assert 0 <= study["models"]["full_natural"]["clean"] <= 1
+  smoke_train = io.read_json(os.path.join(w, "smoke", "models", "full_natural",
                                           "config.json"))
   assert smoke_train["data_parallel"] and smoke_train["epochs"] == 1
   assert [r["stage"] for r in io.read_json(os.path.join(w, "results.json"))["rows"]] == names
