@@ -135,7 +135,8 @@ def gtsrb_paper() -> ml_collections.ConfigDict:
   ="centre"``), VGG-19, the four models, natural and Madry-style adversarial training, an Linf
   PGD adversary that gets only the foreground of masked models. Ours: 32 px, the Keras layout
   of VGG-19 with its fully connected head, training from scratch, SGD (momentum 0.9, lr 0.01,
-  Madry's piecewise schedule, weight decay 5e-4, batch 128, 30 epochs), Madry's CIFAR threat
+  Madry's piecewise schedule, weight decay 5e-4, batch 128, 30 epochs; data-parallel over every
+  device), Madry's CIFAR threat
   model (eps 8/255, training PGD-7 with step 2/255, evaluation PGD-20), and everything beyond the
   paper's two columns (APGD-CE-100, the worst case, the curves, the trust checks).
 
