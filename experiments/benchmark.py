@@ -6,7 +6,7 @@ r"""The benchmarks: one binary, a preset per benchmark.
       --workdir=/tmp/bench_cam --config.models=mobilenet_v2 --config.record=False
 
 The preset's ``benchmark`` field picks the module of ``experiments/benchmarks/`` (attacks,
-autoattack, cam, conv, perceptual, pipeline, training); the fields are in
+autoattack, cam, conv, gpu, perceptual, pipeline, training); the fields are in
 ``experiments/configs/benchmark.py``.
 Each writes its tables and ``results.json`` into ``--workdir`` and, with ``record`` (the
 default), its section of docs/benchmarks.md. The pipeline benchmark also takes the multi-host

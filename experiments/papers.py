@@ -200,6 +200,9 @@ PERCEPTUAL_CAM_FIELD_SOURCES = {"imagenet_paper": {
     "train.steps": ("ours", "not used: the model is loaded, not trained"),
     "train.learning_rate": ("ours", "not used: the model is loaded, not trained"),
     "train.warmup_steps": ("ours", "not used: the model is loaded, not trained"),
+    "train.data_parallel": ("ours", "a model trained here (model.keras_weights='') trains on "
+                                    "every device: speed only, not used with the loaded "
+                                    "weights"),
     "ball.window": ("ours", _NOT_STATED + "8 x 8 SSIM windows (the preset's docstring: the "
                             "paper's perceptual budget is not stated as numbers)"),
     "ball.stride": ("ours", "stride 4 (as ball.window)"),

@@ -9,6 +9,8 @@
   worker process, interleaved rounds;
 - ``loader``: images/s of the input pipeline over a prepared cache beside the training step's,
   and the peak memory of training on a split larger than memory;
+- ``gpu``: the GPU rows (PGD-10 ours vs PyTorch on one device, the training steps, the input
+  path, a 1-epoch ``gtsrb_paper`` smoke run on a 43-class synthetic stand-in);
 - ``perceptual``: the quality-ball LP solver vs CVXPY and a jaxopt variant;
 - ``pipeline``: images/s of every stage, sharded over the devices;
 - ``training``: FGSM-RS vs PGD adversarial training, and PyTorch.
@@ -22,7 +24,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "loader", "perceptual", "pipeline",
+BENCHMARKS = ("attacks", "autoattack", "cam", "conv", "gpu", "loader", "perceptual", "pipeline",
               "training")
 
 

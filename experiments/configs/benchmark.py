@@ -6,8 +6,9 @@ the module of ``experiments/benchmarks/`` that runs it. Presets: ``conv``, ``att
 figures' settings); ``loader_memory`` (section ``benchmark_loader_memory``);
 ``conv_variants`` (the XLA-flag and patches variants on the small VGG-19, section
 ``benchmark_conv_vgg32_variants``), ``conv_gpu`` (one GPU, PyTorch on CUDA, sections
-``benchmark_conv_<model>_gpu``), ``training_xla`` (``conv_impl="xla"``, section
-``benchmark_training_xla``); and ``<benchmark>_quick`` (tiny sizes that finish in seconds; their
+``benchmark_conv_<model>_gpu``), ``gpu`` (the GPU rows, section ``benchmark_gpu``; on a CPU
+it runs too and records only that the GPU rows are not measured yet), ``training_xla``
+(``conv_impl="xla"``, section ``benchmark_training_xla``); and ``<benchmark>_quick`` (tiny sizes that finish in seconds; their
 numbers mean nothing).
 
 Fields of every preset:
@@ -57,6 +58,12 @@ peak resident memory of training on 100,000 images of 224 px, section
 batches), ``width`` (of the small VGG-19), ``repeats`` (timed steps), ``stages`` (some of
 "loader", "train", "memory"), ``memory_steps`` and ``memory_batch_size`` (the ``train.fit``
 run of "memory", on the largest size), ``delete_cache`` (remove each cache after its size).
+``gpu`` (the GPU rows, ``experiments/benchmarks/gpu.py``): ``batch_size`` (global, a multiple
+of the device count), ``image_size``, ``width``, ``num_classes``, ``pgd_steps``,
+``train_pgd_steps``, ``eps``, ``repeats``, ``precision`` (the pipeline rows); ``smoke_models``,
+``smoke_num_train``, ``smoke_num_test``, ``smoke_batch_size``, ``smoke_width``, ``smoke_eval``
+("paper" or "quick": the evaluation's sizes) (the 1-epoch ``gtsrb_paper`` sub-run on 43-class
+synthetic signs); ``skip`` (some of "torch", "smoke").
 
 ``training`` (FGSM-RS vs PGD training, and PyTorch): ``num_train``, ``num_test``,
 ``eval_examples``, ``width``, ``batch_size``, ``epochs`` (natural), ``adv_epochs``
@@ -197,6 +204,25 @@ def loader_quick() -> ml_collections.ConfigDict:
   return c
 
 
+def gpu() -> ml_collections.ConfigDict:
+  """Sizes for one GPU: PGD-10 and the training steps on 512 images (43 classes, GTSRB's count),
+  the smoke run on 4,096 / 512 synthetic signs with the paper preset's batch 128 and width."""
+  return _base("gpu", batch_size=512, image_size=32, width=0.25, num_classes=43, pgd_steps=10,
+               train_pgd_steps=7, eps=8 / 255, repeats=5, precision="float32",
+               smoke_models=("full_natural", "full_adversarial", "masked_natural",
+                             "masked_adversarial"),
+               smoke_num_train=4096, smoke_num_test=512, smoke_batch_size=128, smoke_width=1.0,
+               smoke_eval="paper", skip=())
+
+
+def gpu_quick() -> ml_collections.ConfigDict:
+  c = gpu()
+  c.update(dict(batch_size=4, width=0.0625, pgd_steps=2, train_pgd_steps=1, repeats=1,
+                smoke_models=("full_natural",), smoke_num_train=8, smoke_num_test=4,
+                smoke_batch_size=4, smoke_width=0.0625, smoke_eval="quick"))
+  return c
+
+
 def conv() -> ml_collections.ConfigDict:
   return _base("conv", models=("vgg32", "mnv2_64", "mnv2_224"),
                contenders=("jax_xla", "jax_auto_emitters", "jax_auto", "torch_1", "torch_all",
@@ -230,7 +256,7 @@ PRESETS = {
     "conv": conv, "conv_variants": conv_variants, "conv_gpu": conv_gpu, "conv_quick": conv_quick,
     "attacks": attacks, "attacks_quick": attacks_quick,
     "autoattack": autoattack, "autoattack_quick": autoattack_quick,
-    "cam": cam, "cam_quick": cam_quick,
+    "cam": cam, "cam_quick": cam_quick, "gpu": gpu, "gpu_quick": gpu_quick,
     "perceptual": perceptual, "perceptual_quick": perceptual_quick,
     "pipeline": pipeline, "pipeline_quick": pipeline_quick,
     "training": training, "training_xla": training_xla, "training_quick": training_quick,

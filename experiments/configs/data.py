@@ -5,6 +5,8 @@ r"""The ``data`` part of the study and preparation configs (one schema for all b
   "oxford_iiit_pet", "imagenet2012" (TFDS-prepared, read without TensorFlow).
 - ``data_dir``: prepared data / cache root ("" = the synthetic data in memory).
 - ``image_size`` (0 = the dataset's), ``num_train`` / ``num_test`` (0 = the whole split).
+- Synthetic signs: ``num_classes`` (2-43; the masks study reads it, 43 gives a GTSRB-size
+  stand-in).
 - GTSRB-IC: ``segmenter`` ("roi": GrabCut seeded from the annotated box, the default, measured
   best on the fixtures; "centre": the paper's centre-seeded colour-model graph cut).
 - MS-COCO-IC: ``year`` (2014: the paper's counts; 2017), ``classes`` (COCO category names; () =

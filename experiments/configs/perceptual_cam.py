@@ -27,7 +27,9 @@ Fields (override any with ``--config.<field>=<value>``):
 - ``model``: ``keras_weights`` (a Keras MobileNetV2 ``.h5``; "" = train one here), ``width``.
 - ``train`` (the model trained here): ``num_train``, ``batch_size``, ``epochs``, ``steps`` (if
   > 0, the number of optimiser steps instead of ``epochs``), ``learning_rate``,
-  ``warmup_steps``.
+  ``warmup_steps``, ``data_parallel`` (each batch split over every device,
+  ``percadv_jax.train.TrainConfig.data_parallel``; True in ``imagenet_paper``, False in the
+  others, whose numbers on a CPU with one device per core stay those of one device).
 - ``ball``: ``window``, ``stride``, ``eps_structure`` (e2), ``eps_luminance`` (e1; 0 = off).
 - ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
   median norm of the SSIM attack's perturbations), ``batch_size``, ``diagnostics`` (the trust
@@ -75,7 +77,8 @@ def default() -> ml_collections.ConfigDict:
   c.data.update(dict(labels_file="", split="test", num_images=200, candidates=1000))
   c.model = ml_collections.ConfigDict(dict(keras_weights="", width=0.5))
   c.train = ml_collections.ConfigDict(dict(
-      num_train=0, batch_size=128, epochs=10, steps=0, learning_rate=2e-3, warmup_steps=100))
+      num_train=0, batch_size=128, epochs=10, steps=0, learning_rate=2e-3, warmup_steps=100,
+      data_parallel=False))
   c.ball = ml_collections.ConfigDict(dict(
       window=8, stride=4, eps_structure=0.05, eps_luminance=0.05))
   c.attack = ml_collections.ConfigDict(dict(
@@ -142,6 +145,7 @@ def imagenet_paper() -> ml_collections.ConfigDict:
   c.model.width = 1.0
   c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=8)
   c.cam.layer = "out_relu"
+  c.train.data_parallel = True
   return c
 
 

@@ -39,7 +39,7 @@ from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import claims, dimension, report
 from experiments.masks_study.evaluate import evaluate_model, load_per_example
 from experiments.masks_study.train import train_config, train_model
-from percadv_jax import checks, io, models as models_lib
+from percadv_jax import checks, io, models as models_lib, parallel
 from percadv_jax import train as train_lib
 
 __all__ = ["run", "validate", "check_inputs", "read_evaluation", "train_config", "train_model",
@@ -87,11 +87,13 @@ def _load(config: Any):
   d = config.data
   common.check_prepared(d, ("train", "test"))
   size, opts = d.image_size or None, data_config.options(d)
+  classes = d.num_classes if d.dataset == "synthetic_signs" else None
   train_src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
                                 image_size=size, num_examples=d.num_train, seed=config.seed,
-                                **opts)
+                                num_classes=classes, **opts)
   test_src = common.load_split(d.dataset, "test", data_dir=d.data_dir or None, image_size=size,
-                               num_examples=d.num_test, seed=config.seed, **opts)
+                               num_examples=d.num_test, seed=config.seed, num_classes=classes,
+                               **opts)
   if d.dataset != "synthetic_signs" and d.num_train:
     train_data = train_lib.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
   else:
@@ -110,7 +112,8 @@ def check_inputs(config: Any) -> tuple:
 
   Raises:
     ValueError: a missing cache (with the command that prepares it), a batch size larger
-      than the training set, images too small for the model.
+      than the training set or (``train.data_parallel``) not a multiple of the device count,
+      images too small for the model.
   """
   loaded = _load(config)
   train_src, train_data, _ = loaded
@@ -120,6 +123,7 @@ def check_inputs(config: Any) -> tuple:
     train_idx, _ = train_lib.split_guard(tc, len(train_data))
     try:
       train_lib.total_steps(tc, len(train_idx))
+      train_lib.check_batch_split(tc)
     except ValueError as e:
       raise ValueError(f"train.batch_size: {e}") from None
     train_lib.build(tc, num_classes=train_src.info.num_classes, image_shape=image_shape,
@@ -177,12 +181,20 @@ def _final_record(workdir: str, name: str, steps: int) -> dict:
           "final_train_step": last.get("step")}
 
 
-def run(config: Any, workdir: str) -> dict:
-  """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict."""
+def run(config: Any, workdir: str) -> dict | None:
+  """Runs (or resumes) the study in ``workdir``; returns the ``results.json`` dict.
+
+  In a multi-process run (``jax.distributed``; ``train.data_parallel`` trains each model on
+  every device of every process, the evaluations are sharded over them too) every process
+  calls it with the same arguments on a shared ``workdir``: process 0 writes the files and
+  returns the results, the others return None.
+  """
   validate(config)
   train_src, train_data, eval_arrays = check_inputs(config)
-  io.lock_config(workdir, config)
-  io.log_event(workdir, "start")
+  main = parallel.is_main_process()
+  io.lock_config(workdir, config, hold=main)  # the other processes share process 0's run
+  if main:
+    io.log_event(workdir, "start")
   info = train_src.info
   results_models: dict[str, Any] = {}
   for index, name in enumerate(MODEL_NAMES):
@@ -191,10 +203,15 @@ def run(config: Any, workdir: str) -> dict:
     eval_path = os.path.join(workdir, "eval", f"{name}.json")
     if os.path.exists(eval_path):
       results_models[name] = read_evaluation(eval_path)
-      io.log_event(workdir, "skip", model=name, reason="evaluation finished earlier")
+      if main:
+        io.log_event(workdir, "skip", model=name, reason="evaluation finished earlier")
       continue
     state = train_model(config, name, workdir, train_data, info.num_classes)
     tc = train_config(config, name, workdir)
+    if not main:  # the evaluation's collectives need every process; process 0 writes
+      evaluate_model(config, state, name=name, masked=tc.masked, eval_arrays=eval_arrays,
+                     index=index, workdir=workdir)
+      continue
     final = _final_record(workdir, name, int(state.step))
 
     def compute(state=state, tc=tc, index=index, final=final, name=name):
@@ -208,6 +225,9 @@ def run(config: Any, workdir: str) -> dict:
     m = results_models[name]
     io.log_event(workdir, "evaluated", model=name, clean=m["clean"], robust=m["robust"],
                  **m["per_attack"])
+  parallel.sync("experiments.masks_study: evaluated")
+  if not main:
+    return None
   return write_report(config, workdir, results_models, info=info, num_train=len(train_data),
                       num_eval=int(len(eval_arrays["label"])))
 

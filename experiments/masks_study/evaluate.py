@@ -15,7 +15,7 @@ import jax
 import numpy as np
 
 from experiments import common, evaluation
-from percadv_jax import attacks, io, train
+from percadv_jax import attacks, io, parallel, train
 
 # The per-example record's arrays, each [N] over the evaluation images in their order.
 PER_EXAMPLE_KEYS = ("clean", "pgd", "apgd", "robust", "foreground", "attacked", "label")
@@ -68,7 +68,8 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
                                  stronger_steps=e.stronger_steps,
                                  large_eps_steps=e.stronger_steps) if e.diagnostics else None))
   out = {**ev.summary(), "seconds": t.seconds}
-  save_per_example(per_example_path(workdir, name), per_example_record(ev, data, masked))
+  if parallel.is_main_process():
+    save_per_example(per_example_path(workdir, name), per_example_record(ev, data, masked))
   if ev.checks is not None:
     out["trust_checks"] = ev.checks
   with common.Timer() as t:

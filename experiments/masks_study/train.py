@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from experiments import common
-from percadv_jax import attacks, io, train
+from percadv_jax import attacks, io, parallel, train
 
 
 def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig:
@@ -30,15 +30,17 @@ def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig
       optimizer=train.OptimizerConfig(name=t.optimizer, learning_rate=t.learning_rate,
                                       schedule=t.schedule, warmup_steps=t.warmup_steps,
                                       weight_decay=t.weight_decay),
-      checkpoint_every=t.checkpoint_every, log_every=20)
+      checkpoint_every=t.checkpoint_every, log_every=20, data_parallel=t.data_parallel)
 
 
 def train_model(config: Any, name: str, workdir: str, train_data: Any, num_classes: int
                 ) -> train.TrainState:
-  """Trains (or resumes, or restores the finished) model ``name`` in ``workdir/models/name``."""
+  """Trains (or resumes, or restores the finished) model ``name`` in ``workdir/models/name``
+  (every process of a multi-process run calls it; process 0 logs)."""
   tc = train_config(config, name, workdir)
   mdir = os.path.join(workdir, "models", name)
   with common.Timer() as t:
     state = train.fit(tc, mdir, train_data, num_classes=num_classes, desc=name)
-  io.log_event(workdir, "trained", model=name, seconds=t.seconds, steps=int(state.step))
+  if parallel.is_main_process():
+    io.log_event(workdir, "trained", model=name, seconds=t.seconds, steps=int(state.step))
   return state

@@ -93,6 +93,7 @@ def validate(config: Any) -> None:
     checks.check_positive(config.train[f], f"train.{f}", allow_zero=True)
   for f in ("batch_size", "epochs", "learning_rate"):
     checks.check_positive(config.train[f], f"train.{f}")
+  checks.check_bool(config.train.data_parallel, "train.data_parallel")
   checks.check_positive(config.model.width, "model.width")
   for f in ("ssim_steps", "pgd_steps", "batch_size"):
     checks.check_positive(config.attack[f], f"attack.{f}")
@@ -261,6 +262,7 @@ def check_inputs(config: Any) -> None:
     tc = model.train_config(config, seed)
     try:
       train.total_steps(tc, n)
+      train.check_batch_split(tc)
     except ValueError as e:
       raise ValueError(f"train.batch_size: {e}") from None
     image_shape = tuple(src[0]["image"].shape)

@@ -48,7 +48,8 @@ def train_config(config: Any, seed: int) -> train.TrainConfig:
       batch_size=t.batch_size, epochs=t.epochs, steps=t.steps, seed=seed,
       optimizer=train.OptimizerConfig(name="adam", learning_rate=t.learning_rate,
                                       schedule="cosine", warmup_steps=t.warmup_steps),
-      checkpoint_every=200, log_every=20, bn_recalibration_batches=20)
+      checkpoint_every=200, log_every=20, bn_recalibration_batches=20,
+      data_parallel=t.data_parallel)
 
 
 def cam_layer(module: Any, variables: Any, x: Any, requested: str = "") -> str:

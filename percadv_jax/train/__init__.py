@@ -17,8 +17,8 @@ Evaluation is ``percadv_jax.attacks.robust_accuracy`` over ``make_logits_fn(...)
 """
 
 from percadv_jax.train import checkpoint
-from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, build, fit, split_guard,
-                                    total_steps)
+from percadv_jax.train.loop import (GUARDS, ArrayData, TrainConfig, build, check_batch_split,
+                                    fit, split_guard, total_steps)
 from percadv_jax.train.state import (OptimizerConfig, TrainState, create_train_state,
                                      make_optimizer, make_schedule, make_variables)
 from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_logits_fn,
@@ -26,7 +26,7 @@ from percadv_jax.train.steps import (adversarial_examples, jit_train_step, make_
 
 __all__ = [
     "ArrayData", "GUARDS", "OptimizerConfig", "TrainConfig", "TrainState",
-    "adversarial_examples", "build", "checkpoint",
+    "adversarial_examples", "build", "check_batch_split", "checkpoint",
     "create_train_state", "fit", "jit_train_step", "make_logits_fn",
     "make_optimizer", "make_schedule", "make_variables", "model_input", "split_guard",
     "total_steps", "train_step",

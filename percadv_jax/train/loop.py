@@ -262,6 +262,29 @@ def _optimizer(config: OptimizerConfig, total: int) -> Any:
   return make_optimizer(config, total)
 
 
+def check_batch_split(config: TrainConfig, *, mesh: jax.sharding.Mesh | None = None) -> None:
+  """Checks that ``config.batch_size`` splits over the devices ``fit`` trains on (nothing to
+  check without ``data_parallel``); binaries call it before they lock a workdir.
+
+  Args:
+    config: the run's configuration.
+    mesh: the data-parallel mesh (default ``parallel.make_mesh()``: every device of every
+      process).
+
+  Raises:
+    ValueError: ``data_parallel`` and a ``batch_size`` that is not a multiple of the device
+      count (naming both numbers).
+  """
+  if not config.data_parallel:
+    return
+  count = parallel.num_devices(mesh=mesh if mesh is not None else parallel.make_mesh())
+  if config.batch_size % count:
+    raise ValueError(
+        f"batch_size={config.batch_size} does not split over the {count} devices of "
+        f"data-parallel training (data_parallel=True uses every device of every process): use "
+        f"a batch_size that is a multiple of {count}, or data_parallel=False")
+
+
 class _Placement:
   """Where a run's arrays live: the first device, or the ``"data"`` mesh of ``data_parallel``.
 
@@ -274,12 +297,7 @@ class _Placement:
     if self.mesh is None:
       self.sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
       return
-    count = parallel.num_devices(mesh=self.mesh)
-    if config.batch_size % count:
-      raise ValueError(
-          f"batch_size={config.batch_size} does not split over the {count} devices of "
-          f"data-parallel training (data_parallel=True uses every device of every process): use "
-          f"a batch_size that is a multiple of {count}, or data_parallel=False")
+    check_batch_split(config, mesh=self.mesh)
     self.sharding = parallel.replicated_sharding(mesh=self.mesh)
 
   def state(self, state: TrainState) -> TrainState:

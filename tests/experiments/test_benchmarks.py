@@ -236,3 +236,33 @@ def test_conv_workers_and_summary(tmp_path):
   assert conv.NOTES.strip() in _section(c.results_file, "benchmark_conv")
   c.summarise_only = True  # re-reports the same figures, measuring nothing
   assert benchmarks.run(c, w) == text == open(os.path.join(w, "benchmark_conv.md")).read().strip()
+
+
+@pytest.mark.slow
+def test_gpu_rows_at_tiny_size_on_the_cpu(tmp_path):
+  """The ``gpu`` preset at its tiny sizes: every row, the smoke sub-run of the masks study on 43
+  synthetic classes, and on a CPU the section saying the GPU rows are not measured yet."""
+  c = _quick("gpu", tmp_path, skip=() if HAS_TORCH else ("torch",))
+  w = str(tmp_path / "w")
+  rows = benchmarks.run(c, w)
+  names = [r["stage"] for r in rows]
+  torch_rows = [n for n in names if n.startswith("torch_pgd2(cpu,")]
+  assert len(torch_rows) == (2 if HAS_TORCH else 0)  # one thread, the default threads
+  assert names == ["pgd2", "floor(2x fwd+bwd)", "train_natural", "train_adversarial(pgd1)",
+                   *torch_rows, "input", "smoke(gtsrb_paper)"]
+  for r in rows[:-1]:
+    assert _finite(r["images_per_sec"]) and r["images_per_sec"] > 0, r
+  assert all(_finite(r["torch_over_ours"]) for r in rows if r["stage"].startswith("torch"))
+  assert rows[-2]["input_over_train"] == pytest.approx(
+      rows[-2]["images_per_sec"] / rows[3]["images_per_sec"])
+  smoke = rows[-1]
+  assert smoke["models"] == 1 and smoke["num_classes"] == 43 and _finite(smoke["seconds"])
+  study = io.read_json(os.path.join(w, "smoke", "results.json"))
+  assert study["dataset"]["num_classes"] == 43 and list(study["models"]) == ["full_natural"]
+  assert 0 <= study["models"]["full_natural"]["clean"] <= 1
+  smoke_train = io.read_json(os.path.join(w, "smoke", "models", "full_natural",
+                                          "config.json"))
+  assert smoke_train["data_parallel"] and smoke_train["epochs"] == 1
+  assert [r["stage"] for r in io.read_json(os.path.join(w, "results.json"))["rows"]] == names
+  section = _section(c.results_file, "benchmark_gpu")
+  assert "not measured yet" in section and "benchmark.py:gpu" in section

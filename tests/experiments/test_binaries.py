@@ -226,3 +226,53 @@ def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):
   with pytest.raises(ValueError, match=r"different configuration \(seed: 0 -> 1\)"):
     masks_study.run(other.masks, masks_dir)
   assert open(os.path.join(masks_dir, "config.json")).read() == config_before
+
+
+@pytest.mark.slow
+def test_masks_study_data_parallel_processes(tmp_path):
+  """``experiments.attention_masks`` as two jax.distributed processes on loopback (one CPU
+  device each) with ``train.data_parallel``: it finishes, process 0 alone writes the events,
+  and a run left at its first checkpoint (the later checkpoints and the evaluation removed, as a
+  kill during training leaves it) resumes from there to the same table."""
+  import shutil
+
+  from tests.parallel.test_parallel import _env as device_env, _free_port
+  workdir = tmp_path / "w"
+
+  def run_both():
+    addr = f"127.0.0.1:{_free_port()}"
+    args = [sys.executable, "-m", "experiments.attention_masks",
+            "--config=experiments/configs/attention_masks.py:quick", f"--workdir={workdir}",
+            "--config.models=full_natural", "--config.train.data_parallel=True",
+            "--config.data.num_train=64", "--config.data.num_test=16",
+            "--config.train.batch_size=16", "--config.train.checkpoint_every=2",
+            "--config.eval.examples=16", "--config.eval.curve_examples=16",
+            "--config.eval.batch_size=16", "--config.eval.diagnostics=False",
+            f"--coordinator_address={addr}", "--num_processes=2"]
+    procs = [subprocess.Popen(args + [f"--process_id={i}"], cwd=ROOT, env=device_env(1),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    logs = [p.communicate(timeout=900) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [log[1][-2000:] for log in logs]
+    assert "results in" in logs[0][0] and "results in" not in logs[1][0]  # process 0 reports
+    return io.read_json(workdir / "results.json")
+
+  first = run_both()
+  model = workdir / "models" / "full_natural"
+  config = io.read_json(model / "config.json")
+  assert config["data_parallel"] and first["models"]["full_natural"]["train_steps"] == 4
+  events = [e["event"] for e in io.read_jsonl(workdir / "metrics.jsonl")]
+  assert events == ["start", "trained", "evaluated", "done"]  # once: process 0 logs
+  steps = [r["step"] for r in io.read_jsonl(model / "metrics.jsonl")]
+  assert steps == [2, 4]
+  # A kill after the step-2 checkpoint leaves neither the later checkpoint nor the evaluation.
+  shutil.rmtree(model / "checkpoints" / "4")
+  for p in ("eval", "evaluations", "per_example"):
+    shutil.rmtree(workdir / p)
+  os.remove(workdir / "results.json")
+  second = run_both()
+  assert [r["step"] for r in io.read_jsonl(model / "metrics.jsonl")] == [2, 4]
+  loss = [r["loss"] for r in io.read_jsonl(model / "metrics.jsonl")]
+  assert second["table"] == first["table"]
+  np.testing.assert_allclose(second["models"]["full_natural"]["final_train_loss"], loss[-1])
+  assert second["models"]["full_natural"]["clean"] == first["models"]["full_natural"]["clean"]

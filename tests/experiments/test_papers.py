@@ -365,3 +365,18 @@ def test_coco_paper_choices(tmp_path):
     assert row["val - paper test"] == row["val"] - papers.TABLE1_COCO[cls][1]
   assert rows[-1]["paper train"] == 100000 and rows[-1]["paper test"] == 51271
   assert rows[-1]["train (20 drawn)"] == 20
+
+
+def test_paper_presets_train_data_parallel_and_the_others_on_one_device():
+  """``train.data_parallel`` reaches every model's ``TrainConfig``: True in both studies' paper
+  presets, False in the presets whose numbers are the demo's."""
+  from experiments.masks_study import train_config
+  from experiments.perceptual_study import model as perc_model
+  for preset in masks_cfgs.PRESETS:
+    c = masks_cfgs.get_config(preset)
+    want = preset in masks_cfgs.FIELD_SOURCES
+    assert c.train.data_parallel is want, preset
+    assert all(train_config(c, name).data_parallel is want for name in c.models)
+  for preset in perc_cfgs.PRESETS:
+    c = perc_cfgs.get_config(preset)
+    assert perc_model.train_config(c, 0).data_parallel is (preset == "imagenet_paper"), preset
