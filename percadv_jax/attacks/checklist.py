@@ -462,9 +462,10 @@ def _cell(text: Any) -> str:
 
 
 def to_markdown(checklists: Mapping[str, Checklist | Mapping[str, Any]], *,
-                title: str = "Robustness checklist") -> str:
-  """Markdown with one section per model: its summary line and a table item | status |
-  evidence."""
+                title: str = "Robustness checklist",
+                labels: Mapping[str, str] | None = None) -> str:
+  """Markdown with one section per model (headed ``labels[model]``, default the model's name):
+  its summary line and a table item | status | evidence."""
   if not isinstance(checklists, Mapping):
     raise TypeError(f"checklists must be a dict {{model: checklist}}, got "
                     f"{type(checklists).__name__}")
@@ -473,7 +474,7 @@ def to_markdown(checklists: Mapping[str, Checklist | Mapping[str, Any]], *,
            "(`percadv_jax/attacks/checklist.py`).", ""]
   for model, ck in checklists.items():
     c = _as_json(ck)
-    lines += [f"## {model}", "", f"{summary(c)}; {c.get('n', '?')} examples.", "",
+    lines += [f"## {(labels or {}).get(model, model)}", "", f"{summary(c)}; {c.get('n', '?')} examples.", "",
               "| item | status | evidence |", "|---|---|---|"]
     lines += [f"| {i['name']} | {i['status']} | {_cell(i['evidence'])} |" for i in c["items"]]
     lines.append("")
@@ -481,7 +482,8 @@ def to_markdown(checklists: Mapping[str, Checklist | Mapping[str, Any]], *,
 
 
 def write(workdir: str, checklists: Mapping[str, Checklist | Mapping[str, Any]], *,
-          title: str = "Robustness checklist") -> dict[str, str]:
+          title: str = "Robustness checklist",
+          labels: Mapping[str, str] | None = None) -> dict[str, str]:
   """Writes ``workdir/checklist.json`` (``{model: to_json()}``) and ``workdir/checklist.md``
   (``to_markdown``) atomically; returns their paths ``{"json", "md"}``."""
   data = {m: _as_json(c) for m, c in checklists.items()}
@@ -491,5 +493,5 @@ def write(workdir: str, checklists: Mapping[str, Checklist | Mapping[str, Any]],
            "md": os.path.join(workdir, "checklist.md")}
   io.write_json(paths["json"], data)
   with io.atomic_open(paths["md"]) as f:
-    f.write(to_markdown(data, title=title))
+    f.write(to_markdown(data, title=title, labels=labels))
   return paths
