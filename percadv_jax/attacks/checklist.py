@@ -474,7 +474,8 @@ def to_markdown(checklists: Mapping[str, Checklist | Mapping[str, Any]], *,
            "(`percadv_jax/attacks/checklist.py`).", ""]
   for model, ck in checklists.items():
     c = _as_json(ck)
-    lines += [f"## {(labels or {}).get(model, model)}", "", f"{summary(c)}; {c.get('n', '?')} examples.", "",
+    lines += [f"## {(labels or {}).get(model, model)}", "",
+              f"{summary(c)}; {c.get('n', '?')} examples.", "",
               "| item | status | evidence |", "|---|---|---|"]
     lines += [f"| {i['name']} | {i['status']} | {_cell(i['evidence'])} |" for i in c["items"]]
     lines.append("")
