@@ -73,7 +73,7 @@ def run_model(config: Any, *, name: str, masked: bool, logits_fn: Any, data: Map
         source = np.asarray(train.model_input(x_src, first["mask"], True), np.float32)
   ck = attacks.checklist.run(
       logits_fn, first["image"], first["label"], attack=attack, key=jax.random.fold_in(key, 17),
-      mask=first["mask"], white_box={k: v[:n] for k, v in ev.survived.items()}, curve=curve,
+      mask=first["mask"], white_box={k: ev.survived[k][:n] for k in ("pgd", "apgd")}, curve=curve,
       trust_checks=ev.checks, source_adv=source,
       source_name=MODEL_LABELS.get(source_name, "the source model"), options=opts,
       evaluate=evaluate, seed=int(config.seed), return_adversarial=not masked)
