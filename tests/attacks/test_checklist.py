@@ -18,6 +18,9 @@ from percadv_jax.attacks import checklist as K
 from percadv_jax.attacks import core as C
 from tests.attacks import attack_models as M
 
+# The module fixture compiles the checklist's six attacks for two models (about 30 s of CPU).
+pytestmark = pytest.mark.slow
+
 N = 32
 EPS = 0.1
 ATTACK = A.Attack("pgd", eps=EPS, steps=5)
