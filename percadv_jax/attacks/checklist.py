@@ -285,13 +285,9 @@ def run(logits_fn: LogitsFn, x: Any, y: Any, *, attack: Attack, key: jax.Array,
       return robust_accuracy(logits_fn, x_n, y_n, attacks, key=key, mask=mask_n,
                              batch_size=options.batch_size,
                              return_adversarial=return_adversarial)
-  if trust is None and options.trust is not None:
-    trust = D.run_all(logits_fn, x_n, y_n, key=jax.random.fold_in(key, 2), eps=attack.eps,
-                      mask=mask_n if attack.masked else None,
-                      norm=attack.norm, options=dataclasses.replace(options.trust,
-                                                                    max_examples=n))
+  run_trust = trust is None and options.trust is not None
   large_eps = None
-  if trust is None or "large_eps" not in trust:
+  if not run_trust and (trust is None or "large_eps" not in trust):
     large_eps = options.large_eps or (0.5 if attack.norm == "linf" else
                                       0.5 * float(np.sqrt(np.prod(x_n.shape[1:]))))
   named = attacks_of(attack, options, large_eps=large_eps)
@@ -302,6 +298,13 @@ def run(logits_fn: LogitsFn, x: Any, y: Any, *, attack: Attack, key: jax.Array,
     if not isinstance(e, Evaluation) or e.clean.shape != (n,) or sorted(e.names) != sorted(names):
       raise ValueError(f"evaluate must return an Evaluation of {names} on the first {n} "
                        "examples")
+  if run_trust:  # against the evaluated attack's outcomes
+    trust = D.run_all(logits_fn, x_n, y_n, key=jax.random.fold_in(key, 2), eps=attack.eps,
+                      mask=mask_n if attack.masked else None, norm=attack.norm,
+                      reported=np.asarray(ev.robust)[:n],
+                      options=dataclasses.replace(options.trust, max_examples=n,
+                                                  large_eps=options.large_eps
+                                                  or options.trust.large_eps))
   clean = ev.clean
   surv = {"attack": ev.survived["attack"], **ev_more.survived}
   acc = {name: float(s.mean()) for name, s in surv.items()}

@@ -16,6 +16,7 @@ import pytest
 from percadv_jax import attacks as A
 from percadv_jax.attacks import checklist as K
 from percadv_jax.attacks import core as C
+from percadv_jax.attacks import diagnostics as D
 from tests.attacks import attack_models as M
 
 # The module fixture compiles the checklist's six attacks for two models (about 30 s of CPU).
@@ -152,6 +153,23 @@ def test_curve_and_trust_checks_become_items(setup):
   assert it["trust_gradients"]["status"] == "pass"
   assert it["trust_large_eps"]["status"] == "flag" and it["trust_large_eps"]["accuracy"] == 0.5
   assert it["trust_randomness"]["status"] == "skip"
+
+
+def test_trust_checks_run_here_against_the_evaluated_attack(setup):
+  f, x, y = setup["f"], setup["x"], setup["y"]
+  opts = K.Options(examples=16, restarts=2, square_queries=100,
+                   trust=D.Options(stronger_steps=5, large_eps_steps=5, unroll=1))
+  calls = []
+  it = _items(K.run(f, x, y, attack=ATTACK, key=jax.random.key(0), options=opts,
+                    evaluate=lambda a, **kw: calls.append(
+                        A.robust_accuracy(f, x[:16], y[:16], a, **kw)) or calls[-1]))
+  for name in D.NAMES:
+    assert it[f"trust_{name}"]["status"] in ("pass", "flag")
+  assert it["trust_gradients"]["n_checked"] == int(calls[0].clean.sum())
+  # The stronger-attack check compares with the checklist's own PGD outcomes.
+  assert it["trust_stronger_attack"]["reported_accuracy"] == float(calls[0].robust.mean())
+  assert "large_eps" not in calls[1].names  # success at large eps comes from the trust check
+  assert it["success_vs_eps"]["large_eps_accuracy"] == it["trust_large_eps"]["accuracy"]
 
 
 def test_markdown_and_files(setup, tmp_path):
