@@ -97,7 +97,8 @@ def demo() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=3, step_factor=0.75)  # step 2/255
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
-  c.eval.checklist.update(examples=50, restarts=2, square_queries=100)
+  # As many checklist images as curve images: the checklist's PGD shares the curve's compile.
+  c.eval.checklist.update(examples=100, restarts=2, square_queries=100)
   return c
 
 
@@ -111,7 +112,7 @@ def quick() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=1, step_factor=0.25)  # step 2/255
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
                 curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
-  c.eval.checklist.update(examples=16, restarts=2, square_queries=10)
+  c.eval.checklist.update(examples=32, restarts=2, square_queries=10)
   return c
 
 

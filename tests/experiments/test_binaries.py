@@ -116,7 +116,7 @@ def test_masks_checklist_for_every_model(quick_demo):
   for name, c in data.items():
     items = {i["name"]: i for i in c["items"]}
     assert [i["name"] for i in c["items"]] == list(checklist.ITEMS)
-    assert c["n"] == 16 and items["hyperparameters"]["n"] == 16
+    assert c["n"] == 32 and items["hyperparameters"]["n"] == 32
     assert sum(c["counts"].values()) == len(checklist.ITEMS)
     assert c["flagged"] == [i["name"] for i in c["items"] if i["status"] == "flag"]
     assert results["models"][name]["checklist"]["items"] == c["items"]
