@@ -44,7 +44,10 @@ Fields (override any with ``--config.<field>=<value>``):
   ``curve_examples``; ``diagnostics`` (the trust checks of ``percadv_jax.attacks.diagnostics``
   on the first ``diagnostic_examples`` images: zero / non-finite gradients, randomness, APGD-CE
   and APGD-DLR with ``stronger_steps`` steps finding markedly more adversarial examples, accuracy
-  not falling at a very large eps; shown in the table's notes).
+  not falling at a very large eps; shown in the table's notes); ``checklist`` (the robustness
+  checklist of ``percadv_jax.attacks.checklist`` after each model's evaluation: ``enabled``,
+  ``examples`` (the first evaluation images), ``restarts`` of its more-restarts attack,
+  ``square_queries`` of its black-box attack; the trust items reuse the trust checks).
 """
 
 from __future__ import annotations
@@ -82,7 +85,9 @@ def default() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict(dict(
       eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
       curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500,
-      diagnostics=True, diagnostic_examples=100, stronger_steps=20))
+      diagnostics=True, diagnostic_examples=100, stronger_steps=20,
+      checklist=ml_collections.ConfigDict(dict(enabled=True, examples=200, restarts=5,
+                                               square_queries=1000))))
   return c
 
 
@@ -97,6 +102,8 @@ def demo() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=3, step_factor=0.75)  # step 2/255
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
+  # As many checklist images as curve images: the checklist's PGD shares the curve's compile.
+  c.eval.checklist.update(examples=100, restarts=2, square_queries=100)
   return c
 
 
@@ -110,6 +117,7 @@ def quick() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=1, step_factor=0.25)  # step 2/255
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
                 curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
+  c.eval.checklist.update(examples=32, restarts=2, square_queries=10)
   return c
 
 
@@ -123,6 +131,7 @@ def _paper(dataset: str, image_size: int) -> ml_collections.ConfigDict:
                  adversarial_init="scratch", adversarial_epochs=0, checkpoint_every=500,
                  data_parallel=True)
   c.eval.update(steps=20, apgd_steps=100, examples=0, batch_size=128, curve_examples=1000)
+  c.eval.checklist.update(examples=1000, restarts=5, square_queries=5000)
   return c
 
 
@@ -243,6 +252,13 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
       "eval.diagnostics": ("ours", "our trust checks of the evaluation"),
       "eval.diagnostic_examples": ("ours", "test images of our trust checks"),
       "eval.stronger_steps": ("ours", "the trust checks' stronger attacks' steps"),
+      "eval.checklist.enabled": ("ours", "our robustness checklist (Carlini et al. 2019, Tramer "
+                                         "et al. 2020); the paper has none"),
+      "eval.checklist.examples": ("ours", "1,000 test images: one image is 0.1 point, finer "
+                                          "than the checklist's 1-point tolerance"),
+      "eval.checklist.restarts": ("ours", "5 random restarts for the more-restarts item: "
+                                          "affordable beside APGD-CE-100; not a paper's value"),
+      "eval.checklist.square_queries": ("ours", "5,000 queries, AutoAttack's Square budget"),
   }
   coco_fields = ("year", "classes", "num_classes", "crop", "blackout", "min_area", "margin")
   if dataset == "gtsrb_ic":

@@ -20,9 +20,15 @@ curves (``evaluate``), and writes into ``workdir``:
                         holds / direction holds / does not hold), the input-dimension finding,
                         then what our point estimates show; on a dataset the paper does not use,
                         the paper's Table 4 beside ours, labelled as other datasets
+- ``checklist.md/.json`` the robustness checklist of each model (``checklist``: success vs eps,
+                        more iterations, more restarts, FGSM vs PGD, Square vs the white-box
+                        attacks, transfer from the full-image model of the same training, the
+                        hyper-parameters, the trust checks; each pass or flag with its numbers),
+                        one line per model in ``summary.md``; ``eval.checklist.enabled``
 - ``metrics.jsonl``     stage events; ``models/<name>/`` each model's config, metrics, checkpoints
 - ``eval/<name>.json``, ``evaluations/``: finished evaluations (a rerun skips them);
-  ``per_example/<name>.npz``: each model's per-image outcomes and attacked pixels
+  ``per_example/<name>.npz``: each model's per-image outcomes and attacked pixels;
+  ``checklist/<name>.npz``: a full-image model's PGD examples (the transfer source)
 """
 
 from __future__ import annotations
@@ -36,14 +42,14 @@ import numpy as np
 from experiments import common, papers
 from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
-from experiments.masks_study import claims, dimension, report
+from experiments.masks_study import checklist, claims, dimension, report
 from experiments.masks_study.evaluate import evaluate_model, load_per_example
 from experiments.masks_study.train import train_config, train_model
 from percadv_jax import checks, io, models as models_lib, parallel
 from percadv_jax import train as train_lib
 
 __all__ = ["run", "validate", "check_inputs", "read_evaluation", "train_config", "train_model",
-           "evaluate_model", "report", "claims", "dimension"]
+           "evaluate_model", "report", "claims", "dimension", "checklist"]
 
 
 def validate(config: Any) -> None:
@@ -64,6 +70,11 @@ def validate(config: Any) -> None:
     checks.check_positive(config.eval[f], f"eval.{f}", allow_zero=True)
   for f in ("eps", "steps", "apgd_steps", "restarts", "batch_size"):
     checks.check_positive(config.eval[f], f"eval.{f}")
+  checks.check_bool(config.eval.checklist.enabled, "eval.checklist.enabled")
+  try:
+    checklist.options(config)
+  except ValueError as err:
+    raise ValueError(f"eval.checklist.{err}") from None
   for e in config.eval.curve_eps:
     checks.check_positive(e, "eval.curve_eps entry", allow_zero=True)
   t = config.train
@@ -275,6 +286,7 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
                    + report.findings(results_models)),
   }
   io.write_json(os.path.join(workdir, "results.json"), results)
+  checklist.write(workdir, results_models)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write(report.summary_markdown(config, results))
   io.log_event(workdir, "done")

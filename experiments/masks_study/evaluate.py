@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from experiments import common, evaluation
+from experiments.masks_study import checklist
 from percadv_jax import attacks, io, parallel, train
 
 # The per-example record's arrays, each [N] over the evaluation images in their order.
@@ -46,7 +47,9 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
     ``Evaluation.summary()`` of PGD and APGD (``"n", "clean", "robust", "per_attack": {"pgd",
     "apgd"}, "linf_mean", "l2_mean"``, ``"checks"``) plus ``"curve"``: ``[{"eps",
     **summary}]`` of PGD on the first ``eval.curve_examples`` images, ``"seconds"``,
-    ``"curve_seconds"`` and, with the trust checks, ``"trust_checks"`` (each check's result).
+    ``"curve_seconds"``, with the trust checks ``"trust_checks"`` (each check's result) and
+    with ``eval.checklist.enabled`` ``"checklist"`` (``checklist.run_model``) and
+    ``"checklist_seconds"``.
   """
   e = config.eval
   store = os.path.join(workdir, "evaluations")
@@ -78,6 +81,13 @@ def evaluate_model(config: Any, state: train.TrainState, *, name: str, masked: b
         logits_fn=logits_fn, data={k: v[:m] for k, v in data.items()}, key=key,
         batch_size=bs)
   out["curve_seconds"] = t.seconds
+  if e.checklist.enabled:
+    with common.Timer() as t:
+      out["checklist"] = checklist.run_model(
+          config, name=name, masked=masked, logits_fn=logits_fn, data=data,
+          attack=named["pgd"], key=key, spec=spec, store=store, batch_size=bs, ev=ev,
+          curve=out["curve"], workdir=workdir)
+    out["checklist_seconds"] = t.seconds
   return out
 
 

@@ -200,7 +200,7 @@ def reliability_notes(models: Mapping[str, dict]) -> list[str]:
 
 def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
   """The study's Markdown section (figure links relative to ``prefix``)."""
-  from experiments.masks_study import dimension
+  from experiments.masks_study import checklist, dimension
   d, tm = results["dataset"], results["threat_model"]
   table_md = io.markdown_table(results["table"]["rows"], results["table"]["columns"], 2)
   curves_md = io.markdown_table(results["curves"]["rows"], results["curves"]["columns"], 2)
@@ -232,6 +232,12 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
     lines += ["Reliability of the evaluation (checks on the first "
               f"{config.eval.diagnostic_examples} evaluation images):", ""]
     lines += [f"- {n}" for n in notes] + [""]
+  ck_notes = checklist.notes(results["models"])
+  if ck_notes:
+    lines += ["Robustness checklist of each model (first "
+              f"{config.eval.checklist.examples} evaluation images; items and evidence in "
+              f"[checklist.md]({prefix}checklist.md)):", ""]
+    lines += [f"- {n}" for n in ck_notes] + [""]
   if results.get("dimension"):
     lines += ["The paper's future work, the input dimension (rule: "
               "`experiments/masks_study/dimension.py`):", ""]

@@ -27,6 +27,10 @@ internally with the hyper-parameters static.
 - ``diagnostics``: checks that say when a robustness evaluation cannot be trusted (zero or
   non-finite gradients, a random model, a stronger attack finding more, no collapse at a large
   eps); ``diagnostics.run_all`` runs them all.
+- ``checklist``: a robustness checklist per evaluated model (Carlini et al. 2019, Tramer et al.
+  2020): success vs eps, more iterations, more restarts, single step vs iterative, black box vs
+  white box, transfer, the hyper-parameters and the trust checks, each "pass" or "flag" with its
+  numbers (``checklist.run``, ``checklist.write``).
 - ``core``: the shared pieces (validation, projections, keys, the objective) other attack
   families build on (``percadv_jax.perceptual.ssim_attack``).
 """
@@ -34,6 +38,7 @@ internally with the hyper-parameters static.
 from percadv_jax.attacks import core
 from percadv_jax.attacks import losses
 from percadv_jax.attacks import diagnostics
+from percadv_jax.attacks import checklist
 from percadv_jax.attacks.apgd import apgd, apgd_t
 from percadv_jax.attacks.attack import KINDS, Attack, free_pixels, step_size
 from percadv_jax.attacks.autoattack import autoattack, autoattack_attacks
@@ -44,6 +49,6 @@ from percadv_jax.attacks.pgd import fgsm, pgd
 from percadv_jax.attacks.square import square
 
 __all__ = ["Attack", "Evaluation", "KINDS", "CPU_UNROLL_MAX_STEPS", "apgd", "apgd_t",
-           "autoattack", "autoattack_attacks", "checked", "core", "default_unroll",
+           "autoattack", "autoattack_attacks", "checked", "checklist", "core", "default_unroll",
            "diagnostics", "fab_t", "fgsm", "free_pixels", "losses", "pgd", "robust_accuracy",
            "square", "step_size"]

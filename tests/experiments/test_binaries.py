@@ -13,6 +13,7 @@ from experiments.configs import attention_masks as masks_cfgs
 from experiments.configs import demo as demo_cfgs
 from experiments.configs import perceptual_cam as perceptual_cfgs
 from experiments.masks_study import claims
+from percadv_jax.attacks import checklist
 from experiments.masks_study import report as masks_report
 from experiments.perceptual_study import agreement, question
 from percadv_jax import io
@@ -101,6 +102,33 @@ def test_masks_table_equals_results_json(quick_demo):
     checks = res["models"][name]["trust_checks"]
     assert set(checks) == {"gradients", "randomness", "stronger_attack", "large_eps"}
     assert res["models"][name]["checks"] in summary
+
+
+def test_masks_checklist_for_every_model(quick_demo):
+  """checklist.json / .md hold every item for the four models, the masked ones with the
+  transfer from the full-image model of their training; summary.md has one line per model."""
+  d = os.path.join(quick_demo, "attention_masks")
+  data = io.read_json(os.path.join(d, "checklist.json"))
+  results = io.read_json(os.path.join(d, "results.json"))
+  md = open(os.path.join(d, "checklist.md")).read()
+  summary = open(os.path.join(d, "summary.md")).read()
+  assert sorted(data) == sorted(masks_cfgs.MODEL_NAMES)
+  for name, c in data.items():
+    items = {i["name"]: i for i in c["items"]}
+    assert [i["name"] for i in c["items"]] == list(checklist.ITEMS)
+    assert c["n"] == 32 and items["hyperparameters"]["n"] == 32
+    assert sum(c["counts"].values()) == len(checklist.ITEMS)
+    assert c["flagged"] == [i["name"] for i in c["items"] if i["status"] == "flag"]
+    assert results["models"][name]["checklist"]["items"] == c["items"]
+    transfer = items["transfer"]
+    if name.startswith("masked_"):
+      assert transfer["status"] in ("pass", "flag")
+      assert transfer["source"] == masks_cfgs.MODEL_LABELS[name.replace("masked", "full")]
+      assert transfer["source_linf_max"] <= 8 / 255 + 1e-6  # within the masked threat model
+    else:
+      assert transfer["status"] == "skip"
+    assert f"## {masks_cfgs.MODEL_LABELS[name]} ({name})" in md
+    assert f"- {masks_cfgs.MODEL_LABELS[name]}: {checklist.summary(c)}" in summary
 
 
 def test_demo_report_sets_the_papers_table_beside_ours(quick_demo):
