@@ -38,7 +38,7 @@ from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import claims, dimension, report
 from experiments.masks_study.evaluate import evaluate_model, load_per_example
-from experiments.masks_study.train import train_config, train_model
+from experiments.masks_study.train import model_kwargs, train_config, train_model
 from percadv_jax import checks, io, models as models_lib
 from percadv_jax import train as train_lib
 
@@ -77,21 +77,21 @@ def validate(config: Any) -> None:
                          "to models or use train.adversarial_init='scratch'")
   for name in config.models:
     train_config(config, name).validate()
-  m = config.model
-  kw = ({"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm}
-        if m.name == "vgg19" else {"width": m.width})
-  models_lib.get_model(m.name, num_classes=2, **kw)  # raises on a bad name / variant / width
+  # raises on a bad name / variant / width / initializer
+  models_lib.get_model(config.model.name, num_classes=2, **model_kwargs(config))
 
 
 def _load(config: Any):
   d = config.data
   common.check_prepared(d, ("train", "test"))
   size, opts = d.image_size or None, data_config.options(d)
+  classes = d.num_classes if d.dataset == "synthetic_signs" else None
   train_src = common.load_split(d.dataset, "train", data_dir=d.data_dir or None,
                                 image_size=size, num_examples=d.num_train, seed=config.seed,
-                                **opts)
+                                num_classes=classes, **opts)
   test_src = common.load_split(d.dataset, "test", data_dir=d.data_dir or None, image_size=size,
-                               num_examples=d.num_test, seed=config.seed, **opts)
+                               num_examples=d.num_test, seed=config.seed, num_classes=classes,
+                               **opts)
   if d.dataset != "synthetic_signs" and d.num_train:
     train_data = train_lib.ArrayData(common.subset_arrays(train_src, d.num_train, seed=config.seed))
   else:
