@@ -13,7 +13,8 @@ def model_kwargs(config: Any) -> dict:
   """The ``get_model`` keyword arguments of ``config.model`` (besides name and num_classes)."""
   m = config.model
   if m.name == "vgg19":
-    return {"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm, "initializer": m.initializer}
+    return {"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm,
+            "initializer": m.get("initializer", "lecun")}
   return {"width": m.width}
 
 
