@@ -10,6 +10,7 @@ curves (``evaluate``), and writes into ``workdir``:
                         PGD accuracy (%), each as ours, the paper's and ours minus the paper's on
                         its datasets; then our APGD and worst-case accuracy (``report``)
 - ``curves.png``        PGD accuracy vs eps for each model; ``curves.md/.csv`` the same numbers
+- ``training.png``      each model's training loss and accuracy against epochs (its metrics)
 - ``dimension.md/.csv``, ``dimension_curves.md/.csv``, ``dimension.png``: the paper's future
                         work, PGD robustness against the number of attacked pixels and the curves
                         against eps x sqrt(d) (``dimension``)
@@ -224,6 +225,9 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
   report.figure(results_models, os.path.join(workdir, "curves.png"), eps=config.eval.eps,
                 steps=config.eval.steps, title=f"Robustness {title}")
   per_example = load_per_example(workdir, results_models)
+  report.training_figure({report.label(ds): workdir}, os.path.join(workdir, "training.png"),
+                         title=f"Training {title}",
+                         num_classes={report.label(ds): info.num_classes})
   judged = claims.judge(ds, results_models, per_example)
   curve_examples = min(config.eval.curve_examples or num_eval, num_eval)
   dim = dimension.write(workdir, results_models, per_example, eps=config.eval.eps,
