@@ -1,12 +1,14 @@
 """The paper presets' VGG-19 trains: ``gtsrb_paper``'s model and optimiser leave chance.
 
 Plain VGG-19 without BatchNorm, trained from scratch with SGD, can stall at chance (loss log of
-the class count) for a poor initialisation or learning rate. This trains ``gtsrb_paper``'s
-full-width Keras-layout VGG-19 (``model.initializer``, SGD momentum 0.9, lr 0.001, piecewise
-schedule, weight decay 5e-4) through the study's own ``train_config`` and ``percadv_jax.train.fit``
-on a small 43-class, 32-px synthetic-signs set. Only the counts are cut (images, batch size,
-steps; a constant learning rate); the run memorises the set, so its training loss falls clearly below ``log(43)`` unless
-the model stalls. The full stand-in runs and their curves: ``docs/paper_runs.md``.
+the class count) for a poor initialisation or learning rate. The slow test trains
+``gtsrb_paper``'s full-width Keras-layout VGG-19 (its ``model.initializer``; SGD momentum 0.9,
+lr 0.001, weight decay 5e-4) through the study's own ``train_config`` and
+``percadv_jax.train.fit`` on a small 43-class, 32-px synthetic-signs set. Only the counts are cut
+(images, batch size, steps) and the rate is held constant (the preset's piecewise schedule would
+cut it halfway through so short a run); the run memorises the set, so its training loss falls
+clearly below ``log(43)`` unless the model stalls. The stand-in runs and their curves:
+``docs/paper_runs.md``.
 """
 
 from __future__ import annotations
