@@ -46,7 +46,6 @@ def test_gtsrb_paper_vgg19_leaves_chance(tmp_path):
   losses: list[float] = []
   train.fit(tc, str(tmp_path), source,
             on_step=lambda step, state, metrics: losses.append(float(metrics["loss"])))
-  print("LOSSES", losses)
   chance = math.log(NUM_CLASSES)
   assert len(losses) == STEPS and np.all(np.isfinite(losses))
   assert losses[0] > 0.9 * chance, losses  # it starts at chance ...
