@@ -10,7 +10,9 @@ r"""Configurations of the masks paper's Table 4 study (``python -m experiments.a
 - ``gtsrb_paper``, ``coco_paper``: the paper's two columns of Table 4; ``gtsrb_grabcut``:
   ``gtsrb_paper`` with our ROI-seeded GrabCut masks. ``FIELD_SOURCES[preset]`` labels every leaf
   field of these presets ``("paper" | "inferred" | "ours", reason)``; the paper's own words and
-  numbers are in ``experiments/papers.py``.
+  numbers are in ``experiments/papers.py``;
+- ``gtsrb_paper_standin``, ``coco_paper_standin``: those presets' model and training on
+  synthetic signs of 43 / 10 classes, fewer images and epochs (their runs: docs/paper_runs.md).
 
 Threat model (every preset; ours): Linf, eps 8/255; training PGD with step 2/255 (Madry et al.'s
 CIFAR settings: the paper's own eps, step and step count are not given). Every step
@@ -251,7 +253,8 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
       "train.learning_rate": ("ours", "0.001; not stated. Measured on 43 synthetic classes "
                                       "(docs/paper_runs.md): at 0.01 (also with a warm-up) and "
                                       "0.003 this VGG-19 without BatchNorm spikes within 10 "
-                                      "steps and falls back to chance; 0.001 descends steadily"),
+                                      "steps and falls back to chance; at 0.001 it leaves chance "
+                                      "(at 64 px after one spike)"),
       "train.schedule": ("ours", "Madry et al.'s piecewise schedule (x0.1 at 50% and 75%); not "
                                  "stated"),
       "train.warmup_steps": ("ours", "no warm-up; not stated"),
