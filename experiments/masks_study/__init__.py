@@ -10,6 +10,7 @@ curves (``evaluate``), and writes into ``workdir``:
                         PGD accuracy (%), each as ours, the paper's and ours minus the paper's on
                         its datasets; then our APGD and worst-case accuracy (``report``)
 - ``curves.png``        PGD accuracy vs eps for each model; ``curves.md/.csv`` the same numbers
+- ``training.png``      each model's training loss and accuracy against epochs (its metrics)
 - ``dimension.md/.csv``, ``dimension_curves.md/.csv``, ``dimension.png``: the paper's future
                         work, PGD robustness against the number of attacked pixels and the curves
                         against eps x sqrt(d) (``dimension``)
@@ -44,7 +45,7 @@ from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import checklist, claims, dimension, report
 from experiments.masks_study.evaluate import evaluate_model, load_per_example
-from experiments.masks_study.train import train_config, train_model
+from experiments.masks_study.train import model_kwargs, train_config, train_model
 from percadv_jax import checks, io, models as models_lib, parallel
 from percadv_jax import train as train_lib
 
@@ -88,10 +89,8 @@ def validate(config: Any) -> None:
                          "to models or use train.adversarial_init='scratch'")
   for name in config.models:
     train_config(config, name).validate()
-  m = config.model
-  kw = ({"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm}
-        if m.name == "vgg19" else {"width": m.width})
-  models_lib.get_model(m.name, num_classes=2, **kw)  # raises on a bad name / variant / width
+  # raises on a bad name / variant / width / initializer
+  models_lib.get_model(config.model.name, num_classes=2, **model_kwargs(config))
 
 
 def _load(config: Any):
@@ -255,6 +254,9 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
   report.figure(results_models, os.path.join(workdir, "curves.png"), eps=config.eval.eps,
                 steps=config.eval.steps, title=f"Robustness {title}")
   per_example = load_per_example(workdir, results_models)
+  report.training_figure({report.label(ds): workdir}, os.path.join(workdir, "training.png"),
+                         title=f"Training {title}",
+                         num_classes={report.label(ds): info.num_classes})
   judged = claims.judge(ds, results_models, per_example)
   curve_examples = min(config.eval.curve_examples or num_eval, num_eval)
   dim = dimension.write(workdir, results_models, per_example, eps=config.eval.eps,

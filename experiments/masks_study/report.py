@@ -165,6 +165,64 @@ def figure(models: Mapping[str, dict], path: str, *, eps: float, steps: int, tit
   io.save_figure(fig, path)
 
 
+def training_figure(studies: Mapping[str, str], path: str, *, title: str = "Training",
+                    num_classes: Mapping[str, int] | None = None) -> dict[str, dict]:
+  """Training loss and accuracy against epochs, one line per (study, model), from the metrics.
+
+  Args:
+    studies: ``{label: study workdir}``; each workdir holds the study's ``config.json`` (the
+      epoch of a record is ``step * train.batch_size / data.num_train``) and
+      ``models/<name>/metrics.jsonl`` (``percadv_jax.train.fit``'s records: mean loss and
+      accuracy of the steps since the previous record).
+    path: the PNG to write (two panels: loss, accuracy in %).
+    title: the figure's title.
+    num_classes: ``{label: classes}``; chance, ``log(classes)`` and ``1 / classes``, is drawn
+      dotted for the studies it names.
+
+  Returns:
+    the plotted series, ``{"<label>, <model name>": {"epoch", "loss", "accuracy"}}`` (lists).
+  """
+  import math
+  import os
+
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.6))
+  series: dict[str, dict] = {}
+  for i, (label, workdir) in enumerate(studies.items()):
+    config = io.read_json(os.path.join(workdir, "config.json"))
+    per_epoch = config["data"]["num_train"] / config["train"]["batch_size"]
+    for name in MODEL_LABELS:
+      records = [r for r in io.read_jsonl(os.path.join(workdir, "models", name, "metrics.jsonl"))
+                 if "loss" in r]
+      if not records:
+        continue
+      xs = [r["step"] / per_epoch for r in records]
+      ls = "-" if name.endswith("adversarial") else "--"
+      text = f"{label}, {name}"
+      series[text] = {"epoch": xs, "loss": [r["loss"] for r in records],
+                      "accuracy": [r["accuracy"] for r in records]}
+      ax_loss.plot(xs, [r["loss"] for r in records], color=f"C{i}", ls=ls, marker=".",
+                   label=text)
+      ax_acc.plot(xs, [100 * r["accuracy"] for r in records], color=f"C{i}", ls=ls, marker=".")
+    k = (num_classes or {}).get(label)
+    if k:
+      ax_loss.axhline(math.log(k), color=f"C{i}", lw=0.8, ls=":")
+      ax_acc.axhline(100 / k, color=f"C{i}", lw=0.8, ls=":")
+  ax_loss.set_xlabel("epoch")
+  ax_loss.set_ylabel("training loss")
+  ax_acc.set_xlabel("epoch")
+  ax_acc.set_ylabel("training accuracy (%)")
+  ax_acc.set_ylim(-2, 102)
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+  ax_loss.legend(fontsize=7)
+  fig.suptitle(title)
+  io.save_figure(fig, path)
+  return series
+
+
 def findings(models: Mapping[str, dict]) -> list[str]:
   """Sentences stating what our point estimates show (whichever way they come out); the
   paper's claims, with intervals and verdicts, are ``claims.judge``'s."""

@@ -9,6 +9,15 @@ from experiments import common
 from percadv_jax import attacks, io, parallel, train
 
 
+def model_kwargs(config: Any) -> dict:
+  """The ``get_model`` keyword arguments of ``config.model`` (besides name and num_classes)."""
+  m = config.model
+  if m.name == "vgg19":
+    return {"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm,
+            "initializer": m.get("initializer", "lecun")}
+  return {"width": m.width}
+
+
 def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig:
   """The ``TrainConfig`` of Table 4 model ``name`` (e.g. "masked_adversarial") in ``workdir``."""
   setting, regime = name.split("_")
@@ -19,8 +28,7 @@ def train_config(config: Any, name: str, workdir: str = "") -> train.TrainConfig
   m = config.model
   return train.TrainConfig(
       model=m.name,
-      model_kwargs=({"variant": m.variant, "width": m.width, "batch_norm": m.batch_norm}
-                    if m.name == "vgg19" else {"width": m.width}),
+      model_kwargs=model_kwargs(config),
       batch_size=t.batch_size, epochs=epochs, seed=config.seed,
       adversarial=adversarial, masked=setting == "masked",
       init_from=os.path.join(workdir, "models", f"{setting}_natural") if finetune else "",

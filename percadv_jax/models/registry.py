@@ -8,7 +8,7 @@ import flax.linen as nn
 
 from percadv_jax import checks
 from percadv_jax.models.mobilenet_v2 import MobileNetV2
-from percadv_jax.models.vgg import VARIANTS, VGG19
+from percadv_jax.models.vgg import INITS, VARIANTS, VGG19
 
 MODELS: dict[str, type[nn.Module]] = {"mobilenet_v2": MobileNetV2, "vgg19": VGG19}
 
@@ -20,8 +20,8 @@ def get_model(name: str, *, num_classes: int, **kw) -> nn.Module:
     name: "mobilenet_v2" or "vgg19".
     num_classes: number of output logits (> 0).
     **kw: the model's attributes: ``width`` (channel multiplier; MobileNetV2's alpha) for both;
-      for "vgg19" also ``variant`` ("imagenet" | "small"), ``batch_norm`` (small only) and
-      ``fc_features``.
+      for "vgg19" also ``variant`` ("imagenet" | "small"), ``batch_norm`` (small only),
+      ``fc_features`` and ``initializer`` ("lecun" | "he").
   Returns:
     an unbound ``flax.linen.Module``; ``module.init(key, x)`` gives ``{"params", ["batch_stats"]}``
     and ``module.apply(variables, x, train=False)`` the logits [N, num_classes] for float32 RGB
@@ -50,6 +50,7 @@ def get_model(name: str, *, num_classes: int, **kw) -> nn.Module:
     variant = kw.get("variant", "imagenet")
     if variant not in VARIANTS:
       raise ValueError(f"unknown variant {variant!r}; choose one of {list(VARIANTS)}")
+    checks.check_choice(kw.get("initializer", "lecun"), "initializer", INITS)
     if kw.get("batch_norm", False) and variant != "small":
       raise ValueError("batch_norm=True is only available for variant='small'")
   return cls(num_classes=num_classes, **kw)

@@ -16,6 +16,15 @@ per-channel standardisation with the ImageNet RGB statistics,
 ``(x - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]`` (Keras' "torch" mode), so inputs stay
 RGB in [0, 1].
 
+Initialisation (``initializer``): "lecun" (Flax's default: every kernel LeCun-normal, variance
+1 / fan_in) or "he" (He et al. 2015 for the ReLU layers: every convolution and fc1 / fc2
+He-normal, variance 2 / fan_in, the first convolution's variance divided further by the variance
+of its inputs under the variant's preprocessing, ``INPUT_STD[variant] ** 2``, so its outputs start
+as if the inputs were standardised; "predictions", which has no ReLU, LeCun-normal). Biases start
+at zero in both. Without BatchNorm, "lecun" halves the activations' second moment at every ReLU
+(2^-18 over VGG-19's 18), and the "imagenet" variant's caffe inputs (pixel std about 57) start
+fc1 / fc2 far from unit scale; "he" keeps every layer near unit scale.
+
 Max pooling is reshape + max (``layers.max_pool_2x2``): same values as Keras' MaxPooling2D, and
 a far cheaper input gradient on CPU than XLA's select_and_scatter.
 
@@ -44,6 +53,10 @@ CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 SMALL_MEAN_RGB = (0.485, 0.456, 0.406)
 SMALL_STD_RGB = (0.229, 0.224, 0.225)
 VARIANTS = ("imagenet", "small")
+INITS = ("lecun", "he")
+# Standard deviation of one input channel after each variant's preprocessing (ImageNet statistics):
+# caffe mode keeps the 0-255 scale (255 x the mean of the RGB std), the small variant standardises.
+INPUT_STD = {"imagenet": 255.0 * float(np.mean(SMALL_STD_RGB)), "small": 1.0}
 
 
 def scaled(channels: int, width: float) -> int:
@@ -72,6 +85,8 @@ class VGG19(nn.Module):
       the faster per convolution of XLA's and patches, ``layers.conv_auto``; XLA's elsewhere),
       "xla" (XLA's convolution) or "patches" (im2col patches times a matrix, custom VJP); same
       parameters and the same values up to float32 rounding.
+    initializer: kernel initialisation, "lecun" (Flax's default) or "he" (He-normal for the ReLU
+      layers, the first convolution scaled to its inputs' standard deviation; module docstring).
   Input: float [N, H, W, 3] RGB in [0, 1], H, W >= 32. Output: float32 logits (bfloat16 when
   the inputs and variables are, as under ``percadv_jax.precision``: ``layers.compute_input``).
   """
@@ -81,12 +96,14 @@ class VGG19(nn.Module):
   batch_norm: bool = False
   fc_features: int = 4096
   conv_impl: str = "auto"
+  initializer: str = "lecun"
   cam_layer: ClassVar[str] = "block5_conv4"
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     checks.check_images(x, "x")
     checks.check_choice(self.variant, "variant", VARIANTS)
+    checks.check_choice(self.initializer, "initializer", INITS)
     if self.batch_norm and self.variant != "small":
       raise ValueError("batch_norm=True is only available for variant='small' "
                        "(Keras' VGG19 has no BatchNorm)")
@@ -100,6 +117,7 @@ class VGG19(nn.Module):
         name = f"block{b}_conv{k}"
         x = nn.Conv(scaled(channels, self.width), (3, 3), padding=((1, 1), (1, 1)),
                     use_bias=not self.batch_norm, conv_general_dilated=conv,
+                    kernel_init=self._relu_init(INPUT_STD[self.variant] if b == k == 1 else 1.0),
                     name=f"{name}_conv")(x)
         if self.batch_norm:
           x = nn.BatchNorm(use_running_average=not train, momentum=0.99, epsilon=1e-3,
@@ -108,8 +126,14 @@ class VGG19(nn.Module):
       x = tap(self, f"block{b}_pool", max_pool_2x2(x))
     if self.variant == "imagenet":
       x = x.reshape(x.shape[0], int(np.prod(x.shape[1:])))
-      x = nn.relu(nn.Dense(self.fc_features, name="fc1")(x))
-      x = nn.relu(nn.Dense(self.fc_features, name="fc2")(x))
+      x = nn.relu(nn.Dense(self.fc_features, kernel_init=self._relu_init(1.0), name="fc1")(x))
+      x = nn.relu(nn.Dense(self.fc_features, kernel_init=self._relu_init(1.0), name="fc2")(x))
     else:
       x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes, name="predictions")(x)
+
+  def _relu_init(self, input_std: float):
+    """Kernel initialiser of a layer followed by a ReLU whose inputs have std ``input_std``."""
+    if self.initializer == "lecun":
+      return nn.initializers.lecun_normal()
+    return nn.initializers.variance_scaling(2.0 / input_std ** 2, "fan_in", "truncated_normal")

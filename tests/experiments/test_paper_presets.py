@@ -185,7 +185,7 @@ def _check_study(workdir, *, dataset, num_classes, image_size, stdout):
   summary = open(os.path.join(workdir, "summary.md")).read()
   for s in res["findings"]:
     assert s in summary and s in stdout
-  for name in ("curves.png", "dimension.png"):
+  for name in ("curves.png", "dimension.png", "training.png"):
     with open(os.path.join(workdir, name), "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
   dims = _csv(os.path.join(workdir, "dimension.csv"))

@@ -289,3 +289,28 @@ def test_conv_auto_uses_xla_convolutions_off_cpu(platform, monkeypatch):
       "mobilenet_v2", conv_impl=impl, **kw).init(jax.random.key(0), x))(
           jnp.zeros((1, 35, 35, 3)))).count("conv_general_dilated")
   assert count("auto") == count("xla") > 30
+
+
+def test_vgg_initializers():
+  """"he" keeps VGG-19 without BatchNorm near unit scale from the caffe inputs to the logits;
+  Flax's LeCun-normal ("lecun", the default: the same parameters as without the option) halves
+  the second moment at every ReLU."""
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(16, 32, 32, 3)), jnp.float32)
+  out = {}
+  for init in ("lecun", "he"):
+    module = get_model("vgg19", num_classes=43, width=0.25, fc_features=512, initializer=init)
+    variables = module.init(jax.random.key(0), x[:1])
+    logits, state = module.apply(variables, x, mutable=["intermediates"])
+    feats = state["intermediates"]["block5_conv4"][0]
+    out[init] = (float(jnp.mean(feats ** 2)), float(jnp.std(logits)))
+  default = get_model("vgg19", num_classes=43, width=0.25, fc_features=512)
+  same = jax.tree.map(jnp.array_equal, default.init(jax.random.key(0), x[:1]),
+                      get_model("vgg19", num_classes=43, width=0.25, fc_features=512,
+                                initializer="lecun").init(jax.random.key(0), x[:1]))
+  assert all(jax.tree.leaves(same))
+  (lecun_feat, lecun_logit), (he_feat, he_logit) = out["lecun"], out["he"]
+  # Measured: block5_conv4's mean square 0.20 (he) and 0.010 (lecun), logits' std 0.87 and 0.098.
+  assert 0.05 < he_feat < 5 and 0.3 < he_logit < 3, out  # near unit scale
+  assert lecun_feat < 0.1 * he_feat and lecun_logit < 0.2 * he_logit, out  # shrunk
+  with pytest.raises(ValueError, match="unknown initializer 'glorot'"):
+    get_model("vgg19", num_classes=10, initializer="glorot")
