@@ -40,7 +40,16 @@ Fields (override any with ``--config.<field>=<value>``):
   ``curve_examples``; ``diagnostics`` (the trust checks of ``percadv_jax.attacks.diagnostics``
   on the first ``diagnostic_examples`` images: zero / non-finite gradients, randomness, APGD-CE
   and APGD-DLR with ``stronger_steps`` steps finding markedly more adversarial examples, accuracy
-  not falling at a very large eps; shown in the table's notes).
+  not falling at a very large eps; shown in the table's notes); ``autoattack`` (our extra
+  column "AutoAttack": ``version`` "standard" = AutoAttack's cascade APGD-CE, APGD-T, FAB-T,
+  Square on the images still robust, or "off"; ``iterations`` of the APGDs and FAB-T,
+  ``queries`` of Square, ``targets`` of APGD-T and FAB-T; AutoAttack's own budgets are 100,
+  5000 and 9; masked models attacked on the foreground, as the other attacks); ``adaptive``
+  (our extra column "PGD, masks from the attacked image", masked models only: ``enabled``; the
+  pipeline segments the image it receives with ``segmenter`` ("centre" or "roi",
+  ``percadv_jax.data.segment.segment_images``, at ``work_size``) and classifies ``x * mask(x)``;
+  PGD-``steps`` (0 = ``eval.steps``) at ``eval.eps`` on the whole image, the gradient through
+  the mask by BPDA: ``percadv_jax.attacks.bpda_masked_logits``).
 """
 
 from __future__ import annotations
@@ -78,6 +87,12 @@ def default() -> ml_collections.ConfigDict:
       eps=8 / 255, steps=10, apgd_steps=10, restarts=1, examples=1000, batch_size=250,
       curve_eps=(0.0, 2 / 255, 4 / 255, 8 / 255, 12 / 255, 16 / 255), curve_examples=500,
       diagnostics=True, diagnostic_examples=100, stronger_steps=20))
+  # AutoAttack at the study's APGD budget (AutoAttack's own: 100 iterations, 5000 queries, 9
+  # targets, in the paper presets).
+  c.eval.autoattack = ml_collections.ConfigDict(dict(
+      version="standard", iterations=10, queries=500, targets=3))
+  c.eval.adaptive = ml_collections.ConfigDict(dict(
+      enabled=True, segmenter="centre", steps=0, work_size=128))
   return c
 
 
@@ -92,6 +107,9 @@ def demo() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=3, step_factor=0.75)  # step 2/255
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
+  # AutoAttack and the adaptive attack sized to add about 1.5 and 2 minutes on 2 CPU cores.
+  c.eval.autoattack.update(iterations=10, queries=300, targets=2)
+  c.eval.adaptive.work_size = 64
   return c
 
 
@@ -105,6 +123,8 @@ def quick() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=1, step_factor=0.25)  # step 2/255
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
                 curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
+  c.eval.autoattack.update(iterations=2, queries=20, targets=1)
+  c.eval.adaptive.work_size = 32
   return c
 
 
@@ -117,6 +137,8 @@ def _paper(dataset: str, image_size: int) -> ml_collections.ConfigDict:
                  schedule="piecewise", warmup_steps=0, weight_decay=5e-4,
                  adversarial_init="scratch", adversarial_epochs=0, checkpoint_every=500)
   c.eval.update(steps=20, apgd_steps=100, examples=0, batch_size=128, curve_examples=1000)
+  c.eval.autoattack.update(version="standard", iterations=100, queries=5000, targets=9)
+  c.eval.adaptive.update(enabled=True, steps=0, work_size=128)
   return c
 
 
@@ -179,6 +201,7 @@ def coco_paper() -> ml_collections.ConfigDict:
   ``train2014/``, ``val2014/``...); then pass ``--config.data.data_dir=DATA`` here.
   """
   c = _paper("coco_ic", 64)
+  c.eval.adaptive.segmenter = "roi"
   c.data.update(year=2014, classes=PAPER_CLASSES, crop="object", blackout="other_labels",
                 num_train=papers.TABLE1_COCO_TOTAL[0])
   return c
@@ -233,6 +256,19 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
       "eval.diagnostics": ("ours", "our trust checks of the evaluation"),
       "eval.diagnostic_examples": ("ours", "test images of our trust checks"),
       "eval.stronger_steps": ("ours", "the trust checks' stronger attacks' steps"),
+      "eval.autoattack.version": ("ours", "standard: AutoAttack (Croce and Hein 2020), our "
+                                          "extra column; the paper does not use AutoAttack"),
+      "eval.autoattack.iterations": ("ours", "100, AutoAttack's standard budget of APGD-CE, "
+                                             "APGD-T and FAB-T"),
+      "eval.autoattack.queries": ("ours", "5000, AutoAttack's standard budget of Square"),
+      "eval.autoattack.targets": ("ours", "9, AutoAttack's standard targets of APGD-T and "
+                                          "FAB-T"),
+      "eval.adaptive.enabled": ("ours", "our extra column: PGD on a pipeline that segments the "
+                                        "attacked image; the paper's adversary changes only "
+                                        "the foreground of a fixed mask"),
+      "eval.adaptive.steps": ("ours", "0 = eval.steps: the study's PGD, on the whole image"),
+      "eval.adaptive.work_size": ("ours", "128 px, the segmenters' default working size (the "
+                                          "one the data's masks are cut at)"),
   }
   coco_fields = ("year", "classes", "num_classes", "crop", "blackout", "min_area", "margin")
   if dataset == "gtsrb_ic":
@@ -242,6 +278,8 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
         "data.num_train": ("inferred", "0 = all 39,209 official training images: the paper "
                                        "names no subset"),
         "data.segmenter": ("paper", f"centre: {papers.GTSRB_SEGMENTER}"),
+        "eval.adaptive.segmenter": ("ours", "centre, the paper's GTSRB segmenter, run on the "
+                                            "attacked image at the model's input size"),
         **{f"data.{f}": _UNUSED for f in coco_fields},
     })
   else:
@@ -253,6 +291,10 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
                                        "training counts sum to exactly 100,000, likely a cap"),
         "data.num_test": ("inferred", "0 = every val2014 crop: Table 1's 51,271 test crops"),
         "data.segmenter": _UNUSED,
+        "eval.adaptive.segmenter": ("ours", "roi: GrabCut seeded from the central 80% box, "
+                                            "about the object's box in our object crops (10% "
+                                            "margin); the paper's COCO masks are annotations, "
+                                            "which an attacked image does not have"),
         "data.year": ("inferred", "2014: 51,271 test crops cannot come from val2017's 5,000 "
                                   "images"),
         "data.classes": ("paper", f"Table 1's ten classes ({r['classes']})"),
