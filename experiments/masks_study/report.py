@@ -306,13 +306,13 @@ def combined_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
   return table4([(r["dataset"]["name"], r["models"]) for r in results])
 
 
-# The fields that make studies one family: the same model, training attack and evaluation.
+# The fields that make studies one family: the same model, training attack and evaluation (a
+# study without one of our extra columns shows "-" in it).
 FAMILY_FIELDS = ("model.name", "model.variant", "model.width", "model.batch_norm",
                  "train.adversarial_init", "train.attack.kind", "train.attack.eps",
                  "train.attack.steps", "train.attack.step_factor", "eval.eps", "eval.steps",
-                 "eval.apgd_steps", "eval.restarts", "eval.autoattack.version",
-                 "eval.autoattack.iterations", "eval.autoattack.queries",
-                 "eval.autoattack.targets", "eval.adaptive.enabled", "eval.adaptive.steps")
+                 "eval.apgd_steps", "eval.restarts", "eval.autoattack.iterations",
+                 "eval.autoattack.queries", "eval.autoattack.targets", "eval.adaptive.steps")
 
 
 def _get(config: Mapping[str, Any], path: str) -> Any:
