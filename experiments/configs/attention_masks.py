@@ -43,8 +43,9 @@ Fields (override any with ``--config.<field>=<value>``):
   not falling at a very large eps; shown in the table's notes); ``autoattack`` (our extra
   column "AutoAttack": ``version`` "standard" = AutoAttack's cascade APGD-CE, APGD-T, FAB-T,
   Square on the images still robust, or "off"; ``iterations`` of the APGDs and FAB-T,
-  ``queries`` of Square, ``targets`` of APGD-T and FAB-T; AutoAttack's own budgets are 100,
-  5000 and 9; masked models attacked on the foreground, as the other attacks); ``adaptive``
+  ``queries`` of Square, ``targets`` of APGD-T and FAB-T (at most the classes - 1; APGD-T left
+  out below 4 classes); AutoAttack's own budgets are 100, 5000 and 9; masked models attacked on
+  the foreground, as the other attacks); ``adaptive``
   (our extra column "PGD, masks from the attacked image", masked models only: ``enabled``; the
   pipeline segments the image it receives with ``segmenter`` ("centre" or "roi",
   ``percadv_jax.data.segment.segment_images``, at ``work_size``) and classifies ``x * mask(x)``;
@@ -262,7 +263,7 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
                                              "APGD-T and FAB-T"),
       "eval.autoattack.queries": ("ours", "5000, AutoAttack's standard budget of Square"),
       "eval.autoattack.targets": ("ours", "9, AutoAttack's standard targets of APGD-T and "
-                                          "FAB-T"),
+                                          "FAB-T (at most the classes - 1, as AutoAttack)"),
       "eval.adaptive.enabled": ("ours", "our extra column: PGD on a pipeline that segments the "
                                         "attacked image; the paper's adversary changes only "
                                         "the foreground of a fixed mask"),

@@ -38,8 +38,8 @@ from experiments import common, papers
 from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import claims, dimension, report
-from experiments.masks_study.evaluate import (autoattack_attacks, evaluate_model,
-                                              load_per_example, validate_extra_columns)
+from experiments.masks_study.evaluate import (evaluate_model, load_per_example,
+                                              validate_extra_columns)
 from experiments.masks_study.train import train_config, train_model
 from percadv_jax import checks, io, models as models_lib
 from percadv_jax import train as train_lib
@@ -117,11 +117,6 @@ def check_inputs(config: Any) -> tuple:
   """
   loaded = _load(config)
   train_src, train_data, _ = loaded
-  for attack in (autoattack_attacks(config, False) or {}).values():
-    try:
-      attack.check_num_classes(train_src.info.num_classes)
-    except ValueError as e:
-      raise ValueError(f"eval.autoattack: {e}") from None
   image_shape = train_data.batch(np.arange(1))["image"].shape[1:]
   for name in config.models:
     tc = train_config(config, name)

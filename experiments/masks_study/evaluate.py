@@ -14,6 +14,7 @@ import os
 from typing import Any, Callable, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from experiments import common, evaluation
@@ -51,19 +52,28 @@ def validate_extra_columns(config: Any) -> None:
   checks.check_int(d.work_size, "eval.adaptive.work_size", minimum=8)
 
 
-def autoattack_attacks(config: Any, masked: bool) -> dict[str, attacks.Attack] | None:
+def autoattack_attacks(config: Any, masked: bool, num_classes: int = 10
+                       ) -> dict[str, attacks.Attack] | None:
   """AutoAttack's cascade at the budgets of ``eval.autoattack`` (None when "off"):
   ``{"apgd_ce", "apgd_t", "fab_t", "square"}``, for ``robust_accuracy(..., cascade=True)``; at
-  100 iterations, 5000 queries and 9 targets it is ``attacks.autoattack_attacks``'s "standard"."""
+  100 iterations, 5000 queries and 9 targets it is ``attacks.autoattack_attacks``'s "standard".
+
+  On a ``num_classes``-way model the targets are at most ``num_classes - 1`` (AutoAttack's rule),
+  and below 4 classes APGD-T, whose targeted DLR loss reads 4 logits, is left out.
+  """
   a, e = config.eval.autoattack, config.eval
   if a.version == "off":
     return None
-  budget = [attacks.Attack("apgd", steps=a.iterations),
-            attacks.Attack("apgd_t", steps=a.iterations, targets=a.targets),
-            attacks.Attack("fab_t", steps=a.iterations, targets=a.targets),
-            attacks.Attack("square", steps=a.queries)]
-  named = attacks.autoattack_attacks(e.eps, version="custom", masked=masked, attacks=budget)
-  return dict(zip(AUTOATTACK_NAMES, named.values()))
+  targets = max(1, min(a.targets, num_classes - 1))
+  budget = {"apgd_ce": attacks.Attack("apgd", steps=a.iterations),
+            "apgd_t": attacks.Attack("apgd_t", steps=a.iterations, targets=targets),
+            "fab_t": attacks.Attack("fab_t", steps=a.iterations, targets=targets),
+            "square": attacks.Attack("square", steps=a.queries)}
+  if num_classes < 4:
+    del budget["apgd_t"]
+  named = attacks.autoattack_attacks(e.eps, version="custom", masked=masked,
+                                     attacks=list(budget.values()))
+  return dict(zip(budget, named.values()))
 
 
 def adaptive_attack(config: Any) -> attacks.Attack:
@@ -100,7 +110,8 @@ def evaluate_extra_columns(config: Any, logits_fn: Callable, *, name: str, maske
     model with ``eval.adaptive.enabled``.
   """
   out: dict[str, Any] = {}
-  named = autoattack_attacks(config, masked)
+  image = jax.ShapeDtypeStruct((1,) + tuple(np.shape(data["image"])[1:]), jnp.float32)
+  named = autoattack_attacks(config, masked, int(jax.eval_shape(logits_fn, image).shape[-1]))
   if named is not None:
     with common.Timer() as t:
       ev = evaluation.evaluate(store, {**spec, "data": "eval", "column": "autoattack"},

@@ -235,7 +235,7 @@ def extra_column_notes(config: Any, models: Mapping[str, dict]) -> list[str]:
   timed = {n: m["autoattack"]["seconds"] for n, m in models.items() if "autoattack" in m}
   if timed:
     out.append(f"AutoAttack: the cascade APGD-CE, APGD-T, FAB-T ({a.iterations} iterations, "
-               f"{a.targets} targets) and Square ({a.queries} queries), each on the images "
+               f"up to {a.targets} targets) and Square ({a.queries} queries), each on the images "
                "still robust, masked models on the foreground; seconds per model: "
                + ", ".join(f"{MODEL_LABELS[n]} {s:.1f}" for n, s in timed.items()) + ".")
   timed = {n: m["adaptive"] for n, m in models.items() if "adaptive" in m}

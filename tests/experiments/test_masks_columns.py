@@ -37,6 +37,12 @@ def test_autoattack_at_autoattacks_budgets_is_its_standard_version():
   assert [(a.kind, a.steps, a.targets, a.masked) for a in small.values()] == [
       ("apgd", 2, None, True), ("apgd_t", 2, 1, True), ("fab_t", 2, 1, True),
       ("square", 20, None, True)]
+  # Fewer classes: targets at most the classes - 1; below 4 classes no APGD-T (its DLR reads 4).
+  q.eval.autoattack.targets = 9
+  assert [a.targets for a in evaluate.autoattack_attacks(q, True, 5).values()] == [
+      None, 4, 4, None]
+  three = evaluate.autoattack_attacks(q, True, 3)
+  assert list(three) == ["apgd_ce", "fab_t", "square"] and three["fab_t"].targets == 2
   q.eval.autoattack.version = "off"
   assert evaluate.autoattack_attacks(q, True) is None
   assert evaluate.adaptive_attack(q) == attacks.Attack("pgd", eps=q.eval.eps, steps=q.eval.steps,
@@ -131,7 +137,7 @@ def test_table_notes_and_findings():
   assert any("lowers the PGD accuracy of the fixed-mask setting: 40.0% -> 10.0%" in s
              for s in found)
   notes = report.extra_column_notes(masks_cfgs.get_config("demo"), models)
-  assert len(notes) == 2 and "2 targets" in notes[0] and "centre segmenter at 64 px" in notes[1]
+  assert len(notes) == 2 and "up to 2 targets" in notes[0] and "centre segmenter at 64 px" in notes[1]
   assert "Masked (foreground only), natural training 80.0%, 5.0 s" in notes[1]
   # Without the extra columns the table keeps the paper's and our first two extra columns.
   plain = {n: _summary(0.9, 0.2, 0.1) for n in models}
