@@ -4,8 +4,9 @@
 TABLE4_ROWS``), per dataset (MS-COCO-IC before GTSRB-IC, as the paper) natural and PGD accuracy,
 each as ours, the paper's and ours minus the paper's (points); our extra columns (APGD, the
 pointwise worst case, AutoAttack, and PGD on masked models whose mask is computed from the
-attacked image) follow, each when some model has it ("-" for a model without it). A dataset the paper does not use gets our columns only, and
-``paper_beside`` sets the paper's Table 4 beside ours, labelled as other datasets.
+attacked image) follow, each when some model has it ("-" for a model without it). A dataset
+the paper does not use gets our columns only, and ``paper_beside`` sets the paper's Table 4
+beside ours, labelled as other datasets.
 
 ``check_combinable`` is the combined report's rule: at most one study per dataset, every dataset
 one of the paper's, and all studies of one family (the same model, training attack and
