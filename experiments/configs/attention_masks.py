@@ -108,7 +108,8 @@ def demo() -> ml_collections.ConfigDict:
   c.train.attack.update(steps=3, step_factor=0.75)  # step 2/255
   c.eval.update(examples=200, curve_eps=(0.0, 4 / 255, 8 / 255, 16 / 255), curve_examples=100,
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
-  # AutoAttack and the adaptive attack sized to add about 1.5 and 2 minutes on 2 CPU cores.
+  # AutoAttack at a reduced budget; the adaptive column's segmenter at 64 px (costs measured in
+  # docs/results.md).
   c.eval.autoattack.update(iterations=10, queries=300, targets=2)
   c.eval.adaptive.work_size = 64
   return c
