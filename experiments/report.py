@@ -107,7 +107,8 @@ def run(config: Any, workdir: str) -> dict:
   lines = ["# Table 4: foreground attention masks, natural and PGD accuracy (%), ours beside "
            "the paper's", "",
            "Rows as the paper (N = natural training, A = adversarial; X = full image, X_F = "
-           "foreground only); 'ours - paper' in points; APGD and worst case are ours only.", "",
+           "foreground only); 'ours - paper' in points; APGD, worst case, AutoAttack and PGD "
+           "with masks from the attacked image are ours only.", "",
            io.markdown_table(rows, columns, 2)]
   if across is not None:
     lines += ["Across the datasets:", "", f"- {across['text']}", ""]

@@ -51,7 +51,17 @@ Fields (override any with ``--config.<field>=<value>``):
   not falling at a very large eps; shown in the table's notes); ``checklist`` (the robustness
   checklist of ``percadv_jax.attacks.checklist`` after each model's evaluation: ``enabled``,
   ``examples`` (the first evaluation images), ``restarts`` of its more-restarts attack,
-  ``square_queries`` of its black-box attack; the trust items reuse the trust checks).
+  ``square_queries`` of its black-box attack; the trust items reuse the trust checks);
+  ``autoattack`` (our extra column "AutoAttack": ``version`` "standard" = AutoAttack's cascade APGD-CE, APGD-T, FAB-T,
+  Square on the images still robust, or "off"; ``iterations`` of the APGDs and FAB-T,
+  ``queries`` of Square, ``targets`` of APGD-T and FAB-T (at most the classes - 1; APGD-T left
+  out below 4 classes); AutoAttack's own budgets are 100, 5000 and 9; masked models attacked on
+  the foreground, as the other attacks); ``adaptive``
+  (our extra column "PGD, masks from the attacked image", masked models only: ``enabled``; the
+  pipeline segments the image it receives with ``segmenter`` ("centre" or "roi",
+  ``percadv_jax.data.segment.segment_images``, at ``work_size``) and classifies ``x * mask(x)``;
+  PGD-``steps`` (0 = ``eval.steps``) at ``eval.eps`` on the whole image, the gradient through
+  the mask by BPDA: ``percadv_jax.attacks.bpda_masked_logits``).
 """
 
 from __future__ import annotations
@@ -92,6 +102,12 @@ def default() -> ml_collections.ConfigDict:
       diagnostics=True, diagnostic_examples=100, stronger_steps=20,
       checklist=ml_collections.ConfigDict(dict(enabled=True, examples=200, restarts=5,
                                                square_queries=1000))))
+  # AutoAttack at the study's APGD budget (AutoAttack's own: 100 iterations, 5000 queries, 9
+  # targets, in the paper presets).
+  c.eval.autoattack = ml_collections.ConfigDict(dict(
+      version="standard", iterations=10, queries=500, targets=3))
+  c.eval.adaptive = ml_collections.ConfigDict(dict(
+      enabled=True, segmenter="centre", steps=0, work_size=128))
   return c
 
 
@@ -108,6 +124,10 @@ def demo() -> ml_collections.ConfigDict:
                 batch_size=100, diagnostic_examples=50, stronger_steps=10)
   # As many checklist images as curve images: the checklist's PGD shares the curve's compile.
   c.eval.checklist.update(examples=100, restarts=2, square_queries=100)
+  # AutoAttack at a reduced budget; the adaptive column's segmenter at 64 px (costs measured in
+  # docs/results.md).
+  c.eval.autoattack.update(iterations=10, queries=300, targets=2)
+  c.eval.adaptive.work_size = 64
   return c
 
 
@@ -122,6 +142,8 @@ def quick() -> ml_collections.ConfigDict:
   c.eval.update(steps=2, apgd_steps=2, examples=64, curve_eps=(0.0, 4 / 255, 8 / 255),
                 curve_examples=32, batch_size=32, diagnostic_examples=16, stronger_steps=2)
   c.eval.checklist.update(examples=32, restarts=2, square_queries=10)
+  c.eval.autoattack.update(iterations=2, queries=20, targets=1)
+  c.eval.adaptive.work_size = 32
   return c
 
 
@@ -136,6 +158,8 @@ def _paper(dataset: str, image_size: int) -> ml_collections.ConfigDict:
                  data_parallel=True)
   c.eval.update(steps=20, apgd_steps=100, examples=0, batch_size=128, curve_examples=1000)
   c.eval.checklist.update(examples=1000, restarts=5, square_queries=5000)
+  c.eval.autoattack.update(version="standard", iterations=100, queries=5000, targets=9)
+  c.eval.adaptive.update(enabled=True, steps=0, work_size=128)
   return c
 
 
@@ -200,6 +224,7 @@ def coco_paper() -> ml_collections.ConfigDict:
   ``train2014/``, ``val2014/``...); then pass ``--config.data.data_dir=DATA`` here.
   """
   c = _paper("coco_ic", 64)
+  c.eval.adaptive.segmenter = "roi"
   c.data.update(year=2014, classes=PAPER_CLASSES, crop="object", blackout="other_labels",
                 num_train=papers.TABLE1_COCO_TOTAL[0])
   return c
@@ -308,6 +333,19 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
       "eval.checklist.restarts": ("ours", "5 random restarts for the more-restarts item: "
                                           "affordable beside APGD-CE-100; not a paper's value"),
       "eval.checklist.square_queries": ("ours", "5,000 queries, AutoAttack's Square budget"),
+      "eval.autoattack.version": ("ours", "standard: AutoAttack (Croce and Hein 2020), our "
+                                          "extra column; the paper does not use AutoAttack"),
+      "eval.autoattack.iterations": ("ours", "100, AutoAttack's standard budget of APGD-CE, "
+                                             "APGD-T and FAB-T"),
+      "eval.autoattack.queries": ("ours", "5000, AutoAttack's standard budget of Square"),
+      "eval.autoattack.targets": ("ours", "9, AutoAttack's standard targets of APGD-T and "
+                                          "FAB-T (at most the classes - 1, as AutoAttack)"),
+      "eval.adaptive.enabled": ("ours", "our extra column: PGD on a pipeline that segments the "
+                                        "attacked image; the paper's adversary changes only "
+                                        "the foreground of a fixed mask"),
+      "eval.adaptive.steps": ("ours", "0 = eval.steps: the study's PGD, on the whole image"),
+      "eval.adaptive.work_size": ("ours", "128 px, the segmenters' default working size (the "
+                                          "one the data's masks are cut at)"),
   }
   coco_fields = ("year", "classes", "num_classes", "crop", "blackout", "min_area", "margin")
   if dataset == "gtsrb_ic":
@@ -317,6 +355,8 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
         "data.num_train": ("inferred", "0 = all 39,209 official training images: the paper "
                                        "names no subset"),
         "data.segmenter": ("paper", f"centre: {papers.GTSRB_SEGMENTER}"),
+        "eval.adaptive.segmenter": ("ours", "centre, the paper's GTSRB segmenter, run on the "
+                                            "attacked image at the model's input size"),
         **{f"data.{f}": _UNUSED for f in coco_fields},
     })
   else:
@@ -328,6 +368,10 @@ def _sources(dataset: str) -> dict[str, tuple[str, str]]:
                                        "training counts sum to exactly 100,000, likely a cap"),
         "data.num_test": ("inferred", "0 = every val2014 crop: Table 1's 51,271 test crops"),
         "data.segmenter": _UNUSED,
+        "eval.adaptive.segmenter": ("ours", "roi: GrabCut seeded from the central 80% box, "
+                                            "about the object's box in our object crops (10% "
+                                            "margin); the paper's COCO masks are annotations, "
+                                            "which an attacked image does not have"),
         "data.year": ("inferred", "2014: 51,271 test crops cannot come from val2017's 5,000 "
                                   "images"),
         "data.classes": ("paper", f"Table 1's ten classes ({r['classes']})"),

@@ -8,7 +8,8 @@ curves (``evaluate``), and writes into ``workdir``:
 - ``config.json``       the run's configuration (a workdir of another configuration is refused)
 - ``table.md/.csv``     Table 4 in the paper's layout (rows N X, N X_F, A X, A X_F): natural and
                         PGD accuracy (%), each as ours, the paper's and ours minus the paper's on
-                        its datasets; then our APGD and worst-case accuracy (``report``)
+                        its datasets; then our APGD, worst-case and AutoAttack accuracy and, for
+                        the masked models, PGD with masks from the attacked image (``report``)
 - ``curves.png``        PGD accuracy vs eps for each model; ``curves.md/.csv`` the same numbers
 - ``training.png``      each model's training loss and accuracy against epochs (its metrics)
 - ``dimension.md/.csv``, ``dimension_curves.md/.csv``, ``dimension.png``: the paper's future
@@ -44,7 +45,8 @@ from experiments import common, papers
 from experiments.configs import data as data_config
 from experiments.configs.attention_masks import MODEL_NAMES
 from experiments.masks_study import checklist, claims, dimension, report
-from experiments.masks_study.evaluate import evaluate_model, load_per_example
+from experiments.masks_study.evaluate import (evaluate_model, load_per_example,
+                                              validate_extra_columns)
 from experiments.masks_study.train import model_kwargs, train_config, train_model
 from percadv_jax import checks, io, models as models_lib, parallel
 from percadv_jax import train as train_lib
@@ -78,6 +80,7 @@ def validate(config: Any) -> None:
     raise ValueError(f"eval.checklist.{err}") from None
   for e in config.eval.curve_eps:
     checks.check_positive(e, "eval.curve_eps entry", allow_zero=True)
+  validate_extra_columns(config)
   t = config.train
   checks.check_choice(t.adversarial_init, "train.adversarial_init", ("natural", "scratch"))
   checks.check_positive(t.adversarial_epochs, "train.adversarial_epochs", allow_zero=True)
@@ -275,7 +278,9 @@ def write_report(config: Any, workdir: str, results_models: dict, *, info: Any, 
                        "train_step": train_config(config, MODEL_NAMES[1]).attack.step,
                        "train_steps": config.train.attack.steps,
                        "eval_steps": config.eval.steps, "apgd_steps": config.eval.apgd_steps,
-                       "restarts": config.eval.restarts},
+                       "restarts": config.eval.restarts,
+                       "autoattack": config.eval.autoattack.to_dict(),
+                       "adaptive": config.eval.adaptive.to_dict()},
       "models": results_models,
       "table": {"columns": columns, "rows": rows},
       "curves": {"columns": ccols, "rows": crows, "examples": curve_examples},

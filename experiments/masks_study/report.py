@@ -3,8 +3,10 @@
 ``table4`` writes Table 4 in the paper's layout: rows N X, N X_F, A X, A X_F (``papers.
 TABLE4_ROWS``), per dataset (MS-COCO-IC before GTSRB-IC, as the paper) natural and PGD accuracy,
 each as ours, the paper's and ours minus the paper's (points); our extra columns (APGD, the
-pointwise worst case) follow. A dataset the paper does not use gets our columns only, and
-``paper_beside`` sets the paper's Table 4 beside ours, labelled as other datasets.
+pointwise worst case, AutoAttack, and PGD on masked models whose mask is computed from the
+attacked image) follow, each when some model has it ("-" for a model without it). A dataset
+the paper does not use gets our columns only, and ``paper_beside`` sets the paper's Table 4
+beside ours, labelled as other datasets.
 
 ``check_combinable`` is the combined report's rule: at most one study per dataset, every dataset
 one of the paper's, and all studies of one family (the same model, training attack and
@@ -40,9 +42,21 @@ def worst(m: Mapping[str, Any]) -> float:
   return m["robust"]
 
 
+def autoattack(m: Mapping[str, Any]) -> float | None:
+  """AutoAttack's robust accuracy (its cascade's worst case); None when not evaluated."""
+  return m["autoattack"]["robust"] if "autoattack" in m else None
+
+
+def adaptive(m: Mapping[str, Any]) -> float | None:
+  """PGD accuracy of the pipeline that masks the attacked image with its own segmentation;
+  None for a full-image model (or when not evaluated)."""
+  return m["adaptive"]["per_attack"]["pgd"] if "adaptive" in m else None
+
+
 # The paper's two columns per dataset (label, accessor, key in papers.TABLE4), then ours.
 PAPER_METRICS = (("natural", natural, "natural"), ("PGD", pgd, "pgd"))
-EXTRA_METRICS = (("APGD", apgd), ("worst case", worst))
+EXTRA_METRICS = (("APGD", apgd), ("worst case", worst), ("AutoAttack", autoattack),
+                 ("PGD, masks from the attacked image", adaptive))
 TABLE_METRICS = tuple((label, fn) for label, fn, _ in PAPER_METRICS) + EXTRA_METRICS
 
 
@@ -62,6 +76,12 @@ def diff_column(dataset: str, metric: str) -> str:
   return f"{label(dataset)} {metric}, ours - paper"
 
 
+def cell(fn: Any, m: Mapping[str, Any] | None) -> float | str:
+  """A table cell: ``fn(m)`` in %, or "-" for a missing model or a metric it lacks."""
+  v = fn(m) if m else None
+  return "-" if v is None else common.pct(v)
+
+
 def _ordered(studies: Sequence[tuple[str, Mapping[str, dict]]]
              ) -> list[tuple[str, Mapping[str, dict]]]:
   rank = {ds: i for i, ds in enumerate(papers.TABLE4_DATASETS)}
@@ -74,9 +94,12 @@ def table4(studies: Sequence[tuple[str, Mapping[str, dict]]]) -> tuple[list[str]
   Rows: the models present, in the paper's order (``model``: ours; ``paper row``: its name in
   the paper). Columns per dataset: ``ours_column``, and for the paper's datasets
   ``paper_column`` and ``diff_column`` (ours minus the paper's, in points), of natural and PGD
-  accuracy; then APGD and worst case per dataset. A model missing from a study shows "-".
+  accuracy; then our ``EXTRA_METRICS`` per dataset, each present when some model of the studies
+  has it. A model missing from a study, or a metric missing from a model, shows "-".
   """
   studies = _ordered(studies)
+  extra = [(metric, fn) for metric, fn in EXTRA_METRICS
+           if any(fn(m) is not None for _, models in studies for m in models.values())]
   columns = ["model", "paper row"]
   for ds, _ in studies:
     for metric, _, _ in PAPER_METRICS:
@@ -84,7 +107,7 @@ def table4(studies: Sequence[tuple[str, Mapping[str, dict]]]) -> tuple[list[str]
       if ds in papers.TABLE4:
         columns += [paper_column(ds, metric), diff_column(ds, metric)]
   for ds, _ in studies:
-    columns += [ours_column(ds, metric) for metric, _ in EXTRA_METRICS]
+    columns += [ours_column(ds, metric) for metric, _ in extra]
   rows = []
   for name in papers.TABLE4_ROWS:
     if not any(name in models for _, models in studies):
@@ -98,8 +121,8 @@ def table4(studies: Sequence[tuple[str, Mapping[str, dict]]]) -> tuple[list[str]
           theirs = papers.TABLE4[ds][name][key]
           row[paper_column(ds, metric)] = theirs
           row[diff_column(ds, metric)] = (round(common.pct(fn(m)) - theirs, 2) if m else "-")
-      for metric, fn in EXTRA_METRICS:
-        row[ours_column(ds, metric)] = common.pct(fn(m)) if m else "-"
+      for metric, fn in extra:
+        row[ours_column(ds, metric)] = cell(fn, m)
     rows.append(row)
   return columns, rows
 
@@ -248,6 +271,41 @@ def findings(models: Mapping[str, dict]) -> list[str]:
     if apgd(m) < pgd(m):
       out.append(f"APGD finds more adversarial examples than PGD on "
                  f"'{MODEL_LABELS[name]}' ({100 * pgd(m):.1f}% -> {100 * apgd(m):.1f}%).")
+  for name, m in models.items():
+    if "autoattack" in m and m["autoattack"]["robust_all"] < worst(m):
+      out.append(f"AutoAttack finds adversarial examples that PGD and APGD miss on "
+                 f"'{MODEL_LABELS[name]}': the worst case over all three is "
+                 f"{100 * m['autoattack']['robust_all']:.1f}% (PGD and APGD: "
+                 f"{100 * worst(m):.1f}%).")
+  for name, m in models.items():
+    if adaptive(m) is not None:
+      verb = "lowers" if adaptive(m) < pgd(m) else "does not lower"
+      out.append(f"On '{MODEL_LABELS[name]}', attacking the whole image of a pipeline that "
+                 f"segments it (masks from the attacked image) {verb} the PGD accuracy of the "
+                 f"fixed-mask setting: {100 * pgd(m):.1f}% -> {100 * adaptive(m):.1f}% "
+                 f"(the pipeline's clean accuracy {100 * m['adaptive']['clean']:.1f}%).")
+  return out
+
+
+def extra_column_notes(config: Any, models: Mapping[str, dict]) -> list[str]:
+  """The notes of our AutoAttack and adaptive columns: budgets, segmenter, seconds per model."""
+  a, d, e = config.eval.autoattack, config.eval.adaptive, config.eval
+  out = []
+  timed = {n: m["autoattack"]["seconds"] for n, m in models.items() if "autoattack" in m}
+  if timed:
+    out.append(f"AutoAttack: the cascade APGD-CE, APGD-T, FAB-T ({a.iterations} iterations, "
+               f"up to {a.targets} targets) and Square ({a.queries} queries), each on the images "
+               "still robust, masked models on the foreground; seconds per model: "
+               + ", ".join(f"{MODEL_LABELS[n]} {s:.1f}" for n, s in timed.items()) + ".")
+  timed = {n: m["adaptive"] for n, m in models.items() if "adaptive" in m}
+  if timed:
+    out.append(f"PGD, masks from the attacked image: the masked model as a pipeline that "
+               f"segments the image it receives ({d.segmenter} segmenter at {d.work_size} px, "
+               f"on the host) and classifies image x mask; PGD-{d.steps or e.steps} on the "
+               "whole image, the gradient through the mask by BPDA (mask constant in the "
+               "backward pass). Clean accuracy (masks of the clean images) and seconds per "
+               "model: " + ", ".join(f"{MODEL_LABELS[n]} {100 * r['clean']:.1f}%, "
+                                     f"{r['seconds']:.1f} s" for n, r in timed.items()) + ".")
   return out
 
 
@@ -273,7 +331,8 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
       "'worst case' counts an image only if it survives both. Accuracies in %."]
   if d["name"] in papers.TABLE4:
     lines += ["Ours beside the paper's Table 4 (its rows N X, N X_F, A X, A X_F; 'ours - paper' "
-              "in points); APGD and worst case are ours only.", "", table_md]
+              "in points); APGD, worst case, AutoAttack and PGD with masks from the attacked "
+              "image are ours only.", "", table_md]
   else:
     beside = results.get("paper_beside")
     lines += ["", table_md]
@@ -282,6 +341,7 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
                 f"{label(d['name'])}, the paper's on MS-COCO-IC and GTSRB-IC, so only the "
                 "pattern across the four rows can be compared, not the cells:", "",
                 io.markdown_table(beside["rows"], beside["columns"], 2)]
+  lines += [f"- {n}" for n in extra_column_notes(config, results["models"])] + [""]
   lines += ["Accuracy under PGD vs eps (first "
             f"{results['curves']['examples']} evaluation images):", "", curves_md,
             f"![accuracy vs eps]({prefix}curves.png)", ""]
@@ -311,11 +371,13 @@ def combined_table(results: Sequence[dict]) -> tuple[list[str], list[dict]]:
   return table4([(r["dataset"]["name"], r["models"]) for r in results])
 
 
-# The fields that make studies one family: the same model, training attack and evaluation.
+# The fields that make studies one family: the same model, training attack and evaluation (a
+# study without one of our extra columns shows "-" in it).
 FAMILY_FIELDS = ("model.name", "model.variant", "model.width", "model.batch_norm",
                  "train.adversarial_init", "train.attack.kind", "train.attack.eps",
                  "train.attack.steps", "train.attack.step_factor", "eval.eps", "eval.steps",
-                 "eval.apgd_steps", "eval.restarts")
+                 "eval.apgd_steps", "eval.restarts", "eval.autoattack.iterations",
+                 "eval.autoattack.queries", "eval.autoattack.targets", "eval.adaptive.steps")
 
 
 def _get(config: Mapping[str, Any], path: str) -> Any:

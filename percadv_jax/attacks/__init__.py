@@ -24,6 +24,8 @@ internally with the hyper-parameters static.
 - losses ``"ce"``, ``"margin"`` (CW), ``"dlr"`` in ``percadv_jax.attacks.losses``.
 - ``checked(attack)``: the same attack with ``jax.experimental.checkify`` checks of its inputs
   and guarantees, for use inside ``jit``.
+- ``bpda_masked_logits(logits_fn, segment_fn)``: the model of an adaptive attack on a masked
+  model whose mask is computed from the image it receives (a host segmenter, BPDA gradient).
 - ``diagnostics``: checks that say when a robustness evaluation cannot be trusted (zero or
   non-finite gradients, a random model, a stronger attack finding more, no collapse at a large
   eps); ``diagnostics.run_all`` runs them all.
@@ -39,6 +41,7 @@ from percadv_jax.attacks import core
 from percadv_jax.attacks import losses
 from percadv_jax.attacks import diagnostics
 from percadv_jax.attacks import checklist
+from percadv_jax.attacks.adaptive import bpda_masked_logits
 from percadv_jax.attacks.apgd import apgd, apgd_t
 from percadv_jax.attacks.attack import KINDS, Attack, free_pixels, step_size
 from percadv_jax.attacks.autoattack import autoattack, autoattack_attacks
@@ -49,6 +52,6 @@ from percadv_jax.attacks.pgd import fgsm, pgd
 from percadv_jax.attacks.square import square
 
 __all__ = ["Attack", "Evaluation", "KINDS", "CPU_UNROLL_MAX_STEPS", "apgd", "apgd_t",
-           "autoattack", "autoattack_attacks", "checked", "checklist", "core", "default_unroll",
-           "diagnostics", "fab_t", "fgsm", "free_pixels", "losses", "pgd", "robust_accuracy",
-           "square", "step_size"]
+           "autoattack", "autoattack_attacks", "bpda_masked_logits", "checked", "checklist",
+           "core", "default_unroll", "diagnostics", "fab_t", "fgsm", "free_pixels", "losses", "pgd",
+           "robust_accuracy", "square", "step_size"]

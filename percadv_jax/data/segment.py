@@ -37,7 +37,8 @@ components touching the sure-foreground seeds are kept and their holes filled.
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -227,6 +228,46 @@ def centre_grabcut_mask(image: np.ndarray, *, out_size: int | None = None,
     fg = _ellipse(hw, ww, ((1 - p) * ww / 2, (1 - p) * hw / 2, (1 + p) * ww / 2 - 1,
                            (1 + p) * hw / 2 - 1))
   return _resample(fg, h, w, out_size), ok
+
+
+def segment_images(images: np.ndarray, segmenter: str = "centre", *, work_size: int = 128,
+                   seed: int = 0) -> np.ndarray:
+  """Foreground masks of a batch of images by one segmenter, each image at its own size.
+
+  ``"centre"`` is :func:`centre_grabcut_mask`; ``"roi"`` is :func:`grabcut_mask` seeded from the
+  central 80% box (``roi=None``: a batch carries no annotated boxes). Other options at their
+  defaults (those of ``gtsrb.prepare``).
+
+  Args:
+    images: [N,H,W,3], uint8 or float in [0, 1] (rounded to uint8, as a stored image).
+    segmenter: one of ``SEGMENTERS``.
+    work_size, seed: see :func:`centre_grabcut_mask`.
+  Returns:
+    float32 [N,H,W,1] in {0, 1} (a failed cut gives the segmenter's fallback ellipse).
+  Raises:
+    ValueError: an unknown segmenter, images not [N,H,W,3].
+  """
+  checks.check_choice(segmenter, "segmenter", SEGMENTERS)
+  images = np.asarray(images)
+  if images.ndim != 4 or images.shape[-1] != 3:
+    raise ValueError(f"images must be [N,H,W,3], got shape {images.shape}")
+  if images.dtype != np.uint8:
+    images = np.round(np.clip(images.astype(np.float32), 0.0, 1.0) * 255).astype(np.uint8)
+  cut = centre_grabcut_mask if segmenter == "centre" else grabcut_mask
+  out = np.zeros(images.shape[:-1] + (1,), np.float32)
+  for i, image in enumerate(images):
+    out[i, ..., 0] = cut(image, work_size=work_size, seed=seed)[0]
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def batch_segmenter(segmenter: str = "centre", *, work_size: int = 128,
+                    seed: int = 0) -> Callable[[np.ndarray], np.ndarray]:
+  """``images [N,H,W,3] -> float32 [N,H,W,1]``: :func:`segment_images` with these options, one
+  object per setting (hashable and reused, as ``attacks.bpda_masked_logits`` needs)."""
+  checks.check_choice(segmenter, "segmenter", SEGMENTERS)
+  checks.check_int(work_size, "work_size", minimum=8)
+  return functools.partial(segment_images, segmenter=segmenter, work_size=work_size, seed=seed)
 
 
 def _clean(fg: np.ndarray, core: np.ndarray) -> np.ndarray:
