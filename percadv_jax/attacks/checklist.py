@@ -47,7 +47,7 @@ import numpy as np
 from percadv_jax import checks, io
 from percadv_jax.attacks import core as C
 from percadv_jax.attacks import diagnostics as D
-from percadv_jax.attacks.attack import KINDS, Attack
+from percadv_jax.attacks.attack import Attack
 from percadv_jax.attacks.evaluation import Evaluation, robust_accuracy
 
 LogitsFn = Callable[[jax.Array], jax.Array]
