@@ -54,7 +54,9 @@ MASKS_COUNTS = ("--config.train.epochs=1", "--config.train.batch_size=8",
                 "--config.eval.curve_examples=8", f"--config.eval.curve_eps=(0.0, {EPS8})",
                 "--config.eval.diagnostic_examples=8", "--config.eval.stronger_steps=2",
                 "--config.eval.autoattack.iterations=2", "--config.eval.autoattack.queries=20",
-                "--config.eval.autoattack.targets=2", "--config.eval.adaptive.work_size=32")
+                "--config.eval.autoattack.targets=2", "--config.eval.adaptive.work_size=32",
+                "--config.eval.checklist.examples=8", "--config.eval.checklist.restarts=2",
+                "--config.eval.checklist.square_queries=10")
 
 
 def _csv(path):
