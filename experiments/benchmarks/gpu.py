@@ -20,7 +20,8 @@ Rows (``results.json`` ``rows``, one table):
   43-class synthetic stand-in of GTSRB-IC (``smoke_num_train`` / ``smoke_num_test`` synthetic
   signs at 32 px, batch ``smoke_batch_size``), the models ``smoke_models``, the evaluation
   ``smoke_eval`` ("paper": the preset's, PGD-20, APGD-100, curves, trust checks; "quick": the
-  ``quick`` preset's attack sizes, for a CPU, where attacks unroll their steps and compile long):
+  ``quick`` preset's attack sizes without AutoAttack, the adaptive column and the checklist,
+  for a CPU, where attacks unroll their steps and compile long):
   seconds and the number of models it trained and evaluated (``models``).
 
 Fields (``experiments/configs/benchmark.py``): the pipeline rows' ``batch_size`` (global, a
@@ -102,8 +103,10 @@ def smoke_config(config: Any) -> Any:
                 num_train=config.smoke_num_train, num_test=config.smoke_num_test)
   c.model.width = config.smoke_width
   c.train.update(epochs=1, batch_size=config.smoke_batch_size)
-  if config.smoke_eval == "quick":
+  if config.smoke_eval == "quick":  # the quick preset's attacks, without the extra evaluations
     c.eval = attention_masks.quick().eval
+    c.eval.checklist.enabled = c.eval.adaptive.enabled = False
+    c.eval.autoattack.version = "off"
   c.seed = config.seed
   return c
 

@@ -281,6 +281,8 @@ def test_masks_study_data_parallel_processes(tmp_path):
             "--config.train.batch_size=16", "--config.train.checkpoint_every=2",
             "--config.eval.examples=16", "--config.eval.curve_examples=16",
             "--config.eval.batch_size=16", "--config.eval.diagnostics=False",
+            "--config.eval.checklist.enabled=False", "--config.eval.autoattack.version=off",
+            "--config.eval.adaptive.enabled=False",
             f"--coordinator_address={addr}", "--num_processes=2"]
     procs = [subprocess.Popen(args + [f"--process_id={i}"], cwd=ROOT, env=device_env(1),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
