@@ -1,6 +1,6 @@
 r"""Configuration of the demo (``python -m experiments.demo``): both studies on synthetic signs.
 
-``--config=experiments/configs/demo.py:<preset>``: ``demo`` (the default; at most 15 minutes on 2
+``--config=experiments/configs/demo.py:<preset>``: ``demo`` (the default; about 17 minutes on 2
 CPU cores) or ``quick`` (a few minutes; the numbers mean nothing). The fields are the
 two studies' configurations, ``masks`` (``configs/attention_masks.py``) and ``perceptual``
 (``configs/perceptual_cam.py``), overridable as ``--config.masks.train.epochs=3``.
