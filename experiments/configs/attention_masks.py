@@ -126,7 +126,7 @@ def demo() -> ml_collections.ConfigDict:
   c.eval.checklist.update(examples=100, restarts=2, square_queries=100)
   # AutoAttack at a reduced budget (APGD-CE, APGD-T and FAB-T at the study's 10 iterations, one
   # target, Square with 100 queries) and the adaptive column's segmenter at the images' 32 px:
-  # the smallest budgets that still exercise every attack (costs in docs/results.md).
+  # our choice, to keep the demo short (costs in docs/results.md).
   c.eval.autoattack.update(iterations=10, queries=100, targets=1)
   c.eval.adaptive.work_size = 32
   return c
