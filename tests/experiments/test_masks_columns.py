@@ -136,9 +136,10 @@ def test_table_notes_and_findings():
   assert not any("AutoAttack finds" in s and "Masked" in s for s in found)
   assert any("lowers the PGD accuracy of the fixed-mask setting: 40.0% -> 10.0%" in s
              for s in found)
-  notes = report.extra_column_notes(masks_cfgs.get_config("demo"), models)
-  assert len(notes) == 2 and "up to 2 targets" in notes[0]
-  assert "centre segmenter at 64 px" in notes[1]
+  demo = masks_cfgs.get_config("demo")
+  notes = report.extra_column_notes(demo, models)
+  assert len(notes) == 2 and f"up to {demo.eval.autoattack.targets} targets" in notes[0]
+  assert f"centre segmenter at {demo.eval.adaptive.work_size} px" in notes[1]
   assert "Masked (foreground only), natural training 80.0%, 5.0 s" in notes[1]
   # Without the extra columns the table keeps the paper's and our first two extra columns.
   plain = {n: _summary(0.9, 0.2, 0.1) for n in models}
