@@ -90,6 +90,7 @@ def test_results_file_replaces_its_section(tmp_path):
   assert text.index("benchmark_a") < text.index("benchmark_b")  # replaced in place
 
 
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_attacks(tmp_path):
   skip = () if HAS_TORCH else ("torch",)
   c = _quick("attacks", tmp_path, skip=skip)
@@ -111,6 +112,7 @@ def test_attacks(tmp_path):
   assert json.load(open(os.path.join(w, "config.json")))["steps"] == 2
 
 
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_autoattack(tmp_path):
   skip = () if HAS_TORCH else ("torch",)
   c = _quick("autoattack", tmp_path, skip=skip)
@@ -144,6 +146,7 @@ def test_perceptual(tmp_path):
   assert "| 16x16x3 | batch1 |" in _section(c.results_file, "benchmark_perceptual")
 
 
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_pipeline(tmp_path):
   # Every stage but "torch" and "ssim" (the PyTorch PGD port and the LP solver against CVXPY
   # are timed in test_attacks and test_perceptual).
@@ -179,6 +182,7 @@ def test_loader(tmp_path):
     benchmarks.validate(c)
 
 
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_training(tmp_path):
   c = _quick("training", tmp_path, skip=("torch",))  # PyTorch: test_training_step_rates
   w = str(tmp_path / "w")
@@ -196,6 +200,7 @@ def test_training(tmp_path):
 
 @pytest.mark.skipif(not HAS_TORCH, reason="torch is a benchmark-only dependency "
                     "(requirements-bench.txt)")
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_training_step_rates():
   """The one-step comparison with PyTorch: interleaved rounds, same-round ratios."""
   from experiments.benchmarks import training
@@ -215,6 +220,7 @@ def test_training_step_rates():
            for rd in steps["rounds"]])
 
 
+@pytest.mark.slow  # a benchmark at tiny size: ~20-40 s
 def test_conv_workers_and_summary(tmp_path):
   contenders = ("jax_xla", "jax_auto") + (("torch_1",) if HAS_TORCH else ())
   c = _quick("conv", tmp_path, contenders=contenders)

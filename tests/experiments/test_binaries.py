@@ -22,6 +22,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 QUICK = "--config=experiments/configs/demo.py:quick"
 
 
+# End-to-end runs of the binaries (the quick demo alone: ~6 min on 2 cores).
+pytestmark = pytest.mark.slow
+
+
 def _env():
   env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
   env.setdefault("JAX_PLATFORMS", "cpu")
@@ -261,7 +265,6 @@ def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):
   assert open(os.path.join(masks_dir, "config.json")).read() == config_before
 
 
-@pytest.mark.slow
 def test_masks_study_data_parallel_processes(tmp_path):
   """``experiments.attention_masks`` as two jax.distributed processes on loopback (one CPU
   device each) with ``train.data_parallel``: it finishes, process 0 alone writes the events,

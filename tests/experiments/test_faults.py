@@ -209,6 +209,7 @@ def _copy(finished, tmp_path):
   return workdir, os.path.join(workdir, "models", "full_natural", "metrics.jsonl")
 
 
+@pytest.mark.slow  # the finished study run: ~110 s
 def test_results_say_which_step_the_final_loss_is_from(finished, tmp_path):
   m = finished[1]["models"]["full_natural"]
   assert m["train_steps"] == 6 and m["final_train_step"] == 6
@@ -231,6 +232,7 @@ def test_results_say_which_step_the_final_loss_is_from(finished, tmp_path):
       "final_train_step"] == 4
 
 
+@pytest.mark.slow  # the finished study run: ~110 s
 def test_a_damaged_line_in_the_metrics_log_is_named(finished, tmp_path):
   workdir, metrics = _copy(finished, tmp_path)
   lines = open(metrics).read().splitlines()
@@ -241,6 +243,7 @@ def test_a_damaged_line_in_the_metrics_log_is_named(finished, tmp_path):
     masks_study.run(_small_masks(), workdir)
 
 
+@pytest.mark.slow  # the finished study run: ~110 s
 def test_an_evaluation_of_another_schema_is_named(finished, tmp_path):
   workdir, _ = _copy(finished, tmp_path)
   path = os.path.join(workdir, "eval", "full_natural.json")

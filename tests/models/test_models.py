@@ -235,7 +235,8 @@ def test_conv_patches_matches_xla_convolution_and_its_gradients(kh, stride, pad,
 
 @pytest.mark.parametrize("name,kw,size", [
     ("vgg19", {"variant": "small", "width": 0.125, "batch_norm": True}, 32),
-    ("mobilenet_v2", {"width": 0.35}, 35)])
+    pytest.param("mobilenet_v2", {"width": 0.35}, 35,
+                 marks=pytest.mark.slow)])  # MobileNetV2's three programs: ~50 s
 def test_patches_and_auto_models_equal_xla_models(name, kw, size):
   # Same parameters and, in eval mode, the same logits and gradients w.r.t. the input and the
   # parameters within 1e-5 (relative to each array's largest entry). (Train-mode BatchNorm

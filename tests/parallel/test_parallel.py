@@ -76,6 +76,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow  # two processes: ~25 s
 def test_two_processes_on_loopback_equal_single_process(tmp_path):
   out = str(tmp_path / "dist.json")
   addr = f"127.0.0.1:{_free_port()}"

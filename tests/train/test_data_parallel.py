@@ -33,6 +33,7 @@ def eight(tmp_path_factory):
     return out, json.load(f)
 
 
+@pytest.mark.slow  # one and eight devices' training runs: ~70 s
 def test_eight_devices_follow_the_one_device_loss_curve(eight):
   _, r = eight
   assert r["device_count"] == 8
@@ -45,6 +46,7 @@ def test_eight_devices_follow_the_one_device_loss_curve(eight):
   np.testing.assert_allclose(eight_, one, atol=1e-4)
 
 
+@pytest.mark.slow  # one and eight devices' training runs: ~70 s
 def test_eight_devices_adversarial_training_takes_the_same_steps(eight):
   _, r = eight
   one, eight_ = np.asarray(r["adv_one"]), np.asarray(r["adv_eight"])
@@ -56,11 +58,13 @@ def test_eight_devices_adversarial_training_takes_the_same_steps(eight):
   np.testing.assert_allclose(eight_, one, atol=1e-2)
 
 
+@pytest.mark.slow  # one and eight devices' training runs: ~70 s
 def test_uneven_batch_is_refused_naming_both_numbers(eight):
   _, r = eight
   assert "batch_size=12" in r["uneven_error"] and "8 devices" in r["uneven_error"]
 
 
+@pytest.mark.slow  # one and eight devices' training runs: ~70 s
 def test_checkpoints_of_eight_devices_restore_and_resume_on_one(eight):
   out, r = eight
   assert jax.device_count() == 1
@@ -84,6 +88,7 @@ def test_checkpoints_of_eight_devices_restore_and_resume_on_one(eight):
   np.testing.assert_allclose([rec["loss"] for rec in records], r["eight"], atol=1e-4)
 
 
+@pytest.mark.slow  # one and eight devices' training runs: ~70 s
 def test_two_processes_train_and_resume(eight, tmp_path):
   _, r = eight
   addr = f"127.0.0.1:{_free_port()}"

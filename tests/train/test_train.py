@@ -147,6 +147,7 @@ def test_masked_step_ignores_the_background_and_attacks_only_the_foreground(toy)
   assert np.abs(x_adv - x0).max() > ATTACK.eps / 2
 
 
+@pytest.mark.slow  # a training run: ~30-50 s
 def test_adversarial_training_raises_pgd_accuracy(tmp_path):
   # eps 16/255 moves the object's mean brightness by at most 0.063 < 0.12: a robust classifier
   # exists, but the naturally trained one leans on the fragile checkerboard (amplitude 0.04 <
@@ -292,6 +293,7 @@ def test_a_config_json_from_before_the_new_fields_still_matches(tmp_path):
     dataclasses.replace(cfg, guard="sometimes").validate()
 
 
+@pytest.mark.slow  # a training run: ~30-50 s
 def test_bfloat16_training_follows_float32(toy, tmp_path):
   # Mixed precision (precision="bfloat16"): the model computes in bf16, the master weights,
   # optimiser state, BatchNorm statistics and losses stay float32, and training follows the
