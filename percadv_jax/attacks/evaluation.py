@@ -206,14 +206,6 @@ def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool,
   return f
 
 
-def subset_batch_size(m: int, batch_size: int, mesh: Any) -> int:
-  """The batch size of a cascade's attack on its ``m`` surviving examples: ``batch_size``, or
-  the power of two >= max(m, 8) below it (few distinct shapes, so few compiles; a few padding
-  rows cost less than a compile), rounded to the mesh."""
-  size = min(batch_size, 1 << (max(m, 8) - 1).bit_length())
-  return parallel.padded_batch_size(size, size, mesh=mesh)
-
-
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
                     attacks: Mapping[str, Attack], *, key: jax.Array | None = None,
                     mask: jax.Array | None = None, batch_size: int | None = None,
@@ -251,8 +243,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       and norm (which must be an ``Attack``). Needs ``key``. None: no checks.
     cascade: AutoAttack's cascade: each attack runs, in order, only on the examples that are
       still robust (correct clean and after every earlier attack), compacted into batches of
-      ``batch_size`` (or of the power of two >= max(survivors, 8) when smaller: few shapes,
-      few compiles). ``survived[name]`` is then robust after the attacks up to ``name``
+      ``batch_size`` (padded: one shape, so each attack compiles once for every model of one
+      architecture). ``survived[name]`` is then robust after the attacks up to ``name``
       (AutoAttack's reported accuracy after each attack; ``robust`` is the same worst case),
       and the norms of examples an attack skipped are 0 (their ``x_adv``: ``x``).
 
@@ -334,7 +326,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       sub = sub if rows.size == n else {f: v[rows] for f, v in sub.items()}
       out = parallel.map_examples(
           _attack_fn(static, attack, bool(return_adversarial), randomised), a_args, sub,
-          batch_size=subset_batch_size(rows.size, bs, mesh) if cascade else bs, mesh=mesh,
+          batch_size=bs, mesh=mesh,
           key=k, desc=None if desc is None else f"{desc}: {name}")
     if not out["valid"].all():
       raise ValueError(f"attack {name!r} returned values outside [0, 1] (or NaN) or changed "

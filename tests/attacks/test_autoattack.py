@@ -350,9 +350,20 @@ def test_repr_names_targets_and_eot_only_when_set():
   assert A.Attack("apgd", eot=20) != A.Attack("apgd") and hash(A.Attack("apgd_t", targets=2))
 
 
-def test_cascade_batches_take_few_shapes():
-  from percadv_jax.attacks.evaluation import subset_batch_size
-  # Survivors run in batches of batch_size, or of the power of two >= max(survivors, 8).
-  assert [subset_batch_size(m, 32, None) for m in (1, 5, 8, 9, 20, 32)] == [8, 8, 8, 16, 32, 32]
-  assert [subset_batch_size(m, 8, None) for m in (1, 20)] == [8, 8]
-  assert subset_batch_size(3, 4, None) == 4
+def test_cascade_runs_every_stage_at_the_evaluation_batch_size(rand, monkeypatch):
+  # The compacted survivors are padded to batch_size: one shape, so one compile per attack.
+  from percadv_jax import parallel
+  calls, map_examples = [], parallel.map_examples
+
+  def spy(fn, args, data, *, batch_size, **kw):
+    calls.append((len(data["label"]), batch_size))
+    return map_examples(fn, args, data, batch_size=batch_size, **kw)
+
+  monkeypatch.setattr(parallel, "map_examples", spy)
+  f, x, y = rand["f"], rand["x"], rand["y"]
+  ev = A.robust_accuracy(f, x, y, {"fgsm": A.Attack("fgsm", eps=0.1),
+                                   "pgd": A.Attack("pgd", eps=0.1, steps=2)},
+                         key=jax.random.key(0), batch_size=8, cascade=True)
+  assert all(bs == 8 for _, bs in calls)
+  rows = [m for m, _ in calls[1:]]  # after the clean pass: one call per attack
+  assert rows == [int(ev.clean.sum()), int(ev.survived["fgsm"].sum())] and rows[1] < N
