@@ -126,7 +126,7 @@ def quick() -> ml_collections.ConfigDict:
   c.model.width = 0.35
   c.train.update(num_train=256, batch_size=32, epochs=1, warmup_steps=0)
   c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8, diagnostics=False)
-  c.attack.checklist.update(examples=8, restarts=2, square_queries=10)  # the smallest budgets
+  c.attack.checklist.update(examples=8, restarts=2, square_queries=10)  # tiny: a short smoke run
   c.report.update(bootstrap=50, figure_images=3)
   return c
 
