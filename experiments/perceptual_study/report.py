@@ -188,7 +188,8 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
   if cks:
     lines += [f"Robustness checklist of each seed's Linf PGD evaluation (first "
               f"{next(iter(cks.values()))['n']} selected images; items and evidence in "
-              f"[checklist.md]({prefix}checklist.md)):", ""] + [f"- {s}" for s in checklist.notes(cks)] + [""]
+              f"[checklist.md]({prefix}checklist.md)):", ""]
+    lines += [f"- {s}" for s in checklist.notes(cks)] + [""]
   lines += [
       "### The paper's question", "", f"> {results['questions']['paper']}", "",
       "Measured directly on the images each attack fooled (n), pooled over seeds, mean [95% "
