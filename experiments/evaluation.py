@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from percadv_jax import attacks as attacks_lib
-from percadv_jax import io, parallel
+from percadv_jax import checks, io, parallel
 
 
 def evaluation_id(spec: Mapping[str, Any]) -> str:
@@ -145,3 +145,36 @@ def curve(store: str | None, spec: Mapping[str, Any], *, attack: attacks_lib.Att
   return [{"eps": float(e), **evaluate(
       store, spec, attacks={attack.kind: dataclasses.replace(attack, eps=float(e))},
       **kw).summary()} for e in eps_values]
+
+
+def checklist_options(section: Any, field: str) -> attacks_lib.checklist.Options:
+  """The robustness checklist's budgets from a config section ``{enabled, examples, restarts,
+  square_queries}`` named ``field`` (e.g. ``"eval.checklist"``), checked.
+
+  The trust items reuse the evaluated attack's trust checks (``trust=None``: with the study's
+  diagnostics off they are skipped).
+
+  Raises:
+    TypeError / ValueError: naming ``<field>.<name>``.
+  """
+  checks.check_bool(section.enabled, f"{field}.enabled")
+  try:
+    return attacks_lib.checklist.Options(examples=section.examples, restarts=section.restarts,
+                                         square_queries=section.square_queries, trust=None)
+  except (TypeError, ValueError) as err:
+    raise type(err)(f"{field}.{err}") from None
+
+
+def checklist_evaluate(store: str | None, spec: Mapping[str, Any], *, logits_fn: Callable,
+                       data: Mapping[str, np.ndarray], batch_size: int, desc: str
+                       ) -> attacks_lib.checklist.EvaluateFn:
+  """``attacks.checklist.run``'s ``evaluate`` callback: the checklist's attacks on ``data`` (the
+  checked examples, ``{"image", "label", "mask"}`` of length n) through ``evaluate`` in
+  ``store`` under ``spec`` with ``"data": "checklist<n>"`` (a resumed run finds them)."""
+  n = int(len(data["label"]))
+
+  def run(named, *, key, return_adversarial):
+    return evaluate(store, {**spec, "data": f"checklist{n}"}, logits_fn=logits_fn, data=data,
+                    attacks=named, key=key, batch_size=min(batch_size, n),
+                    return_adversarial=return_adversarial, desc=desc)
+  return run

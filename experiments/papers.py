@@ -217,6 +217,14 @@ PERCEPTUAL_CAM_FIELD_SOURCES = {"imagenet_paper": {
     "attack.diagnostics": ("ours", "our trust checks of the Linf evaluation"),
     "attack.stronger_steps": ("ours", "the trust checks' APGD step count"),
     "attack.diagnostic_examples": ("ours", "images the trust checks use"),
+    "attack.checklist.enabled": ("ours", "our robustness checklist (Carlini et al. 2019, "
+                                         "Tramer et al. 2020) of the Linf PGD evaluation; the "
+                                         "paper has none"),
+    "attack.checklist.examples": ("ours", "256, as the trust checks' diagnostic_examples: "
+                                          "every one of the 200 selected images"),
+    "attack.checklist.restarts": ("ours", "5 random restarts for the more-restarts item: "
+                                          "affordable beside PGD-10; not a paper's value"),
+    "attack.checklist.square_queries": ("ours", "5,000 queries, AutoAttack's Square budget"),
     "cam.layer": ("paper", "the preset's docstring: the CAM at the last convolutional layer "
                            "(out_relu), as the paper"),
     "cam.top_k": ("ours", "the share of pixels of our top-k IoU"),

@@ -34,7 +34,11 @@ Fields (override any with ``--config.<field>=<value>``):
 - ``attack``: ``ssim_steps``, ``pgd_steps``, ``linf_eps`` / ``l2_eps`` (0 = matched to the
   median norm of the SSIM attack's perturbations), ``batch_size``, ``diagnostics`` (the trust
   checks of ``percadv_jax.attacks.diagnostics`` on the first ``diagnostic_examples`` images of
-  the Linf PGD evaluation, APGD with ``stronger_steps`` steps as the stronger attack).
+  the Linf PGD evaluation, APGD with ``stronger_steps`` steps as the stronger attack),
+  ``checklist`` (the robustness checklist of ``percadv_jax.attacks.checklist`` of each seed's
+  Linf PGD evaluation: ``enabled``, ``examples`` (the first selected images it checks),
+  ``restarts`` (of its more-restarts attack), ``square_queries`` (of its black-box Square
+  Attack); every value is our choice: the paper has no checklist).
 - ``cam``: ``layer`` ("" = the model's, or the deepest tap of at least 4x4 where the model's is
   smaller), ``top_k`` (fraction of pixels of the top-k IoU), ``energy_top_k`` (the fractions k of
   the direct answer's energy share inside the CAM's top-k% region; our choice (0.1, 0.2): the
@@ -84,6 +88,10 @@ def default() -> ml_collections.ConfigDict:
   c.attack = ml_collections.ConfigDict(dict(
       ssim_steps=20, pgd_steps=20, linf_eps=0.0, l2_eps=0.0, batch_size=50, diagnostics=True,
       stronger_steps=20, diagnostic_examples=256))
+  # Ours: 256 images (as many as the trust checks), 5 restarts, 5,000 queries (AutoAttack's
+  # Square budget); the paper has no checklist.
+  c.attack.checklist = ml_collections.ConfigDict(dict(enabled=True, examples=256, restarts=5,
+                                                      square_queries=5000))
   c.cam = ml_collections.ConfigDict(dict(layer="", top_k=0.1, energy_top_k=(0.1, 0.2)))
   c.sanity = ml_collections.ConfigDict(dict(
       nulls=NULLS, cascade=CASCADE_STAGES, null_stage="all", smooth_sigma=0.0, random_maps=8,
@@ -104,6 +112,9 @@ def demo() -> ml_collections.ConfigDict:
                  warmup_steps=50)
   c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32, stronger_steps=10,
                   diagnostic_examples=32)
+  # Our choice, to keep the demo short: the checklist on the trust checks' 32 images, 2
+  # restarts, 100 Square queries.
+  c.attack.checklist.update(examples=32, restarts=2, square_queries=100)
   c.report.bootstrap = 500
   return c
 
@@ -115,6 +126,7 @@ def quick() -> ml_collections.ConfigDict:
   c.model.width = 0.35
   c.train.update(num_train=256, batch_size=32, epochs=1, warmup_steps=0)
   c.attack.update(ssim_steps=2, pgd_steps=2, batch_size=8, diagnostics=False)
+  c.attack.checklist.update(examples=8, restarts=2, square_queries=10)  # tiny: a short smoke run
   c.report.update(bootstrap=50, figure_images=3)
   return c
 

@@ -73,11 +73,7 @@ def validate(config: Any) -> None:
     checks.check_positive(config.eval[f], f"eval.{f}", allow_zero=True)
   for f in ("eps", "steps", "apgd_steps", "restarts", "batch_size"):
     checks.check_positive(config.eval[f], f"eval.{f}")
-  checks.check_bool(config.eval.checklist.enabled, "eval.checklist.enabled")
-  try:
-    checklist.options(config)
-  except ValueError as err:
-    raise ValueError(f"eval.checklist.{err}") from None
+  checklist.options(config)
   for e in config.eval.curve_eps:
     checks.check_positive(e, "eval.curve_eps entry", allow_zero=True)
   validate_extra_columns(config)

@@ -23,11 +23,8 @@ from percadv_jax import attacks, io, train
 
 
 def options(config: Any) -> attacks.checklist.Options:
-  """The checklist's budgets of ``config.eval.checklist`` (the trust items reuse the
-  evaluation's trust checks; with ``eval.diagnostics`` off they are skipped)."""
-  c = config.eval.checklist
-  return attacks.checklist.Options(examples=c.examples, restarts=c.restarts,
-                                   square_queries=c.square_queries, trust=None)
+  """The checklist's budgets of ``config.eval.checklist`` (``evaluation.checklist_options``)."""
+  return evaluation.checklist_options(config.eval.checklist, "eval.checklist")
 
 
 def source_path(workdir: str, name: str) -> str:
@@ -55,13 +52,8 @@ def run_model(config: Any, *, name: str, masked: bool, logits_fn: Any, data: Map
   n = min(opts.examples, len(data["label"]))
   first = {k: np.asarray(v)[:n] for k, v in data.items()}
 
-  def evaluate(named, *, key, return_adversarial):
-    return evaluation.evaluate(store, {**spec, "data": f"checklist{n}"}, logits_fn=logits_fn,
-                               data=first, attacks=named, key=key,
-                               batch_size=min(batch_size, n),
-                               return_adversarial=return_adversarial,
-                               desc=f"{name} checklist")
-
+  evaluate = evaluation.checklist_evaluate(store, spec, logits_fn=logits_fn, data=first,
+                                          batch_size=batch_size, desc=f"{name} checklist")
   source, source_name = None, None
   if masked:
     source_name = name.replace("masked_", "full_")

@@ -28,6 +28,8 @@ Every agreement uses the images each attack fooled. Then it pools the seeds and 
 - ``replication.md/.csv`` Pearson vs Grad-CAM++ per seed
 - ``lp_comparison.md/.csv`` the direct measures, SSIM attack minus Lp PGD, paired
 - ``figures/<attack>.png``: image | CAM | |perturbation| | 1 - SSIM rows (first seed)
+- ``checklist.md/.json``  the robustness checklist of each seed's Linf PGD evaluation
+  (``checklist``; ``attack.checklist.enabled``), one summary line per seed in ``summary.md``
 - ``results.json``        every number above; ``summary.md``: the paper's question and its
   answer first, then the project's addition
 """
@@ -43,14 +45,14 @@ import numpy as np
 from experiments import common
 from experiments.configs import data as data_config
 from experiments.configs.perceptual_cam import ATTACKS, CAM_METHODS, CASCADE_STAGES, NULLS
-from experiments.perceptual_study import (agreement, attacks, model, question, report,
-                                          sanity)
+from experiments.perceptual_study import (agreement, attacks, checklist, model, question,
+                                          report, sanity)
 from percadv_jax import cam, checks, io, models, train
 
 DATASETS = common.DATASETS + ("image_folder", "oxford_iiit_pet", "imagenet2012")
 
-__all__ = ["run", "validate", "check_inputs", "seeds_of", "agreement", "attacks", "model",
-           "question", "report", "sanity"]
+__all__ = ["run", "validate", "check_inputs", "seeds_of", "agreement", "attacks", "checklist",
+           "model", "question", "report", "sanity"]
 
 
 def _image_size(config: Any) -> int:
@@ -99,6 +101,7 @@ def validate(config: Any) -> None:
     checks.check_positive(config.attack[f], f"attack.{f}")
   for f in ("linf_eps", "l2_eps"):
     checks.check_positive(config.attack[f], f"attack.{f}", allow_zero=True)
+  checklist.options(config)  # attack.checklist.<field>
   for f in ("window", "stride"):
     checks.check_positive(b[f], f"ball.{f}")
   if not 0 < b.eps_structure < 1:
@@ -176,6 +179,12 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
   y = np.asarray(sel["labels"], np.int32)
   layer = model.cam_layer(module, variables, x, config.cam.layer)
   adv = attacks.run_attacks(config, workdir, logits_fn, x, y, seed)
+  ck = None
+  if config.attack.checklist.enabled:
+    with common.Timer() as timer:
+      ck = checklist.run_seed(config, workdir, logits_fn=logits_fn, x=x, y=y, linf=adv["linf"],
+                              seed=seed)
+    io.log_event(workdir, "checklist", seconds=timer.seconds, summary=ck["summary"])
   bs = config.attack.batch_size
   cam_maps = agreement.cams(module, variables, x, y, layer=layer, batch_size=bs)
   has_masks = bool(getattr(src.info, "has_masks", False))
@@ -202,6 +211,7 @@ def run_seed(config: Any, workdir: str, seed: int) -> dict:
   return {"seed": seed, "model": {**model_info, "num_classes": int(module.num_classes),
                                   "cam_layer": layer},
           "selection": sel, "has_masks": has_masks, "x": x, "y": y, "adv": adv, "maps": maps,
+          "checklist": ck,
           "cams": cam_maps, "per_attack": per_attack, "violation": violation,
           "cam_mask": cam_mask, "logits_fn": logits_fn, "direct": direct,
           "lp": question.lp_differences(direct, config.cam.energy_top_k), **baselines}
@@ -341,7 +351,9 @@ def run(config: Any, workdir: str) -> dict:
       "cam_vs_mask": cam_mask, "tables": tables, "figures": figures,
       "questions": {"paper": question.PAPER_QUESTION, "addition": question.ADDITION_QUESTION},
       "answer": answer, **{k: v for k, v in direct.items() if k != "table_names"},
+      "checklist": {str(r["seed"]): r["checklist"] for r in runs if r["checklist"]},
   }
+  checklist.write(workdir, results["checklist"])
   io.write_json(os.path.join(workdir, "results.json"), results)
   with io.atomic_open(os.path.join(workdir, "summary.md")) as f:
     f.write(report.summary_markdown(config, results))

@@ -93,15 +93,32 @@ class SsimAttack:
     return perceptual.ssim_attack(logits_fn, x, y, ball=self.ball, steps=self.steps)
 
 
+def key_of(seed: int) -> jax.Array:
+  """The seed's attack key (Linf PGD folds in 1, L2 PGD 2, the checklist its own)."""
+  return jax.random.PRNGKey(seed + 11)
+
+
+def store_of(workdir: str) -> str:
+  """The seed's store of finished evaluations (``experiments/evaluation.py``)."""
+  return os.path.join(workdir, "evaluations")
+
+
+def spec_of(seed: int) -> dict[str, Any]:
+  """The store description of the seed's evaluations on its selected images."""
+  return {"seed": seed, "images": "selection"}
+
+
 def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.ndarray,
                 seed: int) -> dict[str, dict]:
   """``{name: {"x_adv" [N,H,W,C], "success" bool [N], "linf", "l2" [N], "facts"}}`` for the
-  SSIM attack and Linf / L2 PGD; finished attacks are kept in ``workdir/evaluations``."""
+  SSIM attack and Linf / L2 PGD (theirs also ``"attack"``, the ``attacks.Attack``, and with
+  ``attack.diagnostics`` Linf's ``"diagnostics"``); finished attacks are kept in
+  ``workdir/evaluations``."""
   a = config.attack
-  store = os.path.join(workdir, "evaluations")
+  store = store_of(workdir)
   data = {"image": x, "label": y, "mask": np.ones(x.shape[:3] + (1,), np.float32)}
-  key = jax.random.PRNGKey(seed + 11)
-  spec = {"seed": seed, "images": "selection"}
+  key = key_of(seed)
+  spec = spec_of(seed)
   out = {}
   with common.Timer() as t:
     ev = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
@@ -114,10 +131,9 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
            "l2": a.l2_eps or float(np.median(out["ssim"]["l2"]))}
   for norm in ("linf", "l2"):
     eps = max(radii[norm], 1e-6)
+    pgd = attacks.Attack("pgd", eps=eps, steps=a.pgd_steps, norm=norm)
     with common.Timer() as t:
-      ev = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data,
-                               attacks={norm: attacks.Attack("pgd", eps=eps, steps=a.pgd_steps,
-                                                             norm=norm)},
+      ev = evaluation.evaluate(store, spec, logits_fn=logits_fn, data=data, attacks={norm: pgd},
                                key=jax.random.fold_in(key, 1 if norm == "linf" else 2),
                                batch_size=a.batch_size, return_adversarial=True,
                                desc=f"{norm} PGD",
@@ -130,6 +146,7 @@ def run_attacks(config: Any, workdir: str, logits_fn: Any, x: np.ndarray, y: np.
     out[norm] = _result(ev, norm, {
         "seconds": t.seconds, "eps": eps, "steps": a.pgd_steps,
         "eps_source": "config" if set_by_user else "median norm of the SSIM attack"})
+    out[norm]["attack"] = pgd
     if ev.checks is not None:
       out[norm]["diagnostics"] = {"checks": ev.checks, "summary": ev.summary()["checks"]}
   for name, res in out.items():

@@ -9,6 +9,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from experiments import common
+from experiments.perceptual_study import checklist
 from experiments.configs.perceptual_cam import ATTACKS, MAP_KINDS
 from percadv_jax import io
 
@@ -182,7 +183,14 @@ def summary_markdown(config: Any, results: dict, prefix: str = "") -> str:
       f"{100 * d['candidate_accuracy']:.1f}% of the candidates correct). Quality ball: window "
       f"{b.window}, stride {b.stride}, e1 = {b.eps_luminance}, e2 = {b.eps_structure}; SSIM "
       f"attack {a.ssim_steps} steps; PGD {a.pgd_steps} steps (step 2.5 eps / steps). SSIM is the "
-      "standard (Gaussian 11x11) SSIM.", "", md("attacks"),
+      "standard (Gaussian 11x11) SSIM.", "", md("attacks")]
+  cks = results.get("checklist") or {}
+  if cks:
+    lines += [f"Robustness checklist of each seed's Linf PGD evaluation (first "
+              f"{next(iter(cks.values()))['n']} selected images; items and evidence in "
+              f"[checklist.md]({prefix}checklist.md)):", ""]
+    lines += [f"- {s}" for s in checklist.notes(cks)] + [""]
+  lines += [
       "### The paper's question", "", f"> {results['questions']['paper']}", "",
       "Measured directly on the images each attack fooled (n), pooled over seeds, mean [95% "
       f"bootstrap CI]: the share of the perturbation map's energy inside the top {ks} of "

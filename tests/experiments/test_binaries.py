@@ -1,6 +1,7 @@
 """End-to-end: the demo's quick preset (both studies), tables == results.json, resume, configs."""
 
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from experiments.masks_study import claims
 from percadv_jax.attacks import checklist
 from experiments.masks_study import report as masks_report
 from experiments.perceptual_study import agreement, question
-from percadv_jax import io
+from percadv_jax import attacks, io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 QUICK = "--config=experiments/configs/demo.py:quick"
@@ -239,6 +240,48 @@ def test_perceptual_direct_answer_and_baselines(quick_demo):
   dele = _csv(os.path.join(d, "deletion.csv"))
   assert [r["CAM"] for r in dele] == ["Grad-CAM++"]  # the direct answer's CAM
   assert dele[0]["faithful"] == ("yes" if san["faithful"] else "no")
+
+
+def test_perceptual_checklist_per_seed(quick_demo):
+  """checklist.json / .md hold every item for each seed's Linf PGD evaluation (no transfer
+  source); its more-iterations numbers are the store's record of PGD with twice the steps on
+  the same images; summary.md and report.md carry one line per seed."""
+  d = os.path.join(quick_demo, "perceptual_cam")
+  config = perceptual_cfgs.get_config("quick")
+  res = io.read_json(os.path.join(d, "results.json"))
+  data = io.read_json(os.path.join(d, "checklist.json"))
+  md = open(os.path.join(d, "checklist.md")).read()
+  summary = open(os.path.join(d, "summary.md")).read()
+  report = open(os.path.join(quick_demo, "report.md")).read()
+  assert sorted(data) == sorted(str(s) for s in res["seeds"]) and res["checklist"] == data
+  for seed, c in data.items():
+    assert [i["name"] for i in c["items"]] == list(checklist.ITEMS)
+    items = {i["name"]: i for i in c["items"]}
+    n = min(config.attack.checklist.examples, res["data"]["num_images"])
+    assert c["n"] == n and items["hyperparameters"]["white_box"] == ["linf"]
+    assert items["transfer"]["status"] == "skip"
+    assert sum(c["counts"].values()) == len(checklist.ITEMS)
+    line = f"- MobileNetV2 seed {seed}, Linf PGD: {checklist.summary(c)}"
+    assert line in summary and line in report
+    assert f"## MobileNetV2 seed {seed}, Linf PGD" in md
+    # more_iterations against the store: PGD with twice the steps on the same n images
+    eps = res["attacks"]["linf"]["facts"]["eps"]
+    pgd = attacks.Attack("pgd", eps=eps, steps=config.attack.pgd_steps, norm="linf")
+    more = dataclasses.replace(pgd, steps=2 * pgd.steps)
+    store = os.path.join(d, f"seed_{seed}", "evaluations")
+    records = {}
+    for f in os.listdir(store):
+      if f.endswith(".json") and not f.endswith(".checks.json"):
+        spec = io.read_json(os.path.join(store, f))
+        if spec.get("data") == f"checklist{n}":
+          with np.load(os.path.join(store, f[:-5] + ".npz")) as z:
+            ev = attacks.Evaluation.from_arrays(dict(z))
+          records.update({name: (a, ev) for name, a in spec["attacks"].items()})
+    assert records["attack"][0] == repr(pgd) and records["more_steps"][0] == repr(more)
+    more_it = items["more_iterations"]
+    assert more_it["accuracy"] == float(records["attack"][1].survived["attack"].mean())
+    assert more_it["accuracy_more"] == float(records["more_steps"][1].survived["more_steps"].mean())
+    assert more_it["change"] == more_it["accuracy_more"] - more_it["accuracy"]
 
 
 def test_resume_skips_finished_work_and_refuses_other_configs(quick_demo):

@@ -278,7 +278,8 @@ def imagenet(tmp_path_factory):
       f"--config.data.data_dir={folder}", f"--config.model.keras_weights={h5}",
       f"--workdir={workdir}", "--config.data.num_images=3", "--config.data.candidates=6",
       "--config.attack.ssim_steps=2", "--config.attack.pgd_steps=2",
-      "--config.attack.diagnostics=False", "--config.report.bootstrap=200"))
+      "--config.attack.diagnostics=False", "--config.report.bootstrap=200",
+      "--config.attack.checklist.enabled=False"))
   return {"x": x, "h5": h5, "workdir": workdir, "stdout": proc.stdout}
 
 

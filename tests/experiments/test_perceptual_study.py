@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import perceptual_cam
+from experiments import perceptual_study
 from experiments.perceptual_study import agreement, question, sanity
 from percadv_jax import cam
 
@@ -139,3 +140,14 @@ def test_null_refs_and_stages_follow_the_config():
   assert sanity.null_refs(c)["random_model"] == "cascade:above_cam"
   c.sanity.nulls = ("smooth_random",)
   assert sanity.stages(c) == ("logits",)
+
+
+def test_checklist_fields_are_validated():
+  c = perceptual_cam.get_config("quick")
+  perceptual_study.validate(c)
+  assert perceptual_study.checklist.options(c).examples == 8
+  for field, value in (("examples", 0), ("restarts", 1), ("square_queries", 0)):
+    bad = perceptual_cam.get_config("quick")
+    bad.attack.checklist[field] = value
+    with pytest.raises(ValueError, match=rf"^attack\.checklist\.{field} "):
+      perceptual_study.validate(bad)
