@@ -22,6 +22,7 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,11 +38,27 @@ def model_input(x: jax.Array, mask: jax.Array | None, masked: bool) -> jax.Array
   return x * mask if masked else x
 
 
-@functools.lru_cache(maxsize=64)
-def _eval_apply(apply_fn: Callable, masked: bool) -> Callable:
+def _logits_of(apply_fn: Callable, masked: bool) -> Callable:
   def logits(variables, mask, x):
     return apply_fn(variables, model_input(x, mask, masked), train=False)
   return logits
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_logits_of(model: Any, masked: bool) -> Callable:
+  return _logits_of(model.apply if isinstance(model, nn.Module) else model, masked)
+
+
+def _eval_apply(apply_fn: Callable, masked: bool) -> Callable:
+  """The eval-mode function of ``make_logits_fn``'s ``Partial``, one object per model and
+  setting; for a Flax ``module.apply`` one per equal module, so that models built apart with
+  the same fields (e.g. one per seed) share the compiled attacks, CAMs and evaluations."""
+  module = getattr(apply_fn, "__self__", None)
+  is_apply = isinstance(module, nn.Module) and getattr(apply_fn, "__name__", "") == "apply"
+  try:
+    return _cached_logits_of(module if is_apply else apply_fn, masked)
+  except TypeError:  # unhashable (a module with an unhashable field): its own function
+    return _logits_of(apply_fn, masked)
 
 
 def make_logits_fn(apply_fn: Callable, variables: Any, *, mask: jax.Array | None = None,

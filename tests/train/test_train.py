@@ -329,3 +329,26 @@ def test_bfloat16_training_follows_float32(toy, tmp_path):
   np.testing.assert_allclose(first["bfloat16"], first["float32"], rtol=0.02)
   with pytest.raises(ValueError, match="precision"):
     _config(precision="float16").validate()
+
+
+def test_models_built_apart_share_their_compiled_attacks():
+  # make_logits_fn of equal modules built apart (one per seed) is one function: the jitted
+  # attacks see the same static part and compile once; another model compiles its own.
+  from percadv_jax import models
+  mods = [models.get_model("vgg19", num_classes=10, **MODEL_KW) for _ in range(2)]
+  other = models.get_model("vgg19", num_classes=10, **{**MODEL_KW, "width": 0.25})
+  x = jnp.asarray(np.random.default_rng(0).random((2, 32, 32, 3), np.float32))
+  variables = [m.init(jax.random.key(i), x, train=False) for i, m in enumerate(mods)]
+  fns = [train.make_logits_fn(m.apply, v) for m, v in zip(mods, variables)]
+  tree = jax.tree_util.tree_structure
+  assert tree(fns[0]) == tree(fns[1])
+  assert tree(fns[0]) != tree(train.make_logits_fn(mods[0].apply, variables[0], masked=True))
+  assert tree(fns[0]) != tree(train.make_logits_fn(
+      other.apply, other.init(jax.random.key(2), x, train=False)))
+  for m, v, f in zip(mods, variables, fns):  # each keeps its own weights
+    np.testing.assert_allclose(f(x), m.apply(v, x, train=False), rtol=1e-6, atol=1e-6)
+  traces = []
+  step = jax.jit(lambda f, x: (traces.append(1), f(x))[1])
+  for f in fns:
+    step(f, x)
+  assert len(traces) == 1
