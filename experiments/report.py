@@ -49,9 +49,7 @@ def read_study(workdir: str) -> dict:
     r = io.read_json(path)
   except ValueError as e:
     raise ValueError(f"{e} by running the attention_masks study in {workdir} again") from None
-  if not isinstance(r, dict):
-    raise ValueError(f"{path} is not an attention_masks result (a JSON object expected, got "
-                     f"{type(r).__name__})")
+  r = io.json_object(r, path, "an attention_masks result")
   if r.get("study") != "attention_masks":
     raise ValueError(f"{path} is not an attention_masks result (its study is "
                      f"{r.get('study')!r})")

@@ -158,12 +158,9 @@ def train_config(spec: str) -> train.TrainConfig:
   """
   path = os.path.join(spec, "config.json")
   try:
-    stored = io.read_json(path)
+    stored = io.json_object(io.read_json(path), path, "a training configuration")
   except ValueError as e:
     raise ValueError(f"checkpoint {spec!r}: {e}") from None
-  if not isinstance(stored, dict):
-    raise ValueError(f"checkpoint {spec!r}: {path} is not a training configuration (a JSON "
-                     f"object expected, got {type(stored).__name__})")
   try:
     tc = train.TrainConfig.from_dict(stored)
     tc.validate()

@@ -101,6 +101,17 @@ def read_json(path: str) -> Any:
                      "delete it to have it rewritten") from None
 
 
+def json_object(obj: Any, path: str, what: str) -> dict:
+  """``obj`` (read from ``path``) when it is a JSON object.
+
+  Raises:
+    ValueError: ``"<path> is not <what> (a JSON object expected, got <type>)"``.
+  """
+  if not isinstance(obj, dict):
+    raise ValueError(f"{path} is not {what} (a JSON object expected, got {type(obj).__name__})")
+  return obj
+
+
 def append_jsonl(path: str, record: Mapping[str, Any]) -> None:
   """Appends one JSON line (flushed and fsynced), stamping ``time`` if absent.
 
