@@ -11,7 +11,7 @@ The project's addition: do they do so more than Linf / L2 PGD perturbations of t
 
 - ``default``: a MobileNetV2 (width 0.5) trained here on the synthetic signs, 200 correctly
   classified test images, the quality ball w = 8, s = 4, e1 = e2 = 0.05, Grad-CAM++ and Grad-CAM;
-- ``demo``: the demo's sizes (about 10 minutes on 2 CPU cores);
+- ``demo``: the demo's sizes (about 8 minutes on 2 CPU cores);
 - ``quick``: a smoke run (the numbers mean nothing);
 - ``imagenet_paper``: the paper's setting (MobileNetV2 1.0, Keras ImageNet weights, 224 px,
   CAM at the last convolutional layer); its docstring states every value and its source.
@@ -103,7 +103,7 @@ def default() -> ml_collections.ConfigDict:
 def demo() -> ml_collections.ConfigDict:
   """The demo: two seeds; per seed a MobileNetV2 (width 0.35, 32 px) trained for 1,560 steps on
   16,000 synthetic signs (93-96% test accuracy; 4,000 images and 620 steps gave 68.7%), 64
-  correctly classified test images. About 10 minutes on 2 CPU cores."""
+  correctly classified test images. About 8 minutes on 2 CPU cores."""
   c = default()
   c.seeds = (0, 1)
   c.data.update(num_images=64, candidates=300)
