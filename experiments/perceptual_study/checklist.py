@@ -47,7 +47,7 @@ def run_seed(config: Any, workdir: str, *, logits_fn: Any, x: np.ndarray, y: np.
   opts = options(config)
   n = min(opts.examples, len(y))
   first = {"image": np.asarray(x)[:n], "label": np.asarray(y)[:n],
-           "mask": np.ones(np.shape(x)[:3] + (1,), np.float32)[:n]}
+           "mask": np.ones((n,) + np.shape(x)[1:3] + (1,), np.float32)}
   spec = study_attacks.spec_of(seed)
   evaluate = evaluation.checklist_evaluate(
       study_attacks.store_of(workdir), spec, logits_fn=logits_fn, data=first,
