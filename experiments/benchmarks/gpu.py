@@ -21,7 +21,7 @@ Rows (``results.json`` ``rows``, one table):
   signs at 32 px, batch ``smoke_batch_size``), the models ``smoke_models``, the evaluation
   ``smoke_eval`` ("paper": the preset's, PGD-20, APGD-100, curves, trust checks; "quick": the
   ``quick`` preset's attack sizes without AutoAttack, the adaptive column and the checklist,
-  for a CPU, where attacks unroll their steps and compile long):
+  for a CPU, where the paper's attack budgets take long):
   seconds and the number of models it trained and evaluated (``models``).
 
 Fields (``experiments/configs/benchmark.py``): the pipeline rows' ``batch_size`` (global, a

@@ -19,7 +19,7 @@ internally with the hyper-parameters static.
   (``autoattack_attacks`` gives its ``{name: Attack}``).
 - The functions behind the kinds: ``pgd(logits_fn, x, y, *, key, eps, step_size, steps,
   norm="linf", mask=None, random_start=True, restarts=1, targeted=False, loss="ce",
-  early_stop=False, unroll=None)``, ``fgsm(...)``, ``apgd(..., loss="ce"|"dlr", eot=None)``,
+  early_stop=False, unroll=1)``, ``fgsm(...)``, ``apgd(..., loss="ce"|"dlr", eot=None)``,
   ``apgd_t(..., targets=None)``, ``fab_t(..., targets=None)``, ``square(..., queries=5000)``.
 - losses ``"ce"``, ``"margin"`` (CW), ``"dlr"`` in ``percadv_jax.attacks.losses``.
 - ``checked(attack)``: the same attack with ``jax.experimental.checkify`` checks of its inputs
@@ -45,13 +45,13 @@ from percadv_jax.attacks.adaptive import bpda_masked_logits
 from percadv_jax.attacks.apgd import apgd, apgd_t
 from percadv_jax.attacks.attack import KINDS, Attack, free_pixels, step_size
 from percadv_jax.attacks.autoattack import autoattack, autoattack_attacks
-from percadv_jax.attacks.core import CPU_UNROLL_MAX_STEPS, checked, default_unroll
+from percadv_jax.attacks.core import checked
 from percadv_jax.attacks.evaluation import Evaluation, robust_accuracy
 from percadv_jax.attacks.fab import fab_t
 from percadv_jax.attacks.pgd import fgsm, pgd
 from percadv_jax.attacks.square import square
 
-__all__ = ["Attack", "Evaluation", "KINDS", "CPU_UNROLL_MAX_STEPS", "apgd", "apgd_t",
+__all__ = ["Attack", "Evaluation", "KINDS", "apgd", "apgd_t",
            "autoattack", "autoattack_attacks", "bpda_masked_logits", "checked", "checklist",
-           "core", "default_unroll", "diagnostics", "fab_t", "fgsm", "free_pixels", "losses", "pgd",
+           "core", "diagnostics", "fab_t", "fgsm", "free_pixels", "losses", "pgd",
            "robust_accuracy", "square", "step_size"]

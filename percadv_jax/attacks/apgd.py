@@ -147,7 +147,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | No
          eps: float | jax.Array, steps: int = 100, norm: str = "linf",
          mask: jax.Array | None = None, random_start: bool = True, restarts: int = 1,
          targeted: bool = False, loss: str = "ce", rho: float = 0.75, momentum: float = 0.75,
-         early_stop: bool = True, unroll: int | bool | None = None,
+         early_stop: bool = True, unroll: int | bool = 1,
          eot: int | None = None) -> jax.Array:
   """APGD (Croce & Hein 2020): ``loss="ce"`` is APGD-CE, ``loss="dlr"`` APGD-DLR.
 
@@ -181,7 +181,7 @@ def apgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | No
   momentum = checks.check_float(momentum, "momentum", minimum=0.0, maximum=1.0,
                                 min_inclusive=False)
   early_stop = checks.check_bool(early_stop, "early_stop")
-  unroll = C.resolve_unroll(unroll, steps * restarts * (eot or 1))
+  unroll = C.resolve_unroll(unroll)
   return _apgd(logits_fn, x, y, keys, eps, mask, steps=steps, norm=norm,
                random_start=bool(random_start), restarts=restarts, targeted=bool(targeted),
                loss=loss, rho=float(rho), momentum=float(momentum), early_stop=bool(early_stop),
@@ -216,7 +216,7 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
            eps: float | jax.Array, steps: int = 100, norm: str = "linf",
            mask: jax.Array | None = None, targets: int | None = None, restarts: int = 1,
            rho: float = 0.75, momentum: float = 0.75, early_stop: bool = True,
-           unroll: int | bool | None = None) -> jax.Array:
+           unroll: int | bool = 1) -> jax.Array:
   """APGD-T (Croce & Hein 2020; AutoAttack's ``APGDAttack_targeted``): untargeted robustness
   by targeted APGD runs towards the ``targets`` most likely other classes.
 
@@ -259,7 +259,7 @@ def apgd_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array,
   momentum = checks.check_float(momentum, "momentum", minimum=0.0, maximum=1.0,
                                 min_inclusive=False)
   early_stop = checks.check_bool(early_stop, "early_stop")
-  unroll = C.resolve_unroll(unroll, steps * restarts * targets)
+  unroll = C.resolve_unroll(unroll)
   return _apgd_t(logits_fn, x, y, keys, eps, mask, steps=steps, norm=norm, targets=targets,
                  restarts=restarts, rho=float(rho), momentum=float(momentum),
                  early_stop=bool(early_stop), unroll=unroll)

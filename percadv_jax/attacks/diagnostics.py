@@ -270,7 +270,7 @@ def stronger_attack_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array
                           reported: Any, norm: str = "linf", mask: Any = None,
                           losses: Sequence[str] = ("ce", "dlr"), steps: int = 50,
                           restarts: int = 1, tolerance: float = 0.02, max_examples: int = 256,
-                          unroll: int | bool | None = None) -> dict[str, Any]:
+                          unroll: int | bool = 1) -> dict[str, Any]:
   """Runs APGD (``losses``, per-example worst case) and compares it with the reported attack.
 
   Args:
@@ -319,7 +319,7 @@ def stronger_attack_check(logits_fn: LogitsFn, x: Any, y: Any, *, key: jax.Array
 def large_eps_check(logits_fn: LogitsFn, x: Any, y: Any, *, eps: Any = None, norm: str = "linf",
                     mask: Any = None, steps: int = 20,
                     threshold: float = 0.1, max_examples: int = 256,
-                    unroll: int | bool | None = None) -> dict[str, Any]:
+                    unroll: int | bool = 1) -> dict[str, Any]:
   """Flags accuracy that does not fall to about zero under PGD at a very large eps.
 
   At ``eps`` = 0.5 (Linf) every image can be moved to the same grey image, so a working attack
@@ -383,7 +383,7 @@ class Options:
   attack_tolerance: float = 0.02
   large_eps_threshold: float = 0.1
   max_examples: int = 256
-  unroll: int | bool | None = None
+  unroll: int | bool = 1
 
   def __post_init__(self):
     for f in ("steps", "stronger_steps", "stronger_restarts", "large_eps_steps", "max_examples"):

@@ -228,7 +228,7 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: float | jax.A
           key: jax.Array | None = None, steps: int = 100, norm: str = "linf",
           mask: jax.Array | None = None, targets: int | None = None, restarts: int = 1,
           alpha_max: float = ALPHA_MAX, eta: float = ETA, beta: float = BETA,
-          early_stop: bool = True, unroll: int | bool | None = None) -> jax.Array:
+          early_stop: bool = True, unroll: int | bool = 1) -> jax.Array:
   """FAB-T as in AutoAttack's standard version (``FABAttack_PT`` with ``targeted=True``).
 
   For each rank r = 2, ..., targets + 1 (the target: the class of r-th highest clean logit) and
@@ -270,7 +270,7 @@ def fab_t(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, eps: float | jax.A
   eta = checks.check_float(eta, "eta", minimum=0.0, min_inclusive=False)
   beta = checks.check_float(beta, "beta", minimum=0.0, maximum=1.0)
   early_stop = checks.check_bool(early_stop, "early_stop")
-  unroll = C.resolve_unroll(unroll, steps * restarts * targets)
+  unroll = C.resolve_unroll(unroll)
   return _fab_t(logits_fn, x, y, keys, eps, mask, steps=steps, norm=norm, targets=targets,
                 restarts=restarts, alpha_max=float(alpha_max), eta=float(eta),
                 beta=float(beta), early_stop=bool(early_stop), unroll=unroll)

@@ -91,7 +91,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
         eps: float | jax.Array, step_size: float | jax.Array, steps: int, norm: str = "linf",
         mask: jax.Array | None = None, random_start: bool = True, restarts: int = 1,
         targeted: bool = False, loss: str = "ce", early_stop: bool = False,
-        unroll: int | bool | None = None) -> jax.Array:
+        unroll: int | bool = 1) -> jax.Array:
   """Projected gradient descent (Madry et al. 2018); see the module docstring.
 
   Args:
@@ -119,9 +119,8 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
     early_stop: freeze each example at its first adversarial iterate (checked before each step
       and at the end) and skip steps once the whole batch is frozen. It never turns a success
       into a failure; without it the last iterate is returned (Foolbox / Madry semantics).
-    unroll: unrolling of the step loop (``lax.scan``): None chooses (full unroll on CPU up to
-      ``CPU_UNROLL_MAX_STEPS`` steps, where while-loop bodies with convolution gradients are
-      slow; 1 elsewhere), True = full, an int k = k steps per loop iteration.
+    unroll: unrolling of the step loop (``lax.scan``): 1 (default) a plain loop, True = full,
+      an int k = k steps per loop iteration (more compile time; see ``core.resolve_unroll``).
   Returns:
     x_adv float32 [N,H,W,C], within eps of x in ``norm``, in [0, 1], equal to x where mask is 0.
   Raises:
@@ -133,7 +132,7 @@ def pgd(logits_fn: LogitsFn, x: jax.Array, y: jax.Array, *, key: jax.Array | Non
       random_start=random_start, restarts=restarts, targeted=targeted, loss=loss,
       needs_step=True)
   early_stop = checks.check_bool(early_stop, "early_stop")
-  unroll = C.resolve_unroll(unroll, steps * restarts)
+  unroll = C.resolve_unroll(unroll)
   return _pgd(logits_fn, x, y, keys, eps, step_size, mask, steps=steps, norm=norm,
               random_start=bool(random_start), restarts=restarts, targeted=bool(targeted),
               loss=loss, early_stop=bool(early_stop), unroll=unroll)

@@ -92,7 +92,6 @@ def test_fab_restarts_keep_the_guarantees(rand):
 
 def test_kinds_through_robust_accuracy_and_the_cascade(rand, tmp_path):
   f, x, y, mask = rand["f"], rand["x"], rand["y"], rand["mask"]
-  # Budgets of more than CPU_UNROLL_MAX_STEPS steps in all: loops, quick to compile.
   kinds = {"fab_t": A.Attack("fab_t", eps=0.1, steps=22, masked=True),
            "apgd_t": A.Attack("apgd_t", eps=0.1, steps=33, targets=2, masked=True),
            "square": A.Attack("square", eps=0.1, steps=50, masked=True)}

@@ -315,3 +315,35 @@ def test_vgg_initializers():
   assert lecun_feat < 0.1 * he_feat and lecun_logit < 0.2 * he_logit, out  # shrunk
   with pytest.raises(ValueError, match="unknown initializer 'glorot'"):
     get_model("vgg19", num_classes=10, initializer="glorot")
+
+
+@pytest.mark.parametrize("kh,pad", [(3, "SAME"), (3, "VALID"), (5, ((2, 0), (1, 3))),
+                                    (2, ((1, 0), (0, 1)))])
+def test_conv_auto_gradients_in_loops_are_xla_fast_path_convolutions(kh, pad):
+  # conv_auto's XLA convolutions (stride 1) carry a custom VJP whose input gradient is a forward
+  # convolution of the flipped kernel: same values and gradients as lax's, and inside a loop body
+  # XLA:CPU keeps it canonical (kernel "io"), whereas JAX's own transpose ("oi") stays a naive
+  # loop nest there (several times slower; docs/benchmarks.md).
+  from percadv_jax.models import layers
+  rng = np.random.default_rng(kh)
+  x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kh, kh, 6, 5)), jnp.float32)
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def loss(conv, x, k):
+    return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pad, dimension_numbers=dn)))
+  want = jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, k)
+  got = jax.jit(jax.grad(lambda x, k: loss(layers.conv_auto, x, k), argnums=(0, 1)))(x, k)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+  def loop_hlo(conv):
+    step = jax.grad(lambda x: loss(conv, x, k))
+    fn = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, x: x + 1e-3 * step(x), x))
+    convs = [line for line in fn.lower(x).compile().as_text().splitlines()
+             if " convolution(" in line]
+    assert len(convs) == 2, convs  # the forward convolution and the input gradient's
+    return convs
+  assert not any("_01oi->" in line for line in loop_hlo(layers.conv_auto))
+  assert any("_01oi->" in line for line in loop_hlo(jax.lax.conv_general_dilated)), \
+      "XLA now canonicalises transposed convolutions in loops: the custom VJP may be dropped"
