@@ -206,6 +206,15 @@ def _attack_fn(logits_static: Any, attack: Any, return_adversarial: bool,
   return f
 
 
+def _stage_batch_size(rows: int, batch_size: int, mesh: Any) -> int:
+  """The batch size of an attack run on ``rows`` examples: ``batch_size``, or for fewer rows the
+  power of two at or above ``rows`` (at least the device count): a cascade's later stages, on the
+  few examples still robust, then compute little padding at one compile per power of two."""
+  if rows >= batch_size:
+    return batch_size
+  return parallel.padded_batch_size(1 << (rows - 1).bit_length(), batch_size, mesh=mesh)
+
+
 def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
                     attacks: Mapping[str, Attack], *, key: jax.Array | None = None,
                     mask: jax.Array | None = None, batch_size: int | None = None,
@@ -243,7 +252,8 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       and norm (which must be an ``Attack``). Needs ``key``. None: no checks.
     cascade: AutoAttack's cascade: each attack runs, in order, only on the examples that are
       still robust (correct clean and after every earlier attack), compacted into batches of
-      ``batch_size`` (padded: one shape, so each attack compiles once for every model of one
+      ``batch_size``; fewer examples than that run padded to the power of two at or above their
+      number (little padded compute, one compile per power of two, shared by every model of one
       architecture). ``survived[name]`` is then robust after the attacks up to ``name``
       (AutoAttack's reported accuracy after each attack; ``robust`` is the same worst case),
       and the norms of examples an attack skipped are 0 (their ``x_adv``: ``x``).
@@ -326,7 +336,7 @@ def robust_accuracy(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y
       sub = sub if rows.size == n else {f: v[rows] for f, v in sub.items()}
       out = parallel.map_examples(
           _attack_fn(static, attack, bool(return_adversarial), randomised), a_args, sub,
-          batch_size=bs, mesh=mesh,
+          batch_size=_stage_batch_size(rows.size, bs, mesh), mesh=mesh,
           key=k, desc=None if desc is None else f"{desc}: {name}")
     if not out["valid"].all():
       raise ValueError(f"attack {name!r} returned values outside [0, 1] (or NaN) or changed "

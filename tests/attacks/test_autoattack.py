@@ -349,9 +349,13 @@ def test_repr_names_targets_and_eot_only_when_set():
   assert A.Attack("apgd", eot=20) != A.Attack("apgd") and hash(A.Attack("apgd_t", targets=2))
 
 
-def test_cascade_runs_every_stage_at_the_evaluation_batch_size(rand, monkeypatch):
-  # The compacted survivors are padded to batch_size: one shape, so one compile per attack.
+def test_cascade_pads_few_survivors_to_a_power_of_two_only(rand, monkeypatch):
+  # A stage on fewer examples than batch_size runs at the power of two at or above their number
+  # (one compile per power of two), and the padding changes no result: the same evaluation with
+  # every stage padded to batch_size is identical, field by field (the norms up to float
+  # rounding: XLA's reductions may group differently at another batch shape).
   from percadv_jax import parallel
+  from percadv_jax.attacks import evaluation
   calls, map_examples = [], parallel.map_examples
 
   def spy(fn, args, data, *, batch_size, **kw):
@@ -360,9 +364,23 @@ def test_cascade_runs_every_stage_at_the_evaluation_batch_size(rand, monkeypatch
 
   monkeypatch.setattr(parallel, "map_examples", spy)
   f, x, y = rand["f"], rand["x"], rand["y"]
-  ev = A.robust_accuracy(f, x, y, {"fgsm": A.Attack("fgsm", eps=0.1),
-                                   "pgd": A.Attack("pgd", eps=0.1, steps=2)},
-                         key=jax.random.key(0), batch_size=8, cascade=True)
-  assert all(bs == 8 for _, bs in calls)
+  kinds = {"fgsm": A.Attack("fgsm", eps=0.1), "pgd": A.Attack("pgd", eps=0.1, steps=2)}
+
+  def run():
+    return A.robust_accuracy(f, x, y, kinds, key=jax.random.key(0), batch_size=N, cascade=True)
+  ev = run()
   rows = [m for m, _ in calls[1:]]  # after the clean pass: one call per attack
   assert rows == [int(ev.clean.sum()), int(ev.survived["fgsm"].sum())] and rows[1] < N
+  nd = parallel.num_devices()
+  for m, bs in calls[1:]:
+    want = N if m >= N else max(-(-(1 << (m - 1).bit_length()) // nd) * nd, nd)
+    assert bs == min(N, want) >= m
+  assert any(bs < N for _, bs in calls[1:])
+  monkeypatch.setattr(evaluation, "_stage_batch_size", lambda rows, batch_size, mesh: batch_size)
+  full = run()
+  assert np.array_equal(ev.clean, full.clean)
+  assert ev.survived.keys() == full.survived.keys()
+  for name in ev.survived:
+    assert np.array_equal(ev.survived[name], full.survived[name]), name
+    for norm in ("linf", "l2"):
+      np.testing.assert_allclose(getattr(ev, norm)[name], getattr(full, norm)[name], rtol=1e-6)
