@@ -183,12 +183,14 @@ those of the XLA-flag and patches variants):
   `benchmark_conv_<model>`: one pinned core, PyTorch 1 thread; `_2cpu`: both cores, PyTorch 1
   and 2 threads, the best counting, and `jax_auto` with one JAX CPU device per core as the
   binaries set up, `percadv_jax.compiler.use_cpu_cores`): MobileNetV2 at 64 px 1.83 (one core)
-  and 1.76 (two cores), at 224 px 1.43 and 1.72: met. Small VGG-19 0.86 and 0.90: missed by
-  10-14% (the limit above). On two cores one device per core is what brings VGG-19 from 0.63 to
-  0.90 (`jax_auto_1dev`: XLA's intra-op threads gain 1.4x from the second core, PyTorch's 1.8x,
-  the batch split over two devices 1.4x more). `Foolbox / ours` 1.02 and 1.19 (VGG-19), 1.31 and
-  1.29 (MobileNetV2 64 px), 1.32 and 1.18 (224 px): the 1.5 target is missed and cannot be met
-  by the attack loop alone. Foolbox runs the library's own compiled model and gradient here, so
+  and 1.76 (two cores), at 224 px 1.43 and 1.72 (2026-11-29): met. Small VGG-19 (2026-12-03,
+  attacks in loops with the loop-safe convolutions): 0.99 [0.92, 1.10] on one core, just short
+  of 1.0 (the limit above), and 1.14 [1.05, 1.32] on two: met (before the loops: 0.86 and 0.90).
+  On two cores one device per core is what brings VGG-19 from 0.74 to 1.14 (`jax_auto_1dev`:
+  XLA's intra-op threads gain less from the second core than PyTorch's, the batch split over two
+  devices about 1.5x more). `Foolbox / ours` 1.23 and 1.32 (VGG-19), 1.31 and 1.29 (MobileNetV2
+  64 px), 1.32 and 1.18 (224 px): the 1.5 target is missed and cannot be met by the attack loop
+  alone. Foolbox runs the library's own compiled model and gradient here, so
   both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.76-1.06 and
   Foolbox's about 1.0-1.25, which bounds `Foolbox / ours` near 1.3.
 - The one-core rounds of the `benchmark_conv_<model>` sections ran on a quiet machine (load
