@@ -64,7 +64,11 @@ def test_sharded_evaluation_with_cam_and_agreement_equals_single_device(eight):
                                   "perturbation_energy_ratio"}
   for name, values in ref.items():
     assert len(got[name]) == len(values) == 21, name
-    np.testing.assert_allclose(got[name], values, rtol=1e-5, atol=1e-5, err_msg=name)
+    # Spearman ranks |d|, whose values tie at eps: a float-rounding difference between the
+    # sharded and the single-device attack (1 row vs 8 rows per program; below 1e-6, see
+    # attack_even) can reorder tied pixels and move the coefficient by ~1e-3.
+    tol = 1e-2 if name == "spearman" else 1e-5
+    np.testing.assert_allclose(got[name], values, rtol=tol, atol=tol, err_msg=name)
   assert "multiple of the device count 8" in eight["eval_bad_batch_error"]
   cam_sum = np.asarray(got["cam_sum"])
   assert np.all((cam_sum >= 0.0) & (cam_sum <= 64.0)) and cam_sum.max() > 0.0  # [8, 8] in [0, 1]
