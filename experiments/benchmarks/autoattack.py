@@ -197,7 +197,7 @@ def run(config: Any, workdir: str) -> list[dict]:
       "cascade over targets) at the speed of straight-line code (the models' loop-safe "
       "convolutions, `benchmark_conv`), and a cascade stage on fewer images than the batch "
       "runs padded to the next power of two. What remains is the model itself: one forward + "
-      "backward pass of this VGG-19 takes about 1.4x PyTorch's time on XLA:CPU "
+      "backward pass of this VGG-19 takes about 1.3x PyTorch's time on XLA:CPU "
       "(`benchmark_conv_vgg32`), and APGD-CE's 100 iterations on all 32 images are most of "
       "the cascade's time in both libraries."]))
   return rows

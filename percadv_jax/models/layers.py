@@ -239,30 +239,27 @@ def conv_auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
   matmul, and its 3x3 convolutions on 2x2 feature maps 10-50x slower than patches + matmul;
   on larger maps XLA's dense 3x3 convolutions are 1.5-5x faster than patches. So on the CPU
   backend depthwise, 1x1 and small-output (< ``AUTO_XLA_MIN_PIXELS`` pixels) dense
-  convolutions use ``conv_patches`` and the others ``lax.conv_general_dilated``; on other
-  backends every convolution is XLA's. Arguments as ``lax.conv_general_dilated``.
+  convolutions use ``conv_patches`` and the others XLA's, stride 1 with the loop-safe input
+  gradient of ``_conv_xla_loop_safe``; on other backends every convolution is XLA's plain.
+  Arguments as ``lax.conv_general_dilated``.
   """
   args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
               dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
               precision=precision)
   kh, kw = rhs.shape[:2]
   dilated = any(d is not None and any(v != 1 for v in d) for d in (lhs_dilation, rhs_dilation))
-  use_xla = jax.default_backend() != "cpu" or dilated
-  if not use_xla and feature_group_count == 1 and (kh, kw) != (1, 1):
-    strides = tuple(int(s) for s in window_strides)
-    pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
-            if isinstance(padding, str) else padding)
-    ho, wo = _out_hw(lhs.shape, kh, kw, strides, pads)
-    use_xla = ho * wo >= AUTO_XLA_MIN_PIXELS
-  if use_xla:
-    if (jax.default_backend() == "cpu" and not dilated and feature_group_count == 1
-        and precision is None and not extra):
-      strides = tuple(int(s) for s in window_strides)
-      pads = (jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
-              if isinstance(padding, str) else tuple((int(a), int(b)) for a, b in padding))
-      (t, b), (l, r) = pads
-      if strides == (1, 1) and max(t, b) < kh and max(l, r) < kw:
-        return _conv_xla_loop_safe(lhs, rhs, strides, pads)
+  if jax.default_backend() != "cpu" or dilated:
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args, **extra)
+  strides = tuple(int(s) for s in window_strides)
+  pads = tuple((int(a), int(b)) for a, b in (
+      jax.lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), strides, padding)
+      if isinstance(padding, str) else padding))
+  ho, wo = _out_hw(lhs.shape, kh, kw, strides, pads)
+  if feature_group_count == 1 and (kh, kw) != (1, 1) and ho * wo >= AUTO_XLA_MIN_PIXELS:
+    (t, b), (l, r) = pads
+    if strides == (1, 1) and max(t, b) < kh and max(l, r) < kw and precision is None \
+        and not extra:
+      return _conv_xla_loop_safe(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args, **extra)
   return conv_patches(lhs, rhs, window_strides, padding, **args)
 
