@@ -22,7 +22,8 @@ Contenders (``contenders``):
   reference the other JAX variants' values are checked against;
 - ``jax_auto``: the library's default: ``conv_impl="auto"``
   (``percadv_jax.models.layers.conv_auto``: XLA's convolution for dense 3x3 convolutions on maps
-  of >= 5 output pixels, ``conv_patches`` for the rest), programs compiled with
+  of >= 5 output pixels, those with 9-16 channels on column pairs, ``conv_patches`` for the
+  rest), programs compiled with
   ``percadv_jax.compiler.OPTIONS``;
 - ``jax_auto_1dev``: ``jax_auto`` on one JAX CPU device (``jax_auto`` has one per pinned core,
   ``percadv_jax.compiler.use_cpu_cores`` as in the binaries, and splits the batch over them);

@@ -347,3 +347,37 @@ def test_conv_auto_gradients_in_loops_are_xla_fast_path_convolutions(kh, pad):
   assert not any("_01oi->" in line for line in loop_hlo(layers.conv_auto))
   assert any("_01oi->" in line for line in loop_hlo(jax.lax.conv_general_dilated)), \
       "XLA now canonicalises transposed convolutions in loops: the custom VJP may be dropped"
+
+
+@pytest.mark.parametrize("cin,cout,kh,pad", [(3, 16, 3, ((1, 1), (1, 1))),
+                                             (16, 16, 3, "SAME"),
+                                             (12, 9, 5, ((2, 2), (1, 1))),
+                                             (16, 3, 3, ((0, 2), (1, 1)))])
+def test_conv_auto_runs_few_channel_convolutions_on_column_pairs(cin, cout, kh, pad):
+  # XLA:CPU hands a convolution to YNNPACK only above 16 channels; conv_auto folds pairs of
+  # columns into the channels of width-3 convolutions with 9-16 channels, so both the forward
+  # convolution and the input gradient's run there (docs/benchmarks.md), inside loops too, with
+  # lax's values and gradients.
+  from percadv_jax.models import layers
+  rng = np.random.default_rng(cin + cout)
+  x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(kh, 3, cin, cout)) / np.sqrt(3 * kh * cin), jnp.float32)
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def loss(conv, x, k):
+    return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pad, dimension_numbers=dn)))
+  want = jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, k)
+  got = jax.jit(jax.grad(lambda x, k: loss(layers.conv_auto, x, k), argnums=(0, 1)))(x, k)
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
+
+  def loop_convs(conv):
+    step = jax.grad(lambda x: loss(conv, x, k))
+    fn = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, x: x + 1e-3 * step(x), x))
+    hlo = fn.lower(x).compile().as_text()
+    return [line for line in hlo.splitlines() if " convolution(" in line], hlo
+  convs, hlo = loop_convs(layers.conv_auto)
+  assert len(convs) == 2 and not any("_01oi->" in line for line in convs), convs
+  assert hlo.count("ynn_fusion") >= 2 * 2, "the two convolutions are not YNNPACK fusions"
+  assert "ynn_fusion" not in loop_convs(jax.lax.conv_general_dilated)[1], \
+      "XLA:CPU now runs few-channel convolutions on YNNPACK: the column pairs may be dropped"
