@@ -5,7 +5,7 @@ r"""The demo: both studies on the built-in synthetic signs, one report.
 
 It trains and evaluates the masks paper's four models (Table 4 layout) and runs the perceptual
 study (SSIM quality-ball attack vs Linf / L2 PGD against Grad-CAM++ and the foreground masks),
-sized to finish in about 14 minutes on 2 CPU cores (target: 15), and writes ``report.md`` (tables
+sized to finish in about 13 minutes on 2 CPU cores (target: 15), and writes ``report.md`` (tables
 and figures; the masks paper's Table 4 beside the synthetic one, labelled as other datasets) into
 ``--workdir``. A killed demo restarted with the same command skips finished
 models, evaluations and attacks.

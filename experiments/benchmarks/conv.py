@@ -169,29 +169,46 @@ those of the XLA-flag and patches variants):
   MobileNetV2 alpha 0.5 at 64 px 1.03 vs 1.28 s), so the attacks loop by default (`unroll=1`)
   and compile 3.6x (VGG-19: 3.7 vs 13.4 s) to 5x (MobileNetV2: 7.5 vs 36 s) faster than
   unrolled. `jax_xla` keeps JAX's own transposes, so its `pgd` figures pay the loop penalty.
-- The limit on the small VGG-19 (one core, quiet machine): forward + input gradient 0.193 s
-  against PyTorch's 0.141-0.147 s, PGD-10 0.85-0.89x PyTorch's speed. A profile of the program
-  (`--xla_cpu_enable_xprof_traceme`, `jax.profiler`) puts 176 of its 196 ms in convolutions:
-  XLA:CPU already runs those with >= 32 channels as YNNPACK fusions (`ynn_fusion`; which is why
-  the `..._ynn_fusion_type` flags change no value), 5.6-6.8 ms each at 8x8x64 against
-  PyTorch's 5.0-5.2 ms, while the four 32x32 convolutions of block 1 (3 -> 16 and 16 -> 16
-  channels, forward and transposed) stay on Eigen's spatial convolution: 53 ms. Patches +
-  matmul loses there in the forward pass (0.019 vs 0.008 s at 32x32x3->16; 0.096 vs 0.012 s at
-  32x32x16->16) and wins only in the transposed 3-channel one (0.003 vs 0.012 s). PGD adds
-  nothing over its gradients (`ours PGD / (steps x fwd+bwd)` about 0.9), and Foolbox runs the
-  same compiled model, so `Foolbox / ours` stays about 1 (the model is the model).
+- Few channels: XLA:CPU hands a convolution to YNNPACK only when it has more than 16 input or
+  output channels (`IsConvolutionOpSupportedByYnn`); the others run on Eigen's spatial
+  convolution, about 4x slower per multiply-add (one core, batch 128: 12.6 ms for 32x32
+  16 -> 16 against 3.0 ms for 16x16 16 -> 32, the same multiply-adds). Left there (`conv_impl`
+  "xla"), the small VGG-19's block 1 (3 -> 16 and 16 -> 16 at 32x32, forward and transposed) took 53 of
+  the 196 ms of a forward + input gradient (profile: `--xla_cpu_enable_xprof_traceme`,
+  `jax.profiler`). `conv_auto` therefore runs width-3 "SAME"-column convolutions of an even
+  width with 9-16 channels on pairs of columns (`models.layers._conv_column_pairs`: NHWC
+  [N,H,W,C] -> [N,H,W/2,2C] is a free reshape after a one-column pad, and the kernel becomes
+  kh x 2 over 2C -> 2Cout, 4/3 of the multiply-adds, which YNNPACK takes; the input gradient is
+  the same construction on the flipped kernel). Forward 32x32 3 -> 16: 2.3 vs 9.0 ms; 16 -> 16:
+  9.7 vs 12.7 ms. Whole small VGG-19 in one process, 5 interleaved rounds: forward + input
+  gradient 0.183 vs 0.203 s, PGD-10 1.53 vs 1.73 s (minima). Tried and dropped: padding the
+  output channels to 32 (15.8 vs 12.7 ms), pairs of rows (their transposes cost more than the
+  gain), pairs aligned at column 0 without the pad (2x the multiply-adds; the same whole-model
+  time). The values change by float summation order only (tested against lax in and out of
+  loops, `test_conv_auto_runs_few_channel_convolutions_on_column_pairs`).
+- The limit on the small VGG-19 now (one core): every convolution runs on YNNPACK except the
+  2x2-map ones (patches + matmul), and YNNPACK's are 10-40% slower than PyTorch's oneDNN at
+  8x8x64 and 4x4x128 (forward + input gradient per layer 13.3 vs 11.3 ms and 12.3 vs 8.9 ms);
+  in a profile about 81% of the program is YNNPACK fusions and the rest bias, ReLU, pooling and
+  the column pairs' pads (which XLA:CPU's older fusion emitters, `percadv_jax.compiler`, write
+  more slowly than its newer ones: `jax_auto_emitters`). Patches + matmul loses on 4x4 and 8x8
+  maps (17.5 vs 14.0 ms at 4x4x128). PGD adds nothing over its gradients (`ours PGD / (steps x
+  fwd+bwd)` about 0.9), and Foolbox runs the same compiled model, so `Foolbox / ours` stays
+  about 1 (the model is the model).
 - Where the targets stand (PGD-10, best PyTorch / ours, same-round medians; sections
   `benchmark_conv_<model>`: one pinned core, PyTorch 1 thread; `_2cpu`: both cores, PyTorch 1
   and 2 threads, the best counting, and `jax_auto` with one JAX CPU device per core as the
   binaries set up, `percadv_jax.compiler.use_cpu_cores`): MobileNetV2 at 64 px 1.83 (one core)
   and 1.76 (two cores), at 224 px 1.43 and 1.72 (2026-11-29): met. Small VGG-19 (2026-12-03,
-  attacks in loops with the loop-safe convolutions): 0.99 [0.92, 1.10] on one core, just short
-  of 1.0 (the limit above), and 1.14 [1.05, 1.32] on two: met (before the loops: 0.86 and 0.90).
-  On two cores one device per core is what brings VGG-19 from 0.74 to 1.14 (`jax_auto_1dev`:
-  XLA's intra-op threads gain less from the second core than PyTorch's, the batch split over two
-  devices about 1.5x more). `Foolbox / ours` 1.23 and 1.32 (VGG-19), 1.31 and 1.29 (MobileNetV2
-  64 px), 1.32 and 1.18 (224 px): the 1.5 target is missed and cannot be met by the attack loop
-  alone. Foolbox runs the library's own compiled model and gradient here, so
+  attacks in loops, column pairs): on one core three runs gave 0.96 [0.88, 1.01] (5 rounds),
+  0.99 [0.93, 1.12] and 1.04 [0.94, 1.11] (7 rounds; the section holds the last), so parity
+  within the machine's noise, not a margin (forward + input gradient 0.79-0.83x PyTorch's, the
+  limit above; before the column pairs 0.99 and 0.76, before the loops 0.86); on two cores
+  1.24 [1.18, 1.79] (before: 1.14, and 0.90 before the loops): met. On two cores one device per
+  core is what brings VGG-19 from 0.75 to 1.24 (`jax_auto_1dev`: XLA's intra-op threads gain
+  less from the second core than PyTorch's, the batch split over two devices about 1.5x more).
+  `Foolbox / ours` 1.05 and 1.42 (VGG-19), 1.31 and 1.29 (MobileNetV2 64 px), 1.32 and 1.18
+  (224 px): the 1.5 target is missed and cannot be met by the attack loop alone. Foolbox runs the library's own compiled model and gradient here, so
   both pay about `steps` forward + backward passes; ours PGD / (steps x fwd+bwd) is 0.76-1.06 and
   Foolbox's about 1.0-1.25, which bounds `Foolbox / ours` near 1.3.
 - The one-core rounds of the `benchmark_conv_<model>` sections ran on a quiet machine (load
