@@ -317,6 +317,20 @@ def test_vgg_initializers():
     get_model("vgg19", num_classes=10, initializer="glorot")
 
 
+def _grads_and_loop_hlo(conv, x, k, pad):
+  """The gradients of ``sum(tanh(conv(x, k)))`` and the compiled HLO of three gradient steps in
+  a ``fori_loop``, with that HLO's convolution lines."""
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def loss(x, k):
+    return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pad, dimension_numbers=dn)))
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(x, k)
+  step = jax.grad(lambda x: loss(x, k))
+  fn = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, x: x + 1e-3 * step(x), x))
+  hlo = fn.lower(x).compile().as_text()
+  return grads, [line for line in hlo.splitlines() if " convolution(" in line], hlo
+
+
 @pytest.mark.parametrize("kh,pad", [(3, "SAME"), (3, "VALID"), (5, ((2, 0), (1, 3))),
                                     (2, ((1, 0), (0, 1)))])
 def test_conv_auto_gradients_in_loops_are_xla_fast_path_convolutions(kh, pad):
@@ -328,24 +342,14 @@ def test_conv_auto_gradients_in_loops_are_xla_fast_path_convolutions(kh, pad):
   rng = np.random.default_rng(kh)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, 6)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kh, kh, 6, 5)), jnp.float32)
-  dn = ("NHWC", "HWIO", "NHWC")
-
-  def loss(conv, x, k):
-    return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pad, dimension_numbers=dn)))
-  want = jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, k)
-  got = jax.jit(jax.grad(lambda x, k: loss(layers.conv_auto, x, k), argnums=(0, 1)))(x, k)
+  got, convs, _ = _grads_and_loop_hlo(layers.conv_auto, x, k, pad)
+  want, lax_convs, _ = _grads_and_loop_hlo(jax.lax.conv_general_dilated, x, k, pad)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-
-  def loop_hlo(conv):
-    step = jax.grad(lambda x: loss(conv, x, k))
-    fn = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, x: x + 1e-3 * step(x), x))
-    convs = [line for line in fn.lower(x).compile().as_text().splitlines()
-             if " convolution(" in line]
-    assert len(convs) == 2, convs  # the forward convolution and the input gradient's
-    return convs
-  assert not any("_01oi->" in line for line in loop_hlo(layers.conv_auto))
-  assert any("_01oi->" in line for line in loop_hlo(jax.lax.conv_general_dilated)), \
+  # The forward convolution and the input gradient's.
+  assert len(convs) == len(lax_convs) == 2, (convs, lax_convs)
+  assert not any("_01oi->" in line for line in convs)
+  assert any("_01oi->" in line for line in lax_convs), \
       "XLA now canonicalises transposed convolutions in loops: the custom VJP may be dropped"
 
 
@@ -362,22 +366,11 @@ def test_conv_auto_runs_few_channel_convolutions_on_column_pairs(cin, cout, kh, 
   rng = np.random.default_rng(cin + cout)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kh, 3, cin, cout)) / np.sqrt(3 * kh * cin), jnp.float32)
-  dn = ("NHWC", "HWIO", "NHWC")
-
-  def loss(conv, x, k):
-    return jnp.sum(jnp.tanh(conv(x, k, (1, 1), pad, dimension_numbers=dn)))
-  want = jax.grad(lambda x, k: loss(jax.lax.conv_general_dilated, x, k), argnums=(0, 1))(x, k)
-  got = jax.jit(jax.grad(lambda x, k: loss(layers.conv_auto, x, k), argnums=(0, 1)))(x, k)
+  got, convs, hlo = _grads_and_loop_hlo(layers.conv_auto, x, k, pad)
+  want, _, lax_hlo = _grads_and_loop_hlo(jax.lax.conv_general_dilated, x, k, pad)
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, atol=1e-5 * float(jnp.max(jnp.abs(b))), rtol=0)
-
-  def loop_convs(conv):
-    step = jax.grad(lambda x: loss(conv, x, k))
-    fn = jax.jit(lambda x: jax.lax.fori_loop(0, 3, lambda i, x: x + 1e-3 * step(x), x))
-    hlo = fn.lower(x).compile().as_text()
-    return [line for line in hlo.splitlines() if " convolution(" in line], hlo
-  convs, hlo = loop_convs(layers.conv_auto)
   assert len(convs) == 2 and not any("_01oi->" in line for line in convs), convs
   assert hlo.count("ynn_fusion") >= 2 * 2, "the two convolutions are not YNNPACK fusions"
-  assert "ynn_fusion" not in loop_convs(jax.lax.conv_general_dilated)[1], \
+  assert "ynn_fusion" not in lax_hlo, \
       "XLA:CPU now runs few-channel convolutions on YNNPACK: the column pairs may be dropped"
