@@ -186,62 +186,75 @@ def _conv_xla_loop_safe_bwd(strides, padding, res, dy):
 _conv_xla_loop_safe.defvjp(_conv_xla_loop_safe_fwd, _conv_xla_loop_safe_bwd)
 
 
-# XLA:CPU hands a convolution to YNNPACK only when it has more than this many input or output
-# channels (``IsConvolutionOpSupportedByYnn``); smaller ones run on Eigen's spatial convolution.
+# XLA:CPU hands a convolution to YNNPACK only when it has more than 16 input or output channels
+# (``IsConvolutionOpSupportedByYnn``); smaller ones run on Eigen's spatial convolution.
 YNN_MIN_CHANNELS = 17
+# Column groups tried for such convolutions, smallest first (``_column_group_size``).
+COLUMN_GROUPS = (2, 4)
 
 
-def _column_pair_kernel(kernel: jax.Array) -> jax.Array:
-  """A ``[kh, 3, cin, cout]`` kernel as the ``[kh, 2, 2 cin, 2 cout]`` kernel of column pairs.
+def _column_group_size(cin: int, cout: int, width: int) -> int:
+  """The smallest of ``COLUMN_GROUPS`` that takes a ``cin -> cout`` convolution to YNNPACK and
+  divides ``width``; 1 where none does or it is there already."""
+  channels = max(cin, cout)
+  if channels >= YNN_MIN_CHANNELS:
+    return 1
+  return next((g for g in COLUMN_GROUPS if g * channels >= YNN_MIN_CHANNELS and width % g == 0),
+              1)
 
-  Input pair ``j`` holds columns ``(2j - 1, 2j)`` (channels ``r * cin + c``), output pair ``j``
-  columns ``(2j, 2j + 1)`` (channels ``s * cout + o``): output column ``2j + s`` reads input
-  column ``2(j + b) - 1 + r`` with the tap ``2b + r - s``, zero where that is outside 0..2.
+
+def _column_group_kernel(kernel: jax.Array, g: int) -> jax.Array:
+  """A ``[kh, 3, cin, cout]`` kernel as the ``[kh, 2, g cin, g cout]`` kernel of column groups.
+
+  Input group ``j`` holds columns ``g j - 1 ... g j + g - 2`` (channels ``r * cin + c``), output
+  group ``j`` columns ``g j ... g j + g - 1`` (channels ``s * cout + o``): output column
+  ``g j + s`` reads input column ``g (j + b) - 1 + r`` with the tap ``g b + r - s``, zero where
+  that is outside 0..2.
   """
   kh, _, cin, cout = kernel.shape
   zero = jnp.zeros((kh, cin, cout), kernel.dtype)
-  pairs = [jnp.concatenate([
-      jnp.concatenate([kernel[:, 2 * b + r - s] if 0 <= 2 * b + r - s <= 2 else zero
-                       for s in range(2)], axis=-1) for r in range(2)], axis=1)
+  groups = [jnp.concatenate([
+      jnp.concatenate([kernel[:, g * b + r - s] if 0 <= g * b + r - s <= 2 else zero
+                       for s in range(g)], axis=-1) for r in range(g)], axis=1)
       for b in range(2)]
-  return jnp.stack(pairs, axis=1)
+  return jnp.stack(groups, axis=1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _conv_column_pairs(x: jax.Array, kernel: jax.Array,
-                       pad_h: tuple[int, int]) -> jax.Array:
-  """A stride-1 convolution of width 3 ("SAME" columns, even width) on pairs of columns.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_column_groups(x: jax.Array, kernel: jax.Array, pad_h: tuple[int, int],
+                        g: int) -> jax.Array:
+  """A stride-1 convolution of width 3 ("SAME" columns) on groups of ``g`` columns.
 
   XLA:CPU runs convolutions with at most 16 channels (``YNN_MIN_CHANNELS``) on Eigen's spatial
-  convolution, 4x slower per FLOP than YNNPACK. Folding pairs of columns into the channels (a
-  free reshape in NHWC) makes a ``cin -> cout`` convolution a ``2 cin -> 2 cout`` one with a
-  ``kh x 2`` kernel (``_column_pair_kernel``; 4/3 of the multiply-adds) that YNNPACK takes: the
-  small VGG-19's 3 -> 16 convolution at 32 px runs 3.9x and its 16 -> 16 one 1.3x faster
-  (batch 128, one core). The input gradient is the same construction on the flipped kernel, so
-  it is a forward convolution too (loop-safe, as ``_conv_xla_loop_safe``); the kernel gradient
-  is JAX's of the plain convolution. Same sums as XLA's convolution, in another order.
+  convolution, about 4x slower per multiply-add than YNNPACK. Folding groups of ``g`` columns
+  into the channels (a free reshape in NHWC, after a pad) makes a ``cin -> cout`` convolution a
+  ``g cin -> g cout`` one with a ``kh x 2`` kernel (``_column_group_kernel``; 2g/3 of the
+  multiply-adds) that YNNPACK takes. Measured forward, batch 128, 32 px, one core: 3 -> 16 in
+  pairs 3.9x and 16 -> 16 1.3x faster, 3 -> 8 in fours 5.2x and 8 -> 8 1.5x faster. The input
+  gradient is the same construction on the flipped kernel, so it is a forward convolution too
+  (loop-safe, as ``_conv_xla_loop_safe``); the kernel gradient is JAX's of the plain
+  convolution. Same sums as XLA's convolution, in another order. ``x``'s width must divide by g.
   """
-  n, h, w, _ = x.shape
-  cout = kernel.shape[-1]
-  xp = jnp.pad(x, ((0, 0), (0, 0), (1, 1), (0, 0))).reshape(n, h, w // 2 + 1, 2 * x.shape[-1])
-  y = _xla_conv(xp, _column_pair_kernel(kernel), (1, 1), (pad_h, (0, 0)))
-  return y.reshape(y.shape[0], y.shape[1], w, cout)
+  n, h, w, c = x.shape
+  xp = jnp.pad(x, ((0, 0), (0, 0), (1, g - 1), (0, 0))).reshape(n, h, w // g + 1, g * c)
+  y = _xla_conv(xp, _column_group_kernel(kernel, g), (1, 1), (pad_h, (0, 0)))
+  return y.reshape(y.shape[0], y.shape[1], w, kernel.shape[-1])
 
 
-def _conv_column_pairs_fwd(x, kernel, pad_h):
-  return _conv_column_pairs(x, kernel, pad_h), (x, kernel)
+def _conv_column_groups_fwd(x, kernel, pad_h, g):
+  return _conv_column_groups(x, kernel, pad_h, g), (x, kernel)
 
 
-def _conv_column_pairs_bwd(pad_h, res, dy):
+def _conv_column_groups_bwd(pad_h, g, res, dy):
   x, kernel = res
   kh = kernel.shape[0]
   flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
-  dx = _conv_column_pairs(dy, flipped, (kh - 1 - pad_h[0], kh - 1 - pad_h[1]))
+  dx = _conv_column_groups(dy, flipped, (kh - 1 - pad_h[0], kh - 1 - pad_h[1]), g)
   _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, (1, 1), (pad_h, (1, 1))), kernel)
   return dx.astype(x.dtype), kernel_vjp(dy)[0]
 
 
-_conv_column_pairs.defvjp(_conv_column_pairs_fwd, _conv_column_pairs_bwd)
+_conv_column_groups.defvjp(_conv_column_groups_fwd, _conv_column_groups_bwd)
 
 
 def conv_patches(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
@@ -298,9 +311,9 @@ def conv_auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
   on larger maps XLA's dense 3x3 convolutions are 1.5-5x faster than patches. So on the CPU
   backend depthwise, 1x1 and small-output (< ``AUTO_XLA_MIN_PIXELS`` pixels) dense
   convolutions use ``conv_patches`` and the others XLA's, stride 1 with the loop-safe input
-  gradient of ``_conv_xla_loop_safe``, or, for width-3 "SAME"-column convolutions of an even
-  width with 9-16 channels, which XLA would leave on Eigen, on column pairs
-  (``_conv_column_pairs``, YNNPACK); on other backends every convolution is XLA's plain.
+  gradient of ``_conv_xla_loop_safe``, or, for width-3 "SAME"-column convolutions with 5-16
+  channels, which XLA would leave on Eigen, on groups of 2 or 4 columns
+  (``_conv_column_groups``, YNNPACK); on other backends every convolution is XLA's plain.
   Arguments as ``lax.conv_general_dilated``.
   """
   args = dict(lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
@@ -319,9 +332,9 @@ def conv_auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
     (t, b), (l, r) = pads
     if strides == (1, 1) and max(t, b) < kh and max(l, r) < kw and precision is None \
         and not extra:
-      if (kw, l, r) == (3, 1, 1) and lhs.shape[2] % 2 == 0 \
-          and max(rhs.shape[2:]) < YNN_MIN_CHANNELS <= 2 * max(rhs.shape[2:]):
-        return _conv_column_pairs(lhs, rhs, (t, b))
+      g = _column_group_size(*rhs.shape[2:], lhs.shape[2]) if (kw, l, r) == (3, 1, 1) else 1
+      if g > 1:
+        return _conv_column_groups(lhs, rhs, (t, b), g)
       return _conv_xla_loop_safe(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args, **extra)
   return conv_patches(lhs, rhs, window_strides, padding, **args)

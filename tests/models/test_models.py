@@ -353,16 +353,21 @@ def test_conv_auto_gradients_in_loops_are_xla_fast_path_convolutions(kh, pad):
       "XLA now canonicalises transposed convolutions in loops: the custom VJP may be dropped"
 
 
-@pytest.mark.parametrize("cin,cout,kh,pad", [(3, 16, 3, ((1, 1), (1, 1))),
-                                             (16, 16, 3, "SAME"),
-                                             (12, 9, 5, ((2, 2), (1, 1))),
-                                             (16, 3, 3, ((0, 2), (1, 1)))])
-def test_conv_auto_runs_few_channel_convolutions_on_column_pairs(cin, cout, kh, pad):
-  # XLA:CPU hands a convolution to YNNPACK only above 16 channels; conv_auto folds pairs of
-  # columns into the channels of width-3 convolutions with 9-16 channels, so both the forward
+@pytest.mark.parametrize("cin,cout,kh,pad,groups", [(3, 16, 3, ((1, 1), (1, 1)), 2),
+                                                    (16, 16, 3, "SAME", 2),
+                                                    (12, 9, 5, ((2, 2), (1, 1)), 2),
+                                                    (16, 3, 3, ((0, 2), (1, 1)), 2),
+                                                    (3, 8, 3, "SAME", 4),
+                                                    (8, 5, 2, ((0, 1), (1, 1)), 4)])
+def test_conv_auto_runs_few_channel_convolutions_on_column_groups(cin, cout, kh, pad, groups):
+  # XLA:CPU hands a convolution to YNNPACK only above 16 channels; conv_auto folds groups of 2 or
+  # 4 columns into the channels of width-3 convolutions with 5-16 channels, so both the forward
   # convolution and the input gradient's run there (docs/benchmarks.md), inside loops too, with
   # lax's values and gradients.
   from percadv_jax.models import layers
+  assert layers._column_group_size(cin, cout, 8) == groups
+  assert layers._column_group_size(cin, cout, 6) == (2 if groups == 2 else 1)  # must divide
+  assert layers._column_group_size(cin, 17, 8) == layers._column_group_size(4, 4, 8) == 1
   rng = np.random.default_rng(cin + cout)
   x = jnp.asarray(rng.normal(size=(2, 9, 8, cin)), jnp.float32)
   k = jnp.asarray(rng.normal(size=(kh, 3, cin, cout)) / np.sqrt(3 * kh * cin), jnp.float32)
@@ -373,4 +378,4 @@ def test_conv_auto_runs_few_channel_convolutions_on_column_pairs(cin, cout, kh, 
   assert len(convs) == 2 and not any("_01oi->" in line for line in convs), convs
   assert hlo.count("ynn_fusion") >= 2 * 2, "the two convolutions are not YNNPACK fusions"
   assert "ynn_fusion" not in lax_hlo, \
-      "XLA:CPU now runs few-channel convolutions on YNNPACK: the column pairs may be dropped"
+      "XLA:CPU now runs few-channel convolutions on YNNPACK: the column groups may be dropped"
