@@ -22,7 +22,7 @@ Contenders (``contenders``):
   reference the other JAX variants' values are checked against;
 - ``jax_auto``: the library's default: ``conv_impl="auto"``
   (``percadv_jax.models.layers.conv_auto``: XLA's convolution for dense 3x3 convolutions on maps
-  of >= 5 output pixels, those with 9-16 channels on column pairs, ``conv_patches`` for the
+  of >= 5 output pixels, those with 5-16 channels on column groups, ``conv_patches`` for the
   rest), programs compiled with
   ``percadv_jax.compiler.OPTIONS``;
 - ``jax_auto_1dev``: ``jax_auto`` on one JAX CPU device (``jax_auto`` has one per pinned core,
@@ -175,22 +175,25 @@ those of the XLA-flag and patches variants):
   16 -> 16 against 3.0 ms for 16x16 16 -> 32, the same multiply-adds). Left there (`conv_impl`
   "xla"), the small VGG-19's block 1 (3 -> 16 and 16 -> 16 at 32x32, forward and transposed) took 53 of
   the 196 ms of a forward + input gradient (profile: `--xla_cpu_enable_xprof_traceme`,
-  `jax.profiler`). `conv_auto` therefore runs width-3 "SAME"-column convolutions of an even
-  width with 9-16 channels on pairs of columns (`models.layers._conv_column_pairs`: NHWC
-  [N,H,W,C] -> [N,H,W/2,2C] is a free reshape after a one-column pad, and the kernel becomes
-  kh x 2 over 2C -> 2Cout, 4/3 of the multiply-adds, which YNNPACK takes; the input gradient is
-  the same construction on the flipped kernel). Forward 32x32 3 -> 16: 2.3 vs 9.0 ms; 16 -> 16:
-  9.7 vs 12.7 ms. Whole small VGG-19 in one process, 5 interleaved rounds: forward + input
-  gradient 0.183 vs 0.203 s, PGD-10 1.53 vs 1.73 s (minima). Tried and dropped: padding the
-  output channels to 32 (15.8 vs 12.7 ms), pairs of rows (their transposes cost more than the
-  gain), pairs aligned at column 0 without the pad (2x the multiply-adds; the same whole-model
-  time). The values change by float summation order only (tested against lax in and out of
-  loops, `test_conv_auto_runs_few_channel_convolutions_on_column_pairs`).
+  `jax.profiler`). `conv_auto` therefore runs width-3 "SAME"-column convolutions with 5-16
+  channels on groups of g = 2 (9-16 channels) or 4 (5-8) columns
+  (`models.layers._conv_column_groups`: NHWC [N,H,W,C] -> [N,H,W/g,gC] is a free reshape after
+  a pad, and the kernel becomes kh x 2 over gC -> gCout, 2g/3 of the multiply-adds, which
+  YNNPACK takes; the input gradient is the same construction on the flipped kernel). Forward,
+  32x32: 3 -> 16 in pairs 2.3 vs 9.0 ms, 16 -> 16 9.7 vs 12.7 ms; 3 -> 8 in fours 2.6 vs 13.5
+  ms, 8 -> 8 5.7 vs 8.8 ms. Whole small VGG-19 in one process, 5 interleaved rounds (minima):
+  width 0.25, forward + input gradient 0.183 vs 0.203 s, PGD-10 1.53 vs 1.73 s; width 0.125
+  (the demo's and `benchmark_training`'s), fours on top of pairs: 0.059 vs 0.072 s and 0.60 vs
+  0.77 s. Tried and dropped: padding the output channels to 32 (15.8 vs 12.7 ms), pairs of rows
+  (their transposes cost more than the gain), pairs aligned at column 0 without the pad (2x the
+  multiply-adds; the same whole-model time). The values change by float summation order only
+  (tested against lax in and out of loops,
+  `test_conv_auto_runs_few_channel_convolutions_on_column_groups`).
 - The limit on the small VGG-19 now (one core): every convolution runs on YNNPACK except the
   2x2-map ones (patches + matmul), and YNNPACK's are 10-40% slower than PyTorch's oneDNN at
   8x8x64 and 4x4x128 (forward + input gradient per layer 13.3 vs 11.3 ms and 12.3 vs 8.9 ms);
   in a profile about 81% of the program is YNNPACK fusions and the rest bias, ReLU, pooling and
-  the column pairs' pads (which XLA:CPU's older fusion emitters, `percadv_jax.compiler`, write
+  the column groups' pads (which XLA:CPU's older fusion emitters, `percadv_jax.compiler`, write
   more slowly than its newer ones: `jax_auto_emitters`). Patches + matmul loses on 4x4 and 8x8
   maps (17.5 vs 14.0 ms at 4x4x128). PGD adds nothing over its gradients (`ours PGD / (steps x
   fwd+bwd)` about 0.9), and Foolbox runs the same compiled model, so `Foolbox / ours` stays
@@ -200,10 +203,10 @@ those of the XLA-flag and patches variants):
   and 2 threads, the best counting, and `jax_auto` with one JAX CPU device per core as the
   binaries set up, `percadv_jax.compiler.use_cpu_cores`): MobileNetV2 at 64 px 1.83 (one core)
   and 1.76 (two cores), at 224 px 1.43 and 1.72 (2026-11-29): met. Small VGG-19 (2026-12-03,
-  attacks in loops, column pairs): on one core three runs gave 0.96 [0.88, 1.01] (5 rounds),
+  attacks in loops, column groups): on one core three runs gave 0.96 [0.88, 1.01] (5 rounds),
   0.99 [0.93, 1.12] and 1.04 [0.94, 1.11] (7 rounds; the section holds the last), so parity
   within the machine's noise, not a margin (forward + input gradient 0.79-0.83x PyTorch's, the
-  limit above; before the column pairs 0.99 and 0.76, before the loops 0.86); on two cores
+  limit above; before the column groups 0.99 and 0.76, before the loops 0.86); on two cores
   1.24 [1.18, 1.79] (before: 1.14, and 0.90 before the loops): met. On two cores one device per
   core is what brings VGG-19 from 0.75 to 1.24 (`jax_auto_1dev`: XLA's intra-op threads gain
   less from the second core than PyTorch's, the batch split over two devices about 1.5x more).

@@ -54,8 +54,8 @@ SKIPPABLE = ("torch",)
 LIMIT = """\
 - What limits the training step: the small VGG-19 at width 0.125 has 8-64 channels, and
   XLA:CPU runs convolutions with at most 16 channels on Eigen's spatial convolution rather than
-  YNNPACK; `conv_auto` moves those with 9-16 channels onto column pairs, so only block 1's
-  8-channel convolutions stay there (see `benchmark_conv`). On one device ours uses both cores only through XLA's intra-op
+  YNNPACK; `conv_auto` moves those with 5-16 channels onto groups of 2 or 4 columns, which
+  YNNPACK takes (see `benchmark_conv`). On one device ours uses both cores only through XLA's intra-op
   threads, while PyTorch gained 1.7x from its second thread on an otherwise idle machine
   (2026-11-29: PGD-7 433 vs 252 images/s; ours 284, ratio 0.66). The `_dp` rows split the
   batch over the JAX devices (one per core; state replicated, batch split along the `"data"`
