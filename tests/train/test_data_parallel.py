@@ -53,9 +53,10 @@ def test_eight_devices_adversarial_training_takes_the_same_steps(eight):
   assert len(one) == len(eight_) == dp.ADVERSARIAL_STEPS
   # The attack's random starts and the full-image mask are the same on 8 devices: the first two
   # steps agree to float rounding. FGSM's sign() turns rounding-level parameter differences into
-  # whole steps of eps on some pixels, so later steps agree more loosely.
+  # whole steps of eps on some pixels, so later steps agree more loosely (measured: up to 0.024
+  # at step 5 of losses around 0.13).
   np.testing.assert_allclose(eight_[:2], one[:2], atol=1e-4)
-  np.testing.assert_allclose(eight_, one, atol=1e-2)
+  np.testing.assert_allclose(eight_, one, atol=5e-2)
 
 
 @pytest.mark.slow  # one and eight devices' training runs: ~70 s
@@ -106,8 +107,12 @@ def test_two_processes_train_and_resume(eight, tmp_path):
   # Killed after step 30 (checkpoint 25), resumed: steps 26-30 rerun, each record once.
   assert got["killed_steps"] == list(range(1, dp.KILL_AT + 1))
   assert got["processes_steps"] == list(range(1, dp.STEPS + 1))
-  np.testing.assert_allclose(got["processes"], r["eight"], atol=1e-4)
-  np.testing.assert_allclose(got["processes"], r["one"], atol=1e-4)
+  # Four devices' gradient sums round differently from eight's and one's: the first steps agree
+  # to float rounding, and on this toy near its ReLUs' kinks the curves then drift apart by up to
+  # ~7e-4 (measured with the column-group convolutions; a broken sharding differs by > 0.1).
+  for ref in (r["eight"], r["one"]):
+    np.testing.assert_allclose(got["processes"][:2], ref[:2], atol=1e-4)
+    np.testing.assert_allclose(got["processes"], ref, atol=2e-3)
 
 
 def test_data_parallel_must_be_a_bool():
