@@ -113,7 +113,7 @@ def demo() -> ml_collections.ConfigDict:
   c.attack.update(ssim_steps=10, pgd_steps=10, batch_size=32, stronger_steps=10,
                   diagnostic_examples=32)
   # Our choice, to keep the demo short: the checklist on 32 images, 2 restarts, 100 Square
-  # queries (about 1.3 min on 2 cores for both seeds).
+  # queries (about 1 min on 2 cores for both seeds: the second reuses the first's compiles).
   c.attack.checklist.update(examples=32, restarts=2, square_queries=100)
   c.report.bootstrap = 500
   return c

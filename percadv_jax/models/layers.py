@@ -173,14 +173,23 @@ def _conv_xla_loop_safe_fwd(x, kernel, strides, padding):
   return _xla_conv(x, kernel, strides, padding), (x, kernel)
 
 
-def _conv_xla_loop_safe_bwd(strides, padding, res, dy):
+def _forward_form_vjp(input_grad_conv: Callable, strides, padding, res, dy):
+  """The VJP of a stride-1 convolution, its input gradient as a forward convolution.
+
+  ``input_grad_conv(dy, kernel, padding)`` convolves ``dy`` with the flipped, transposed kernel
+  at the transposed padding (the same sums as JAX's ``01oi`` transpose); the kernel gradient is
+  JAX's of the plain convolution."""
   x, kernel = res
   kh, kw = kernel.shape[:2]
   (t, b), (l, r) = padding
   flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
-  dx = _xla_conv(dy, flipped, (1, 1), ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
+  dx = input_grad_conv(dy, flipped, ((kh - 1 - t, kh - 1 - b), (kw - 1 - l, kw - 1 - r)))
   _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, strides, padding), kernel)
   return dx.astype(x.dtype), kernel_vjp(dy)[0]
+
+
+def _conv_xla_loop_safe_bwd(strides, padding, res, dy):
+  return _forward_form_vjp(lambda d, k, p: _xla_conv(d, k, (1, 1), p), strides, padding, res, dy)
 
 
 _conv_xla_loop_safe.defvjp(_conv_xla_loop_safe_fwd, _conv_xla_loop_safe_bwd)
@@ -221,8 +230,8 @@ def _column_group_kernel(kernel: jax.Array, g: int) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_column_groups(x: jax.Array, kernel: jax.Array, pad_h: tuple[int, int],
-                        g: int) -> jax.Array:
+def _conv_column_groups(x: jax.Array, kernel: jax.Array,
+                        padding: tuple[tuple[int, int], tuple[int, int]], g: int) -> jax.Array:
   """A stride-1 convolution of width 3 ("SAME" columns) on groups of ``g`` columns.
 
   XLA:CPU runs convolutions with at most 16 channels (``YNN_MIN_CHANNELS``) on Eigen's spatial
@@ -233,25 +242,22 @@ def _conv_column_groups(x: jax.Array, kernel: jax.Array, pad_h: tuple[int, int],
   pairs 3.9x and 16 -> 16 1.3x faster, 3 -> 8 in fours 5.2x and 8 -> 8 1.5x faster. The input
   gradient is the same construction on the flipped kernel, so it is a forward convolution too
   (loop-safe, as ``_conv_xla_loop_safe``); the kernel gradient is JAX's of the plain
-  convolution. Same sums as XLA's convolution, in another order. ``x``'s width must divide by g.
+  convolution. Same sums as XLA's convolution, in another order. ``x``'s width must divide by g;
+  ``padding`` is ``((top, bottom), (1, 1))``.
   """
   n, h, w, c = x.shape
   xp = jnp.pad(x, ((0, 0), (0, 0), (1, g - 1), (0, 0))).reshape(n, h, w // g + 1, g * c)
-  y = _xla_conv(xp, _column_group_kernel(kernel, g), (1, 1), (pad_h, (0, 0)))
+  y = _xla_conv(xp, _column_group_kernel(kernel, g), (1, 1), (padding[0], (0, 0)))
   return y.reshape(y.shape[0], y.shape[1], w, kernel.shape[-1])
 
 
-def _conv_column_groups_fwd(x, kernel, pad_h, g):
-  return _conv_column_groups(x, kernel, pad_h, g), (x, kernel)
+def _conv_column_groups_fwd(x, kernel, padding, g):
+  return _conv_column_groups(x, kernel, padding, g), (x, kernel)
 
 
-def _conv_column_groups_bwd(pad_h, g, res, dy):
-  x, kernel = res
-  kh = kernel.shape[0]
-  flipped = jnp.swapaxes(jnp.flip(kernel, (0, 1)), 2, 3)
-  dx = _conv_column_groups(dy, flipped, (kh - 1 - pad_h[0], kh - 1 - pad_h[1]), g)
-  _, kernel_vjp = jax.vjp(lambda k: _xla_conv(x, k, (1, 1), (pad_h, (1, 1))), kernel)
-  return dx.astype(x.dtype), kernel_vjp(dy)[0]
+def _conv_column_groups_bwd(padding, g, res, dy):
+  return _forward_form_vjp(lambda d, k, p: _conv_column_groups(d, k, p, g), (1, 1), padding,
+                           res, dy)
 
 
 _conv_column_groups.defvjp(_conv_column_groups_fwd, _conv_column_groups_bwd)
@@ -334,7 +340,7 @@ def conv_auto(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int], pad
         and not extra:
       g = _column_group_size(*rhs.shape[2:], lhs.shape[2]) if (kw, l, r) == (3, 1, 1) else 1
       if g > 1:
-        return _conv_column_groups(lhs, rhs, (t, b), g)
+        return _conv_column_groups(lhs, rhs, pads, g)
       return _conv_xla_loop_safe(lhs, rhs, strides, pads)
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args, **extra)
   return conv_patches(lhs, rhs, window_strides, padding, **args)
